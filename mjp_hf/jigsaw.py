@@ -1,0 +1,211 @@
+"""The block-wise random jigsaw of Masked Jigsaw Puzzle, as pure tensor functions.
+
+A jigsaw has two parts:
+
+* a **block mask** over the patch grid, drawn like BEiT's masking generator as the authors release it: rectangles
+  of random area and log-uniform aspect are added one after the other until the target number of patches is
+  selected, with up to 10 attempts per rectangle, giving up (and falling short of the target) when all attempts
+  fail;
+* a **permutation** of the selected positions among themselves (uniform, so a selected patch may stay in place;
+  it still counts as shuffled). Unselected positions are fixed points.
+
+Every function is vectorised over the batch, runs on the device of its inputs and never synchronises with the
+host: the number of rectangle rounds is fixed in advance from Python integers, so finished masks simply stop
+changing. Pass a `torch.Generator` for reproducible draws.
+
+Masks have shape `[num_masks, grid_h * grid_w]` (row-major patch order, `k = row * grid_w + col`); a permutation
+is a gather index of the same shape: the token placed at position `i` comes from position `permutation[i]`.
+"""
+
+import math
+
+import torch
+
+# The released generator is built for a 14x14 grid with a per-block cap of 75 patches.
+RELEASED_NUM_PATCHES = 196
+RELEASED_MAX_BLOCK = 75
+MAX_ATTEMPTS = 10
+# Rounds of rectangle placement beyond `target / min_block`. The released loop runs until the target is met or a
+# round fails; measured against it, 12 extra rounds leave its statistics unchanged at ratios 0.1 to 0.9.
+EXTRA_ROUNDS = 12
+
+
+def default_max_block(num_patches: int) -> int:
+    """The released cap on one block's area (75 on 196 patches), scaled to a grid of `num_patches` patches."""
+    return max(1, round(num_patches * RELEASED_MAX_BLOCK / RELEASED_NUM_PATCHES))
+
+
+def num_masked_patches(num_patches: int, ratio: float) -> int:
+    """Number of patches a mask aims at: `int(num_patches * ratio)`, as released."""
+    return int(num_patches * ratio)
+
+
+def _draw(generator, *shape, device):
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def block_mask(
+    num_masks: int,
+    grid_size: tuple[int, int],
+    num_masked: int,
+    *,
+    min_block: int = 8,
+    max_block: int | None = None,
+    min_aspect: float = 0.3,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.BoolTensor:
+    """Draw `num_masks` independent block-wise masks on a `grid_size` patch grid.
+
+    Args:
+        num_masks: how many masks to draw (1 for a batch-wide mask, the batch size for per-sample masks).
+        grid_size: `(grid_h, grid_w)` in patches.
+        num_masked: target number of selected patches; the result may fall short, as the released one does.
+        min_block: smallest block area; capped at `max_block` so that grids smaller than one block still work.
+        max_block: largest block area; `None` scales the released 75-of-196 cap to this grid.
+        min_aspect: smallest aspect ratio; aspects are log-uniform on `[min_aspect, 1 / min_aspect]`.
+        generator: source of randomness; its device is used when given.
+        device: device of the result when no generator is given.
+
+    Returns:
+        `BoolTensor` of shape `[num_masks, grid_h * grid_w]`, `True` where a patch is selected.
+    """
+    grid_h, grid_w = grid_size
+    num_patches = grid_h * grid_w
+    if not 0 <= num_masked <= num_patches:
+        raise ValueError(f"num_masked={num_masked} is outside [0, {num_patches}] for a {grid_h}x{grid_w} grid.")
+    if generator is not None:
+        device = generator.device
+    mask = torch.zeros(num_masks, num_patches, dtype=torch.bool, device=device)
+    if num_masked == 0:
+        return mask
+
+    max_block = default_max_block(num_patches) if max_block is None else max_block
+    min_block = min(min_block, max_block)
+    log_aspect_lo, log_aspect_hi = math.log(min_aspect), -math.log(min_aspect)
+    # A block must be strictly smaller than the grid, as released; a grid one patch wide allows height 1.
+    max_h, max_w = max(grid_h - 1, 1), max(grid_w - 1, 1)
+    rows = torch.arange(grid_h, device=device)
+    cols = torch.arange(grid_w, device=device)
+
+    count = torch.zeros(num_masks, dtype=torch.long, device=device)
+    active = torch.ones(num_masks, dtype=torch.bool, device=device)
+    for _ in range(math.ceil(num_masked / min_block) + EXTRA_ROUNDS):
+        remaining = num_masked - count
+        cap = remaining.clamp(max=max_block).unsqueeze(1)
+        # random.uniform(a, b) is a + (b - a) * U, whatever the order of a and b.
+        area = min_block + (cap - min_block) * _draw(generator, num_masks, MAX_ATTEMPTS, device=device)
+        aspect = torch.exp(log_aspect_lo + (log_aspect_hi - log_aspect_lo) * _draw(
+            generator, num_masks, MAX_ATTEMPTS, device=device))
+        h = torch.round(torch.sqrt(area * aspect)).long()
+        w = torch.round(torch.sqrt(area / aspect)).long()
+        fits = (h <= max_h) & (w <= max_w)
+        top = (_draw(generator, num_masks, MAX_ATTEMPTS, device=device) * (grid_h - h + 1).clamp(min=1)).long()
+        left = (_draw(generator, num_masks, MAX_ATTEMPTS, device=device) * (grid_w - w + 1).clamp(min=1)).long()
+
+        in_rows = (rows >= top[..., None]) & (rows < (top + h)[..., None])  # [M, A, H]
+        in_cols = (cols >= left[..., None]) & (cols < (left + w)[..., None])  # [M, A, W]
+        rect = (in_rows[..., :, None] & in_cols[..., None, :]).flatten(2)  # [M, A, N]
+        new = (rect & ~mask[:, None]).sum(-1)  # [M, A]
+        ok = fits & (new > 0) & (new <= cap) & active[:, None]
+
+        # The first successful attempt wins: failed attempts leave no trace, so drawing all at once is exact.
+        placed = ok.any(-1)
+        first = ok.long().argmax(-1, keepdim=True)
+        mask |= rect.gather(1, first[..., None].expand(-1, 1, num_patches)).squeeze(1) & placed[:, None]
+        count += new.gather(1, first).squeeze(1) * placed
+        active &= placed & (count < num_masked)
+    return mask
+
+
+def permutation_within_mask(mask: torch.BoolTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
+    """A uniform random permutation of each row's selected positions among themselves.
+
+    Returns a gather index of the shape of `mask`: position `i` receives the token from `permutation[..., i]`, a
+    selected position whenever `i` is selected, and `i` itself otherwise.
+    """
+    num_patches = mask.shape[-1]
+    positions = torch.arange(num_patches, device=mask.device).expand_as(mask)
+    # Both sorts put the selected positions first: `slots` in ascending order, `sources` in random order; the
+    # unselected positions follow in ascending order in both, so they map to themselves.
+    slots = torch.argsort(torch.where(mask, positions, positions + num_patches), dim=-1)
+    noise = torch.rand(mask.shape, generator=generator, device=mask.device)
+    sources = torch.argsort(torch.where(mask, noise, positions + 1.0), dim=-1)
+    return torch.empty_like(slots).scatter_(-1, slots, sources)
+
+
+def shuffle_tokens(tokens: torch.Tensor, permutation: torch.LongTensor) -> torch.Tensor:
+    """Reorder `tokens` `[batch, num_patches, dim]` by a gather index `[batch or 1, num_patches]`."""
+    batch_size, num_patches, dim = tokens.shape
+    index = permutation.expand(batch_size, num_patches).unsqueeze(-1).expand(-1, -1, dim)
+    return tokens.gather(1, index)
+
+
+def random_jigsaw(
+    num_masks: int,
+    grid_size: tuple[int, int],
+    ratio: float,
+    *,
+    min_block: int = 8,
+    max_block: int | None = None,
+    min_aspect: float = 0.3,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.BoolTensor, torch.LongTensor]:
+    """A block mask selecting about `ratio` of the grid and a permutation of the selected positions."""
+    mask = block_mask(
+        num_masks,
+        grid_size,
+        num_masked_patches(grid_size[0] * grid_size[1], ratio),
+        min_block=min_block,
+        max_block=max_block,
+        min_aspect=min_aspect,
+        generator=generator,
+        device=device,
+    )
+    return mask, permutation_within_mask(mask, generator)
+
+
+def full_shuffle(
+    num_masks: int,
+    num_patches: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.BoolTensor, torch.LongTensor]:
+    """Every position selected and permuted: the naive-shuffle ablation's patch order."""
+    if generator is not None:
+        device = generator.device
+    mask = torch.ones(num_masks, num_patches, dtype=torch.bool, device=device)
+    return mask, permutation_within_mask(mask, generator)
+
+
+def permute_patch_pixels(
+    pixel_values: torch.Tensor, patch_size: tuple[int, int], pixel_permutation: torch.LongTensor
+) -> torch.Tensor:
+    """Permute the pixels inside every patch by one permutation of the `patch_h * patch_w` pixel positions,
+    shared by all patches, channels and samples (the naive-shuffle ablation, as released).
+
+    Pixels past the last whole patch (which the patch embedding never sees) are left as they are.
+    """
+    batch_size, channels, height, width = pixel_values.shape
+    patch_h, patch_w = patch_size
+    grid_h, grid_w = height // patch_h, width // patch_w
+    covered = pixel_values[:, :, : grid_h * patch_h, : grid_w * patch_w]
+    patches = covered.reshape(batch_size, channels, grid_h, patch_h, grid_w, patch_w).permute(0, 1, 2, 4, 3, 5)
+    patches = patches.reshape(batch_size, channels, grid_h, grid_w, patch_h * patch_w)[..., pixel_permutation]
+    patches = patches.reshape(batch_size, channels, grid_h, grid_w, patch_h, patch_w).permute(0, 1, 2, 4, 3, 5)
+    patches = patches.reshape(batch_size, channels, grid_h * patch_h, grid_w * patch_w)
+    if covered.shape == pixel_values.shape:
+        return patches
+    result = pixel_values.clone()
+    result[:, :, : grid_h * patch_h, : grid_w * patch_w] = patches
+    return result
+
+
+def random_pixel_permutation(
+    patch_size: tuple[int, int], generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> torch.LongTensor:
+    """One random permutation of the pixel positions of a patch."""
+    if generator is not None:
+        device = generator.device
+    return torch.randperm(patch_size[0] * patch_size[1], generator=generator, device=device)
