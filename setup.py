@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "training": ["datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "pillow", "matplotlib", "tqdm"],
+    "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions>=1.1.2", "matplotlib", "tqdm"],
+}
+EXTRAS["dev"] = sorted({dep for deps in EXTRAS.values() for dep in deps} | {"pytest>=8", "pytest-xdist>=3"})
+EXTRAS["all"] = EXTRAS["dev"]
+
+setup(
+    name="mjp-hf",
+    version="0.1.0",
+    description="Masked Jigsaw Puzzle (MJP) position embeddings for Vision Transformers, native to transformers",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mjp_hf", "mjp_hf.*"]),
+    package_data={"mjp_hf": ["metrics/*/*.py", "metrics/*/*.md"]},
+    install_requires=["torch>=2.4", "transformers>=5.20,<6", "safetensors>=0.4", "huggingface-hub>=1.0", "numpy"],
+    extras_require=EXTRAS,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)
