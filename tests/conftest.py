@@ -1,0 +1,33 @@
+import os
+
+# Tests never reach the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def tiny_config_kwargs(**overrides):
+    """A ViT small enough for CPU tests: 28x28 images, 4x4 patches (a 7x7 grid), 2 layers of width 32."""
+    kwargs = dict(
+        image_size=28,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=5,
+        layer_norm_eps=1e-6,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def tiny_kwargs():
+    return tiny_config_kwargs()

@@ -1,0 +1,141 @@
+"""The jigsaw functions alone, without a model."""
+
+import random
+import statistics
+
+import pytest
+import torch
+
+from mjp_hf.jigsaw import (
+    block_mask,
+    default_max_block,
+    full_shuffle,
+    num_masked_patches,
+    permutation_within_mask,
+    permute_patch_pixels,
+    random_jigsaw,
+    shuffle_tokens,
+)
+from released_masking import released_block_mask
+
+
+def test_released_cap_scales_with_the_grid():
+    assert default_max_block(196) == 75
+    assert default_max_block(49) == 19
+    assert default_max_block(4) == 2
+    assert num_masked_patches(196, 0.1) == 19
+
+
+def test_statistics_match_the_released_generator_at_ratio_0_1():
+    # The method notes measured the released class: mean 18.6 of 19, 32% of draws below target, min 12.
+    sizes = block_mask(4000, (14, 14), 19, generator=torch.Generator().manual_seed(0)).sum(1).float()
+    assert abs(sizes.mean().item() - 18.6) < 0.15
+    assert 0.26 < (sizes < 19).float().mean().item() < 0.37
+    assert sizes.max().item() == 19 and sizes.min().item() >= 8
+
+
+def test_statistics_match_the_plain_python_reference():
+    rng = random.Random(1)
+    generator = torch.Generator().manual_seed(1)
+    for target in (19, 49, 98, 176):
+        reference = [len(released_block_mask(14, 14, target, rng)[0]) for _ in range(1500)]
+        ours = block_mask(3000, (14, 14), target, generator=generator).sum(1).float()
+        assert abs(ours.mean().item() - statistics.mean(reference)) < 0.6, target
+        below_ref = sum(size < target for size in reference) / len(reference)
+        assert abs((ours < target).float().mean().item() - below_ref) < 0.06, target
+
+
+def test_reference_places_mostly_two_or_three_blocks():
+    rng = random.Random(2)
+    blocks = [released_block_mask(14, 14, 19, rng)[1] for _ in range(2000)]
+    assert sum(b in (2, 3) for b in blocks) / len(blocks) > 0.8
+
+
+def test_a_mask_of_one_block_is_a_rectangle():
+    # With the per-block cap at the target and a small grid, the first block usually meets the target alone.
+    masks = block_mask(300, (14, 14), 12, min_block=12, max_block=12, generator=torch.Generator().manual_seed(3))
+    rectangles = 0
+    for mask in masks.view(300, 14, 14):
+        rows, cols = mask.nonzero(as_tuple=True)
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        rectangles += bool(box.all())
+    assert rectangles > 100
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (1, 5), (3, 3), (7, 7), (8, 16)])
+def test_small_and_non_square_grids_work(grid):
+    num_patches = grid[0] * grid[1]
+    target = max(1, num_patches // 2)
+    mask = block_mask(500, grid, target, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (500, num_patches)
+    sizes = mask.sum(1)
+    assert (sizes <= target).all()
+    assert sizes.float().mean() > 0
+
+
+def test_zero_target_selects_nothing_and_bad_target_is_refused():
+    assert not block_mask(3, (14, 14), 0).any()
+    with pytest.raises(ValueError, match="num_masked=200"):
+        block_mask(1, (14, 14), 200)
+
+
+def test_permutation_moves_only_selected_positions_among_themselves():
+    generator = torch.Generator().manual_seed(0)
+    mask, permutation = random_jigsaw(64, (14, 14), 0.25, generator=generator)
+    positions = torch.arange(196).expand(64, -1)
+    assert torch.equal(permutation.sort(-1).values, positions)  # every row is a permutation
+    assert torch.equal(permutation[~mask], positions[~mask])  # unselected positions are fixed points
+    assert mask.gather(1, permutation)[mask].all()  # selected positions receive selected tokens
+    moved = (permutation != positions) & mask
+    assert moved.sum() > 0.8 * mask.sum()  # a uniform permutation moves almost all of them
+
+
+def test_permutation_is_uniform_over_the_selected_positions():
+    mask = torch.zeros(20000, 10, dtype=torch.bool)
+    mask[:, [2, 5, 7]] = True
+    permutation = permutation_within_mask(mask, torch.Generator().manual_seed(0))
+    sources = permutation[:, 2]
+    for source in (2, 5, 7):
+        assert abs((sources == source).float().mean().item() - 1 / 3) < 0.02
+
+
+def test_shuffle_tokens_gathers_by_position():
+    tokens = torch.arange(2 * 4 * 3, dtype=torch.float).view(2, 4, 3)
+    permutation = torch.tensor([[0, 3, 2, 1]])
+    shuffled = shuffle_tokens(tokens, permutation)
+    assert torch.equal(shuffled[:, 1], tokens[:, 3]) and torch.equal(shuffled[:, 3], tokens[:, 1])
+    assert torch.equal(shuffled[:, [0, 2]], tokens[:, [0, 2]])
+    per_sample = torch.tensor([[0, 1, 2, 3], [1, 0, 2, 3]])
+    shuffled = shuffle_tokens(tokens, per_sample)
+    assert torch.equal(shuffled[0], tokens[0]) and torch.equal(shuffled[1, 0], tokens[1, 1])
+
+
+def test_generator_makes_draws_reproducible():
+    first = random_jigsaw(8, (14, 14), 0.1, generator=torch.Generator().manual_seed(7))
+    second = random_jigsaw(8, (14, 14), 0.1, generator=torch.Generator().manual_seed(7))
+    third = random_jigsaw(8, (14, 14), 0.1, generator=torch.Generator().manual_seed(8))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], third[0])
+
+
+def test_full_shuffle_selects_everything():
+    mask, permutation = full_shuffle(3, 49, torch.Generator().manual_seed(0))
+    assert mask.all() and torch.equal(permutation.sort(-1).values, torch.arange(49).expand(3, -1))
+
+
+def test_pixel_permutation_is_shared_by_every_patch():
+    pixels = torch.randn(2, 3, 8, 12)
+    permutation = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    permuted = permute_patch_pixels(pixels, (4, 4), permutation)
+    for top in (0, 4):
+        for left in (0, 4, 8):
+            patch = pixels[:, :, top : top + 4, left : left + 4].reshape(2, 3, 16)
+            expected = patch[..., permutation].reshape(2, 3, 4, 4)
+            assert torch.equal(permuted[:, :, top : top + 4, left : left + 4], expected)
+
+
+def test_pixels_outside_whole_patches_stay():
+    pixels = torch.randn(1, 1, 10, 10)
+    permuted = permute_patch_pixels(pixels, (4, 4), torch.randperm(16))
+    assert torch.equal(permuted[..., 8:, :], pixels[..., 8:, :])
+    assert torch.equal(permuted[..., :, 8:], pixels[..., :, 8:])
