@@ -38,7 +38,9 @@ from .jigsaw import (
 
 # Checkpoints of stock ViTs on the Hub use the transformers 4 key names; transformers renames them on load only for
 # the classes it knows. Registering our model type gives MJP-ViT the same renaming, so ViT/DeiT weights load.
-register_checkpoint_conversion_mapping("mjp_vit", get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
+for _name in ("mjp_vit", "MJPViTModel", "MJPViTForImageClassification"):
+    # By class name too: a config read from a stock ViT folder carries `model_type: vit`.
+    register_checkpoint_conversion_mapping(_name, get_checkpoint_conversion_mapping("ViTModel"), overwrite=True)
 
 
 @dataclass
@@ -313,6 +315,18 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
 
     def _vit_init_kwargs(self) -> dict:
         return {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes `auto_map` for the saved class alone; list both models so that `AutoModel` and
+        # `AutoModelForImageClassification` each load the folder with `trust_remote_code=True`.
+        if self._auto_class is not None:
+            module = self.__class__.__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.MJPViTModel",
+                "AutoModelForImageClassification": f"{module}.MJPViTForImageClassification",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 @auto_docstring

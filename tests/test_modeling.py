@@ -1,0 +1,521 @@
+"""MJP-ViT as a transformers model: the jigsaw in the forward, the UNK embedding, DALR, and ViT compatibility."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessorPil,
+    pipeline,
+)
+
+from conftest import tiny_config_kwargs
+from mjp_hf import MJPViTConfig, MJPViTForImageClassification, MJPViTModel
+from mjp_hf.jigsaw import permute_patch_pixels
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    return MJPViTForImageClassification(MJPViTConfig(**tiny_config_kwargs(**overrides)))
+
+
+def pixels(batch=4, seed=0, size=28, channels=3):
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def block_of(num_patches, positions):
+    mask = torch.zeros(1, num_patches, dtype=torch.bool)
+    mask[0, positions] = True
+    return mask
+
+
+# --- the jigsaw inside the forward -------------------------------------------------------------------------------
+
+
+def test_eval_mode_runs_no_jigsaw_and_training_mode_does():
+    model = tiny_model(jigsaw_prob=1.0, jigsaw_ratio=0.3)
+    model.eval()
+    assert model(pixels()).jigsaw_mask is None
+    model.train()
+    mask = model(pixels()).jigsaw_mask
+    assert mask.shape == (1, 49) and mask.dtype == torch.bool and mask.sum() > 0
+    assert model(pixels(), jigsaw=False).jigsaw_mask is None
+
+
+def test_forced_jigsaw_runs_in_eval_mode():
+    model = tiny_model(jigsaw_prob=0.0, jigsaw_ratio=0.3).eval()
+    assert model(pixels(), jigsaw=True).jigsaw_mask.sum() > 0
+
+
+def test_jigsaw_prob_decides_per_step():
+    model = tiny_model(jigsaw_prob=0.5, jigsaw_ratio=0.3).train()
+    jigsawed = [bool(model(pixels(batch=1)).jigsaw_mask.any()) for _ in range(60)]
+    assert 10 < sum(jigsawed) < 50
+    model = tiny_model(jigsaw_prob=0.0, jigsaw_ratio=0.3).train()
+    assert not any(model(pixels(batch=1)).jigsaw_mask.any() for _ in range(10))
+
+
+def test_schedule_switch_turns_the_jigsaw_off_in_training():
+    model = tiny_model(jigsaw_prob=1.0, jigsaw_ratio=0.3).train()
+    model.set_mjp_schedule(jigsaw_enabled=False)
+    assert not model(pixels()).jigsaw_mask.any()
+    model.set_mjp_schedule(jigsaw_enabled=True)
+    assert model(pixels()).jigsaw_mask.any()
+
+
+def test_unknown_embedding_exactly_at_shuffled_positions_and_tokens_permuted():
+    model = tiny_model().eval()
+    embeddings = model.vit.embeddings
+    x = pixels(batch=2)
+    mask = block_of(49, [3, 4, 10, 11, 12])
+    permutation = torch.arange(49)[None].clone()
+    permutation[0, [3, 4, 10, 11, 12]] = torch.tensor([12, 3, 4, 10, 11])
+
+    out, returned_mask = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
+    assert torch.equal(returned_mask, mask)
+    tokens = embeddings.patch_embeddings(x)
+    pe = embeddings.position_embeddings[0]
+    unk = embeddings.unk_position_embedding[0, 0]
+    # CLS keeps its own token and position embedding.
+    torch.testing.assert_close(out[:, 0], embeddings.cls_token[0, 0] + pe[0].expand(2, -1))
+    for position in range(49):
+        source = permutation[0, position].item()
+        expected_pe = unk if mask[0, position] else pe[1 + position]
+        torch.testing.assert_close(out[:, 1 + position], tokens[:, source] + expected_pe)
+
+
+def test_token_shuffle_equals_shuffling_pixel_patches():
+    # The reason the jigsaw may run on tokens: permuting whole pixel patches before the stride-p patch embedding.
+    model = tiny_model().eval()
+    embeddings = model.vit.embeddings
+    x = pixels(batch=2)
+    mask = block_of(49, [0, 1, 7, 8, 30])
+    permutation = torch.arange(49)[None].clone()
+    permutation[0, [0, 1, 7, 8, 30]] = torch.tensor([30, 0, 1, 7, 8])
+    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
+
+    patches = x.reshape(2, 3, 7, 4, 7, 4).permute(0, 2, 4, 1, 3, 5).reshape(2, 49, 3, 4, 4)
+    shuffled = patches[:, permutation[0]].reshape(2, 7, 7, 3, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(2, 3, 28, 28)
+    pe = torch.where(mask[..., None], embeddings.unk_position_embedding, embeddings.position_embeddings[:, 1:])
+    expected = embeddings.patch_embeddings(shuffled) + pe
+    torch.testing.assert_close(out[:, 1:], expected)
+
+
+def test_per_batch_and_per_sample_masks():
+    x = pixels(batch=6)
+    batch_mask = tiny_model(jigsaw_ratio=0.3).train()(x, jigsaw=True).jigsaw_mask
+    assert batch_mask.shape == (1, 49)
+    sample_mask = tiny_model(jigsaw_ratio=0.3, jigsaw_per_sample=True).train()(x, jigsaw=True).jigsaw_mask
+    assert sample_mask.shape == (6, 49)
+    assert len({tuple(row.tolist()) for row in sample_mask}) > 1
+
+
+def test_per_sample_hidden_states_permute_each_sample_by_its_own_mask():
+    model = tiny_model(jigsaw_ratio=0.3, jigsaw_per_sample=True).eval()
+    x = pixels(batch=3)
+    out = model(x, jigsaw=True, output_hidden_states=True)
+    clean = model(x, jigsaw=False, output_hidden_states=True)
+    first_layer_input, clean_input = out.hidden_states[0], clean.hidden_states[0]
+    for sample in range(3):
+        kept = ~out.jigsaw_mask[sample]
+        torch.testing.assert_close(first_layer_input[sample, 1:][kept], clean_input[sample, 1:][kept])
+
+
+def test_seeded_draws_are_reproducible():
+    model = tiny_model(jigsaw_ratio=0.3).train()
+    x = pixels()
+    model.vit.embeddings.jigsaw_generator = torch.Generator().manual_seed(5)
+    first = model(x, output_hidden_states=True)
+    model.vit.embeddings.jigsaw_generator = torch.Generator().manual_seed(5)
+    second = model(x, output_hidden_states=True)
+    assert torch.equal(first.jigsaw_mask, second.jigsaw_mask)
+    torch.testing.assert_close(first.hidden_states[0], second.hidden_states[0])
+    torch.manual_seed(11)
+    model.vit.embeddings.jigsaw_generator = None
+    third = model(x).jigsaw_mask
+    torch.manual_seed(11)
+    assert torch.equal(model(x).jigsaw_mask, third)
+
+
+def test_with_the_unknown_embedding_the_permutation_does_not_reach_the_logits():
+    # MJP_METHOD.md §8: shuffled tokens share one PE, so attention cannot tell where they went.
+    model = tiny_model().eval()
+    x = pixels(batch=2)
+    mask = block_of(49, [20, 21, 22, 27, 28])
+    identity = torch.arange(49)[None]
+    swapped = identity.clone()
+    swapped[0, [20, 21, 22, 27, 28]] = torch.tensor([28, 20, 27, 21, 22])
+    a = model(x, jigsaw_mask=mask, jigsaw_permutation=identity, output_hidden_states=True)
+    b = model(x, jigsaw_mask=mask, jigsaw_permutation=swapped, output_hidden_states=True)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a.hidden_states[0], b.hidden_states[0])
+
+
+def test_naive_mode_shuffles_every_patch_and_permutes_pixels():
+    model = tiny_model(jigsaw_mode="naive").eval()
+    embeddings = model.vit.embeddings
+    assert embeddings.unk_position_embedding is None
+    torch.manual_seed(3)
+    x = pixels(batch=2)
+    out, mask = embeddings(x, jigsaw=True, forced=True)
+    assert mask.shape == (1, 49) and mask.all()
+    # Recover the draws with the same seed: the patch order first, then the shared pixel permutation.
+    torch.manual_seed(3)
+    _, permutation = embeddings._draw_jigsaw(2, (7, 7), x.device, forced=True)
+    pixel_permutation = torch.randperm(16)
+    tokens = embeddings.patch_embeddings(permute_patch_pixels(x, (4, 4), pixel_permutation))
+    expected = tokens.gather(1, permutation[..., None].expand(2, -1, 32)) + embeddings.position_embeddings[:, 1:]
+    torch.testing.assert_close(out[:, 1:], expected)
+
+
+def test_without_unknown_embedding_shuffled_tokens_keep_the_slot_pe():
+    model = tiny_model(use_unk_position_embedding=False).eval()
+    embeddings = model.vit.embeddings
+    assert embeddings.unk_position_embedding is None
+    x = pixels(batch=1)
+    mask = block_of(49, [5, 6])
+    permutation = torch.arange(49)[None].clone()
+    permutation[0, [5, 6]] = torch.tensor([6, 5])
+    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
+    tokens = embeddings.patch_embeddings(x)
+    torch.testing.assert_close(out[:, 1 + 5], tokens[:, 6] + embeddings.position_embeddings[:, 1 + 5])
+
+
+def test_unknown_embedding_gets_gradient_only_from_jigsawed_steps():
+    model = tiny_model(jigsaw_ratio=0.3).train()
+    labels = torch.tensor([0, 1, 2, 3])
+    model(pixels(), labels=labels, jigsaw=True).loss.backward()
+    assert model.vit.embeddings.unk_position_embedding.grad.abs().sum() > 0
+    model.zero_grad()
+    model(pixels(), labels=labels, jigsaw=False).loss.backward()
+    assert model.vit.embeddings.unk_position_embedding.grad is None or not model.vit.embeddings.unk_position_embedding.grad.any()
+
+
+# --- DALR ---------------------------------------------------------------------------------------------------------
+
+
+def test_dalr_targets_are_raw_row_col_or_normalised():
+    embeddings = tiny_model().vit.embeddings
+    targets = embeddings.dalr_targets()
+    assert targets.shape == (49, 2)
+    assert targets[0].tolist() == [0, 0] and targets[8].tolist() == [1, 1] and targets[48].tolist() == [6, 6]
+    assert targets[13].tolist() == [1, 6]  # k = row * 7 + col
+    normalised = tiny_model(dalr_normalize_targets=True).vit.embeddings.dalr_targets()
+    torch.testing.assert_close(normalised, targets / 7)
+
+
+def _reference_dalr_loss(model, kept_positions):
+    embeddings = model.vit.embeddings
+    prediction = embeddings.dalr_head(embeddings.position_embeddings[0, 1:])
+    rows, cols = torch.arange(49) // 7, torch.arange(49) % 7
+    target = torch.stack((rows, cols), -1).float()
+    return torch.nn.functional.l1_loss(prediction[kept_positions], target[kept_positions]) * model.config.dalr_loss_weight
+
+
+def test_dalr_loss_is_the_weighted_mean_l1_over_kept_positions():
+    model = tiny_model(dalr_loss_weight=0.5).eval()
+    x = pixels()
+    clean = model(x)
+    torch.testing.assert_close(clean.localization_loss, _reference_dalr_loss(model, torch.arange(49)))
+    masked = [3, 4, 10, 11]
+    out = model(x, jigsaw_mask=block_of(49, masked))
+    kept = torch.tensor([p for p in range(49) if p not in masked])
+    torch.testing.assert_close(out.localization_loss, _reference_dalr_loss(model, kept))
+
+
+def test_dalr_loss_with_per_sample_masks_counts_every_kept_pair():
+    model = tiny_model().eval()
+    mask = torch.zeros(2, 49, dtype=torch.bool)
+    mask[0, :10] = True
+    out = model(pixels(batch=2), jigsaw_mask=mask)
+    # Sample 1 keeps all 49 positions, sample 0 keeps 39: positions 10.. count twice.
+    reference = (_reference_dalr_loss(model, torch.arange(10, 49)) * 39 * 2 + _reference_dalr_loss(model, torch.arange(49)) * 49 * 2)
+    torch.testing.assert_close(out.localization_loss, reference / (88 * 2))
+
+
+def test_dalr_reads_position_embeddings_not_the_image():
+    model = tiny_model().train()
+    out = model(pixels(), jigsaw=False)
+    out.localization_loss.backward()
+    embeddings = model.vit.embeddings
+    assert embeddings.position_embeddings.grad.abs().sum() > 0
+    assert embeddings.patch_embeddings.projection.weight.grad is None
+    assert torch.equal(
+        model(pixels(seed=1), jigsaw=False).localization_loss, model(pixels(seed=2), jigsaw=False).localization_loss
+    )
+
+
+def test_loss_is_classification_plus_localization_for_every_problem_type():
+    x = pixels()
+    cases = {
+        "single_label_classification": torch.tensor([0, 1, 2, 3]),
+        "multi_label_classification": torch.randint(0, 2, (4, 5)).float(),
+    }
+    for problem_type, labels in cases.items():
+        out = tiny_model(problem_type=problem_type).train()(x, labels=labels)
+        torch.testing.assert_close(out.loss, out.classification_loss + out.localization_loss)
+    regression = tiny_model(num_labels=1)(x, labels=torch.randn(4))
+    assert regression.classification_loss is not None
+    torch.testing.assert_close(regression.loss, regression.classification_loss + regression.localization_loss)
+
+
+def test_schedule_weight_scales_the_loss_and_config_keeps_the_base():
+    model = tiny_model(dalr_loss_weight=0.01).eval()
+    x = pixels()
+    base = model(x).localization_loss
+    model.set_mjp_schedule(dalr_loss_weight=0.005)
+    torch.testing.assert_close(model(x).localization_loss, base / 2)
+    assert model.config.dalr_loss_weight == 0.01
+
+
+@pytest.mark.parametrize("head, keys", [("linear", 2), ("nonlinear", 4)])
+def test_dalr_head_variants(head, keys):
+    model = tiny_model(dalr_head=head)
+    names = [name for name in model.state_dict() if "dalr_head" in name]
+    assert len(names) == keys
+    none = tiny_model(dalr_head="none")
+    assert none.vit.embeddings.dalr_head is None
+    out = none(pixels(), labels=torch.tensor([0, 1, 2, 3]))
+    assert out.localization_loss is None and torch.equal(out.loss, out.classification_loss)
+
+
+# --- a plain ViT at inference -------------------------------------------------------------------------------------
+
+
+def _stock_copy(model):
+    vit = ViTForImageClassification(ViTConfig(**tiny_config_kwargs())).eval()
+    missing, unexpected = vit.load_state_dict(model.state_dict(), strict=False)
+    assert not missing
+    assert all("unk_position_embedding" in key or "dalr_head" in key for key in unexpected)
+    return vit
+
+
+def test_eval_logits_equal_a_stock_vit_with_the_same_weights():
+    model = tiny_model().eval()
+    x = pixels()
+    assert torch.equal(model(x).logits, _stock_copy(model)(x).logits)
+
+
+def test_to_vit_returns_exactly_that_model(tmp_path):
+    model = tiny_model().eval()
+    vit = model.to_vit()
+    assert type(vit) is ViTForImageClassification and vit.config.model_type == "vit"
+    assert not any(hasattr(vit.config, field) for field in ("jigsaw_ratio", "dalr_head"))
+    x = pixels()
+    assert torch.equal(vit(x).logits, model(x).logits)
+    vit.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "vit"
+    reloaded = ViTForImageClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(x).logits, model(x).logits)
+    # The export owns its weights.
+    with torch.no_grad():
+        vit.classifier.weight.zero_()
+    assert model.classifier.weight.abs().sum() > 0
+    base = MJPViTModel(MJPViTConfig(**tiny_config_kwargs())).eval()
+    torch.testing.assert_close(base.to_vit()(x).pooler_output, base(x).pooler_output)
+
+
+def test_attention_backends_and_outputs():
+    x = pixels()
+    eager = tiny_model(attn_implementation="eager").eval()
+    sdpa = tiny_model(attn_implementation="sdpa").eval()
+    out = eager(x, output_attentions=True, output_hidden_states=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (4, 2, 50, 50)
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(sdpa(x).logits, out.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_trains():
+    model = tiny_model(jigsaw_ratio=0.3).train()
+    model.gradient_checkpointing_enable()
+    out = model(pixels(), labels=torch.tensor([0, 1, 2, 3]), jigsaw=True)
+    out.loss.backward()
+    assert model.vit.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_interpolate_pos_encoding_with_and_without_jigsaw():
+    model = tiny_model(jigsaw_ratio=0.3).eval()
+    x = pixels(size=36)  # a 9x9 grid
+    out = model(x, interpolate_pos_encoding=True, jigsaw=True)
+    assert out.logits.shape == (4, 5) and out.jigsaw_mask.shape == (1, 81)
+    assert torch.isfinite(out.localization_loss)
+    clean = model(x, interpolate_pos_encoding=True)
+    torch.testing.assert_close(clean.logits, _stock_copy(model)(x, interpolate_pos_encoding=True).logits)
+
+
+def test_bfloat16_forward_and_backward():
+    model = tiny_model(jigsaw_ratio=0.3).to(torch.bfloat16).train()
+    out = model(pixels(), labels=torch.tensor([0, 1, 2, 3]), jigsaw=True)
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+
+
+# --- saving, loading, Auto classes --------------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_model(jigsaw_ratio=0.2, dalr_head="linear").eval()
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"model.safetensors", "config.json", "modeling_mjp_vit.py", "configuration_mjp_vit.py", "jigsaw.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    reloaded = MJPViTForImageClassification.from_pretrained(tmp_path).eval()
+    assert reloaded.config.jigsaw_ratio == 0.2 and reloaded.config.dalr_head == "linear"
+    x = pixels()
+    assert torch.equal(reloaded(x).logits, model(x).logits)
+    torch.testing.assert_close(reloaded(x).localization_loss, model(x).localization_loss)
+    torch.testing.assert_close(reloaded.vit.embeddings.unk_position_embedding, model.vit.embeddings.unk_position_embedding)
+
+
+def test_auto_classes_and_auto_map(tmp_path):
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_mjp_vit.MJPViTConfig"
+    assert auto_map["AutoModelForImageClassification"] == "modeling_mjp_vit.MJPViTForImageClassification"
+    assert auto_map["AutoModel"] == "modeling_mjp_vit.MJPViTModel"
+    assert type(AutoConfig.from_pretrained(tmp_path)) is MJPViTConfig
+    assert type(AutoModelForImageClassification.from_pretrained(tmp_path)) is MJPViTForImageClassification
+    assert type(AutoModel.from_pretrained(tmp_path)) is MJPViTModel
+
+
+def test_pipeline_classifies_images(tmp_path):
+    model = tiny_model(id2label={i: f"class_{i}" for i in range(5)}, label2id={f"class_{i}": i for i in range(5)})
+    model.save_pretrained(tmp_path)
+    ViTImageProcessorPil(size={"height": 28, "width": 28}).save_pretrained(tmp_path)
+    classifier = pipeline("image-classification", model=str(tmp_path))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    predictions = classifier(image, top_k=3)
+    assert len(predictions) == 3 and predictions[0]["label"].startswith("class_")
+    assert predictions[0]["score"] >= predictions[1]["score"]
+
+
+BLOCK_MJP_HF = textwrap.dedent(
+    """
+    import sys
+    class _Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name == "mjp_hf" or name.startswith("mjp_hf."):
+                raise ImportError("mjp_hf is blocked in this process")
+    sys.meta_path.insert(0, _Refuse())
+    """
+)
+
+
+def test_trust_remote_code_loads_without_the_package(tmp_path):
+    model = tiny_model().eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    x = pixels(batch=2)
+    expected = model(x).logits
+    torch.save(x, tmp_path / "x.pt")
+    script = BLOCK_MJP_HF + textwrap.dedent(
+        f"""
+        import torch
+        from transformers import AutoModel, AutoModelForImageClassification
+        try:
+            import mjp_hf
+            raise SystemExit("mjp_hf should not be importable here")
+        except ImportError:
+            pass
+        try:
+            AutoModelForImageClassification.from_pretrained({str(folder)!r})
+            raise SystemExit("loading without trust_remote_code should fail")
+        except ValueError:
+            pass
+        model = AutoModelForImageClassification.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        base = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(model).__name__ == "MJPViTForImageClassification", type(model)
+        assert type(base).__name__ == "MJPViTModel", type(base)
+        x = torch.load({str(tmp_path / "x.pt")!r}, weights_only=True)
+        import json
+        print("LOGITS=" + json.dumps(model(x).logits.tolist()))
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH="")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if "LOGITS=" in line)
+    logits = torch.tensor(json.loads(line.split("LOGITS=", 1)[1]))
+    torch.testing.assert_close(logits, expected)
+
+
+# --- stock ViT checkpoints ----------------------------------------------------------------------------------------
+
+
+def _stock_vit():
+    torch.manual_seed(1)
+    return ViTForImageClassification(ViTConfig(**tiny_config_kwargs())).eval()
+
+
+def _assert_loads_every_vit_weight(folder, vit):
+    model, info = MJPViTForImageClassification.from_pretrained(folder, output_loading_info=True)
+    new = {"vit.embeddings.unk_position_embedding"} | {k for k in model.state_dict() if ".dalr_head." in k}
+    assert set(info["missing_keys"]) == new
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    model.eval()
+    x = pixels()
+    assert torch.equal(model(x).logits, vit(x).logits)
+
+
+def test_loads_a_stock_vit_checkpoint_saved_with_v4_key_names(tmp_path):
+    vit = _stock_vit()
+    vit.save_pretrained(tmp_path)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert any("encoder.layer.0.attention.attention.query" in key for key in keys)  # the Hub's layout
+    _assert_loads_every_vit_weight(tmp_path, vit)
+
+
+def test_loads_a_stock_vit_checkpoint_with_v5_key_names(tmp_path):
+    vit = _stock_vit()
+    vit.config.save_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    assert "vit.layers.0.attention.q_proj.weight" in vit.state_dict()
+    _assert_loads_every_vit_weight(tmp_path, vit)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def test_wrong_channel_count_names_both_counts_and_the_fix():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"1 channels but the model expects 3.*convert"):
+        model(pixels(channels=1))
+
+
+def test_wrong_image_size_points_to_interpolate_pos_encoding():
+    with pytest.raises(ValueError, match=r"\(32\*32\).*\(28\*28\).*interpolate_pos_encoding=True"):
+        tiny_model()(pixels(size=32))
+
+
+def test_bad_jigsaw_arguments():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"jigsaw_mask must have shape .*49"):
+        model(pixels(), jigsaw_mask=torch.zeros(1, 48, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        model(pixels(), jigsaw_mask=torch.zeros(1, 49))
+    with pytest.raises(ValueError, match="jigsaw=False contradicts"):
+        model(pixels(), jigsaw=False, jigsaw_mask=torch.zeros(1, 49, dtype=torch.bool))
