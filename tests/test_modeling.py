@@ -519,3 +519,10 @@ def test_bad_jigsaw_arguments():
         model(pixels(), jigsaw_mask=torch.zeros(1, 49))
     with pytest.raises(ValueError, match="jigsaw=False contradicts"):
         model(pixels(), jigsaw=False, jigsaw_mask=torch.zeros(1, 49, dtype=torch.bool))
+
+
+def test_grids_smaller_than_one_block_still_jigsaw():
+    model = tiny_model(image_size=8, patch_size=4, jigsaw_ratio=0.5).train()  # a 2x2 grid, min block 8 > 4 patches
+    masks = torch.cat([model(pixels(size=8), jigsaw=True).jigsaw_mask for _ in range(20)])
+    assert masks.shape == (20, 4) and masks.any()
+    assert (masks.sum(1) <= 2).all()
