@@ -27,6 +27,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .configuration_mjp_vit import MJP_CONFIG_FIELDS
+from .data import FASHION_MNIST_LABELS, fashion_mnist_available, load_fashion_mnist_arrays
 from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ IMAGENET_WIDGET = [
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/teapot.jpg", "example_title": "Teapot"},
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/palace.jpg", "example_title": "Palace"},
 ]
+# Test images shown by the widget of a Fashion-MNIST model (stored in the repository under `widget/`).
+FASHION_MNIST_WIDGET = ("Sneaker", "Trouser", "Bag")
 # Metrics written by the Trainer (`all_results.json`, `eval_results.json`) that enter the card's model-index:
 # key -> (model-index metric type, display name).
 MODEL_INDEX_METRICS = {
@@ -148,6 +151,39 @@ def _architecture_rows(model: MJPViTPreTrainedModel) -> list[tuple[str, str]]:
     return rows
 
 
+def _labels(model: MJPViTPreTrainedModel) -> list[str]:
+    id2label = {int(key): value for key, value in (model.config.id2label or {}).items()}
+    return [id2label.get(index, "") for index in range(model.config.num_labels)]
+
+
+def _is_fashion_mnist(model: MJPViTPreTrainedModel) -> bool:
+    return isinstance(model, MJPViTForImageClassification) and _labels(model) == list(FASHION_MNIST_LABELS)
+
+
+def default_widget_images(model: MJPViTPreTrainedModel) -> dict | None:
+    """Example images a repository of this model should carry for its widget: for a Fashion-MNIST classifier
+    (its `id2label` names the ten classes) the first test image of a few classes, when the data is installed."""
+    if not (_is_fashion_mnist(model) and fashion_mnist_available()):
+        return None
+    from PIL import Image
+
+    images, labels = load_fashion_mnist_arrays("test")
+    return {
+        title: Image.fromarray(images[int((labels == FASHION_MNIST_LABELS.index(title)).nonzero()[0][0])], mode="L")
+        for title in FASHION_MNIST_WIDGET
+    }
+
+
+def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | None:
+    """The widget examples `build_model_card` uses when none are given: ImageNet sample images for a 1000-class
+    classifier, the repository's own `widget/` images for a Fashion-MNIST one."""
+    if isinstance(model, MJPViTForImageClassification) and model.config.num_labels == 1000:
+        return IMAGENET_WIDGET
+    if _is_fashion_mnist(model) and fashion_mnist_available():
+        return widget_from_images(model_id, FASHION_MNIST_WIDGET)
+    return None
+
+
 def build_model_card(
     model: MJPViTPreTrainedModel,
     *,
@@ -177,8 +213,8 @@ def build_model_card(
             figures here by hand: pass the file's content.
         hyperparameters: the training recipe actually used, rendered as a table.
         base_model: the checkpoint the model was fine-tuned from, if any.
-        widget: `[{"src": url, "example_title": title}, ...]` for the inference widget; ImageNet sample images are
-            used for 1000-class models when not given.
+        widget: `[{"src": url, "example_title": title}, ...]` for the inference widget; `default_widget` when not
+            given (pass `[]` for none).
         summary, training_text, limitations: replace the generated paragraphs.
         metrics_source: how the results section names where the figures come from.
     """
@@ -198,8 +234,8 @@ def build_model_card(
     config = model.config
     metrics = dict(metrics or {})
     is_classifier = isinstance(model, MJPViTForImageClassification)
-    if widget is None and is_classifier and config.num_labels == 1000:
-        widget = IMAGENET_WIDGET
+    if widget is None:
+        widget = default_widget(model, model_id)
     eval_results = _eval_results(metrics, model_id=model_id, dataset_name=dataset_name, dataset_split=dataset_split)
     card_data = ModelCardData(
         library_name="transformers",
@@ -322,7 +358,8 @@ def save_publishing_layout(
 
     Root: the stock-ViT export (`model.to_vit()`, safetensors, `model_type: vit`), the image processor's
     `preprocessor_config.json`, the card as `README.md` (when given) and the optional widget images under
-    `widget/`. `MJP_SUBFOLDER`: the full MJP checkpoint with its code and `auto_map`, and the image processor.
+    `widget/` (`default_widget_images(model)` when not given; `{}` for none). `MJP_SUBFOLDER`: the full MJP
+    checkpoint with its code and `auto_map`, and the image processor.
 
     A non-empty `output_dir` is refused unless `overwrite=True`, which replaces its whole content.
     """
@@ -338,6 +375,8 @@ def save_publishing_layout(
         )
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, overwrite)
+    if widget_images is None:
+        widget_images = default_widget_images(model)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
 
     # Build beside the target and swap at the end, so a failure never leaves a half-written layout behind.
@@ -357,6 +396,11 @@ def save_publishing_layout(
         model.save_pretrained(mjp_dir)
         image_processor.save_pretrained(mjp_dir)
         _add_auto_map_entries(mjp_dir / "config.json", model)
+        # transformers fetches remote code from the repository root even when `subfolder=` is given, so
+        # `from_pretrained(repo, subfolder="mjp", trust_remote_code=True)` needs the modules there too. The root
+        # config has no `auto_map`: stock loading never runs them.
+        for module_file in sorted(mjp_dir.glob("*.py")):
+            shutil.copy2(module_file, staging / module_file.name)
 
         if output_dir.exists():
             shutil.rmtree(output_dir)

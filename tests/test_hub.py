@@ -1,0 +1,431 @@
+"""Hub publishing: model cards, the two-checkpoint layout, push_to_hub with only the HTTP boundary mocked, and
+loading of the would-be-uploaded folder by stock transformers in a process where mjp_hf cannot be imported."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from PIL import Image
+from transformers import AutoModelForImageClassification, ViTForImageClassification, ViTImageProcessorPil
+
+from mjp_hf import MJPViTForImageClassification, MJPViTModel
+from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
+from mjp_hf.hub import (
+    FASHION_MNIST_WIDGET,
+    IMAGENET_WIDGET,
+    MJP_SUBFOLDER,
+    build_model_card,
+    layout_files,
+    main,
+    push_mjp_model,
+    read_run_records,
+    save_publishing_layout,
+)
+from mjp_hf.presets import config_from_preset
+
+HAS_FASHION_MNIST = fashion_mnist_available()
+CODE_FILES = ["configuration_mjp_vit.py", "jigsaw.py", "modeling_mjp_vit.py"]
+WIDGET_FILES = [f"widget/{title.lower()}.png" for title in FASHION_MNIST_WIDGET] if HAS_FASHION_MNIST else []
+# What the layout of the demo model holds, exactly.
+DEMO_LAYOUT = sorted(
+    ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES, *WIDGET_FILES]
+    + [f"{MJP_SUBFOLDER}/{name}" for name in
+       ["config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES]]
+)
+RUN_METRICS = {"epoch": 3.0, "eval_accuracy": 0.8125, "eval_top5_accuracy": 0.96875, "eval_loss": 0.53,
+               "eval_runtime": 1.5, "eval_samples_per_second": 21.3, "train_loss": 0.61}
+
+
+def demo_model(seed=0, **overrides) -> MJPViTForImageClassification:
+    """The demo preset as the Fashion-MNIST run builds it (ten named classes), with random weights."""
+    torch.manual_seed(seed)
+    labels = dict(enumerate(FASHION_MNIST_LABELS))
+    config = config_from_preset("demo", num_labels=10, id2label=labels,
+                                label2id={name: i for i, name in labels.items()}, **overrides)
+    return MJPViTForImageClassification(config).eval()
+
+
+def demo_processor():
+    return ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+
+def pixels(batch=3, seed=1):
+    return torch.randn(batch, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def sample_image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L")
+
+
+# --- model cards -------------------------------------------------------------------------------------------------
+
+
+def test_card_front_matter_and_body_come_from_the_metrics():
+    card = build_model_card(
+        demo_model(), model_id="me/mjp-vit-demo", dataset_name="zalando-datasets/fashion_mnist",
+        dataset_split="test", metrics=RUN_METRICS, hyperparameters={"learning_rate": 0.001, "seed": 42},
+        base_model="me/vit-tiny",
+    )
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification",
+                                                                     "apache-2.0")
+    assert {"vision", "image-classification", "mjp"} <= set(data.tags)
+    assert data.datasets == ["zalando-datasets/fashion_mnist"] and data.metrics == ["accuracy"]
+    assert data.base_model == "me/vit-tiny"
+    results = {result.metric_name: result for result in data.eval_results}
+    assert results["Top-1 accuracy"].metric_value == 0.8125 and results["Top-1 accuracy"].dataset_split == "test"
+    assert results["Top-5 accuracy"].metric_value == 0.96875
+    assert results["Top-1 accuracy"].task_type == "image-classification"
+
+    text = card.text
+    assert "| `eval_accuracy` | 0.8125 (81.25%) |" in text and "| `eval_loss` | 0.53 |" in text
+    assert "eval_runtime" not in text and "train_loss" not in text  # timings are not results
+    assert "| `learning_rate` | 0.001 |" in text and "| `jigsaw_ratio` | 0.1 |" in text
+    assert 'pipeline("image-classification", model="me/mjp-vit-demo")' in text
+    assert 'from_pretrained("me/mjp-vit-demo", subfolder="mjp")' in text and "trust_remote_code=True" in text
+    assert "@inproceedings{ren2023masked" in text and "## Limitations" in text
+    assert f"| parameters (root, stock ViT) | {demo_model().to_vit().num_parameters():,} |" in text
+    # The saved card parses back with the same front matter.
+    reparsed = ModelCard(str(card))
+    assert reparsed.data.eval_results[0].metric_value == 0.8125
+
+
+def test_card_without_metrics_reports_no_results():
+    card = build_model_card(demo_model(), model_id="me/x", metrics={"eval_accuracy": 0.9})  # no dataset: no index
+    assert card.data.eval_results is None
+    card = build_model_card(demo_model(), model_id="me/x")
+    assert card.data.eval_results is None and card.data.metrics is None
+    assert "No evaluation results were recorded" in card.text
+
+
+@pytest.mark.parametrize("model_id", ["", "not a repo id", "a/b/c"])
+def test_card_refuses_bad_repo_ids(model_id):
+    with pytest.raises(ValueError, match="not a Hub repository id"):
+        build_model_card(demo_model(), model_id=model_id)
+
+
+def test_card_and_layout_refuse_stock_models(tmp_path):
+    vit = demo_model().to_vit()
+    with pytest.raises(TypeError, match="MJP-ViT model"):
+        build_model_card(vit, model_id="me/x")
+    with pytest.raises(TypeError, match="mjp_hf.from_vit"):
+        save_publishing_layout(vit, demo_processor(), tmp_path / "out")
+    with pytest.raises(TypeError, match="image processor"):
+        save_publishing_layout(demo_model(), None, tmp_path / "out")
+
+
+def test_widget_examples():
+    imagenet = MJPViTForImageClassification(config_from_preset("demo", num_labels=1000))
+    assert build_model_card(imagenet, model_id="me/x").data.widget == IMAGENET_WIDGET
+    explicit = [{"src": "https://example.org/cat.png", "example_title": "Cat"}]
+    assert build_model_card(demo_model(), model_id="me/x", widget=explicit).data.widget == explicit
+    widget = build_model_card(demo_model(), model_id="me/x").data.widget
+    if HAS_FASHION_MNIST:
+        assert [example["example_title"] for example in widget] == list(FASHION_MNIST_WIDGET)
+        assert widget[0]["src"] == "https://huggingface.co/me/x/resolve/main/widget/sneaker.png"
+    else:
+        assert widget is None
+
+
+# --- the publishing layout -------------------------------------------------------------------------------------
+
+
+def test_layout_files_and_configs(tmp_path):
+    model = demo_model()
+    folder = save_publishing_layout(model, demo_processor(), tmp_path / "layout",
+                                    card=build_model_card(model, model_id="me/x"))
+    assert layout_files(folder) == DEMO_LAYOUT
+    root = json.loads((folder / "config.json").read_text())
+    assert root["model_type"] == "vit" and root["architectures"] == ["ViTForImageClassification"]
+    assert "auto_map" not in root and not any(key.startswith(("jigsaw_", "dalr_")) for key in root)
+    assert root["id2label"]["7"] == "Sneaker" and root["layer_norm_eps"] == 1e-6
+    mjp = json.loads((folder / MJP_SUBFOLDER / "config.json").read_text())
+    assert mjp["model_type"] == "mjp_vit"
+    assert mjp["auto_map"] == {
+        "AutoConfig": "configuration_mjp_vit.MJPViTConfig",
+        "AutoModel": "modeling_mjp_vit.MJPViTModel",
+        "AutoModelForImageClassification": "modeling_mjp_vit.MJPViTForImageClassification",
+    }
+    for name in CODE_FILES:  # the root copies are what trust_remote_code + subfolder reads
+        assert (folder / name).read_bytes() == (folder / MJP_SUBFOLDER / name).read_bytes()
+    if HAS_FASHION_MNIST:
+        assert Image.open(folder / "widget" / "sneaker.png").size == (28, 28)
+
+
+def test_layout_never_overwrites_unless_asked(tmp_path):
+    target = tmp_path / "layout"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_publishing_layout(demo_model(), demo_processor(), target)
+    assert (target / "notes.txt").read_text() == "keep me"
+    save_publishing_layout(demo_model(), demo_processor(), target, overwrite=True, widget_images={})
+    assert not (target / "notes.txt").exists() and (target / "model.safetensors").is_file()
+    assert not any(path.name.startswith(".layout.") for path in tmp_path.iterdir())  # no staging left behind
+
+
+def test_layout_loads_in_process_with_identical_logits(tmp_path):
+    model = demo_model(seed=3)
+    folder = save_publishing_layout(model, demo_processor(), tmp_path / "layout", widget_images={})
+    x = pixels()
+    with torch.no_grad():
+        expected = model(x).logits
+        root = AutoModelForImageClassification.from_pretrained(folder).eval()
+        assert type(root) is ViTForImageClassification
+        torch.testing.assert_close(root(x).logits, expected, atol=1e-6, rtol=1e-6)
+        full = MJPViTForImageClassification.from_pretrained(folder, subfolder=MJP_SUBFOLDER).eval()
+        torch.testing.assert_close(full(x).logits, expected, atol=1e-6, rtol=1e-6)
+    # The subfolder keeps what training needs: the UNK embedding and the DALR head, bit for bit.
+    embeddings, reloaded = model.vit.embeddings, full.vit.embeddings
+    assert torch.equal(reloaded.unk_position_embedding, embeddings.unk_position_embedding)
+    assert torch.equal(reloaded.dalr_head.layers[2].weight, embeddings.dalr_head.layers[2].weight)
+
+
+def test_layout_of_an_encoder_without_head(tmp_path):
+    torch.manual_seed(0)
+    encoder = MJPViTModel(config_from_preset("demo")).eval()
+    folder = save_publishing_layout(encoder, demo_processor(), tmp_path / "layout",
+                                    card=build_model_card(encoder, model_id="me/enc"))
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["ViTModel"]
+    assert ModelCard.load(folder / "README.md").data.pipeline_tag == "image-feature-extraction"
+    reloaded = MJPViTModel.from_pretrained(folder, subfolder=MJP_SUBFOLDER).eval()
+    x = pixels()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).last_hidden_state, encoder(x).last_hidden_state)
+
+
+# --- push_to_hub, HTTP mocked, and loading without mjp_hf ---------------------------------------------------------
+
+FRESH_PROCESS_LOADER = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class RefuseMJP(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "mjp_hf" or name.startswith("mjp_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+    sys.meta_path.insert(0, RefuseMJP())
+    try:
+        import mjp_hf
+    except ModuleNotFoundError:
+        pass
+    else:
+        raise SystemExit("mjp_hf was importable")
+
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoModelForImageClassification, pipeline
+
+    folder, inputs, outputs = sys.argv[1:4]
+    x = torch.load(inputs, weights_only=True)["pixels"]
+    results, classes = {}, {}
+    with torch.no_grad():
+        for name, loader, kwargs in [
+            ("root_classifier", AutoModelForImageClassification, {}),
+            ("root_encoder", AutoModel, {}),
+            ("mjp_classifier", AutoModelForImageClassification, {"subfolder": "mjp", "trust_remote_code": True}),
+            ("mjp_encoder", AutoModel, {"subfolder": "mjp", "trust_remote_code": True}),
+        ]:
+            model = loader.from_pretrained(folder, **kwargs).eval()
+            classes[name] = [type(model).__name__, model.config.model_type]
+            out = model(x)
+            results[name] = out.logits if hasattr(out, "logits") else out.last_hidden_state
+    classifier = pipeline("image-classification", model=folder)
+    predictions = classifier(Image.open(sys.argv[4]), top_k=3)
+    torch.save(results, outputs)
+    print(json.dumps({"classes": classes, "pipeline": predictions,
+                      "modules": sorted(m for m in sys.modules if m.startswith("mjp_hf"))}))
+    """
+)
+
+
+def load_without_mjp_hf(folder: Path, x: torch.Tensor, image_path: Path, tmp_path: Path):
+    """Load `folder` in a fresh interpreter in which `mjp_hf` cannot be imported; return its outputs."""
+    inputs, outputs, script = tmp_path / "inputs.pt", tmp_path / "outputs.pt", tmp_path / "load.py"
+    torch.save({"pixels": x}, inputs)
+    script.write_text(FRESH_PROCESS_LOADER)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    done = subprocess.run([sys.executable, str(script), str(folder), str(inputs), str(outputs), str(image_path)],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return report, torch.load(outputs, weights_only=True)
+
+
+class RecordingHub:
+    """Stands in for the two HTTP calls of a push; keeps a copy of the folder that would be uploaded."""
+
+    def __init__(self, destination: Path):
+        self.destination, self.calls = destination, []
+
+    def create_repo(self, api, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs, api.token))
+        return mock.Mock(repo_id=repo_id)
+
+    def upload_folder(self, api, *, repo_id, folder_path, **kwargs):
+        self.calls.append(("upload_folder", repo_id, kwargs, api.token))
+        shutil.copytree(folder_path, self.destination)
+        return mock.Mock(commit_url=f"https://huggingface.co/{repo_id}/commit/0123abcd")
+
+    def patch(self):
+        hub = self
+        return mock.patch.multiple(
+            HfApi,
+            create_repo=lambda api, repo_id, **kw: hub.create_repo(api, repo_id, **kw),
+            upload_folder=lambda api, **kw: hub.upload_folder(api, **kw),
+        )
+
+
+def test_push_uploads_the_layout_and_it_loads_without_mjp_hf(tmp_path):
+    model = demo_model(seed=5)
+    processor = demo_processor()
+    card = build_model_card(model, model_id="me/mjp-vit-demo", dataset_name="zalando-datasets/fashion_mnist",
+                            metrics=RUN_METRICS)
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch():
+        url = push_mjp_model(model, processor, "me/mjp-vit-demo", card=card, token="hf_test", private=True)
+    assert url == "https://huggingface.co/me/mjp-vit-demo/commit/0123abcd"
+    (create, upload) = hub.calls
+    assert create == ("create_repo", "me/mjp-vit-demo", {"private": True, "exist_ok": True}, "hf_test")
+    assert upload[0:2] == ("upload_folder", "me/mjp-vit-demo") and upload[3] == "hf_test"
+    assert "stock ViT at the root" in upload[2]["commit_message"]
+
+    uploaded = tmp_path / "uploaded"
+    assert layout_files(uploaded) == DEMO_LAYOUT  # exactly these files, safetensors only
+    assert ModelCard.load(uploaded / "README.md").data.eval_results[0].metric_value == 0.8125
+
+    x = pixels(batch=4, seed=9)
+    image_path = tmp_path / "shirt.png"
+    sample_image().save(image_path)
+    report, outputs = load_without_mjp_hf(uploaded, x, image_path, tmp_path)
+    assert report["modules"] == []
+    assert report["classes"] == {
+        "root_classifier": ["ViTForImageClassification", "vit"],
+        "root_encoder": ["ViTModel", "vit"],
+        "mjp_classifier": ["MJPViTForImageClassification", "mjp_vit"],
+        "mjp_encoder": ["MJPViTModel", "mjp_vit"],
+    }
+    with torch.no_grad():
+        expected_logits = model(x).logits
+        expected_tokens = model.vit(x).last_hidden_state
+        image_inputs = processor(sample_image().convert("RGB"), return_tensors="pt").pixel_values
+        expected_scores = model(image_inputs).logits.softmax(-1)[0]
+    for name in ("root_classifier", "mjp_classifier"):
+        torch.testing.assert_close(outputs[name], expected_logits, atol=1e-5, rtol=1e-5)
+    for name in ("root_encoder", "mjp_encoder"):
+        torch.testing.assert_close(outputs[name], expected_tokens, atol=1e-5, rtol=1e-5)
+    top = expected_scores.topk(3)
+    assert [p["label"] for p in report["pipeline"]] == [FASHION_MNIST_LABELS[i] for i in top.indices.tolist()]
+    np.testing.assert_allclose([p["score"] for p in report["pipeline"]], top.values.tolist(), atol=1e-5)
+
+
+def test_push_without_card_builds_a_default_one(tmp_path):
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch():
+        push_mjp_model(demo_model(), demo_processor(), "me/other", commit_message="first")
+    assert hub.calls[0][2] == {"private": None, "exist_ok": True}
+    assert hub.calls[1][2]["commit_message"] == "first"
+    card = ModelCard.load(tmp_path / "uploaded" / "README.md")
+    assert card.data.pipeline_tag == "image-classification" and 'model="me/other"' in card.text
+
+
+# --- training runs: records, the card command, the push command ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real (tiny) Trainer run of the demo model: the files a training output folder holds."""
+    from transformers import Trainer, TrainingArguments
+
+    from mjp_hf.data import load_fashion_mnist_arrays
+
+    run_dir = tmp_path_factory.mktemp("run") / "mjp-demo"
+    if HAS_FASHION_MNIST:
+        train_images, train_labels = (array[:64] for array in load_fashion_mnist_arrays("train"))
+        test_images, test_labels = (array[:32] for array in load_fashion_mnist_arrays("test"))
+    else:
+        rng = np.random.default_rng(0)
+        train_images, test_images = rng.integers(0, 256, (64, 28, 28)), rng.integers(0, 256, (32, 28, 28))
+        train_labels, test_labels = rng.integers(0, 10, 64), rng.integers(0, 10, 32)
+
+    def as_dataset(images, labels):
+        x = (torch.tensor(np.array(images), dtype=torch.float32) / 127.5 - 1).unsqueeze(1).expand(-1, 3, -1, -1)
+        return [{"pixel_values": x[i], "labels": int(labels[i])} for i in range(len(labels))]
+
+    def compute_metrics(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        top5 = np.argsort(-logits, -1)[:, :5]
+        return {"accuracy": float((top5[:, 0] == prediction.label_ids).mean()),
+                "top5_accuracy": float((top5 == prediction.label_ids[:, None]).any(-1).mean())}
+
+    args = TrainingArguments(output_dir=str(run_dir), max_steps=3, per_device_train_batch_size=16,
+                             per_device_eval_batch_size=32, learning_rate=1e-3, save_strategy="no", report_to=[],
+                             use_cpu=True, seed=7, logging_steps=1)
+    trainer = Trainer(model=demo_model(seed=7).train(), args=args, train_dataset=as_dataset(train_images, train_labels),
+                      eval_dataset=as_dataset(test_images, test_labels), compute_metrics=compute_metrics)
+    train_metrics = trainer.train().metrics
+    eval_metrics = trainer.evaluate(ignore_keys=["classification_loss", "localization_loss", "jigsaw_mask"])
+    trainer.save_model()
+    trainer.save_metrics("all", {**train_metrics, **eval_metrics})
+    trainer.save_state()
+    demo_processor().save_pretrained(run_dir)
+    (run_dir / "training_args.json").write_text(json.dumps(args.to_dict(), default=str))
+    return run_dir
+
+
+def test_run_records_come_from_the_run_files(tiny_run):
+    metrics, hyperparameters = read_run_records(tiny_run)
+    assert metrics == json.loads((tiny_run / "all_results.json").read_text())
+    assert 0.0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1.0
+    assert hyperparameters["learning_rate"] == 1e-3 and hyperparameters["max_steps"] == 3
+    assert hyperparameters["seed"] == 7 and hyperparameters["optimizer steps"] == 3
+    assert (tiny_run / "training_args.bin").is_file()  # present, and never unpickled by read_run_records
+
+
+def test_card_command_fills_the_card_from_the_run(tiny_run, tmp_path):
+    output = tmp_path / "model_cards" / "mjp-vit-demo.md"
+    main(["card", "--run_dir", str(tiny_run), "--model_id", "me/mjp-vit-demo", "--output", str(output),
+          "--dataset_name", "zalando-datasets/fashion_mnist", "--dataset_split", "test"])
+    recorded = json.loads((tiny_run / "all_results.json").read_text())
+    card = ModelCard.load(output)
+    values = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert values == {"Top-1 accuracy": recorded["eval_accuracy"], "Top-5 accuracy": recorded["eval_top5_accuracy"]}
+    assert f"{100 * recorded['eval_accuracy']:.2f}%" in card.text
+    assert "| `max_steps` | 3 |" in card.text
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(["card", "--run_dir", str(tiny_run), "--model_id", "me/mjp-vit-demo", "--output", str(output)])
+
+
+def test_push_command_uploads_the_run(tiny_run, tmp_path):
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch():
+        main(["push", "--run_dir", str(tiny_run), "--hub_model_id", "me/mjp-vit-demo", "--hub_token", "hf_x",
+              "--hub_private_repo", "--dataset_name", "zalando-datasets/fashion_mnist"])
+    assert hub.calls[0][1:] == ("me/mjp-vit-demo", {"private": True, "exist_ok": True}, "hf_x")
+    assert layout_files(tmp_path / "uploaded") == DEMO_LAYOUT
+    model = MJPViTForImageClassification.from_pretrained(tiny_run).eval()
+    root = ViTForImageClassification.from_pretrained(tmp_path / "uploaded").eval()
+    x = pixels()
+    with torch.no_grad():
+        torch.testing.assert_close(root(x).logits, model(x).logits, atol=1e-6, rtol=1e-6)
+
+
+def test_commands_refuse_folders_that_are_not_mjp_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        main(["card", "--run_dir", str(tmp_path), "--model_id", "me/x", "--output", str(tmp_path / "c.md")])
+    demo_model().to_vit().save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match="model_type 'vit'"):
+        main(["layout", "--run_dir", str(tmp_path / "vit"), "--model_id", "me/x", "--output_dir", str(tmp_path / "o")])
