@@ -86,6 +86,8 @@ class MJPViTConfig(ViTConfig):
     dalr_normalize_targets: bool = False
 
     def __post_init__(self, **kwargs):
+        # A config read from a stock ViT folder (to fine-tune it with MJP) carries `model_type: vit`.
+        kwargs.pop("model_type", None)
         self._check_mjp_fields()
         super().__post_init__(**kwargs)
 

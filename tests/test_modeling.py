@@ -339,7 +339,7 @@ def test_attention_backends_and_outputs():
 
 def test_gradient_checkpointing_trains():
     model = tiny_model(jigsaw_ratio=0.3).train()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     out = model(pixels(), labels=torch.tensor([0, 1, 2, 3]), jigsaw=True)
     out.loss.backward()
     assert model.vit.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
@@ -473,6 +473,7 @@ def _assert_loads_every_vit_weight(folder, vit):
     new = {"vit.embeddings.unk_position_embedding"} | {k for k in model.state_dict() if ".dalr_head." in k}
     assert set(info["missing_keys"]) == new
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert model.config.model_type == "mjp_vit"
     model.eval()
     x = pixels()
     assert torch.equal(model(x).logits, vit(x).logits)
