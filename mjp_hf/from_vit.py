@@ -1,0 +1,173 @@
+"""Start MJP training from a stock transformers ViT (or a non-distilled DeiT) checkpoint.
+
+    python -m mjp_hf.from_vit --model_name_or_path ./vit-folder --output_dir ./mjp-vit [--jigsaw_ratio 0.1 ...]
+
+Every ViT weight is kept (patch and position embeddings, encoder, classifier); only the parts MJP adds are new and
+initialised as a fresh MJP model would be: the unknown position embedding and the DALR head. In eval mode the result
+computes exactly what the source ViT computes, which the command checks before it writes anything.
+
+Distilled DeiT checkpoints (`model_type: deit`, a distillation token and a second head) are refused: MJP-ViT has one
+[CLS] token, and dropping the distillation token would silently change what the network computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoImageProcessor, ViTConfig
+
+from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig
+from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
+
+# The only parameters an MJP model has beyond a stock ViT: everything else must come from the checkpoint.
+MJP_NEW_PARAMETER_PATTERNS = (".unk_position_embedding", ".dalr_head.")
+
+
+class NotAViTCheckpointError(ValueError):
+    """The source is not a stock ViT / non-distilled DeiT classifier or encoder."""
+
+
+def _source_config(model_name_or_path: str, **hub_kwargs) -> ViTConfig:
+    config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if config.model_type == "deit" or any("Teacher" in name or "DeiT" in name for name in architectures):
+        raise NotAViTCheckpointError(
+            f"{model_name_or_path} is a DeiT checkpoint with a distillation token (model_type {config.model_type!r}, "
+            f"architectures {architectures}). MJP-ViT has a single [CLS] token; start from a non-distilled DeiT, "
+            "whose checkpoints are stock ViTs (e.g. facebook/deit-small-patch16-224, model_type 'vit')."
+        )
+    if config.model_type == MJPViTConfig.model_type:
+        raise NotAViTCheckpointError(
+            f"{model_name_or_path} is already an MJP-ViT checkpoint; load it with MJPViTForImageClassification."
+        )
+    if not isinstance(config, ViTConfig) or config.model_type != "vit":
+        raise NotAViTCheckpointError(
+            f"{model_name_or_path} has model_type {config.model_type!r}; from_vit starts from a transformers ViT "
+            "(model_type 'vit') or a non-distilled DeiT."
+        )
+    return config
+
+
+def mjp_config_from_vit(vit_config: ViTConfig, **mjp_settings) -> MJPViTConfig:
+    """An `MJPViTConfig` with every field of `vit_config` and the given MJP settings (defaults: the release)."""
+    unknown = sorted(set(mjp_settings) - set(MJP_CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"Unknown MJP settings {unknown}; choose from {list(MJP_CONFIG_FIELDS)}.")
+    fields = vit_config.to_dict()
+    for key in ("model_type", "transformers_version", "auto_map"):
+        fields.pop(key, None)
+    fields["architectures"] = None
+    return MJPViTConfig(**fields, **{key: value for key, value in mjp_settings.items() if value is not None})
+
+
+def mjp_from_vit(model_name_or_path: str | Path, **mjp_settings) -> MJPViTPreTrainedModel:
+    """Load a stock ViT checkpoint into the matching MJP class (classifier or encoder), keeping all its weights.
+
+    Raises if any ViT weight is missing from or left unused by the checkpoint: only the unknown position embedding
+    and the DALR head may be new.
+    """
+    vit_config = _source_config(str(model_name_or_path))
+    config = mjp_config_from_vit(vit_config, **mjp_settings)
+    architectures = list(vit_config.architectures or ["ViTForImageClassification"])
+    is_encoder = architectures == ["ViTModel"]
+    model_class = MJPViTModel if is_encoder else MJPViTForImageClassification
+    kwargs = {}
+    if is_encoder:
+        kwargs["add_pooling_layer"] = _has_pooler(model_name_or_path)
+    model, info = model_class.from_pretrained(model_name_or_path, config=config, output_loading_info=True, **kwargs)
+    not_new = [key for key in info["missing_keys"] if not any(p in f".{key}" for p in MJP_NEW_PARAMETER_PATTERNS)]
+    problems = []
+    if not_new:
+        problems.append(f"ViT weights missing from the checkpoint: {sorted(not_new)}")
+    if info["unexpected_keys"]:
+        problems.append(f"checkpoint weights the MJP model does not use: {sorted(info['unexpected_keys'])}")
+    if info.get("mismatched_keys"):
+        problems.append(f"weights of the wrong shape: {sorted(info['mismatched_keys'])}")
+    if problems:
+        raise NotAViTCheckpointError(f"{model_name_or_path} does not load as a complete ViT: " + "; ".join(problems))
+    return model.eval()
+
+
+def _has_pooler(model_name_or_path) -> bool:
+    from safetensors import safe_open
+
+    folder = Path(model_name_or_path)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    for file in files:
+        with safe_open(file, "pt") as handle:
+            if any("pooler" in key for key in handle.keys()):
+                return True
+    return not files  # unknown (e.g. a Hub id): keep the ViTModel default
+
+
+@torch.no_grad()
+def max_eval_difference(mjp_model: MJPViTPreTrainedModel, model_name_or_path, seed: int = 0) -> float:
+    """Largest absolute difference between the MJP model and the source ViT on a random batch, in eval mode."""
+    from transformers import ViTForImageClassification, ViTModel
+
+    source_class = ViTModel if isinstance(mjp_model, MJPViTModel) else ViTForImageClassification
+    source = source_class.from_pretrained(model_name_or_path).eval()
+    config = mjp_model.config
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    x = torch.randn(2, config.num_channels, size, size, generator=torch.Generator().manual_seed(seed))
+    ours, theirs = mjp_model.eval()(x), source(x)
+    if isinstance(mjp_model, MJPViTModel):
+        return (ours.last_hidden_state - theirs.last_hidden_state).abs().max().item()
+    return (ours.logits - theirs.logits).abs().max().item()
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mjp_hf.from_vit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_name_or_path", required=True, help="a transformers ViT or non-distilled DeiT folder")
+    parser.add_argument("--output_dir", required=True, help="new or empty folder for the MJP checkpoint")
+    parser.add_argument("--overwrite_output_dir", action="store_true", help="write into a non-empty --output_dir")
+    mjp = parser.add_argument_group("MJP settings (default: the released recipe)")
+    for field in dataclasses.fields(MJPViTConfig):
+        if field.name not in MJP_CONFIG_FIELDS:
+            continue
+        kind = {bool: _bool, int: int, str: str}.get(type(field.default), float)
+        if field.name == "jigsaw_max_block":
+            kind = int
+        mjp.add_argument(f"--{field.name}", type=kind, default=None, help=f"default {field.default!r}")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> MJPViTPreTrainedModel:
+    args = _parse_args(argv)
+    output_dir = Path(args.output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
+        raise SystemExit(f"--output_dir {output_dir} is not empty; pass a new folder or --overwrite_output_dir.")
+    settings = {name: getattr(args, name) for name in MJP_CONFIG_FIELDS if getattr(args, name) is not None}
+    model = mjp_from_vit(args.model_name_or_path, **settings)
+    difference = max_eval_difference(model, args.model_name_or_path)
+    if difference > 1e-4:
+        raise RuntimeError(f"The MJP model differs from the source ViT by {difference:.3g} in eval mode; not saved.")
+    model.save_pretrained(output_dir)
+    try:
+        AutoImageProcessor.from_pretrained(args.model_name_or_path).save_pretrained(output_dir)
+    except OSError:
+        print(f"{args.model_name_or_path} has no image processor; pass --image_processor_name when training.")
+    new = sum(p.numel() for n, p in model.named_parameters() if any(s in f".{n}" for s in MJP_NEW_PARAMETER_PATTERNS))
+    print(
+        f"Wrote {type(model).__name__} to {output_dir}: {model.num_parameters():,} parameters, of which {new:,} new "
+        f"(unknown position embedding, DALR head); max |eval difference| to the source ViT {difference:.2e}.\n"
+        f"MJP settings: " + json.dumps({name: getattr(model.config, name) for name in MJP_CONFIG_FIELDS})
+    )
+    return model
+
+
+if __name__ == "__main__":
+    main()
