@@ -184,6 +184,15 @@ def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | 
     return None
 
 
+def _is_repo_id(name) -> bool:
+    return isinstance(name, str) and re.fullmatch(r"[\w-][\w.-]*(/[\w-][\w.-]*)?", name) is not None
+
+
+def _is_hub_checkpoint(name) -> bool:
+    """A base model the Hub can link: a repository id that is not also a local folder."""
+    return _is_repo_id(name) and not Path(name).exists()
+
+
 def build_model_card(
     model: MJPViTPreTrainedModel,
     *,
@@ -212,7 +221,8 @@ def build_model_card(
             `eval_top5_accuracy` enter the `model-index`, every `eval_*` number the results table. Never type
             figures here by hand: pass the file's content.
         hyperparameters: the training recipe actually used, rendered as a table.
-        base_model: the checkpoint the model was fine-tuned from, if any.
+        base_model: the checkpoint the model was fine-tuned from, if any. Only a Hub id enters the front matter;
+            a local folder is named in the text alone.
         widget: `[{"src": url, "example_title": title}, ...]` for the inference widget; `default_widget` when not
             given (pass `[]` for none).
         summary, training_text, limitations: replace the generated paragraphs.
@@ -223,7 +233,7 @@ def build_model_card(
             f"build_model_card expects an MJP-ViT model (MJPViTForImageClassification or MJPViTModel), got "
             f"{type(model).__name__}; load the checkpoint with mjp_hf first."
         )
-    if not isinstance(model_id, str) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model_id):
+    if not _is_repo_id(model_id):
         raise ValueError(f"model_id={model_id!r} is not a Hub repository id; pass 'org/name'.")
     template_path = Path(template_path) if template_path is not None else CARD_TEMPLATE
     if not template_path.is_file():
@@ -244,7 +254,7 @@ def build_model_card(
         tags=list(dict.fromkeys(["vision", "image-classification", "vit", "mjp", "masked-jigsaw-puzzle", *tags])),
         datasets=[dataset_name] if dataset_name else None,
         metrics=["accuracy"] if eval_results else None,
-        base_model=base_model,
+        base_model=base_model if _is_hub_checkpoint(base_model) else None,
         model_name=model_id.split("/")[-1],
         eval_results=eval_results,
         widget=[dict(example) for example in widget] if widget else None,
@@ -261,7 +271,10 @@ def build_model_card(
         task = "an image classifier" if is_classifier else "an image encoder"
         summary = f"`{model_id}` is {task}" + (f" trained on `{dataset_name}`" if dataset_name else "") + "."
         if base_model:
-            summary += f" It was fine-tuned from `{base_model}`."
+            if _is_hub_checkpoint(base_model):
+                summary += f" It was fine-tuned from `{base_model}`."
+            else:
+                summary += f" It was fine-tuned from a local checkpoint (`{Path(base_model).name}`)."
     if training_text is None:
         training_text = (
             "Trained with `mjp_hf` (the Trainer-based example `examples/run_image_classification.py`)"
@@ -273,11 +286,12 @@ def build_model_card(
     if limitations is None:
         limitations = [
             "The model only knows the classes in `config.json`'s `id2label`; anything else is forced into one of them.",
-            "The accuracy above was measured once, on the split named, with the preprocessing in "
-            "`preprocessor_config.json`; it says nothing about other data, resolutions or distribution shifts.",
-            "MJP was proposed to trade a little clean accuracy for robustness and for resistance to gradient-inversion "
-            "attacks on the position embeddings; neither property was measured for this checkpoint.",
+            "The MJP paper studies the robustness of MJP-trained ViTs and their resistance to gradient-inversion "
+            "attacks; neither property was measured for this checkpoint.",
         ]
+        if results:
+            limitations.insert(1, "The results above were measured once, on the data named, with the preprocessing "
+                               "in `preprocessor_config.json`; they say nothing about other data or resolutions.")
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
@@ -515,6 +529,13 @@ def card_for_run(run_dir: str | os.PathLike, *, model_id: str, **card_kwargs) ->
     run_dir = Path(run_dir)
     model, _ = _load_run(run_dir)
     metrics, hyperparameters = read_run_records(run_dir)
+    # The card the training script wrote knows the dataset and the starting checkpoint.
+    if (run_dir / "README.md").is_file():
+        written = ModelCard.load(run_dir / "README.md").data
+        if card_kwargs.get("dataset_name") is None and written.datasets:
+            card_kwargs["dataset_name"] = written.datasets[0]
+        if card_kwargs.get("base_model") is None and written.base_model:
+            card_kwargs["base_model"] = written.base_model
     card_kwargs.setdefault("metrics", metrics)
     card_kwargs.setdefault("hyperparameters", hyperparameters)
     return build_model_card(model, model_id=model_id, **card_kwargs)

@@ -429,3 +429,27 @@ def test_commands_refuse_folders_that_are_not_mjp_runs(tmp_path):
     demo_model().to_vit().save_pretrained(tmp_path / "vit")
     with pytest.raises(ValueError, match="model_type 'vit'"):
         main(["layout", "--run_dir", str(tmp_path / "vit"), "--model_id", "me/x", "--output_dir", str(tmp_path / "o")])
+
+
+def test_local_base_model_stays_out_of_the_front_matter(tmp_path, monkeypatch):
+    local = tmp_path / "my-vit"
+    local.mkdir()
+    card = build_model_card(demo_model(), model_id="me/x", base_model=str(local))
+    assert card.data.base_model is None and "a local checkpoint (`my-vit`)" in card.text
+    assert build_model_card(demo_model(), model_id="me/x", base_model="google/vit-base-patch16-224").data.base_model \
+        == "google/vit-base-patch16-224"
+    monkeypatch.chdir(tmp_path)  # a model id that is also a folder name (the example's default) is still an id
+    assert build_model_card(demo_model(), model_id="my-vit").data.model_name == "my-vit"
+
+
+def test_card_command_takes_dataset_and_base_model_from_the_written_card(tiny_run, tmp_path):
+    written = build_model_card(demo_model(), model_id="me/x", dataset_name="zalando-datasets/fashion_mnist",
+                               base_model="google/vit-base-patch16-224")
+    written.save(tiny_run / "README.md")
+    try:
+        main(["card", "--run_dir", str(tiny_run), "--model_id", "me/y", "--output", str(tmp_path / "y.md")])
+    finally:
+        (tiny_run / "README.md").unlink()
+    card = ModelCard.load(tmp_path / "y.md")
+    assert card.data.datasets == ["zalando-datasets/fashion_mnist"]
+    assert card.data.base_model == "google/vit-base-patch16-224" and card.data.eval_results
