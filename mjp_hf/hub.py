@@ -103,7 +103,7 @@ def _format_metric(name: str, value) -> str:
     return _format_value(value)
 
 
-def _eval_results(metrics: Mapping, *, model_id: str, dataset_name: str | None, dataset_split: str | None):
+def _eval_results(metrics: Mapping, *, dataset_name: str | None, dataset_split: str | None):
     if not dataset_name:
         return None
     results = []
@@ -246,7 +246,7 @@ def build_model_card(
     is_classifier = isinstance(model, MJPViTForImageClassification)
     if widget is None:
         widget = default_widget(model, model_id)
-    eval_results = _eval_results(metrics, model_id=model_id, dataset_name=dataset_name, dataset_split=dataset_split)
+    eval_results = _eval_results(metrics, dataset_name=dataset_name, dataset_split=dataset_split)
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification" if is_classifier else "image-feature-extraction",
@@ -312,6 +312,8 @@ def build_model_card(
         no_results_text="No evaluation results were recorded with this checkpoint, so none are reported.",
         limitations=list(limitations),
         bibtex=PAPER_BIBTEX,
+        paper_url=PAPER_URL,
+        code_url=CODE_URL,
     )
     return card
 
@@ -391,6 +393,13 @@ def save_publishing_layout(
     _check_output_dir(output_dir, overwrite)
     if widget_images is None:
         widget_images = default_widget_images(model)
+    if isinstance(model, MJPViTForImageClassification) and all(
+        re.fullmatch(r"LABEL_\d+", name) for name in _labels(model)
+    ):
+        logger.warning(
+            "The model's id2label holds only generic names (LABEL_0, ...): pipeline() and the Hub widget will show "
+            "those. Set model.config.id2label / label2id to the class names before publishing."
+        )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
 
     # Build beside the target and swap at the end, so a failure never leaves a half-written layout behind.
