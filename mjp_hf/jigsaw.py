@@ -11,7 +11,9 @@ A jigsaw has two parts:
 
 Every function is vectorised over the batch, runs on the device of its inputs and never synchronises with the
 host: the number of rectangle rounds is fixed in advance from Python integers, so finished masks simply stop
-changing. Pass a `torch.Generator` for reproducible draws.
+changing, and a round costs a few dozen small tensor operations on `[masks, attempts]` and `[masks, patches]`
+(a summed-area table answers "how many patches of this rectangle are already selected"). Pass a `torch.Generator`
+for reproducible draws.
 
 Masks have shape `[num_masks, grid_h * grid_w]` (row-major patch order, `k = row * grid_w + col`); a permutation
 is a gather index of the same shape: the token placed at position `i` comes from position `permutation[i]`.
@@ -38,10 +40,6 @@ def default_max_block(num_patches: int) -> int:
 def num_masked_patches(num_patches: int, ratio: float) -> int:
     """Number of patches a mask aims at: `int(num_patches * ratio)`, as released."""
     return int(num_patches * ratio)
-
-
-def _draw(generator, *shape, device):
-    return torch.rand(shape, generator=generator, device=device)
 
 
 def block_mask(
@@ -76,46 +74,65 @@ def block_mask(
         raise ValueError(f"num_masked={num_masked} is outside [0, {num_patches}] for a {grid_h}x{grid_w} grid.")
     if generator is not None:
         device = generator.device
-    mask = torch.zeros(num_masks, num_patches, dtype=torch.bool, device=device)
     if num_masked == 0:
-        return mask
+        return torch.zeros(num_masks, num_patches, dtype=torch.bool, device=device)
 
     max_block = default_max_block(num_patches) if max_block is None else max_block
     min_block = min(min_block, max_block)
+    # Every placed block adds at least one patch, so rounds beyond the target number of patches never place one.
+    num_rounds = min(num_masked, math.ceil(num_masked / min_block) + EXTRA_ROUNDS)
     log_aspect_lo, log_aspect_hi = math.log(min_aspect), -math.log(min_aspect)
+
+    # All the randomness up front, four uniforms per (round, mask, attempt): area, aspect, top, left.
+    draws = torch.rand(num_rounds, num_masks, MAX_ATTEMPTS, 4, generator=generator, device=device)
+    # random.uniform(a, b) is a + (b - a) * U whatever the order of a and b; here a = min_block, b = the round's cap,
+    # so area = min_block * (1 - U) + cap * U, of which the first term is known in advance.
+    area_draws = draws[..., 0]
+    area_offsets = min_block * (1 - area_draws)
+    # h = round(sqrt(area * aspect)) and w = round(sqrt(area / aspect)): sqrt(area) times a per-attempt scale.
+    sqrt_aspect = torch.exp(0.5 * (log_aspect_lo + (log_aspect_hi - log_aspect_lo) * draws[..., 1]))
+    side_scales = torch.stack((sqrt_aspect, sqrt_aspect.reciprocal()), dim=-1)  # [R, M, A, (h, w)]
+    corner_draws = draws[..., 2:]  # [R, M, A, (top, left)]
+
+    # Sizes and corners are small integers, exact in float32, which spares every round a cast.
+    grid_hw = torch.tensor([grid_h, grid_w], dtype=torch.float32, device=device)
     # A block must be strictly smaller than the grid, as released; a grid one patch wide allows height 1.
-    max_h, max_w = max(grid_h - 1, 1), max(grid_w - 1, 1)
-    rows = torch.arange(grid_h, device=device)
-    cols = torch.arange(grid_w, device=device)
+    max_hw = torch.tensor([max(grid_h - 1, 1), max(grid_w - 1, 1)], dtype=torch.float32, device=device)
+    corner_signs = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], device=device)
+    coords = torch.arange(max(grid_h, grid_w), dtype=torch.float32, device=device)
 
-    count = torch.zeros(num_masks, dtype=torch.long, device=device)
-    active = torch.ones(num_masks, dtype=torch.bool, device=device)
-    for _ in range(math.ceil(num_masked / min_block) + EXTRA_ROUNDS):
-        remaining = num_masked - count
-        cap = remaining.clamp(max=max_block).unsqueeze(1)
-        # random.uniform(a, b) is a + (b - a) * U, whatever the order of a and b.
-        area = min_block + (cap - min_block) * _draw(generator, num_masks, MAX_ATTEMPTS, device=device)
-        aspect = torch.exp(log_aspect_lo + (log_aspect_hi - log_aspect_lo) * _draw(
-            generator, num_masks, MAX_ATTEMPTS, device=device))
-        h = torch.round(torch.sqrt(area * aspect)).long()
-        w = torch.round(torch.sqrt(area / aspect)).long()
-        fits = (h <= max_h) & (w <= max_w)
-        top = (_draw(generator, num_masks, MAX_ATTEMPTS, device=device) * (grid_h - h + 1).clamp(min=1)).long()
-        left = (_draw(generator, num_masks, MAX_ATTEMPTS, device=device) * (grid_w - w + 1).clamp(min=1)).long()
-
-        in_rows = (rows >= top[..., None]) & (rows < (top + h)[..., None])  # [M, A, H]
-        in_cols = (cols >= left[..., None]) & (cols < (left + w)[..., None])  # [M, A, W]
-        rect = (in_rows[..., :, None] & in_cols[..., None, :]).flatten(2)  # [M, A, N]
-        new = (rect & ~mask[:, None]).sum(-1)  # [M, A]
-        ok = fits & (new > 0) & (new <= cap) & active[:, None]
+    mask = torch.zeros(num_masks, grid_h, grid_w, dtype=torch.bool, device=device)
+    # Summed-area table of the mask, zero-padded: any rectangle's selected patches are four lookups in it, so a
+    # round costs O(masks * (patches + attempts)) whatever the size of the rectangles tried.
+    table = torch.zeros(num_masks, grid_h + 1, grid_w + 1, dtype=torch.float32, device=device)
+    table_size = (grid_h + 1) * (grid_w + 1)
+    active = torch.ones(num_masks, 1, dtype=torch.bool, device=device)
+    for round_index in range(num_rounds):
+        table[:, 1:, 1:] = mask.cumsum(1, dtype=torch.float32).cumsum(2)
+        count = table[:, -1, -1:]  # [M, 1]
+        cap = (num_masked - count).clamp(max=max_block)
+        area = torch.addcmul(area_offsets[round_index], cap, area_draws[round_index])  # [M, A]
+        sides = (area.sqrt().unsqueeze(-1) * side_scales[round_index]).round()  # [M, A, (h, w)]
+        fits = (sides <= max_hw).all(-1)
+        start = (corner_draws[round_index] * (grid_hw + 1 - sides).clamp(min=1)).floor()
+        # Attempts that do not fit are refused below; clipping keeps their table lookups in range.
+        stop = torch.minimum(start + sides, grid_hw)
+        bounds = torch.stack((start, stop), dim=-1)  # [M, A, (row, col), (start, stop)]
+        rows = bounds[..., 0, :].unsqueeze(-1) * (grid_w + 1)  # [M, A, 2, 1]
+        cols = bounds[..., 1, :].unsqueeze(-2)  # [M, A, 1, 2]
+        lookups = table.view(num_masks, table_size).gather(1, (rows + cols).long().view(num_masks, 4 * MAX_ATTEMPTS))
+        overlap = (lookups.view(num_masks, MAX_ATTEMPTS, 2, 2) * corner_signs).sum((-2, -1))
+        new = sides.prod(-1) - overlap
+        ok = fits & (new > 0) & (new <= cap) & active
 
         # The first successful attempt wins: failed attempts leave no trace, so drawing all at once is exact.
-        placed = ok.any(-1)
-        first = ok.long().argmax(-1, keepdim=True)
-        mask |= rect.gather(1, first[..., None].expand(-1, 1, num_patches)).squeeze(1) & placed[:, None]
-        count += new.gather(1, first).squeeze(1) * placed
-        active &= placed & (count < num_masked)
-    return mask
+        # A mask whose round placed nothing is finished, as the released loop gives up there.
+        active = ok.any(-1, keepdim=True)
+        first = ok.to(torch.uint8).argmax(-1)
+        chosen = bounds.gather(1, first.view(num_masks, 1, 1, 1).expand(-1, 1, 2, 2)).squeeze(1)  # [M, 2, 2]
+        spans = (coords >= chosen[..., :1]) & (coords < chosen[..., 1:])  # [M, (row, col), max(H, W)]
+        mask |= spans[:, 0, :grid_h, None] & spans[:, 1, None, :grid_w] & active.unsqueeze(-1)
+    return mask.view(num_masks, num_patches)
 
 
 def permutation_within_mask(mask: torch.BoolTensor, generator: torch.Generator | None = None) -> torch.LongTensor:
