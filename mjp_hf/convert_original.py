@@ -476,7 +476,7 @@ def released_card(converted: ConvertedCheckpoint, *, model_id: str, checkpoint_n
                 dataset_name="ImageNet-1k",
                 dataset_split="validation",
                 metric_type="accuracy",
-                metric_name="Top-1 accuracy (authors' run, recorded in the checkpoint)",
+                metric_name="Top-1 accuracy, % (authors' run, recorded in the checkpoint)",
                 metric_value=float(converted.record["max_accuracy"]),
                 source_name=f"max_accuracy field of the released {checkpoint_name}",
                 source_url="https://github.com/yhlleo/MJP",
