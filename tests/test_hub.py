@@ -453,3 +453,15 @@ def test_card_command_takes_dataset_and_base_model_from_the_written_card(tiny_ru
     card = ModelCard.load(tmp_path / "y.md")
     assert card.data.datasets == ["zalando-datasets/fashion_mnist"]
     assert card.data.base_model == "google/vit-base-patch16-224" and card.data.eval_results
+
+
+def test_layout_of_a_bfloat16_model_keeps_its_dtype(tmp_path):
+    model = demo_model(seed=11).to(torch.bfloat16)
+    folder = save_publishing_layout(model, demo_processor(), tmp_path / "layout", widget_images={})
+    root = ViTForImageClassification.from_pretrained(folder, dtype="auto").eval()
+    full = MJPViTForImageClassification.from_pretrained(folder, subfolder=MJP_SUBFOLDER, dtype="auto").eval()
+    assert root.dtype == full.dtype == torch.bfloat16
+    x = pixels().to(torch.bfloat16)
+    with torch.no_grad():
+        expected = model(x).logits
+        assert torch.equal(root(x).logits, expected) and torch.equal(full(x).logits, expected)
