@@ -264,7 +264,7 @@ def build_model_card(
         (key, _format_metric(key, value))
         for key, value in sorted(metrics.items())
         if key.startswith("eval_") and isinstance(value, (int, float)) and not isinstance(value, bool)
-        and not key.endswith(("_runtime", "_samples_per_second", "_steps_per_second"))
+        and not key.endswith(("_runtime", "_per_second", "_time"))  # timings are not results
     ]
     split = f" ({dataset_split} split)" if dataset_split else ""
     if summary is None:

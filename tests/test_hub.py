@@ -42,6 +42,7 @@ DEMO_LAYOUT = sorted(
        ["config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES]]
 )
 RUN_METRICS = {"epoch": 3.0, "eval_accuracy": 0.8125, "eval_top5_accuracy": 0.96875, "eval_loss": 0.53,
+               "eval_model_preparation_time": 0.0014,
                "eval_runtime": 1.5, "eval_samples_per_second": 21.3, "train_loss": 0.61}
 
 
@@ -89,7 +90,7 @@ def test_card_front_matter_and_body_come_from_the_metrics():
 
     text = card.text
     assert "| `eval_accuracy` | 0.8125 (81.25%) |" in text and "| `eval_loss` | 0.53 |" in text
-    assert "eval_runtime" not in text and "train_loss" not in text  # timings are not results
+    assert "eval_runtime" not in text and "preparation_time" not in text and "train_loss" not in text
     assert "| `learning_rate` | 0.001 |" in text and "| `jigsaw_ratio` | 0.1 |" in text
     assert 'pipeline("image-classification", model="me/mjp-vit-demo")' in text
     assert 'from_pretrained("me/mjp-vit-demo", subfolder="mjp")' in text and "trust_remote_code=True" in text
