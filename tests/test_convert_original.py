@@ -7,6 +7,7 @@ converted model with a forward pass written here directly on the timm tensors.
 
 import json
 import math
+import re
 import sys
 import types
 from contextlib import contextmanager
@@ -401,6 +402,8 @@ def test_released_card_gets_the_recorded_figures_and_no_others():
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-classification"
     assert {"vision", "image-classification", "mjp"} <= set(card.data.tags)
     assert card.data.eval_results is None  # no figure before a file is converted
+    # The only percentage in the committed card is the released jigsaw ratio, which its recipe table sources.
+    assert re.findall(r"\d+(?:\.\d+)?\s?%", card.text) == ["10%"]
     assert card.data.widget and all(example["src"].startswith("https://") for example in card.data.widget)
 
     converted = ConvertedCheckpoint(model=None, shape=TINY, record={"max_accuracy": 80.5, "epoch": 299},
