@@ -317,15 +317,16 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
         return {}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes `auto_map` for the saved class alone; list both models so that `AutoModel` and
-        # `AutoModelForImageClassification` each load the folder with `trust_remote_code=True`.
+        # transformers writes `auto_map` for the saved class alone; a classifier's folder also serves `AutoModel`
+        # (its backbone), so list it there too for `trust_remote_code=True` loading.
         if self._auto_class is not None:
             module = self.__class__.__module__.rsplit(".", 1)[-1]
-            self.config.auto_map = {
-                **(getattr(self.config, "auto_map", None) or {}),
-                "AutoModel": f"{module}.MJPViTModel",
-                "AutoModelForImageClassification": f"{module}.MJPViTForImageClassification",
-            }
+            auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.MJPViTModel"}
+            if isinstance(self, MJPViTForImageClassification):
+                auto_map["AutoModelForImageClassification"] = f"{module}.MJPViTForImageClassification"
+            else:
+                auto_map.pop("AutoModelForImageClassification", None)
+            self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

@@ -389,6 +389,10 @@ def test_auto_classes_and_auto_map(tmp_path):
     assert type(AutoConfig.from_pretrained(tmp_path)) is MJPViTConfig
     assert type(AutoModelForImageClassification.from_pretrained(tmp_path)) is MJPViTForImageClassification
     assert type(AutoModel.from_pretrained(tmp_path)) is MJPViTModel
+    # A backbone's folder offers no classifier to load.
+    MJPViTModel(MJPViTConfig(**tiny_config_kwargs())).save_pretrained(tmp_path / "base")
+    base_map = json.loads((tmp_path / "base" / "config.json").read_text())["auto_map"]
+    assert base_map == {"AutoConfig": "configuration_mjp_vit.MJPViTConfig", "AutoModel": "modeling_mjp_vit.MJPViTModel"}
 
 
 def test_pipeline_classifies_images(tmp_path):
