@@ -1,0 +1,167 @@
+"""The embedded default dataset loader and the torchvision-free transforms (`mjp_hf.data`)."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTImageProcessorPil
+
+from mjp_hf.data import (
+    FASHION_MNIST_LABELS,
+    ImageClassificationTransform,
+    collate_image_classification,
+    fashion_mnist_available,
+    load_fashion_mnist,
+    load_fashion_mnist_arrays,
+    processor_image_size,
+    sample_resized_crop_boxes,
+)
+
+
+def _write_idx(path, array, magic):
+    header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_fashion_mnist(tmp_path):
+    """IDX files in the Debian package's layout, with known pixels and labels."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, prefix, n in (("train", "train", 12), ("test", "t10k", 5)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n) % 10
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images, 2051)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels, 2049)
+        arrays[split] = (images, labels)
+    return tmp_path, arrays
+
+
+def test_loader_builds_image_and_classlabel_dataset(fake_fashion_mnist):
+    folder, arrays = fake_fashion_mnist
+    dataset = load_fashion_mnist(folder)
+    assert set(dataset) == {"train", "test"}
+    assert dataset["train"].features["label"].names == FASHION_MNIST_LABELS
+    for split, (images, labels) in arrays.items():
+        assert len(dataset[split]) == len(images)
+        for index in (0, len(images) - 1):
+            example = dataset[split][index]
+            assert example["image"].mode == "L" and example["image"].size == (28, 28)
+            np.testing.assert_array_equal(np.asarray(example["image"]), images[index])
+            assert example["label"] == labels[index]
+
+
+def test_loader_errors_name_the_fix(tmp_path, fake_fashion_mnist):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path / "missing")
+    folder, _ = fake_fashion_mnist
+    with pytest.raises(ValueError, match="Unknown Fashion-MNIST split 'val'"):
+        load_fashion_mnist_arrays("val", folder)
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(5), 2051)  # image magic in a label file
+    with pytest.raises(ValueError, match="not an IDX file of the expected kind"):
+        load_fashion_mnist_arrays("test", folder)
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
+def test_real_fashion_mnist_matches_the_idx_arrays():
+    dataset = load_fashion_mnist()
+    assert (len(dataset["train"]), len(dataset["test"])) == (60000, 10000)
+    images, labels = load_fashion_mnist_arrays("test")
+    np.testing.assert_array_equal(np.asarray(dataset["test"][1234]["image"]), images[1234])
+    assert dataset["test"][1234]["label"] == labels[1234]
+    assert np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_crop_boxes_follow_the_random_resized_crop_rule():
+    sizes = np.array([[28, 28], [100, 20], [20, 100], [64, 48]] * 500)
+    boxes = sample_resized_crop_boxes(sizes, scale=(0.3, 0.9), generator=torch.Generator().manual_seed(0))
+    width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= sizes[:, 0]).all() and (boxes[:, 3] <= sizes[:, 1]).all()
+    assert (width > 0).all() and (height > 0).all()
+    # Crops that were sampled (not the fallback) respect the area and aspect ranges, up to rounding.
+    square = (sizes == [28, 28]).all(1)
+    fraction = width[square] * height[square] / 784
+    assert fraction.min() > 0.3 - 0.06 and fraction.max() < 0.9 + 0.06
+    aspect = width[square] / height[square]
+    assert aspect.min() > 3 / 4 - 0.15 and aspect.max() < 4 / 3 + 0.2
+    # Positions cover the image: the left edge varies.
+    assert len(set(boxes[square, 0].tolist())) > 5
+
+
+def test_crop_boxes_are_reproducible_and_full_scale_is_identity():
+    sizes = np.array([[28, 28]] * 8)
+    first = sample_resized_crop_boxes(sizes, generator=torch.Generator().manual_seed(3))
+    second = sample_resized_crop_boxes(sizes, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(first, second)
+    full = sample_resized_crop_boxes(sizes, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    np.testing.assert_array_equal(full, [[0, 0, 28, 28]] * 8)
+    # An image too elongated for any attempt gets the centre crop clamped to the ratio range.
+    fallback = sample_resized_crop_boxes(np.array([[200, 10]]), scale=(0.9, 1.0))
+    np.testing.assert_array_equal(fallback, [[93, 0, 106, 10]])
+    with pytest.raises(ValueError, match="crop scale"):
+        sample_resized_crop_boxes(sizes, scale=(0.0, 1.0))
+
+
+def _images(n=4, mode="L", size=(28, 28)):
+    rng = np.random.default_rng(1)
+    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+    return [Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode=mode) for _ in range(n)]
+
+
+def test_eval_transform_is_the_image_processor_with_rgb_conversion():
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 32})
+    images = _images()
+    transform = ImageClassificationTransform(processor, num_channels=3)
+    out = transform({"image": images, "label": [0, 1, 2, 3]})
+    expected = processor([image.convert("RGB") for image in images], return_tensors="pt")["pixel_values"]
+    assert out["pixel_values"].shape == (4, 3, 32, 32)
+    torch.testing.assert_close(out["pixel_values"], expected)
+    assert out["labels"].tolist() == [0, 1, 2, 3] and out["labels"].dtype == torch.long
+    torch.testing.assert_close(transform({"image": images})["pixel_values"], out["pixel_values"])  # deterministic
+    single = ImageClassificationTransform(processor, num_channels=1)({"image": _images(mode="RGB")})
+    assert single["pixel_values"].shape == (4, 1, 32, 32)
+
+
+def test_train_transform_without_crop_or_flip_matches_eval():
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    images = _images()
+    train = ImageClassificationTransform(processor, train=True, crop_scale=(1.0, 1.0), horizontal_flip=False)
+    evaluation = ImageClassificationTransform(processor)
+    batch = {"image": images, "label": [0] * 4}
+    torch.testing.assert_close(train(batch)["pixel_values"], evaluation(batch)["pixel_values"], atol=1e-6, rtol=0)
+
+
+def test_train_transform_flips_and_crops_at_random():
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    images = _images(n=64)
+    batch = {"image": images, "label": [0] * 64}
+    reference = ImageClassificationTransform(processor)(batch)["pixel_values"]
+    torch.manual_seed(0)
+    flipped = ImageClassificationTransform(processor, train=True, crop_scale=(1.0, 1.0))(batch)["pixel_values"]
+    same = torch.isclose(flipped, reference, atol=1e-6).flatten(1).all(1)
+    mirrored = torch.isclose(flipped, reference.flip(-1), atol=1e-6).flatten(1).all(1)
+    assert (same | mirrored).all() and 10 < int(mirrored.sum()) < 54
+    torch.manual_seed(0)
+    cropped = ImageClassificationTransform(processor, train=True, crop_scale=(0.2, 0.5))(batch)["pixel_values"]
+    assert cropped.shape == (64, 3, 28, 28) and not torch.allclose(cropped, reference)
+    torch.manual_seed(0)
+    again = ImageClassificationTransform(processor, train=True, crop_scale=(0.2, 0.5))(batch)["pixel_values"]
+    torch.testing.assert_close(cropped, again)  # seeded torch reproduces the augmentation
+
+
+def test_transform_bad_inputs():
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        ImageClassificationTransform(processor, num_channels=4)
+    with pytest.raises(ValueError, match="crop scale"):
+        ImageClassificationTransform(processor, train=True, crop_scale=(0.5, 1.5))
+    assert processor_image_size(ViTImageProcessorPil(size={"shortest_edge": 40})) == (40, 40)
+
+
+def test_collate_stacks_examples():
+    examples = [{"pixel_values": torch.full((3, 2, 2), float(i)), "labels": torch.tensor(i)} for i in range(3)]
+    batch = collate_image_classification(examples)
+    assert batch["pixel_values"].shape == (3, 3, 2, 2) and batch["labels"].tolist() == [0, 1, 2]
