@@ -1,0 +1,163 @@
+"""The Trainer integration (`mjp_hf.training`): the released schedule, loss logging, evaluation, curves."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import TrainerState, TrainingArguments
+
+from mjp_hf import MJPViTConfig, MJPViTForImageClassification
+from mjp_hf.training import (
+    MJPScheduleCallback,
+    MJPTrainer,
+    mjp_schedule,
+    plot_training_curves,
+    top_k_predictions,
+    unwrap_model,
+)
+
+from conftest import tiny_config_kwargs
+
+
+def _released_lambda_schedule(base, epochs, warmup):
+    """DeiT/BEiT `utils.cosine_scheduler(base, base * 0.5, epochs, 1, warmup_epochs=warmup)` as the release calls it."""
+    warmup_schedule = np.linspace(0, base, warmup)
+    iters = np.arange(epochs - warmup)
+    final = base * 0.5
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
+    return np.concatenate((warmup_schedule, cosine))
+
+
+def test_schedule_matches_the_released_lambda_and_jigsaw_switch():
+    released = _released_lambda_schedule(0.01, 300, 20)
+    ours = [mjp_schedule(epoch, 300, 20, 0.01) for epoch in range(300)]
+    np.testing.assert_allclose([weight for _, weight in ours], released, rtol=0, atol=1e-12)
+    assert [enabled for enabled, _ in ours] == [False] * 20 + [True] * 280
+    assert ours[0] == (False, 0.0) and ours[19][1] == pytest.approx(0.01) and ours[20][1] == pytest.approx(0.01)
+    assert ours[-1][1] > 0.005 and ours[-1][1] == pytest.approx(0.005, abs=1e-6)
+
+
+def test_schedule_edge_cases():
+    assert mjp_schedule(0, 3, 0, 0.02) == (True, 0.02)  # no warmup: jigsaw from the start at full weight
+    assert mjp_schedule(0, 2, 1, 0.01) == (False, 0.0)  # linspace(0, w, 1) = [0]
+    assert mjp_schedule(1, 2, 1, 0.01) == (True, 0.01)
+    assert mjp_schedule(5, 2, 1, 0.01)[0]  # past the planned epochs (more max_steps): stays at the last value
+    with pytest.raises(ValueError, match="epoch >= 0"):
+        mjp_schedule(-1, 3, 1, 0.01)
+    with pytest.raises(ValueError, match="whole number of epochs"):
+        MJPScheduleCallback(warmup_epochs=1.5)
+
+
+class _Wrapper(nn.Module):
+    """Stands for DDP (`.module`) around a compiled model (`._orig_mod`)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.module = inner
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    return MJPViTForImageClassification(MJPViTConfig(**tiny_config_kwargs(**overrides)))
+
+
+def test_callback_sets_the_schedule_through_wrappers_and_on_resume():
+    model = _model(dalr_loss_weight=0.04)
+    compiled = nn.Module()
+    compiled._orig_mod = model
+    wrapped = _Wrapper(compiled)
+    assert unwrap_model(wrapped) is model
+    callback = MJPScheduleCallback(warmup_epochs=3)
+    state = TrainerState(epoch=0.0, num_train_epochs=10)
+    callback.on_train_begin(None, state, None, model=wrapped)
+    embeddings = model.vit.embeddings
+    assert embeddings.jigsaw_enabled is False and float(embeddings.dalr_loss_weight) == 0.0
+    state.epoch = 1.0
+    callback.on_epoch_begin(None, state, None, model=wrapped)
+    assert float(embeddings.dalr_loss_weight) == pytest.approx(0.02)
+    state.epoch = 4.6  # resumed in the middle of epoch 4
+    callback.on_train_begin(None, state, None, model=wrapped)
+    expected = mjp_schedule(4, 10, 3, 0.04)
+    assert embeddings.jigsaw_enabled is True and float(embeddings.dalr_loss_weight) == pytest.approx(expected[1])
+    assert model.config.dalr_loss_weight == 0.04  # the config keeps the base value
+
+
+def _random_dataset(n=48, num_labels=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(n, 3, 28, 28, generator=generator)
+    labels = torch.randint(0, num_labels, (n,), generator=generator)
+    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.numpy()}).with_format("torch")
+
+
+def _trainer(tmp_path, model, **args):
+    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                    logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+                    optim="adamw_torch", learning_rate=1e-3)
+    dataset = _random_dataset()
+    return MJPTrainer(model=model, args=TrainingArguments(**{**defaults, **args}), train_dataset=dataset,
+                      eval_dataset=dataset, callbacks=[MJPScheduleCallback(warmup_epochs=0)])
+
+
+def test_trainer_logs_both_loss_parts_that_sum_to_the_loss(tmp_path):
+    trainer = _trainer(tmp_path, _model(jigsaw_prob=1.0, dalr_loss_weight=0.05), max_steps=4)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 4
+    for entry in logs:
+        assert entry["localization_loss"] > 0 and entry["dalr_loss_weight"] == pytest.approx(0.05)
+        assert entry["classification_loss"] + entry["localization_loss"] == pytest.approx(entry["loss"], rel=1e-5)
+
+
+def test_trainer_averages_parts_over_logging_steps_and_accumulation(tmp_path):
+    trainer = _trainer(tmp_path, _model(jigsaw_prob=1.0), max_steps=4, logging_steps=2,
+                       gradient_accumulation_steps=2)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        assert entry["classification_loss"] + entry["localization_loss"] == pytest.approx(entry["loss"], rel=1e-4)
+
+
+def test_label_smoothing_keeps_the_localization_loss(tmp_path):
+    model = _model(jigsaw_prob=0.0, dalr_loss_weight=0.5)
+    trainer = _trainer(tmp_path, model, max_steps=1, label_smoothing_factor=0.1)
+    batch = {key: value[:8] for key, value in _random_dataset()[:8].items()}
+    model.train()
+    loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    smoothed = nn.functional.cross_entropy(outputs.logits, batch["labels"], label_smoothing=0.1)
+    torch.testing.assert_close(loss, smoothed + outputs.localization_loss)
+    assert outputs.localization_loss > 0
+
+
+def test_without_dalr_head_only_the_classification_loss_is_logged(tmp_path):
+    trainer = _trainer(tmp_path, _model(dalr_head="none", jigsaw_prob=0.0), max_steps=2)
+    trainer.train()
+    entry = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert entry["classification_loss"] == pytest.approx(entry["loss"], rel=1e-5)
+    assert "localization_loss" not in entry
+
+
+def test_evaluation_is_deterministic_and_unshuffled(tmp_path):
+    model = _model(jigsaw_prob=1.0)
+    trainer = _trainer(tmp_path, model, max_steps=1)
+    first, second = trainer.predict(_random_dataset()), trainer.predict(_random_dataset())
+    np.testing.assert_array_equal(first.predictions, second.predictions)
+    model.eval()
+    with torch.no_grad():
+        expected = model(_random_dataset()[:]["pixel_values"], jigsaw=False).logits
+    np.testing.assert_allclose(first.predictions, expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert first.metrics["test_loss"] > 0
+
+
+def test_top_k_predictions_and_curves(tmp_path):
+    logits = torch.tensor([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]])
+    assert top_k_predictions(logits, None, k=2).tolist() == [[1, 2], [0, 2]]
+    assert top_k_predictions((logits,), None, k=5).shape == (2, 3)
+    history = [{"step": step, "loss": 1.0 / step, "classification_loss": 0.9 / step, "localization_loss": 0.1 / step}
+               for step in range(1, 6)] + [{"step": 5, "eval_accuracy": 0.8, "eval_top5_accuracy": 0.99}]
+    path = tmp_path / "curves.png"
+    plot_training_curves(history, path, title="run")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
