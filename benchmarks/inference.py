@@ -164,7 +164,7 @@ def main(argv=None) -> None:
     print(
         f"inference throughput vs stock HF ViT: MJP eval {mjp_ratio:.3f}, export {export_ratio:.3f} (worst over "
         f"dtypes and attention, {PRESET_NAMES[preset]}; target >= {TARGET}: "
-        f"{verdict(min(mjp_ratio, export_ratio), TARGET, at_most=False)})"
+        f"{verdict(min(mjp_ratio, export_ratio), TARGET, at_most=False, quick=args.quick)})"
     )
 
 

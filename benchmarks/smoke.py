@@ -1,0 +1,49 @@
+"""Run every benchmark with `--quick` in this one process, so that CI knows they still run (about 20 s on 2 idle cores).
+
+    python benchmarks/smoke.py
+
+Exits non-zero, naming the script, when one fails or does not print its summary line. The numbers of a quick run
+use toy shapes and mean nothing.
+"""
+
+import contextlib
+import io
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import inference  # noqa: E402
+import jigsaw_op  # noqa: E402
+import train_step  # noqa: E402
+
+SUMMARY_LINES = {
+    "train_step": (train_step, "train_step overhead: "),
+    "inference": (inference, "inference throughput vs stock HF ViT: "),
+    "jigsaw_op": (jigsaw_op, "jigsaw_op share of a step at batch 64"),
+}
+
+
+def main() -> int:
+    failures = []
+    for name, (module, summary) in SUMMARY_LINES.items():
+        start = time.perf_counter()
+        output = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(output):
+                module.main(["--quick"])
+        except BaseException as error:  # noqa: BLE001 - report any failure, SystemExit included, and go on
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+            continue
+        last_line = output.getvalue().strip().splitlines()[-1]
+        if not last_line.startswith(summary):
+            failures.append(f"{name}: the last line is {last_line!r}, expected one starting with {summary!r}")
+        print(f"{name} --quick: {time.perf_counter() - start:.1f} s: {last_line}")
+    for failure in failures:
+        print(f"FAILED {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
