@@ -1,0 +1,219 @@
+"""Helpers shared by the evaluations: loading a saved model and its pixel normalisation, the evaluation images,
+pixel-space patch shuffling, output files and the command-line flags every evaluation takes."""
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..data import load_fashion_mnist_arrays
+from ..modeling_mjp_vit import MJPViTForImageClassification
+
+# transformers' ViT image processor defaults, used when a model folder has no preprocessor_config.json.
+DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu"):
+    """A saved image classifier (MJP-ViT or stock ViT folder) in eval mode on `device`."""
+    import mjp_hf  # noqa: F401  (registers the mjp_vit Auto classes)
+    from transformers import AutoModelForImageClassification
+
+    path = Path(model_name_or_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--model_name_or_path {str(path)!r} is not a saved model folder (no config.json); pass the output_dir "
+            "of a training run or a folder written by `save_pretrained`."
+        )
+    model = AutoModelForImageClassification.from_pretrained(path)
+    return model.to(device).eval()
+
+
+def is_mjp_model(model) -> bool:
+    return isinstance(model, MJPViTForImageClassification)
+
+
+def uses_unk_position_embedding(model) -> bool:
+    """Whether the model replaces the position embedding of shuffled patches by the unknown embedding."""
+    return is_mjp_model(model) and model.vit.embeddings.unk_position_embedding is not None
+
+
+def patch_grid(config) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`(grid_size, patch_size)` of a ViT config, in patches and pixels."""
+    image_h, image_w = _pair(config.image_size)
+    patch_h, patch_w = _pair(config.patch_size)
+    return (image_h // patch_h, image_w // patch_w), (patch_h, patch_w)
+
+
+@dataclass
+class PixelNormalization:
+    """The affine map from `[0, 1]` pixels to the model's `pixel_values` (the image processor's normalisation)."""
+
+    mean: tuple[float, ...] = DEFAULT_IMAGE_MEAN
+    std: tuple[float, ...] = DEFAULT_IMAGE_STD
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str | Path, num_channels: int = 3) -> "PixelNormalization":
+        """Read the normalisation of the folder's image processor; transformers' ViT defaults without one."""
+        mean, std = DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD
+        if (Path(model_name_or_path) / "preprocessor_config.json").is_file():
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+            if getattr(processor, "do_normalize", True):
+                mean, std = processor.image_mean, processor.image_std
+            else:
+                mean, std = (0.0,), (1.0,)
+        mean, std = _per_channel(mean, num_channels), _per_channel(std, num_channels)
+        return cls(mean=mean, std=std)
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, len(self.mean), 1, 1)
+        return (
+            torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(shape),
+            torch.tensor(self.std, dtype=like.dtype, device=like.device).view(shape),
+        )
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """`[B, C, H, W]` pixels in `[0, 1]` -> `pixel_values`."""
+        mean, std = self._stats(images)
+        return (images - mean) / std
+
+    def denormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` -> pixels in `[0, 1]` (not clipped)."""
+        mean, std = self._stats(pixel_values)
+        return pixel_values * std + mean
+
+    def from_uint8(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """`[B, H, W, C]` uint8 images -> `pixel_values` `[B, C, H, W]` float32."""
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+        return self.normalize(pixels)
+
+
+def _per_channel(values, num_channels: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
+    if len(values) == 1:
+        values = values * num_channels
+    if len(values) != num_channels:
+        raise ValueError(f"The image processor has {len(values)} normalisation channels but the model expects {num_channels}.")
+    return values
+
+
+def load_eval_images(
+    config, max_samples: int | None = None, data_dir: str | None = None, split: str = "test"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluation images as uint8 `[n, H, W, C]` at the model's resolution and channel count, and int64 labels.
+
+    The default is the embedded Fashion-MNIST test split (its first `max_samples` images, which are already mixed
+    across classes); `data_dir` reads an image folder (one sub-folder per class) with `datasets` instead.
+    """
+    if data_dir is None:
+        images, labels = load_fashion_mnist_arrays(split)
+        if max_samples is not None:
+            images, labels = images[:max_samples], labels[:max_samples]
+        pil_images = None
+    else:
+        from datasets import load_dataset
+
+        dataset = load_dataset("imagefolder", data_dir=data_dir, split=split)
+        if max_samples is not None:
+            dataset = dataset.select(range(min(max_samples, len(dataset))))
+        pil_images, labels = dataset["image"], np.asarray(dataset["label"], dtype=np.int64)
+        images = None
+    return _to_model_images(images, pil_images, config), labels
+
+
+def _to_model_images(images, pil_images, config) -> np.ndarray:
+    from PIL import Image
+
+    height, width = _pair(config.image_size)
+    mode = {1: "L", 3: "RGB"}.get(config.num_channels)
+    if mode is None:
+        raise ValueError(f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}.")
+    if pil_images is None and images.shape[1:] == (height, width):
+        # Fashion-MNIST at the model's resolution: a channel repeat, no per-image work.
+        out = images[..., None]
+        return np.repeat(out, config.num_channels, axis=-1) if config.num_channels == 3 else out
+    if pil_images is None:
+        pil_images = [Image.fromarray(image) for image in images]
+    out = np.stack(
+        [np.asarray(image.convert(mode).resize((width, height), Image.BILINEAR)) for image in pil_images]
+    )
+    return out[..., None] if out.ndim == 3 else out
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
+    """`[B, C, H, W]` -> `[B, N, C * ph * pw]` in the patch embedding's (row-major, channel-first) order."""
+    return F.unfold(pixel_values, kernel_size=patch_size, stride=patch_size).transpose(1, 2)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: tuple[int, int], image_size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `patchify`."""
+    return F.fold(patches.transpose(1, 2), output_size=image_size, kernel_size=patch_size, stride=patch_size)
+
+
+def shuffle_patches(pixel_values: torch.Tensor, patch_size: tuple[int, int], permutation: torch.LongTensor) -> torch.Tensor:
+    """Move whole pixel patches by a gather index `[B or 1, N]` (patch `i` of the result is patch `perm[i]`).
+
+    Because the patch embedding is a convolution with stride = kernel, this is exactly the token shuffle of the
+    jigsaw; it lets models without a jigsaw of their own (a stock ViT) be fed the same shuffled input.
+    """
+    patches = patchify(pixel_values, patch_size)
+    index = permutation.expand(patches.shape[0], -1).unsqueeze(-1).expand_as(patches)
+    return unpatchify(patches.gather(1, index), patch_size, pixel_values.shape[-2:])
+
+
+def batches(num_items: int, batch_size: int):
+    """`slice`s covering `range(num_items)` in steps of `batch_size`."""
+    return [slice(start, min(start + batch_size, num_items)) for start in range(0, num_items, batch_size)]
+
+
+def output_path(output_dir: str | Path, name: str, overwrite: bool) -> Path:
+    """`output_dir/name`, refusing to replace an existing file unless asked."""
+    path = Path(output_dir) / name
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another --output_dir.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def finite(value: float, cap: float = 100.0) -> float:
+    """A JSON-safe float: infinities (a perfect PSNR) become `cap`."""
+    value = float(value)
+    return cap if math.isinf(value) and value > 0 else value
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Flags every evaluation takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model_name_or_path", required=True, help="A saved MJP-ViT or stock ViT model folder.")
+    parser.add_argument("--output_dir", required=True, help="Folder for the JSON and PNG outputs.")
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="An image folder (one sub-folder per class) to evaluate on; default: the embedded Fashion-MNIST.",
+    )
+    parser.add_argument("--split", default="test", help="Split of the data to use (default: test).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (jigsaws, corruptions).")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
+    return parser
