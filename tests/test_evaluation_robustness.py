@@ -133,3 +133,23 @@ def test_cli_writes_json_and_png(tmp_path):
     assert report["jigsaw"]["ratio"] == 0.9 and report["consistency"]["ratio"] == 0.5
     with pytest.raises(FileExistsError):
         robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--corruptions", "none"])
+
+
+def test_cli_reads_an_image_folder(tmp_path):
+    from PIL import Image
+
+    images, labels = uint8_images(6)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        folder = tmp_path / "data" / "test" / f"class{label % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # 32x32 files: the evaluation resizes them to the model's 28x28.
+        Image.fromarray(image).resize((32, 32)).save(folder / f"{index}.png")
+    model_dir = tmp_path / "model"
+    tiny_mjp().save_pretrained(model_dir)
+    report = robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out"),
+                              "--data_dir", str(tmp_path / "data"), "--corruptions", "contrast", "--severities", "2",
+                              "--device", "cpu"])
+    assert report["corruption"]["num_images"] == 6
+    with pytest.raises(ValueError, match="not both"):
+        robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out2"),
+                         "--data_dir", str(tmp_path / "data"), "--dataset_name", "x"])

@@ -109,27 +109,45 @@ def _per_channel(values, num_channels: int) -> tuple[float, ...]:
 
 
 def load_eval_images(
-    config, max_samples: int | None = None, data_dir: str | None = None, split: str = "test"
+    config,
+    max_samples: int | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    dataset_name: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evaluation images as uint8 `[n, H, W, C]` at the model's resolution and channel count, and int64 labels.
 
     The default is the embedded Fashion-MNIST test split (its first `max_samples` images, which are already mixed
-    across classes); `data_dir` reads an image folder (one sub-folder per class) with `datasets` instead.
+    across classes). `data_dir` reads an image folder (one sub-folder per class) and `dataset_name` any dataset
+    `datasets.load_dataset` can open (a local folder or, when online, the Hub), with `datasets` instead.
     """
-    if data_dir is None:
+    if data_dir is not None and dataset_name is not None:
+        raise ValueError("Pass either --data_dir (an image folder) or --dataset_name, not both.")
+    if data_dir is None and dataset_name is None:
         images, labels = load_fashion_mnist_arrays(split)
         if max_samples is not None:
             images, labels = images[:max_samples], labels[:max_samples]
-        pil_images = None
-    else:
-        from datasets import load_dataset
+        return _to_model_images(images, None, config), labels
 
-        dataset = load_dataset("imagefolder", data_dir=data_dir, split=split)
-        if max_samples is not None:
-            dataset = dataset.select(range(min(max_samples, len(dataset))))
-        pil_images, labels = dataset["image"], np.asarray(dataset["label"], dtype=np.int64)
-        images = None
-    return _to_model_images(images, pil_images, config), labels
+    from datasets import load_dataset
+
+    dataset = (
+        load_dataset("imagefolder", data_dir=data_dir, split=split)
+        if data_dir is not None
+        else load_dataset(dataset_name, split=split)
+    )
+    missing = [column for column in (image_column, label_column) if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"The dataset has no column {missing}; its columns are {dataset.column_names}. Pass "
+            "--image_column_name / --label_column_name."
+        )
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    labels = np.asarray(dataset[label_column], dtype=np.int64)
+    return _to_model_images(None, dataset[image_column], config), labels
 
 
 def _to_model_images(images, pil_images, config) -> np.ndarray:
@@ -203,7 +221,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """Flags every evaluation takes."""
+    """Flags every evaluation takes (the data flags are ignored by the position probes, which read only weights)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model_name_or_path", required=True, help="A saved MJP-ViT or stock ViT model folder.")
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON and PNG outputs.")
@@ -212,8 +230,24 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         default=None,
         help="An image folder (one sub-folder per class) to evaluate on; default: the embedded Fashion-MNIST.",
     )
+    parser.add_argument("--dataset_name", default=None, help="A dataset for `datasets.load_dataset` instead.")
+    parser.add_argument("--image_column_name", default="image", help="Image column of --data_dir/--dataset_name.")
+    parser.add_argument("--label_column_name", default="label", help="Label column of --data_dir/--dataset_name.")
     parser.add_argument("--split", default="test", help="Split of the data to use (default: test).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (jigsaws, corruptions).")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
     return parser
+
+
+def load_eval_data(args, config, max_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """`load_eval_images` driven by the parsed `base_parser` flags."""
+    return load_eval_images(
+        config,
+        max_samples,
+        data_dir=args.data_dir,
+        split=args.split,
+        dataset_name=args.dataset_name,
+        image_column=args.image_column_name,
+        label_column=args.label_column_name,
+    )

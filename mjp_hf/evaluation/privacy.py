@@ -43,7 +43,7 @@ from .common import (
     base_parser,
     finite,
     is_mjp_model,
-    load_eval_images,
+    load_eval_data,
     load_model,
     output_path,
     patch_grid,
@@ -509,7 +509,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     model = load_model(args.model_name_or_path, device)
     normalization = PixelNormalization.from_pretrained(args.model_name_or_path, model.config.num_channels)
-    images, labels = load_eval_images(model.config, args.num_images, args.data_dir, args.split)
+    images, labels = load_eval_data(args, model.config, args.num_images)
     pixel_values = normalization.from_uint8(images, device)
     report, reconstructions = evaluate_privacy(
         model,

@@ -36,7 +36,7 @@ from .common import (
     base_parser,
     batches,
     is_mjp_model,
-    load_eval_images,
+    load_eval_data,
     load_model,
     output_path,
     patch_grid,
@@ -350,7 +350,7 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     model = load_model(args.model_name_or_path, device)
     normalization = PixelNormalization.from_pretrained(args.model_name_or_path, model.config.num_channels)
-    images, labels = load_eval_images(model.config, args.max_eval_samples, args.data_dir, args.split)
+    images, labels = load_eval_data(args, model.config, args.max_eval_samples)
     pixel_values = normalization.from_uint8(images, device)
     targets = torch.from_numpy(labels).to(device)
     report = {
