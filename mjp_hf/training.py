@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,18 @@ class MJPTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._loss_parts_sum: torch.Tensor | None = None
         self._loss_parts_count = 0
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # `save_pretrained` writes ViT weights under their transformers-4 names and only `from_pretrained` renames
+        # them back; the Trainer's own resume loads the file as is with strict=False and would silently keep the
+        # fresh encoder. Load through `from_pretrained` and copy strictly instead.
+        target = unwrap_model(model if model is not None else self.model)
+        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        if not isinstance(target, PreTrainedModel) or self.is_fsdp_enabled or not os.path.isfile(weights):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+        logger.info("Loading model from %s.", resume_from_checkpoint)
+        restored = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
+        target.load_state_dict(restored.state_dict(), strict=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.label_smoother is not None and "labels" in inputs:

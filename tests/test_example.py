@@ -1,0 +1,252 @@
+"""examples/run_image_classification.py: flags, the embedded default data, training from scratch and from a stock
+ViT, MJP checkpoints, resume, and the bad inputs that must fail before training."""
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, Features, Value
+from datasets import Image as DatasetImage
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
+
+from conftest import tiny_config_kwargs
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("run_image_classification", ROOT / "examples/run_image_classification.py")
+run = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = run  # dataclasses resolve the module of their fields' annotations
+_spec.loader.exec_module(run)
+
+TINY = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
+QUICK = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--disable_tqdm", "true",
+         "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Three classes of 12 small RGB images, distinguishable by colour."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(("cat", "dog", "owl")):
+        (root / name).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 80, size=(30, 26, 3), dtype=np.uint8)
+            pixels[..., index] += 170
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def _train(output_dir, *flags):
+    return run.main(["--output_dir", str(output_dir), *QUICK, *flags])
+
+
+def _saved_config(folder):
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+# --- flags --------------------------------------------------------------------------------------------------------
+
+
+def test_no_arguments_means_the_demo_recipe_on_fresh_folder():
+    model_args, data_args, mjp_args, training_args = run.parse_arguments([])
+    assert model_args.model_name_or_path is None and model_args.preset is None
+    assert data_args.dataset_name is None and data_args.train_dir is None  # the embedded Fashion-MNIST
+    for name, value in run.DEMO_DEFAULTS.items():
+        target = mjp_args if hasattr(mjp_args, name) else data_args if hasattr(data_args, name) else training_args
+        assert getattr(target, name) == value or str(getattr(getattr(target, name), "value", "")) == value, name
+    assert training_args.do_train and training_args.do_eval and not training_args.remove_unused_columns
+    assert Path(training_args.output_dir).parent == Path("runs") and "mjp-demo-fashion-mnist-" in training_args.output_dir
+    assert mjp_args.config_updates() == {}
+
+
+def test_explicit_flags_win_and_only_they_override_the_config():
+    model_args, data_args, mjp_args, training_args = run.parse_arguments(
+        ["--num_train_epochs", "5", "--learning_rate=1e-4", "--jigsaw_ratio", "0.25", "--jigsaw_per_sample", "true",
+         "--dalr_head", "linear", "--no_random_flip", "--output_dir", "/tmp/x", "--do_eval"])
+    assert training_args.num_train_epochs == 5 and training_args.learning_rate == 1e-4
+    assert training_args.weight_decay == run.DEMO_DEFAULTS["weight_decay"]
+    assert not training_args.do_train and training_args.do_eval and training_args.output_dir == "/tmp/x"
+    assert data_args.random_flip is False
+    assert mjp_args.config_updates() == {"jigsaw_ratio": 0.25, "jigsaw_per_sample": True, "dalr_head": "linear"}
+    # Another preset: the released warmup, transformers' own training defaults.
+    _, _, mjp_args, training_args = run.parse_arguments(["--preset", "tiny", "--output_dir", "/tmp/x"])
+    assert mjp_args.jigsaw_warmup_epochs == 20 and training_args.num_train_epochs == 3.0
+
+
+def test_the_released_recipe_config_parses():
+    model_args, data_args, mjp_args, training_args = run.parse_arguments(
+        [str(ROOT / "examples/configs/mjp_deit_small_imagenet.json")])
+    assert model_args.preset == "small" and training_args.num_train_epochs == 300
+    assert training_args.per_device_train_batch_size * 8 == 1024 and training_args.learning_rate == 1e-3
+    assert training_args.weight_decay == 0.05 and training_args.max_grad_norm == 5.0
+    assert training_args.label_smoothing_factor == 0.1 and mjp_args.jigsaw_warmup_epochs == 20
+    assert mjp_args.config_updates() == {"jigsaw_ratio": 0.1, "jigsaw_prob": 0.5, "jigsaw_mode": "mjp",
+                                         "jigsaw_per_sample": False, "use_unk_position_embedding": True,
+                                         "dalr_head": "nonlinear", "dalr_loss_weight": 0.01}
+
+
+def test_bad_flags_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown --preset 'huge'; choose one of \['base', 'demo', 'small', 'tiny'\]"):
+        run.parse_arguments(["--preset", "huge"])
+    with pytest.raises(ValueError, match="--preset builds a model from scratch"):
+        run.parse_arguments(["--preset", "tiny", "--model_name_or_path", "google/vit-base-patch16-224"])
+    with pytest.raises(SystemExit):
+        run.parse_arguments(["--jigsaw_ratioo", "0.1"])
+    with pytest.raises(ValueError, match=r"jigsaw_ratio=1.5.*\[0, 1\]"):
+        _train(tmp_path / "bad", "--jigsaw_ratio", "1.5", "--max_steps", "1", "--max_train_samples", "8")
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
+def test_default_data_from_scratch_writes_the_full_output_folder(tmp_path):
+    output = tmp_path / "run"
+    metrics = _train(output, "--config_overrides", TINY, "--max_steps", "3", "--max_train_samples", "48",
+                     "--max_eval_samples", "40")
+    names = {path.name for path in output.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "all_results.json", "README.md",
+            "training_curves.png", "configuration_mjp_vit.py", "modeling_mjp_vit.py", "jigsaw.py",
+            "training_args.json", "trainer_state.json"} <= names
+    config = _saved_config(output)
+    assert config["model_type"] == "mjp_vit" and config["hidden_size"] == 32 and "auto_map" in config
+    assert [config["id2label"][str(i)] for i in range(10)] == FASHION_MNIST_LABELS
+    results = json.loads((output / "all_results.json").read_text())
+    assert 0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1 and results == pytest.approx(metrics)
+    state = json.loads((output / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 3 and all("classification_loss" in e and "localization_loss" in e for e in logged)
+    assert "eval_accuracy" in (output / "README.md").read_text()
+    assert MJPViTForImageClassification.from_pretrained(output).config.num_labels == 10
+
+
+def test_mjp_flags_override_and_an_mjp_checkpoint_keeps_its_own(tmp_path, image_folder):
+    first = tmp_path / "first"
+    _train(first, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2",
+           "--jigsaw_ratio", "0.3", "--dalr_head", "linear", "--jigsaw_mode", "naive", "--dalr_loss_weight", "0.05")
+    config = _saved_config(first)
+    assert (config["jigsaw_ratio"], config["dalr_head"], config["jigsaw_mode"]) == (0.3, "linear", "naive")
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "owl"}
+    second = tmp_path / "second"
+    _train(second, "--train_dir", str(image_folder), "--model_name_or_path", str(first), "--max_steps", "1",
+           "--jigsaw_prob", "0.2")
+    config = _saved_config(second)
+    assert (config["jigsaw_ratio"], config["dalr_head"], config["jigsaw_mode"], config["dalr_loss_weight"]) == (
+        0.3, "linear", "naive", 0.05)
+    assert config["jigsaw_prob"] == 0.2 and config["hidden_size"] == 32
+
+
+@pytest.fixture(scope="module")
+def stock_vit(tmp_path_factory):
+    """A locally saved stock `ViTForImageClassification` with the image folder's labels (v4 key names on disk)."""
+    folder = tmp_path_factory.mktemp("stock_vit")
+    labels = ["cat", "dog", "owl"]
+    torch.manual_seed(0)
+    config = ViTConfig(**tiny_config_kwargs(num_labels=3, id2label=dict(enumerate(labels)),
+                                            label2id={n: i for i, n in enumerate(labels)}))
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 28, "width": 28}).save_pretrained(folder)
+    return folder
+
+
+def test_fine_tuning_a_stock_vit_loads_its_weights(tmp_path, image_folder, stock_vit):
+    evaluated = tmp_path / "eval_only"
+    metrics = _train(evaluated, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit), "--do_eval")
+    stock = ViTForImageClassification.from_pretrained(stock_vit).state_dict()
+    ours = MJPViTForImageClassification.from_pretrained(evaluated).state_dict()
+    shared = [key for key in ours if "unk_position_embedding" not in key and "dalr_head" not in key]
+    assert len(shared) == len(stock)
+    for key in shared:
+        torch.testing.assert_close(ours[key], stock[key], rtol=0, atol=0, msg=key)
+    assert "eval_accuracy" in metrics and "train_runtime" not in metrics
+    trained = tmp_path / "trained"
+    _train(trained, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit), "--max_steps", "2")
+    assert _saved_config(trained)["model_type"] == "mjp_vit"
+
+
+def test_checkpoint_mismatches_name_the_fixing_flag(tmp_path, image_folder, stock_vit):
+    other_labels = tmp_path / "vit_5_labels"
+    ViTForImageClassification(ViTConfig(**tiny_config_kwargs(num_labels=5))).save_pretrained(other_labels)
+    ViTImageProcessorPil(size={"height": 28, "width": 28}).save_pretrained(other_labels)
+    common = ["--train_dir", str(image_folder), "--max_steps", "1"]
+    with pytest.raises(ValueError, match=r"classifies 5 labels .* data has 3 \(cat, dog, owl\).*--ignore_mismatched_sizes"):
+        _train(tmp_path / "a", *common, "--model_name_or_path", str(other_labels))
+    _train(tmp_path / "b", *common, "--model_name_or_path", str(other_labels), "--ignore_mismatched_sizes")
+    assert _saved_config(tmp_path / "b")["id2label"] == {"0": "cat", "1": "dog", "2": "owl"}
+    other_size = tmp_path / "processor_32"
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(other_size)
+    with pytest.raises(ValueError, match=r"resizes to 32x32 but the model takes 28x28.*--image_processor_name"):
+        _train(tmp_path / "c", *common, "--model_name_or_path", str(stock_vit), "--image_processor_name", str(other_size))
+    with pytest.raises(ValueError, match="changes the shape of .*--ignore_mismatched_sizes"):
+        _train(tmp_path / "d", *common, "--model_name_or_path", str(stock_vit), "--config_overrides", "image_size=32")
+
+
+def test_bad_data_fails_before_training(tmp_path, image_folder):
+    with pytest.raises(ValueError, match=r"no column 'img' \(its columns: \['image', 'label'\]\).*--image_column_name"):
+        _train(tmp_path / "a", "--train_dir", str(image_folder), "--image_column_name", "img")
+    with pytest.raises(ValueError, match="--label_column_name"):
+        _train(tmp_path / "b", "--train_dir", str(image_folder), "--label_column_name", "class")
+    one_class = tmp_path / "one_class"
+    (one_class / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(one_class / "cat" / f"{i}.png")
+    with pytest.raises(ValueError, match=r"no column 'label'.*needs at least 2 classes, one sub-folder each"):
+        _train(tmp_path / "c", "--train_dir", str(one_class))
+    parquet = tmp_path / "one_label"
+    parquet.mkdir()
+    images = [{"bytes": (one_class / "cat" / f"{i}.png").read_bytes(), "path": None} for i in range(4)]
+    Dataset.from_dict({"image": images, "label": [7] * 4}, features=Features({"image": DatasetImage(),
+                      "label": Value("int64")})).to_parquet(parquet / "train.parquet")
+    with pytest.raises(ValueError, match=r"has 1 class \(\['7'\]\); a classifier needs at least 2"):
+        _train(tmp_path / "d", "--dataset_name", str(parquet))
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+# --- output folder and resume -------------------------------------------------------------------------------------
+
+
+def test_a_used_output_folder_is_never_overwritten_unasked(tmp_path, image_folder):
+    output = tmp_path / "used"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    common = ["--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "1"]
+    with pytest.raises(ValueError, match=r"already exists and is not empty.*--overwrite_output_dir"):
+        _train(output, *common)
+    _train(output, *common, "--overwrite_output_dir")
+    assert (output / "model.safetensors").is_file() and (output / "notes.txt").read_text() == "mine"
+
+
+def test_resume_continues_the_same_run(tmp_path, image_folder):
+    """Stopped after epoch 1 and resumed, a run ends with exactly the weights of the uninterrupted run: same data
+    order, same jigsaw masks (the jigsaw starts in epoch 2), same schedule."""
+    # 32 of the 36 images, batches of 8: checkpoint-4 closes epoch 1. (Resumed mid-epoch, the Trainer restores the
+    # RNG only after fetching the first batch, so that batch's augmentation, and the draws after it, differ.)
+    common = ["--train_dir", str(image_folder), "--validation_dir", str(image_folder), "--config_overrides", TINY,
+              "--max_train_samples", "32",
+              "--max_steps", "8", "--save_steps", "4", "--jigsaw_warmup_epochs", "1", "--jigsaw_prob", "1",
+              "--lr_scheduler_type", "constant", "--eval_strategy", "no", "--dataloader_drop_last", "true"]
+    full = tmp_path / "full"
+    _train(full, *common)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    # What an interruption after step 4 leaves behind: the first checkpoint only.
+    shutil.copytree(full / "checkpoint-4", interrupted / "checkpoint-4")
+    _train(interrupted, *common)  # finds checkpoint-4 and resumes from it
+    state = json.loads((interrupted / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 9))
+    expected, resumed = load_file(full / "model.safetensors"), load_file(interrupted / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+    initial = load_file(full / "checkpoint-4" / "model.safetensors")
+    assert not torch.equal(initial["vit.embeddings.unk_position_embedding"], expected["vit.embeddings.unk_position_embedding"])
