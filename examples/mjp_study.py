@@ -12,7 +12,7 @@ flags: baseline `--jigsaw_prob 0 --dalr_head none`, naive `--jigsaw_mode naive`,
 exported with `to_vit()` to a stock ViT folder, and the three evaluations of `mjp_hf.evaluation` run on each
 folder. Finished trainings and evaluations are reused, so an interrupted study resumes where it stopped.
 
-    python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study --max_steps 150
+    python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study --max_steps 375 --batch_size 64
 
 writes `docs/study/README.md` (mean +- std over seeds, and per seed), `docs/study/results.json` (every metric of
 every run), one JSON per run and evaluation under `docs/study/runs/`, and plots.
@@ -62,8 +62,8 @@ def parse_args(argv=None):
     parser.add_argument("--work_dir", default="/tmp/mjp_study", help="Trained models and raw evaluation outputs.")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--max_steps", type=int, default=150, help="Training budget in optimizer steps (all runs).")
-    parser.add_argument("--batch_size", type=int, default=128, help="Training batch size (all runs).")
+    parser.add_argument("--max_steps", type=int, default=375, help="Training budget in optimizer steps (all runs).")
+    parser.add_argument("--batch_size", type=int, default=64, help="Training batch size (all runs).")
     parser.add_argument("--max_eval_samples", type=int, default=2000, help="Test images for the trained accuracy.")
     parser.add_argument("--robustness_samples", type=int, default=500, help="Test images for the robustness evaluation.")
     parser.add_argument("--privacy_images", type=int, default=16, help="Images attacked analytically, per run.")
