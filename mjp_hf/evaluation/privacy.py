@@ -389,8 +389,9 @@ def evaluate_privacy(
 
     Returns `(report, images)`: `report` has `per_image` (label, ground-truth `shuffled_positions`, and per attack
     the metrics of `reconstruction_metrics` plus the number of `unplaced_positions`) and `summary` (per attack, the
-    mean of each of `SUMMARY_KEYS`); `images` maps `original`, `client_view` (the input as
-    the network saw it) and each attack to `[H, W, C]` arrays in `[0, 1]`, for plotting.
+    mean of each of `SUMMARY_KEYS`); `images` maps `original`, `client_view` (the patch order the network saw;
+    the naive ablation's in-patch pixel permutation is not drawn) and each attack to `[H, W, C]` arrays in
+    `[0, 1]`, for plotting.
     """
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
@@ -398,9 +399,9 @@ def evaluate_privacy(
     _, patch_size = patch_grid(model.config)
     device = pixel_values.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    lows, highs = normalization.normalize(torch.zeros(1, model.config.num_channels, 1, 1, device=device)), normalization.normalize(
-        torch.ones(1, model.config.num_channels, 1, 1, device=device)
-    )
+    # The optimisation attack keeps its dummy input inside the image of [0, 1] pixels.
+    black = torch.zeros(1, model.config.num_channels, 1, 1, device=device)
+    bounds = (normalization.normalize(black), normalization.normalize(black + 1))
     per_image, images = [], {"original": [], "client_view": [], **{name: [] for name in attacks}}
     for index in tqdm(range(pixel_values.shape[0]), desc="privacy attacks", disable=not progress):
         x, y = pixel_values[index : index + 1], labels[index : index + 1]
@@ -429,7 +430,7 @@ def evaluate_privacy(
                 reconstruction, extra = optimization_attack(
                     model,
                     update.gradients,
-                    pixel_bounds=(lows, highs),
+                    pixel_bounds=bounds,
                     steps=steps,
                     lr=lr,
                     tv_weight=tv_weight,
