@@ -104,7 +104,9 @@ def _per_channel(values, num_channels: int) -> tuple[float, ...]:
     if len(values) == 1:
         values = values * num_channels
     if len(values) != num_channels:
-        raise ValueError(f"The image processor has {len(values)} normalisation channels but the model expects {num_channels}.")
+        raise ValueError(
+            f"The image processor has {len(values)} normalisation channels but the model expects {num_channels}."
+        )
     return values
 
 
@@ -156,7 +158,9 @@ def _to_model_images(images, pil_images, config) -> np.ndarray:
     height, width = _pair(config.image_size)
     mode = {1: "L", 3: "RGB"}.get(config.num_channels)
     if mode is None:
-        raise ValueError(f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}.")
+        raise ValueError(
+            f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}."
+        )
     if pil_images is None and images.shape[1:] == (height, width):
         # Fashion-MNIST at the model's resolution: a channel repeat, no per-image work.
         out = images[..., None]
@@ -179,7 +183,9 @@ def unpatchify(patches: torch.Tensor, patch_size: tuple[int, int], image_size: t
     return F.fold(patches.transpose(1, 2), output_size=image_size, kernel_size=patch_size, stride=patch_size)
 
 
-def shuffle_patches(pixel_values: torch.Tensor, patch_size: tuple[int, int], permutation: torch.LongTensor) -> torch.Tensor:
+def shuffle_patches(
+    pixel_values: torch.Tensor, patch_size: tuple[int, int], permutation: torch.LongTensor
+) -> torch.Tensor:
     """Move whole pixel patches by a gather index `[B or 1, N]` (patch `i` of the result is patch `perm[i]`).
 
     Because the patch embedding is a convolution with stride = kernel, this is exactly the token shuffle of the

@@ -48,7 +48,9 @@ def linear_probe(position_embeddings: np.ndarray, grid_size: tuple[int, int], *,
     coords = grid_coordinates(grid_size).astype(np.float64)
 
     def mae(targets):
-        scores = cross_val_score(LinearRegression(), position_embeddings, targets, cv=splitter, scoring="neg_mean_absolute_error")
+        scores = cross_val_score(
+            LinearRegression(), position_embeddings, targets, cv=splitter, scoring="neg_mean_absolute_error"
+        )
         return float(-scores.mean())
 
     return {

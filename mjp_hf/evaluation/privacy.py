@@ -322,7 +322,8 @@ def reconstruction_metrics(
     Returns `mse`, `psnr`, `ssim` (scikit-image; PSNR capped at 100 dB for an exact match), `patch_psnr` (per
     patch position, row-major), `recovered_fraction` (share of positions whose patch PSNR is >= `psnr_threshold`)
     `recovered_fraction_textured` (the same among patches whose pixels span more than `TEXTURE_RANGE`; `None`
-    when none does) and, when `shuffled` (bool `[N]`) is given, the mean patch PSNR over the `kept` and the `shuffled` positions.
+    when none does) and, when `shuffled` (bool `[N]`) is given, the mean patch PSNR over the `kept` and the
+    `shuffled` positions.
     """
     original = np.asarray(original, dtype=np.float64)
     reconstruction = np.clip(np.asarray(reconstruction, dtype=np.float64), 0.0, 1.0)
@@ -446,7 +447,9 @@ def evaluate_privacy(
             entry[name] = {**metrics, "unplaced_positions": int((~placed).sum()), **extra}
         per_image.append(entry)
 
-    summary = {name: {key: _mean([entry[name][key] for entry in per_image]) for key in SUMMARY_KEYS} for name in attacks}
+    summary = {
+        name: {key: _mean([entry[name][key] for entry in per_image]) for key in SUMMARY_KEYS} for name in attacks
+    }
     report = {
         "jigsaw_view": jigsaw,
         "jigsaw_applied": bool(any(entry["shuffled_positions"] for entry in per_image)),
@@ -493,14 +496,22 @@ def plot_reconstructions(images: dict[str, list[np.ndarray]], report: dict, path
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--num_images", type=int, default=8, help="Images attacked, one at a time (batch 1).")
-    parser.add_argument("--jigsaw", choices=JIGSAW_VIEWS, default="auto", help="The client's step: with or without the jigsaw.")
-    parser.add_argument("--jigsaw_ratio", type=float, default=None, help="Shuffle ratio of the client's jigsaw (default: the model's).")
-    parser.add_argument("--attacks", default="analytic,optimization", help="Comma-separated subset of analytic,optimization.")
+    parser.add_argument(
+        "--jigsaw", choices=JIGSAW_VIEWS, default="auto", help="The client's step: with or without the jigsaw."
+    )
+    parser.add_argument(
+        "--jigsaw_ratio", type=float, default=None, help="Shuffle ratio of the client's jigsaw (default: the model's)."
+    )
+    parser.add_argument(
+        "--attacks", default="analytic,optimization", help="Comma-separated subset of analytic,optimization."
+    )
     parser.add_argument("--steps", type=int, default=300, help="Optimisation attack: Adam steps per image.")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="Optimisation attack: time limit per image.")
     parser.add_argument("--lr", type=float, default=0.1, help="Optimisation attack: Adam learning rate.")
     parser.add_argument("--tv_weight", type=float, default=1e-2, help="Optimisation attack: total-variation weight.")
-    parser.add_argument("--psnr_threshold", type=float, default=20.0, help="Per-patch PSNR for a patch to count as recovered.")
+    parser.add_argument(
+        "--psnr_threshold", type=float, default=20.0, help="Per-patch PSNR for a patch to count as recovered."
+    )
     args = parser.parse_args(argv)
     attacks = tuple(name.strip() for name in args.attacks.split(",") if name.strip())
 

@@ -318,7 +318,9 @@ def plot_robustness(report: dict, path) -> None:
     jigsaw, consistency = report.get("jigsaw"), report.get("consistency")
     title = []
     if corruption and corruption["mean_corruption_error"] is not None:
-        title.append(f"clean acc {100 * corruption['clean_accuracy']:.1f}%, mCE {100 * corruption['mean_corruption_error']:.1f}%")
+        title.append(
+            f"clean acc {100 * corruption['clean_accuracy']:.1f}%, mCE {100 * corruption['mean_corruption_error']:.1f}%"
+        )
     if jigsaw:
         title.append(f"jigsaw {jigsaw['ratio']} acc {100 * jigsaw['accuracy']:.1f}%")
     if consistency:
@@ -334,10 +336,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_eval_samples", type=int, default=1000, help="Images evaluated (default 1000).")
     parser.add_argument("--corruptions", default="common", help="'common' (15), 'all' (19), 'none', or a comma list.")
     parser.add_argument("--severities", default="1,2,3,4,5", help="Comma-separated severities in 1-5.")
-    parser.add_argument("--jigsaw_ratio", type=float, default=0.9, help="Shuffle ratio of the jigsaw accuracy (released 0.9).")
-    parser.add_argument("--consistency_ratio", type=float, default=0.5, help="Shuffle ratio of the consistency test (released 0.5).")
+    parser.add_argument(
+        "--jigsaw_ratio", type=float, default=0.9, help="Shuffle ratio of the jigsaw accuracy (released 0.9)."
+    )
+    parser.add_argument(
+        "--consistency_ratio", type=float, default=0.5, help="Shuffle ratio of the consistency test (released 0.5)."
+    )
     parser.add_argument("--corruption_cache", default=None, help="Folder to store and reuse corrupted images in.")
-    parser.add_argument("--batch_size", type=int, default=128, help="Batch size; the jigsaw accuracy draws one mask per batch.")
+    parser.add_argument(
+        "--batch_size", type=int, default=128, help="Batch size; the jigsaw accuracy draws one mask per batch."
+    )
     args = parser.parse_args(argv)
     severities = tuple(int(s) for s in args.severities.split(","))
     for value, name in ((args.jigsaw_ratio, "--jigsaw_ratio"), (args.consistency_ratio, "--consistency_ratio")):
@@ -360,7 +368,9 @@ def main(argv=None) -> dict:
             model, images, labels, normalization, corruptions=corruptions, severities=severities,
             batch_size=args.batch_size, seed=args.seed, cache_dir=args.corruption_cache,
         ),
-        "jigsaw": jigsaw_accuracy(model, pixel_values, targets, ratio=args.jigsaw_ratio, batch_size=args.batch_size, seed=args.seed),
+        "jigsaw": jigsaw_accuracy(
+            model, pixel_values, targets, ratio=args.jigsaw_ratio, batch_size=args.batch_size, seed=args.seed
+        ),
         "consistency": prediction_consistency(
             model, pixel_values, ratio=args.consistency_ratio, batch_size=args.batch_size, seed=args.seed
         ),
