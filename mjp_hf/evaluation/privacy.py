@@ -484,7 +484,7 @@ def plot_reconstructions(images: dict[str, list[np.ndarray]], report: dict, path
             title = name.replace("_", " ")
             if name in report["summary"]:
                 metrics = report["per_image"][row][name]
-                title = f"{name[:8]}\n{metrics['psnr']:.1f} dB, {100 * metrics['recovered_fraction']:.0f}%"
+                title = f"{name}\n{metrics['psnr']:.1f} dB, {100 * metrics['recovered_fraction']:.0f}%"
             if row == 0 or name in report["summary"]:
                 ax.set_title(title, fontsize=7)
     fig.suptitle("Gradient inversion (PSNR, patches recovered in place)", fontsize=8)
