@@ -246,8 +246,6 @@ def write_outputs(records, variants, args, command: str, seconds: float) -> None
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     readme = output_dir / "README.md"
-    if readme.exists() and not args.overwrite:
-        raise FileExistsError(f"{readme} exists; pass --overwrite to replace the study's tables and plots.")
     (output_dir / "results.json").write_text(
         json.dumps({"command": command, "settings": vars(args), "runs": records}, indent=2) + "\n"
     )
@@ -288,6 +286,9 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    readme = Path(args.output_dir) / "README.md"
+    if readme.exists() and not args.overwrite:
+        raise FileExistsError(f"{readme} exists; pass --overwrite to replace the study's tables, plots and runs.")
     command = "python examples/mjp_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     work_dir = Path(args.work_dir)
