@@ -465,15 +465,16 @@ def evaluate_privacy(
     return report, images
 
 
-def plot_reconstructions(images: dict[str, list[np.ndarray]], report: dict, path) -> None:
-    """A PNG grid: one row per image; original, the client's (jigsawed) view, then each attack with its PSNR."""
+def plot_reconstructions(images: dict[str, list[np.ndarray]], report: dict, path, max_rows: int = 8) -> None:
+    """A PNG grid: one row per image (the first `max_rows`); original, the client's (jigsawed) view, then each
+    attack with its PSNR and share of patches recovered in place."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     columns = list(images)
-    rows = len(images["original"])
+    rows = min(len(images["original"]), max_rows)
     fig, axes = plt.subplots(rows, len(columns), figsize=(1.8 * len(columns), 1.9 * rows), squeeze=False)
     for row in range(rows):
         for col, name in enumerate(columns):
