@@ -29,12 +29,14 @@ def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu
     from transformers import AutoModelForImageClassification
 
     path = Path(model_name_or_path)
-    if not (path / "config.json").is_file():
+    looks_local = path.is_absolute() or str(model_name_or_path).startswith((".", "~"))
+    if (path.is_dir() or looks_local) and not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"--model_name_or_path {str(path)!r} is not a saved model folder (no config.json); pass the output_dir "
             "of a training run or a folder written by `save_pretrained`."
         )
-    model = AutoModelForImageClassification.from_pretrained(path)
+    # Anything else is handed to transformers: a Hub id (when online) or its own error for a missing folder.
+    model = AutoModelForImageClassification.from_pretrained(str(model_name_or_path))
     return model.to(device).eval()
 
 
@@ -65,10 +67,19 @@ class PixelNormalization:
     def from_pretrained(cls, model_name_or_path: str | Path, num_channels: int = 3) -> "PixelNormalization":
         """Read the normalisation of the folder's image processor; transformers' ViT defaults without one."""
         mean, std = DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD
+        processor = None
         if (Path(model_name_or_path) / "preprocessor_config.json").is_file():
             from transformers import AutoImageProcessor
 
             processor = AutoImageProcessor.from_pretrained(model_name_or_path)
+        elif not Path(model_name_or_path).exists():
+            from transformers import AutoImageProcessor
+
+            try:  # a Hub id: its processor when it has one
+                processor = AutoImageProcessor.from_pretrained(str(model_name_or_path))
+            except OSError:
+                processor = None
+        if processor is not None:
             if getattr(processor, "do_normalize", True):
                 mean, std = processor.image_mean, processor.image_std
             else:
