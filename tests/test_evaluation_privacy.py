@@ -165,3 +165,14 @@ def test_cli_writes_json_and_png(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         privacy.main(argv)
     privacy.main(argv + ["--overwrite", "--attacks", "analytic"])
+
+
+def test_analytic_attack_removes_the_dalr_gradient():
+    # The DALR loss adds an input-independent term to the position-embedding gradient; an attacker who knows the
+    # weights subtracts it. Left in (weight 1 makes it large), it would wreck the linear system.
+    model = tiny_mjp(dalr_loss_weight=1.0)
+    pixel_values, labels = images(2)
+    report, _ = privacy.evaluate_privacy(
+        model, pixel_values, labels, NORMALIZATION, attacks=("analytic",), jigsaw="off", progress=False
+    )
+    assert report["summary"]["analytic"]["psnr"] > 30
