@@ -250,3 +250,9 @@ def test_resume_continues_the_same_run(tmp_path, image_folder):
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
     initial = load_file(full / "checkpoint-4" / "model.safetensors")
     assert not torch.equal(initial["vit.embeddings.unk_position_embedding"], expected["vit.embeddings.unk_position_embedding"])
+
+
+def test_gradient_checkpointing_passes_through(tmp_path, image_folder):
+    metrics = _train(tmp_path / "gc", "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2",
+                     "--gradient_checkpointing", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1")
+    assert metrics["train_loss"] > 0
