@@ -436,7 +436,7 @@ def build_model(model_args: ModelArguments, mjp_args: MJPArguments, label_names:
         )
     for name, value in mjp_args.config_updates().items():
         setattr(config, name, value)
-    config._check_mjp_fields()
+    config.check_mjp_fields()
 
     if source is None:
         model = MJPViTForImageClassification(config)

@@ -88,10 +88,13 @@ class MJPViTConfig(ViTConfig):
     def __post_init__(self, **kwargs):
         # A config read from a stock ViT folder (to fine-tune it with MJP) carries `model_type: vit`.
         kwargs.pop("model_type", None)
-        self._check_mjp_fields()
+        self.check_mjp_fields()
         super().__post_init__(**kwargs)
 
-    def _check_mjp_fields(self):
+    def check_mjp_fields(self) -> None:
+        """Raise a `ValueError` naming the first MJP field out of range; run at construction, and again by whoever
+        sets fields afterwards."""
+
         def fail(name, value, expected):
             raise ValueError(f"MJPViTConfig: `{name}={value!r}` is invalid; {expected}.")
 

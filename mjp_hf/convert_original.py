@@ -304,7 +304,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], shape: ReleasedSh
         converted[embeddings + "position_embeddings"] = state_dict["pos_embed"]
     for key, value in state_dict.items():
         if key.startswith("dlocr.layers."):
-            converted[embeddings + "dalr_head." + key[len("dlocr."):]] = value
+            converted[embeddings + "dalr_head.regressor." + key[len("dlocr.layers."):]] = value
     for i in range(shape.num_hidden_layers):
         old, new = f"blocks.{i}.", f"vit.layers.{i}."
         # timm fuses the projections as rows [query; key; value].

@@ -80,18 +80,21 @@ def _pair(value) -> tuple[int, int]:
 
 
 class MJPViTDALRHead(nn.Module):
-    """Dense absolute localization regressor: maps a position embedding to the (row, col) of its patch."""
+    """Dense absolute localization regressor: maps a position embedding to the (row, col) of its patch.
+
+    The layers live in `regressor` (not `layers`): transformers renames `layers.` in ViT checkpoint keys.
+    """
 
     def __init__(self, config: MJPViTConfig):
         super().__init__()
         hidden_size = config.hidden_size
         if config.dalr_head == "nonlinear":
-            self.layers = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, 2))
+            self.regressor = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, 2))
         else:
-            self.layers = nn.Sequential(nn.Linear(hidden_size, 2))
+            self.regressor = nn.Sequential(nn.Linear(hidden_size, 2))
 
     def forward(self, position_embeddings: torch.Tensor) -> torch.Tensor:
-        return self.layers(position_embeddings)
+        return self.regressor(position_embeddings)
 
 
 class MJPViTEmbeddings(ViTEmbeddings):

@@ -531,3 +531,15 @@ def test_grids_smaller_than_one_block_still_jigsaw():
     masks = torch.cat([model(pixels(size=8), jigsaw=True).jigsaw_mask for _ in range(20)])
     assert masks.shape == (20, 4) and masks.any()
     assert (masks.sum(1) <= 2).all()
+
+
+def test_saved_keys_of_the_mjp_parts_are_not_renamed(tmp_path):
+    from safetensors import safe_open
+
+    tiny_model().save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "vit.embeddings.unk_position_embedding" in keys
+    assert {k for k in keys if "dalr_head" in k} == {
+        f"vit.embeddings.dalr_head.regressor.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
