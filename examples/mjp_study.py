@@ -15,7 +15,7 @@ folder. Finished trainings and evaluations are reused, so an interrupted study r
     python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study --max_steps 375 --batch_size 64
 
 writes `docs/study/README.md` (mean +- std over seeds, and per seed), `docs/study/results.json` (every metric of
-every run), one JSON per run and evaluation under `docs/study/runs/`, and plots.
+every run), one JSON per run and evaluation under `docs/study/per_seed/`, and plots.
 """
 
 import argparse
@@ -122,24 +122,26 @@ def export_stock_vit(run_dir: Path) -> Path:
 
 
 def evaluate(model_dir: Path, eval_dir: Path, variant: str, seed: int, args) -> dict:
-    """Run the evaluations (each skipped when its JSON exists) and return their reports."""
-    from mjp_hf.evaluation import position, privacy, robustness
+    """Run the evaluations' command lines (each skipped when its JSON exists) and return their reports.
 
+    Each runs in its own process, as a user would run it, so that it loads the model with the code that is there
+    now, not with modules this process imported earlier.
+    """
     common = ["--model_name_or_path", str(model_dir), "--seed", str(seed), "--device", "cpu"]
     jobs = {
-        "position": (position, ["--output_dir", str(eval_dir / "position")]),
+        "position": ("position", ["--output_dir", str(eval_dir / "position")]),
         "robustness": (
-            robustness,
+            "robustness",
             ["--output_dir", str(eval_dir / "robustness"), "--max_eval_samples", str(args.robustness_samples),
              "--corruption_cache", str(Path(args.work_dir) / "corruption_cache")],
         ),
         "privacy_analytic": (
-            privacy,
+            "privacy",
             ["--output_dir", str(eval_dir / "privacy_analytic"), "--attacks", "analytic",
              "--num_images", str(args.privacy_images)],
         ),
         "privacy_optimization": (
-            privacy,
+            "privacy",
             ["--output_dir", str(eval_dir / "privacy_optimization"), "--attacks", "optimization",
              "--num_images", str(args.optimization_images), "--steps", str(args.optimization_steps),
              "--max_seconds", str(args.optimization_seconds)],
@@ -148,19 +150,43 @@ def evaluate(model_dir: Path, eval_dir: Path, variant: str, seed: int, args) -> 
     if variant != "baseline":
         # A step that lost the jigsaw coin flip (half of them by default) is a plain ViT step.
         jobs["privacy_analytic_nojigsaw"] = (
-            privacy,
+            "privacy",
             ["--output_dir", str(eval_dir / "privacy_analytic_nojigsaw"), "--attacks", "analytic", "--jigsaw", "off",
              "--num_images", str(args.privacy_images)],
         )
     reports = {}
     for name, (module, flags) in jobs.items():
-        json_path = eval_dir / name / f"{module.__name__.rsplit('.', 1)[-1]}.json"
-        if json_path.is_file():
-            reports[name] = json.loads(json_path.read_text())
-            continue
-        log(f"{variant}-seed{seed}: {name}")
-        reports[name] = module.main(common + flags)
+        json_path = eval_dir / name / f"{module}.json"
+        if not json_path.is_file():
+            log(f"{variant}-seed{seed}: {name}")
+            command = [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *common, *flags]
+            with open(eval_dir.parent / f"{variant}-seed{seed}.{name}.log", "w") as log_file:
+                subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT, env=_env(args))
+        reports[name] = json.loads(json_path.read_text())
     return reports
+
+
+ARCHITECTURE_FIELDS = (
+    "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size",
+)
+
+
+def architecture(run_dir: Path) -> dict:
+    config = json.loads((run_dir / "config.json").read_text())
+    return {field: config[field] for field in ARCHITECTURE_FIELDS}
+
+
+def check_same_architecture(architectures: dict) -> dict:
+    """All runs must share one shape: a preset edited between runs would make the comparison meaningless."""
+    distinct = {json.dumps(shape, sort_keys=True) for shape in architectures.values()}
+    if len(distinct) > 1:
+        listing = "\n".join(f"  {name}: {shape}" for name, shape in architectures.items())
+        raise RuntimeError(
+            f"The runs do not share one architecture (the preset changed between them):\n{listing}\n"
+            "Start again with an empty --work_dir."
+        )
+    return next(iter(architectures.values()))
 
 
 def collect_metrics(train_results: dict, reports: dict) -> dict:
@@ -242,12 +268,13 @@ def plot_summary(records: dict, variants: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(records, variants, args, command: str, seconds: float) -> None:
+def write_outputs(records, variants, args, command: str, seconds: float, shape: dict) -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     readme = output_dir / "README.md"
     (output_dir / "results.json").write_text(
-        json.dumps({"command": command, "settings": vars(args), "runs": records}, indent=2) + "\n"
+        json.dumps({"command": command, "settings": vars(args), "architecture": shape, "runs": records}, indent=2)
+        + "\n"
     )
     plot_summary(records, variants, output_dir / "summary.png")
     text = [
@@ -255,7 +282,9 @@ def write_outputs(records, variants, args, command: str, seconds: float) -> None
         "",
         f"Made by `{command}` ({seconds / 60:.0f} minutes on a shared 2-core CPU).",
         "",
-        f"Demo preset (28x28, patch 4, a 7x7 grid, D 96, depth 4), {args.max_steps} steps of batch {args.batch_size} "
+        f"Demo preset ({shape['image_size']}x{shape['image_size']} images, patch {shape['patch_size']}, width "
+        f"{shape['hidden_size']}, depth {shape['num_hidden_layers']}, {shape['num_attention_heads']} heads), "
+        f"{args.max_steps} steps of batch {args.batch_size} "
         f"per run, seeds {args.seeds}; test accuracy on {args.max_eval_samples} test images, robustness on "
         f"{args.robustness_samples}, the analytic attack on {args.privacy_images} images and the optimisation attack on "
         f"{args.optimization_images} ({args.optimization_steps} steps) per run. Mean ± sample std over seeds.",
@@ -274,8 +303,8 @@ def write_outputs(records, variants, args, command: str, seconds: float) -> None
         "(jigsaw on for naive and MJP; 'un-jigsawed step' is a step that lost the `jigsaw_prob` coin flip); "
         "'patches recovered' counts patches with content whose reconstruction at their own position reaches 20 dB.",
         "",
-        "Raw outputs of every run: `runs/<variant>-seed<N>/<evaluation>/*.json`; images for seed "
-        f"{args.seeds[0]}: `runs/<variant>-seed{args.seeds[0]}/*/*.png`.",
+        "Raw outputs of every run: `per_seed/<variant>-seed<N>/<evaluation>/*.json`; images for seed "
+        f"{args.seeds[0]}: `per_seed/<variant>-seed{args.seeds[0]}/*/*.png`.",
     ]
     readme.write_text("\n".join(text) + "\n")
 
@@ -293,8 +322,8 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    runs_out = Path(args.output_dir) / "runs"
-    records = {}
+    runs_out = Path(args.output_dir) / "per_seed"
+    records, architectures = {}, {}
     for variant in args.variants:
         for seed in args.seeds:
             name = f"{variant}-seed{seed}"
@@ -302,6 +331,8 @@ def main(argv=None) -> None:
             train(variant, seed, run_dir, args)
             model_dir = export_stock_vit(run_dir) if variant == "baseline" else run_dir
             eval_dir = work_dir / "eval" / name
+            eval_dir.mkdir(parents=True, exist_ok=True)
+            architectures[name] = architecture(run_dir)
             reports = evaluate(model_dir, eval_dir, variant, seed, args)
             train_results = json.loads((run_dir / "all_results.json").read_text())
             records.setdefault(variant, {})[seed] = collect_metrics(train_results, reports)
@@ -312,7 +343,8 @@ def main(argv=None) -> None:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(path, target)
             log(f"{name}: {json.dumps(records[variant][seed])}")
-    write_outputs(records, args.variants, args, command, time.perf_counter() - start)
+    shape = check_same_architecture(architectures)
+    write_outputs(records, args.variants, args, command, time.perf_counter() - start, shape)
     log(f"done: {Path(args.output_dir) / 'README.md'}")
 
 

@@ -36,7 +36,13 @@ def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu
             "of a training run or a folder written by `save_pretrained`."
         )
     # Anything else is handed to transformers: a Hub id (when online) or its own error for a missing folder.
-    model = AutoModelForImageClassification.from_pretrained(str(model_name_or_path))
+    model, info = AutoModelForImageClassification.from_pretrained(str(model_name_or_path), output_loading_info=True)
+    if info["missing_keys"]:
+        # Weights left at their random initialisation would make every evaluation meaningless.
+        raise ValueError(
+            f"{model_name_or_path} lacks weights for {sorted(info['missing_keys'])}: it was saved by a version of "
+            "mjp_hf with other parameter names. Load it with that version, or re-save it with this one."
+        )
     return model.to(device).eval()
 
 
