@@ -376,8 +376,9 @@ class MJPViTModel(MJPViTPreTrainedModel):
             The positions to shuffle, instead of a random block mask. Implies `jigsaw=True`.
         jigsaw_permutation (`torch.LongTensor` of shape `(batch_size or 1, num_patches)`, *optional*):
             A gather index: the token placed at position `i` comes from position `jigsaw_permutation[..., i]`
-            (identity outside the mask). Without it the selected positions are permuted at random. Implies
-            `jigsaw=True`.
+            (identity outside the mask). Without it the selected positions are permuted at random. Given without
+            `jigsaw_mask`, the mask is the set of moved positions: pass the mask too to count a selected patch
+            that stays in place as shuffled, as the released code does. Implies `jigsaw=True`.
         """
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
