@@ -108,7 +108,8 @@ class MJPViTEmbeddings(ViTEmbeddings):
     def __init__(self, config: MJPViTConfig):
         super().__init__(config, use_mask_token=False)
         self.config = config
-        self.grid_size = (self.image_size[0] // _pair(self.patch_size)[0], self.image_size[1] // _pair(self.patch_size)[1])
+        patch_h, patch_w = _pair(self.patch_size)
+        self.grid_size = (self.image_size[0] // patch_h, self.image_size[1] // patch_w)
         self.unk_position_embedding = (
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.applies_unk_position_embedding else None
         )
