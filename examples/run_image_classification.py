@@ -37,6 +37,7 @@ import transformers
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessorPil
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_torch_bf16_gpu_available
 
 import mjp_hf
 from mjp_hf import MJPViTConfig, MJPViTForImageClassification
@@ -237,6 +238,9 @@ def parse_arguments(argv: list[str] | None = None):
             parser.error(f"unrecognized arguments: {' '.join(remaining)}")
         explicit = _explicit_flags(argv)
         given = {name: value for name, value in vars(namespace).items() if name in explicit}
+    if given.get("bf16") and "use_cpu" not in given and not is_torch_bf16_gpu_available():
+        # transformers refuses --bf16 without a bf16 GPU unless told the run is on CPU, where autocast does bf16 too.
+        given["use_cpu"] = True
     model_args, data_args, _, _ = parser.parse_dict({**given, "output_dir": given.get("output_dir", "unset")})
 
     defaults = {}
@@ -259,6 +263,9 @@ def parse_arguments(argv: list[str] | None = None):
             raise ValueError("Distributed runs need an explicit --output_dir (every process must write to the same one).")
         defaults["output_dir"] = _default_output_dir(model_args, data_args)
     model_args, data_args, mjp_args, training_args = parser.parse_dict({**defaults, **given})
+    if training_args.fp16 and training_args.device.type == "cpu":
+        # accelerate would otherwise train in fp32 without a word.
+        raise ValueError("--fp16 needs a GPU (or another fp16 accelerator); this run is on CPU: use --bf16 instead.")
     # Image datasets: the `image` column must reach the transform.
     training_args.remove_unused_columns = False
     return model_args, data_args, mjp_args, training_args

@@ -1,5 +1,6 @@
-"""Two CPU processes (torchrun, gloo) run the training example: each rank draws its own jigsaw masks, the weights
-are saved once, the logged loss parts are reduced over ranks, and evaluation gathers both shards."""
+"""Two CPU processes (gloo), launched by torchrun and by `accelerate launch`, run the training example: each rank
+draws its own jigsaw masks, the weights are saved once, the logged loss parts are reduced over ranks, and evaluation
+gathers both shards."""
 
 import json
 import os
@@ -13,7 +14,15 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+BIN = str(Path(sys.executable).parent)
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--nproc_per_node", "2"],
+    # `--multi_gpu` is accelerate's name for its torch.distributed launcher; the example switches to CPU (gloo)
+    # itself when there is no GPU.
+    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+PORT_FLAG = {"torchrun": "--master_port", "accelerate": "--main_process_port"}
 
 # Runs the example's `main` with a global forward hook that records, per rank, the masks the jigsaw drew.
 WORKER = """
@@ -37,8 +46,10 @@ with open(os.path.join({record_dir!r}, f"masks_{{rank}}.json"), "w") as f:
 """
 
 
-@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed")
-def test_two_processes_draw_their_own_masks_and_save_once(tmp_path):
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_draw_their_own_masks_and_save_once(tmp_path, launcher):
+    executable = shutil.which(LAUNCHERS[launcher][0], path=BIN)
+    assert executable is not None, f"{LAUNCHERS[launcher][0]} is missing beside {sys.executable}; reinstall the dev extras"
     images = tmp_path / "images"
     rng = np.random.default_rng(0)
     for index, name in enumerate(("a", "b")):
@@ -50,8 +61,9 @@ def test_two_processes_draw_their_own_masks_and_save_once(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER.format(examples=str(ROOT / "examples"), record_dir=str(tmp_path)))
     output = tmp_path / "run"
+    port = str(29500 + os.getpid() % 1000 + (500 if launcher == "accelerate" else 0))
     command = [
-        TORCHRUN, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), str(worker),
+        executable, *LAUNCHERS[launcher][1:], PORT_FLAG[launcher], port, str(worker),
         "--train_dir", str(images / "."), "--validation_dir", str(images),
         "--output_dir", str(output), "--config_overrides",
         "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",

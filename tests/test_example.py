@@ -102,6 +102,9 @@ def test_bad_flags_fail_before_training(tmp_path):
         run.parse_arguments(["--preset", "tiny", "--model_name_or_path", "google/vit-base-patch16-224"])
     with pytest.raises(SystemExit):
         run.parse_arguments(["--jigsaw_ratioo", "0.1"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--fp16 needs a GPU.*use --bf16 instead"):
+            run.parse_arguments(["--fp16", "--output_dir", str(tmp_path / "fp16")])
     with pytest.raises(ValueError, match=r"jigsaw_ratio=1.5.*\[0, 1\]"):
         _train(tmp_path / "bad", "--jigsaw_ratio", "1.5", "--max_steps", "1", "--max_train_samples", "8")
 
@@ -256,3 +259,43 @@ def test_gradient_checkpointing_passes_through(tmp_path, image_folder):
     metrics = _train(tmp_path / "gc", "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2",
                      "--gradient_checkpointing", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1")
     assert metrics["train_loss"] > 0
+
+
+def test_bf16_autocast_passes_through_to_the_model(tmp_path, image_folder):
+    """`--bf16` trains under bfloat16 autocast (CPU here; CUDA alike): the encoder's matmuls run in bf16 while the
+    jigsaw and both loss parts stay finite."""
+    dtypes = []
+
+    def record(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            dtypes.append(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        metrics = _train(tmp_path / "bf16", "--train_dir", str(image_folder), "--config_overrides", TINY,
+                         "--max_steps", "2", "--bf16", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1",
+                         "--eval_strategy", "no")
+    finally:
+        handle.remove()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    history = json.loads((tmp_path / "bf16" / "trainer_state.json").read_text())["log_history"]
+    logged = [entry for entry in history if "loss" in entry]
+    assert logged and all(np.isfinite(entry["classification_loss"]) and entry["localization_loss"] > 0 for entry in logged)
+    assert np.isfinite(metrics["train_loss"])
+
+
+def test_torch_compile_passes_through_without_graph_breaks(tmp_path, image_folder):
+    """`--torch_compile` compiles the model the Trainer trains; the jigsaw, the unknown PE and the DALR loss add no
+    graph break (aot_eager keeps the test quick; inductor compiles the same graphs)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    metrics = _train(tmp_path / "compiled", "--train_dir", str(image_folder), "--config_overrides", TINY,
+                     "--max_steps", "3", "--torch_compile", "--torch_compile_backend", "aot_eager",
+                     "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1", "--eval_strategy", "no")
+    graph_breaks = dict(counters["graph_break"])
+    torch._dynamo.reset()
+    assert counters["stats"]["unique_graphs"] >= 1, "the Trainer did not compile the model"
+    assert not graph_breaks, f"graph breaks while training: {graph_breaks}"
+    assert np.isfinite(metrics["train_loss"])
