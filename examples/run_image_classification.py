@@ -51,6 +51,7 @@ from mjp_hf.data import (
     fashion_mnist_available,
     load_fashion_mnist,
     processor_image_size,
+    with_sample_index,
 )
 from mjp_hf.metrics import load_accuracy_topk
 from mjp_hf.presets import PRESETS, config_from_preset
@@ -58,6 +59,7 @@ from mjp_hf.training import (
     MJPScheduleCallback,
     MJPTrainer,
     PerProcessSeedCallback,
+    TransformEpochCallback,
     plot_training_curves,
     top_k_predictions,
 )
@@ -87,6 +89,7 @@ DEMO_DEFAULTS = {
     "jigsaw_warmup_epochs": 1,
     "crop_min_scale": 1.0,
 }
+SAMPLE_INDEX_COLUMN = "mjp_sample_index"
 # Model outputs that the model card publishes as results.
 TOP_K = (1, 5)
 
@@ -565,8 +568,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     transform = partial(ImageClassificationTransform, image_processor, num_channels=model.config.num_channels,
                         image_column=data_args.image_column_name, label_column=data_args.label_column_name)
-    train_dataset = train_dataset.with_transform(
-        transform(train=True, crop_scale=(data_args.crop_min_scale, 1.0), horizontal_flip=data_args.random_flip))
+    # Augmentation keyed to (seed, epoch, sample index): a resumed run sees the very crops and flips it would have.
+    train_transform = transform(train=True, crop_scale=(data_args.crop_min_scale, 1.0),
+                                horizontal_flip=data_args.random_flip, index_column=SAMPLE_INDEX_COLUMN,
+                                seed=training_args.seed)
+    train_dataset = with_sample_index(train_dataset, SAMPLE_INDEX_COLUMN).with_transform(train_transform)
     eval_dataset = eval_dataset.with_transform(transform(train=False))
 
     ks = tuple(k for k in TOP_K if k <= len(label_names))
@@ -583,7 +589,9 @@ def main(argv: list[str] | None = None) -> dict:
         preprocess_logits_for_metrics=partial(top_k_predictions, k=max(ks)),
         processing_class=image_processor,
         data_collator=collate_image_classification,
-        callbacks=[PerProcessSeedCallback(), MJPScheduleCallback(warmup_epochs)],
+        callbacks=[
+            PerProcessSeedCallback(), MJPScheduleCallback(warmup_epochs), TransformEpochCallback(train_transform)
+        ],
     )
 
     metrics = {}

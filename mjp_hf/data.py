@@ -95,26 +95,56 @@ def _image_mode(num_channels: int) -> str:
     return "RGB" if num_channels == 3 else "L"
 
 
+_SPLITMIX_INCREMENT = np.uint64(0x9E3779B97F4A7C15)
+_SPLITMIX_MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (Steele et al. 2014): a bijective mix of uint64 values, element-wise."""
+    z = np.asarray(values, dtype=np.uint64) + _SPLITMIX_INCREMENT
+    z = (z ^ (z >> np.uint64(30))) * _SPLITMIX_MULTIPLIERS[0]
+    z = (z ^ (z >> np.uint64(27))) * _SPLITMIX_MULTIPLIERS[1]
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_uniform(seed: int, epoch: int, indices, draws: int) -> np.ndarray:
+    """Uniform numbers in [0, 1), `float64 [len(indices), draws]`, that depend only on `(seed, epoch, sample index)`.
+
+    Counter-based randomness for augmentation: a sample gets the same crop and flip in a given epoch whatever the
+    batch it lands in, the number of data-loader workers or processes, and whether the run was resumed in between.
+    """
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+        stream = _splitmix64(_splitmix64(np.uint64(seed % 2**64)) ^ np.uint64(epoch % 2**64))
+        counters = (np.asarray(indices, dtype=np.uint64).reshape(-1, 1) * np.uint64(draws)
+                    + np.arange(draws, dtype=np.uint64))
+        bits = _splitmix64(_splitmix64(counters) ^ stream)
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
 def sample_resized_crop_boxes(
     sizes: np.ndarray,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
     attempts: int = 10,
+    uniform: np.ndarray | None = None,
 ) -> np.ndarray:
     """Boxes `(left, top, right, bottom)` of random-resized crops, one per `(width, height)` row of `sizes`.
 
     The rule of torchvision's `RandomResizedCrop`: an area fraction uniform in `scale` and a log-uniform aspect
     ratio in `ratio`, `attempts` tries per image, else a centre crop clamped to `ratio`. All images are sampled
-    at once; the randomness comes from torch (its default generator unless one is given), so seeding torch
-    reproduces the crops and a Trainer checkpoint resumes them.
+    at once. The randomness is `uniform` (`[n, 2 * attempts + 2]` numbers in [0, 1), e.g. from `keyed_uniform`)
+    or else comes from torch (its default generator unless one is given), so seeding torch reproduces the crops.
     """
     if not (0 < scale[0] <= scale[1] <= 1):
         raise ValueError(f"crop scale={scale!r} must satisfy 0 < min <= max <= 1 (e.g. (0.08, 1.0)).")
     sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
     width, height = sizes[:, :1], sizes[:, 1:]
-    # One draw from torch for everything; the arithmetic on these few numbers is cheaper in numpy.
-    uniform = torch.rand(len(sizes), 2 * attempts + 2, generator=generator, dtype=torch.float64).numpy()
+    if uniform is None:
+        # One draw from torch for everything; the arithmetic on these few numbers is cheaper in numpy.
+        uniform = torch.rand(len(sizes), 2 * attempts + 2, generator=generator, dtype=torch.float64).numpy()
+    if uniform.shape != (len(sizes), 2 * attempts + 2):
+        raise ValueError(f"uniform has shape {uniform.shape}; expected {(len(sizes), 2 * attempts + 2)}.")
     target_area = width * height * (scale[0] + (scale[1] - scale[0]) * uniform[:, :attempts])
     log_ratio = np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * uniform[:, attempts : 2 * attempts]
     crop_w = np.round(np.sqrt(target_area * np.exp(log_ratio)))
@@ -143,8 +173,16 @@ class ImageClassificationTransform:
     the image processor's rescale and normalisation. Evaluation: the image processor itself (resize, rescale,
     normalise), deterministic. Grayscale images become RGB when the model has 3 channels, and back.
 
+    Training randomness: when the batch has an `index_column` (each example's index in the dataset, added with
+    `with_sample_index`), every crop and flip is drawn from `keyed_uniform(seed, epoch, index)`, with `set_epoch`
+    called at each epoch (`training.TransformEpochCallback`): an interrupted run resumes with the very same
+    augmentations, whatever the number of data-loader workers. Without it the draws come from torch's default
+    generator.
+
     Returns `{"pixel_values": float32 [B, C, H, W], "labels": int64 [B]}`.
     """
+
+    CROP_ATTEMPTS = 10
 
     def __init__(
         self,
@@ -156,6 +194,8 @@ class ImageClassificationTransform:
         label_column: str = "label",
         crop_scale: tuple[float, float] = (0.08, 1.0),
         horizontal_flip: bool = True,
+        index_column: str | None = None,
+        seed: int = 0,
     ):
         self.image_processor = image_processor
         self.mode = _image_mode(num_channels)
@@ -165,6 +205,9 @@ class ImageClassificationTransform:
         self.crop_scale = tuple(crop_scale)
         self.horizontal_flip = horizontal_flip
         self.size = processor_image_size(image_processor)
+        self.index_column = index_column
+        self.seed = seed
+        self.epoch = 0
         if train:
             sample_resized_crop_boxes(np.ones((0, 2)), scale=self.crop_scale)  # validates the scale early
 
@@ -188,10 +231,22 @@ class ImageClassificationTransform:
         return {"image_mean": list(np.reshape(processor.image_mean, -1)[:channels]),
                 "image_std": list(np.reshape(processor.image_std, -1)[:channels])}
 
-    def _train_pixels(self, images: list) -> torch.Tensor:
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch that keys the training augmentation (see the class docstring)."""
+        self.epoch = int(epoch)
+
+    def _uniform(self, batch: dict, count: int) -> np.ndarray:
+        draws = 2 * self.CROP_ATTEMPTS + 3  # crop attempts, crop position, flip
+        if self.index_column is not None and self.index_column in batch:
+            return keyed_uniform(self.seed, self.epoch, batch[self.index_column], draws)
+        return torch.rand(count, draws, dtype=torch.float64).numpy()
+
+    def _train_pixels(self, images: list, uniform: np.ndarray) -> torch.Tensor:
         height, width = self.size
-        boxes = sample_resized_crop_boxes(np.array([image.size for image in images]).reshape(-1, 2), scale=self.crop_scale)
-        flips = (torch.rand(len(images)) < 0.5).tolist() if self.horizontal_flip else [False] * len(images)
+        sizes = np.array([image.size for image in images]).reshape(-1, 2)
+        boxes = sample_resized_crop_boxes(sizes, scale=self.crop_scale, attempts=self.CROP_ATTEMPTS,
+                                          uniform=uniform[:, :-1])
+        flips = (uniform[:, -1] < 0.5) & self.horizontal_flip
         resample = PILImage.Resampling(int(getattr(self.image_processor, "resample", PILImage.Resampling.BILINEAR)))
         arrays = np.empty((len(images), height, width, len(self.mode)), dtype=np.uint8)
         for index, (image, box, flip) in enumerate(zip(images, boxes, flips)):
@@ -205,13 +260,21 @@ class ImageClassificationTransform:
     def __call__(self, batch: dict) -> dict:
         images = [image.convert(self.mode) for image in batch[self.image_column]]
         if self.train:
-            pixel_values = self._train_pixels(images)
+            pixel_values = self._train_pixels(images, self._uniform(batch, len(images)))
         else:
             pixel_values = self.image_processor(images, return_tensors="pt", **self._channel_statistics())["pixel_values"]
         outputs = {"pixel_values": pixel_values}
         if self.label_column in batch:
             outputs["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
         return outputs
+
+
+def with_sample_index(dataset, column: str = "sample_index"):
+    """`dataset` with a column holding each example's index, which keys its augmentation (see
+    `ImageClassificationTransform`)."""
+    if column in dataset.column_names:
+        raise ValueError(f"The dataset already has a column {column!r}; choose another name for the sample index.")
+    return dataset.add_column(column, np.arange(len(dataset), dtype=np.int64))
 
 
 def collate_image_classification(examples: list[dict]) -> dict:

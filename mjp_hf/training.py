@@ -93,6 +93,25 @@ class PerProcessSeedCallback(TrainerCallback):
         set_seed(args.seed + args.process_index)
 
 
+class TransformEpochCallback(TrainerCallback):
+    """Tells a data transform with a `set_epoch` method (`data.ImageClassificationTransform`) which epoch starts, so
+    that its augmentation is keyed to `(seed, epoch, sample index)`; on a resume, the epoch the run resumes in.
+
+    Data-loader workers pick up the epoch when they start, at every epoch; persistent workers
+    (`--dataloader_persistent_workers`) keep the first epoch's augmentation."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+            logger.warning("Persistent data-loader workers keep the augmentation of the epoch they started in; "
+                           "drop --dataloader_persistent_workers for new crops and flips every epoch.")
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.transform.set_epoch(math.floor(state.epoch or 0))
+
+
 class MJPTrainer(Trainer):
     """A `Trainer` that logs the two parts of the MJP loss, `classification_loss` and `localization_loss` (already
     weighted), averaged over the steps since the last log and over processes, next to `loss`.

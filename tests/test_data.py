@@ -13,10 +13,12 @@ from mjp_hf.data import (
     ImageClassificationTransform,
     collate_image_classification,
     fashion_mnist_available,
+    keyed_uniform,
     load_fashion_mnist,
     load_fashion_mnist_arrays,
     processor_image_size,
     sample_resized_crop_boxes,
+    with_sample_index,
 )
 
 
@@ -150,6 +152,48 @@ def test_train_transform_flips_and_crops_at_random():
     torch.manual_seed(0)
     again = ImageClassificationTransform(processor, train=True, crop_scale=(0.2, 0.5))(batch)["pixel_values"]
     torch.testing.assert_close(cropped, again)  # seeded torch reproduces the augmentation
+
+
+def test_keyed_uniform_depends_only_on_seed_epoch_and_index():
+    values = keyed_uniform(0, 0, np.arange(20000), 23)
+    assert values.shape == (20000, 23) and values.dtype == np.float64
+    assert values.min() >= 0 and values.max() < 1
+    assert abs(values.mean() - 0.5) < 0.005 and abs(values.var() - 1 / 12) < 0.002
+    # Neighbouring indices and draws are uncorrelated.
+    assert abs(np.corrcoef(values[:-1, 0], values[1:, 0])[0, 1]) < 0.03
+    assert abs(np.corrcoef(values[:, 0], values[:, 1])[0, 1]) < 0.03
+    # A row is a function of (seed, epoch, index) alone: not of the batch it is drawn in.
+    np.testing.assert_array_equal(keyed_uniform(0, 0, [7, 3], 23), values[[7, 3]])
+    assert not np.array_equal(keyed_uniform(0, 1, [7], 23), values[[7]])
+    assert not np.array_equal(keyed_uniform(1, 0, [7], 23), values[[7]])
+
+
+def test_keyed_augmentation_follows_the_sample_not_the_batch():
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    images = _images(n=32)
+    transform = ImageClassificationTransform(processor, train=True, crop_scale=(0.3, 1.0), index_column="index",
+                                             seed=5)
+    whole = transform({"image": images, "index": list(range(32))})["pixel_values"]
+    torch.manual_seed(123)  # the global generator plays no part
+    part = transform({"image": images[20:24][::-1], "index": [23, 22, 21, 20]})["pixel_values"]
+    torch.testing.assert_close(part, whole[20:24].flip(0), rtol=0, atol=0)
+    transform.set_epoch(1)
+    assert not torch.equal(transform({"image": images, "index": list(range(32))})["pixel_values"], whole)
+    # Without the column, the transform falls back to torch's generator.
+    torch.manual_seed(0)
+    first = transform({"image": images})["pixel_values"]
+    torch.manual_seed(0)
+    torch.testing.assert_close(transform({"image": images})["pixel_values"], first)
+    assert not torch.equal(first, whole)
+
+
+def test_with_sample_index_adds_the_positions():
+    from datasets import Dataset
+
+    dataset = with_sample_index(Dataset.from_dict({"label": [3, 1, 2]}))
+    assert dataset["sample_index"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="already has a column 'label'"):
+        with_sample_index(dataset, "label")
 
 
 def test_transform_bad_inputs():

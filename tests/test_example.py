@@ -230,28 +230,29 @@ def test_a_used_output_folder_is_never_overwritten_unasked(tmp_path, image_folde
 
 
 def test_resume_continues_the_same_run(tmp_path, image_folder):
-    """Stopped after epoch 1 and resumed, a run ends with exactly the weights of the uninterrupted run: same data
-    order, same jigsaw masks (the jigsaw starts in epoch 2), same schedule."""
-    # 32 of the 36 images, batches of 8: checkpoint-4 closes epoch 1. (Resumed mid-epoch, the Trainer restores the
-    # RNG only after fetching the first batch, so that batch's augmentation, and the draws after it, differ.)
+    """Interrupted in mid-epoch and resumed, a run ends with exactly the weights of the uninterrupted run: the same
+    data order, the same crops and flips (keyed to the sample and the epoch), the same jigsaw masks (the restored RNG)
+    and the same schedule."""
+    # 32 of the 36 images, batches of 8: 4 steps an epoch, and checkpoint-3 falls inside the first.
     common = ["--train_dir", str(image_folder), "--validation_dir", str(image_folder), "--config_overrides", TINY,
-              "--max_train_samples", "32",
-              "--max_steps", "8", "--save_steps", "4", "--jigsaw_warmup_epochs", "1", "--jigsaw_prob", "1",
+              "--max_train_samples", "32", "--crop_min_scale", "0.5",
+              "--max_steps", "8", "--save_steps", "3", "--save_total_limit", "5", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1",
               "--lr_scheduler_type", "constant", "--eval_strategy", "no", "--dataloader_drop_last", "true"]
     full = tmp_path / "full"
     _train(full, *common)
-    interrupted = tmp_path / "interrupted"
-    interrupted.mkdir()
-    # What an interruption after step 4 leaves behind: the first checkpoint only.
-    shutil.copytree(full / "checkpoint-4", interrupted / "checkpoint-4")
-    _train(interrupted, *common)  # finds checkpoint-4 and resumes from it
-    state = json.loads((interrupted / "trainer_state.json").read_text())
-    assert state["global_step"] == 8 and [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 9))
-    expected, resumed = load_file(full / "model.safetensors"), load_file(interrupted / "model.safetensors")
-    assert expected.keys() == resumed.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
-    initial = load_file(full / "checkpoint-4" / "model.safetensors")
+    for checkpoint in ("checkpoint-3", "checkpoint-6"):  # mid-epoch 1, mid-epoch 2
+        interrupted = tmp_path / f"interrupted-{checkpoint}"
+        interrupted.mkdir()
+        # What an interruption after that step leaves behind: that checkpoint only.
+        shutil.copytree(full / checkpoint, interrupted / checkpoint)
+        _train(interrupted, *common)  # finds the checkpoint and resumes from it
+        state = json.loads((interrupted / "trainer_state.json").read_text())
+        assert state["global_step"] == 8 and [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 9))
+        expected, resumed = load_file(full / "model.safetensors"), load_file(interrupted / "model.safetensors")
+        assert expected.keys() == resumed.keys()
+        for key in expected:
+            torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=f"{checkpoint}: {key}")
+    initial = load_file(full / "checkpoint-3" / "model.safetensors")
     assert not torch.equal(initial["vit.embeddings.unk_position_embedding"], expected["vit.embeddings.unk_position_embedding"])
 
 

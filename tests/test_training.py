@@ -13,6 +13,7 @@ from mjp_hf import MJPViTConfig, MJPViTForImageClassification
 from mjp_hf.training import (
     MJPScheduleCallback,
     MJPTrainer,
+    TransformEpochCallback,
     mjp_schedule,
     plot_training_curves,
     top_k_predictions,
@@ -83,6 +84,20 @@ def test_callback_sets_the_schedule_through_wrappers_and_on_resume():
     expected = mjp_schedule(4, 10, 3, 0.04)
     assert embeddings.jigsaw_enabled is True and float(embeddings.dalr_loss_weight) == pytest.approx(expected[1])
     assert model.config.dalr_loss_weight == 0.04  # the config keeps the base value
+
+
+def test_transform_epoch_callback_keys_the_augmentation_to_the_running_epoch():
+    class Transform:
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    transform = Transform()
+    callback = TransformEpochCallback(transform)
+    for epoch, expected in ((0.0, 0), (3.0, 3), (4.75, 4)):  # a fresh run, an epoch boundary, a mid-epoch resume
+        callback.on_epoch_begin(None, TrainerState(epoch=epoch), None)
+        assert transform.epoch == expected
 
 
 def _random_dataset(n=48, num_labels=5, seed=0):
