@@ -77,8 +77,11 @@ def load_fashion_mnist(data_dir: Path | str = FASHION_MNIST_DIR):
 
 
 def processor_image_size(image_processor) -> tuple[int, int]:
-    """`(height, width)` the image processor resizes to (`{"height", "width"}` or `{"shortest_edge"}` sizes)."""
+    """`(height, width)` of the images the processor outputs: its `crop_size` when it centre-crops (DeiT), else its
+    `size` (`{"height", "width"}` or `{"shortest_edge"}`)."""
     size = image_processor.size
+    if getattr(image_processor, "do_center_crop", False) and getattr(image_processor, "crop_size", None) is not None:
+        size = image_processor.crop_size
     get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
     if get("height") is not None and get("width") is not None:
         return int(get("height")), int(get("width"))
@@ -165,6 +168,10 @@ def sample_resized_crop_boxes(
     return np.stack((left, top, left + crop_w, top + crop_h), axis=1).astype(np.int64)
 
 
+# Image processors whose whole pipeline is resize, rescale, normalise.
+_RESIZE_RESCALE_NORMALIZE_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast")
+
+
 class ImageClassificationTransform:
     """Turns a batch of a `datasets` image-classification dataset into model inputs, on the fly.
 
@@ -241,6 +248,13 @@ class ImageClassificationTransform:
             return keyed_uniform(self.seed, self.epoch, batch[self.index_column], draws)
         return torch.rand(count, draws, dtype=torch.float64).numpy()
 
+    def _needs_processor(self, images: list) -> bool:
+        # A ViT image processor on images already at its size only rescales and normalises: that is done here in one
+        # vectorised pass, 4x faster at 28 px. Other processors (a centre crop, say) and other sizes run it.
+        processor, (height, width) = self.image_processor, self.size
+        return (type(processor).__name__ not in _RESIZE_RESCALE_NORMALIZE_PROCESSORS
+                or any(image.size != (width, height) for image in images))
+
     def _train_pixels(self, images: list, uniform: np.ndarray) -> torch.Tensor:
         height, width = self.size
         sizes = np.array([image.size for image in images]).reshape(-1, 2)
@@ -261,8 +275,11 @@ class ImageClassificationTransform:
         images = [image.convert(self.mode) for image in batch[self.image_column]]
         if self.train:
             pixel_values = self._train_pixels(images, self._uniform(batch, len(images)))
-        else:
+        elif self._needs_processor(images):
             pixel_values = self.image_processor(images, return_tensors="pt", **self._channel_statistics())["pixel_values"]
+        else:
+            height, width = self.size
+            pixel_values = self._normalise(np.stack([np.asarray(image).reshape(height, width, -1) for image in images]))
         outputs = {"pixel_values": pixel_values}
         if self.label_column in batch:
             outputs["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)

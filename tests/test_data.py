@@ -127,6 +127,27 @@ def test_eval_transform_is_the_image_processor_with_rgb_conversion():
     assert single["pixel_values"].shape == (4, 1, 32, 32)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_eval_transform_at_the_processor_size_equals_the_processor(channels):
+    """Images already at the processor's size skip it (a vectorised rescale and normalise) with the same result; a
+    processor that also crops still runs itself."""
+    from transformers import DeiTImageProcessorPil
+
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1])
+    images = _images(n=6, mode="RGB")
+    mode = "RGB" if channels == 3 else "L"
+    out = ImageClassificationTransform(processor, num_channels=channels)({"image": images})["pixel_values"]
+    expected = processor([image.convert(mode) for image in images], return_tensors="pt",
+                         image_mean=[0.2, 0.4, 0.6][:channels], image_std=[0.3, 0.2, 0.1][:channels])["pixel_values"]
+    torch.testing.assert_close(out, expected)
+    cropping = DeiTImageProcessorPil(size={"height": 28, "width": 28}, crop_size={"height": 20, "width": 20})
+    cropped = ImageClassificationTransform(cropping)({"image": images})["pixel_values"]
+    assert cropped.shape == (6, 3, 20, 20) and processor_image_size(cropping) == (20, 20)
+    train = ImageClassificationTransform(cropping, train=True)({"image": images})["pixel_values"]
+    assert train.shape == (6, 3, 20, 20)  # training crops to the size evaluation gives the model
+    torch.testing.assert_close(cropped, cropping(images, return_tensors="pt")["pixel_values"])
+
+
 def test_train_transform_without_crop_or_flip_matches_eval():
     processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
     images = _images()
