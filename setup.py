@@ -6,7 +6,7 @@ EXTRAS = {
     "training": ["datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "pillow", "matplotlib", "tqdm"],
     "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions-imaug>=1.1.5", "matplotlib", "tqdm"],
 }
-EXTRAS["dev"] = sorted({dep for deps in EXTRAS.values() for dep in deps} | {"pytest>=8", "pytest-xdist>=3"})
+EXTRAS["dev"] = sorted({dep for deps in EXTRAS.values() for dep in deps} | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64"})
 EXTRAS["all"] = EXTRAS["dev"]
 
 setup(
@@ -17,8 +17,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["mjp_hf", "mjp_hf.*"]),
-    package_data={"mjp_hf": ["metrics/*/*.py", "metrics/*/*.md"]},
+    packages=find_packages(include=["mjp_hf", "mjp_hf.*"]) + ["mjp_hf.model_cards"],
+    # The card template and the released model's card live at the repository root, in model_cards/; a wheel carries
+    # them inside the package (mjp_hf/model_cards/), where `mjp_hf.hub` looks when there is no checkout around it.
+    package_dir={"mjp_hf.model_cards": "model_cards"},
+    package_data={"mjp_hf": ["metrics/*/*.py", "metrics/*/*.md"], "mjp_hf.model_cards": ["*.md"]},
     install_requires=["torch>=2.4", "transformers>=5.20,<6", "safetensors>=0.4", "huggingface-hub>=1.0", "numpy"],
     extras_require=EXTRAS,
     classifiers=[

@@ -34,7 +34,13 @@ logger = logging.getLogger(__name__)
 
 MJP_SUBFOLDER = "mjp"
 WIDGET_FOLDER = "widget"
-MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+# model_cards/ at the root of a checkout, or inside the package when installed from a wheel (see setup.py).
+MODEL_CARDS_DIR = next(
+    (folder for folder in (Path(__file__).resolve().parent.parent / "model_cards",
+                           Path(__file__).resolve().parent / "model_cards")
+     if (folder / "mjp_model_card_template.md").is_file()),
+    Path(__file__).resolve().parent.parent / "model_cards",
+)
 CARD_TEMPLATE = MODEL_CARDS_DIR / "mjp_model_card_template.md"
 DEFAULT_LICENSE = "apache-2.0"
 PAPER_URL = "https://arxiv.org/abs/2205.12551"

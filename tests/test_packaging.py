@@ -1,0 +1,46 @@
+"""The wheel carries what the package reads at run time: the metric module and the model-card files."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
+    # Built from a copy: setuptools builds in the source tree.
+    source = tmp_path / "source"
+    for folder in ("mjp_hf", "model_cards"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w",
+         str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("mjp_hf-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "site")
+    for name in ("mjp_hf/model_cards/mjp_model_card_template.md", "mjp_hf/model_cards/mjp-vit-small.md",
+                 "mjp_hf/metrics/accuracy_topk/accuracy_topk.py"):
+        assert name in names
+    # Installed away from the checkout, the package finds its template and renders a card.
+    script = (
+        "import mjp_hf.hub as hub, transformers\n"
+        "assert hub.CARD_TEMPLATE.is_file() and 'site' in str(hub.CARD_TEMPLATE), hub.CARD_TEMPLATE\n"
+        "from mjp_hf import MJPViTConfig, MJPViTForImageClassification\n"
+        "config = MJPViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,\n"
+        "                      image_size=32, patch_size=8, num_labels=2)\n"
+        "card = hub.build_model_card(MJPViTForImageClassification(config), model_id='org/x')\n"
+        "assert 'Masked Jigsaw Puzzle' in str(card)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
