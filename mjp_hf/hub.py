@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 MJP_SUBFOLDER = "mjp"
 WIDGET_FOLDER = "widget"
+# What a push owns in the repository: remote files matching these that the new layout lacks are deleted by the push
+# (`.gitattributes` never is); anything else a user put there stays.
+PUBLISHED_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.json", "*.py", f"{MJP_SUBFOLDER}/*",
+                           f"{WIDGET_FOLDER}/*")
 # model_cards/ at the root of a checkout, or inside the package when installed from a wheel (see setup.py).
 MODEL_CARDS_DIR = next(
     (folder for folder in (Path(__file__).resolve().parent.parent / "model_cards",
@@ -476,6 +480,8 @@ def push_mjp_model(
             folder_path=folder,
             commit_message=commit_message or f"Upload MJP-ViT: stock ViT at the root, full MJP model in {MJP_SUBFOLDER}/",
             revision=revision,
+            # Files of an earlier push that this layout no longer has (other weights, old code) must not linger.
+            delete_patterns=list(PUBLISHED_FILE_PATTERNS),
         )
     return commit.commit_url
 

@@ -1,6 +1,7 @@
 """Hub publishing: model cards, the two-checkpoint layout, push_to_hub with only the HTTP boundary mocked, and
 loading of the would-be-uploaded folder by stock transformers in a process where mjp_hf cannot be imported."""
 
+import fnmatch
 import json
 import os
 import shutil
@@ -303,6 +304,11 @@ def test_push_uploads_the_layout_and_it_loads_without_mjp_hf(tmp_path):
     assert create == ("create_repo", "me/mjp-vit-demo", {"private": True, "exist_ok": True}, "hf_test")
     assert upload[0:2] == ("upload_folder", "me/mjp-vit-demo") and upload[3] == "hf_test"
     assert "stock ViT at the root" in upload[2]["commit_message"]
+    # A re-push removes what an earlier push left and this layout lacks: old weights, old code, the old mjp/ files.
+    stale = ["pytorch_model.bin", "model-00001-of-00002.safetensors", "old_module.py", f"{MJP_SUBFOLDER}/extra.json"]
+    kept = [".gitattributes", "LICENSE", "notes/eval.md"]
+    assert [name for name in stale + kept if any(fnmatch.fnmatch(name, pattern) for pattern in
+                                                  upload[2]["delete_patterns"])] == stale
 
     uploaded = tmp_path / "uploaded"
     assert layout_files(uploaded) == DEMO_LAYOUT  # exactly these files, safetensors only
