@@ -9,18 +9,19 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(_DEIT, hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
     "small": dict(_DEIT, hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "base": dict(_DEIT, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    # Fashion-MNIST on a 2-core CPU in minutes: 28x28 images (converted to RGB so that any image, and the Hub
-    # widget, can be fed to it) cut into 4x4 patches, a 7x7 grid on which the jigsaw still means something. Width 64
-    # trains twice as fast as 96 on CPU (135 against 265 ms a step at batch 128), which buys the third epoch that
-    # reaching 85% needs; the block mask's smallest block scales with the grid like the largest (8 of 196 -> 2 of 49).
+    # Fashion-MNIST on a 2-core CPU in about five minutes: 28x28 images (converted to RGB so that any image, and the
+    # Hub widget, can be fed to it) cut into 4x4 patches, a 7x7 grid on which the jigsaw still means something. Width
+    # 48 with an MLP ratio of 2 takes 79 ms a training step at batch 128, against 161 ms for width 64 with ratio 4,
+    # and learns as fast per epoch (85.2% against 84.3% after 6 epochs); the block mask's smallest block scales with
+    # the grid like the largest (8 of 196 -> 2 of 49).
     "demo": dict(
         image_size=28,
         patch_size=4,
         num_channels=3,
-        hidden_size=64,
+        hidden_size=48,
         num_hidden_layers=4,
         num_attention_heads=2,
-        intermediate_size=256,
+        intermediate_size=96,
         layer_norm_eps=1e-6,
         hidden_act="gelu",
         qkv_bias=True,
