@@ -47,6 +47,7 @@ from mjp_hf.data import (
     FASHION_MNIST_HUB_ID,
     INSTALL_HINT,
     ImageClassificationTransform,
+    MixupCutmixCollator,
     collate_image_classification,
     fashion_mnist_available,
     load_fashion_mnist,
@@ -121,6 +122,14 @@ class DataTrainingArguments:
         default=0.08, metadata={"help": "Smallest area fraction of the training random-resized crop (1 = no crop)."}
     )
     random_flip: bool = field(default=True, metadata={"help": "Random horizontal flips in training."})
+    random_erasing_prob: float = field(
+        default=0.0, metadata={"help": "Chance of timm-style random erasing per training image (DeiT: 0.25)."}
+    )
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup's Beta parameter, 0 = off (DeiT: 0.8)."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix's Beta parameter, 0 = off (DeiT: 1.0)."})
+    mixup_switch_prob: float = field(
+        default=0.5, metadata={"help": "With both on, the chance that a batch is CutMix rather than Mixup."}
+    )
 
     def __post_init__(self):
         if self.dataset_name is not None and (self.train_dir is not None or self.validation_dir is not None):
@@ -131,6 +140,12 @@ class DataTrainingArguments:
             raise ValueError(f"--train_val_split={self.train_val_split} must be a fraction in (0, 1).")
         if not 0 < self.crop_min_scale <= 1:
             raise ValueError(f"--crop_min_scale={self.crop_min_scale} must be in (0, 1]; 0.08 as torchvision.")
+        for flag in ("random_erasing_prob", "mixup_switch_prob"):
+            if not 0 <= getattr(self, flag) <= 1:
+                raise ValueError(f"--{flag}={getattr(self, flag)} is a probability: give a value in [0, 1].")
+        for flag in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, flag) < 0:
+                raise ValueError(f"--{flag}={getattr(self, flag)} must be >= 0 (0 turns it off).")
 
 
 @dataclass
@@ -571,7 +586,15 @@ def main(argv: list[str] | None = None) -> dict:
     # Augmentation keyed to (seed, epoch, sample index): a resumed run sees the very crops and flips it would have.
     train_transform = transform(train=True, crop_scale=(data_args.crop_min_scale, 1.0),
                                 horizontal_flip=data_args.random_flip, index_column=SAMPLE_INDEX_COLUMN,
-                                seed=training_args.seed)
+                                seed=training_args.seed, random_erasing=data_args.random_erasing_prob)
+    collator = collate_image_classification
+    if data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0:
+        # Mixing makes label-smoothed soft targets itself; the Trainer's smoother then only touches evaluation.
+        collator = MixupCutmixCollator(
+            len(label_names), mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
+            switch_prob=data_args.mixup_switch_prob, label_smoothing=training_args.label_smoothing_factor,
+            index_key=SAMPLE_INDEX_COLUMN, seed=training_args.seed,
+        )
     train_dataset = with_sample_index(train_dataset, SAMPLE_INDEX_COLUMN).with_transform(train_transform)
     eval_dataset = eval_dataset.with_transform(transform(train=False))
 
@@ -588,9 +611,10 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=partial(_compute_metrics, load_accuracy_topk(), ks),
         preprocess_logits_for_metrics=partial(top_k_predictions, k=max(ks)),
         processing_class=image_processor,
-        data_collator=collate_image_classification,
+        data_collator=collator,
         callbacks=[
-            PerProcessSeedCallback(), MJPScheduleCallback(warmup_epochs), TransformEpochCallback(train_transform)
+            PerProcessSeedCallback(), MJPScheduleCallback(warmup_epochs),
+            TransformEpochCallback(*[part for part in (train_transform, collator) if hasattr(part, "set_epoch")]),
         ],
     )
 

@@ -110,14 +110,16 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def keyed_uniform(seed: int, epoch: int, indices, draws: int) -> np.ndarray:
-    """Uniform numbers in [0, 1), `float64 [len(indices), draws]`, that depend only on `(seed, epoch, sample index)`.
+def keyed_uniform(seed: int, epoch: int, indices, draws: int, stream: int = 0) -> np.ndarray:
+    """Uniform numbers in [0, 1), `float64 [len(indices), draws]`, that depend only on `(seed, epoch, sample index)`
+    and the `stream` (one per kind of augmentation, so that turning one on leaves the others' draws alone).
 
     Counter-based randomness for augmentation: a sample gets the same crop and flip in a given epoch whatever the
     batch it lands in, the number of data-loader workers or processes, and whether the run was resumed in between.
     """
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
-        stream = _splitmix64(_splitmix64(np.uint64(seed % 2**64)) ^ np.uint64(epoch % 2**64))
+        key = _splitmix64(_splitmix64(np.uint64(seed % 2**64)) ^ np.uint64(epoch % 2**64))
+        stream = _splitmix64(key ^ np.uint64(stream % 2**64)) if stream else key
         counters = (np.asarray(indices, dtype=np.uint64).reshape(-1, 1) * np.uint64(draws)
                     + np.arange(draws, dtype=np.uint64))
         bits = _splitmix64(_splitmix64(counters) ^ stream)
@@ -168,6 +170,33 @@ def sample_resized_crop_boxes(
     return np.stack((left, top, left + crop_w, top + crop_h), axis=1).astype(np.int64)
 
 
+def sample_erasing_boxes(
+    height: int,
+    width: int,
+    uniform: np.ndarray,
+    scale: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rectangles `(top, left, bottom, right)` of random erasing (Zhong et al. 2020, timm's `RandomErasing` as DeiT
+    uses it), one per row of `uniform` (`[n, 2 * attempts + 2]` numbers in [0, 1)), and whether one was found.
+
+    An area fraction uniform in `scale` and a log-uniform aspect ratio in `ratio`, the first of `attempts` tries
+    that fits inside the image, at a uniform position."""
+    attempts = (uniform.shape[1] - 2) // 2
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * uniform[:, :attempts])
+    aspect = np.exp(np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * uniform[:, attempts : 2 * attempts])
+    box_h = np.round(np.sqrt(area * aspect))
+    box_w = np.round(np.sqrt(area / aspect))
+    valid = (box_h < height) & (box_w < width)
+    first = valid.argmax(axis=1)[:, None]
+    box_h = np.take_along_axis(box_h, first, 1)[:, 0]
+    box_w = np.take_along_axis(box_w, first, 1)[:, 0]
+    top = np.floor(uniform[:, -2] * (height - box_h + 1))
+    left = np.floor(uniform[:, -1] * (width - box_w + 1))
+    boxes = np.stack((top, left, top + box_h, left + box_w), axis=1).astype(np.int64)
+    return boxes, valid.any(axis=1)
+
+
 # Image processors whose whole pipeline is resize, rescale, normalise.
 _RESIZE_RESCALE_NORMALIZE_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast")
 
@@ -180,16 +209,19 @@ class ImageClassificationTransform:
     the image processor's rescale and normalisation. Evaluation: the image processor itself (resize, rescale,
     normalise), deterministic. Grayscale images become RGB when the model has 3 channels, and back.
 
+    `random_erasing` (a probability; DeiT uses 0.25) adds timm-style random erasing after normalisation.
+
     Training randomness: when the batch has an `index_column` (each example's index in the dataset, added with
     `with_sample_index`), every crop and flip is drawn from `keyed_uniform(seed, epoch, index)`, with `set_epoch`
     called at each epoch (`training.TransformEpochCallback`): an interrupted run resumes with the very same
     augmentations, whatever the number of data-loader workers. Without it the draws come from torch's default
-    generator.
+    generator. Training outputs then carry the index too, under the same name, for `MixupCutmixCollator`.
 
     Returns `{"pixel_values": float32 [B, C, H, W], "labels": int64 [B]}`.
     """
 
     CROP_ATTEMPTS = 10
+    ERASE_ATTEMPTS = 10
 
     def __init__(
         self,
@@ -203,7 +235,10 @@ class ImageClassificationTransform:
         horizontal_flip: bool = True,
         index_column: str | None = None,
         seed: int = 0,
+        random_erasing: float = 0.0,
     ):
+        if not 0 <= random_erasing <= 1:
+            raise ValueError(f"random_erasing={random_erasing} is a probability: give a value in [0, 1] (DeiT: 0.25).")
         self.image_processor = image_processor
         self.mode = _image_mode(num_channels)
         self.train = train
@@ -215,6 +250,7 @@ class ImageClassificationTransform:
         self.index_column = index_column
         self.seed = seed
         self.epoch = 0
+        self.random_erasing = random_erasing
         if train:
             sample_resized_crop_boxes(np.ones((0, 2)), scale=self.crop_scale)  # validates the scale early
 
@@ -242,11 +278,22 @@ class ImageClassificationTransform:
         """The epoch that keys the training augmentation (see the class docstring)."""
         self.epoch = int(epoch)
 
-    def _uniform(self, batch: dict, count: int) -> np.ndarray:
-        draws = 2 * self.CROP_ATTEMPTS + 3  # crop attempts, crop position, flip
+    def _uniform(self, batch: dict, count: int, draws: int, stream: int = 0) -> np.ndarray:
         if self.index_column is not None and self.index_column in batch:
-            return keyed_uniform(self.seed, self.epoch, batch[self.index_column], draws)
+            return keyed_uniform(self.seed, self.epoch, batch[self.index_column], draws, stream=stream)
         return torch.rand(count, draws, dtype=torch.float64).numpy()
+
+    def _erase(self, pixel_values: torch.Tensor, uniform: np.ndarray) -> torch.Tensor:
+        """Random erasing in timm's "pixel" mode: a rectangle of normal noise (in normalised units)."""
+        height, width = pixel_values.shape[-2:]
+        boxes, found = sample_erasing_boxes(height, width, uniform[:, 2:])
+        erased = np.flatnonzero((uniform[:, 0] < self.random_erasing) & found)
+        for index in erased:  # a quarter of the batch at DeiT's 0.25; the noise is seeded per sample
+            top, left, bottom, right = boxes[index].tolist()
+            generator = torch.Generator().manual_seed(int(uniform[index, 1] * 2**53))
+            pixel_values[index, :, top:bottom, left:right] = torch.randn(
+                pixel_values.shape[1], bottom - top, right - left, generator=generator)
+        return pixel_values
 
     def _needs_processor(self, images: list) -> bool:
         # A ViT image processor on images already at its size only rescales and normalises: that is done here in one
@@ -274,7 +321,12 @@ class ImageClassificationTransform:
     def __call__(self, batch: dict) -> dict:
         images = [image.convert(self.mode) for image in batch[self.image_column]]
         if self.train:
-            pixel_values = self._train_pixels(images, self._uniform(batch, len(images)))
+            # crop attempts, crop position, flip
+            pixel_values = self._train_pixels(images, self._uniform(batch, len(images), 2 * self.CROP_ATTEMPTS + 3))
+            if self.random_erasing > 0:
+                # apply, noise seed, area and aspect attempts, position
+                draws = 2 + 2 * self.ERASE_ATTEMPTS + 2
+                pixel_values = self._erase(pixel_values, self._uniform(batch, len(images), draws, stream=1))
         elif self._needs_processor(images):
             pixel_values = self.image_processor(images, return_tensors="pt", **self._channel_statistics())["pixel_values"]
         else:
@@ -283,6 +335,8 @@ class ImageClassificationTransform:
         outputs = {"pixel_values": pixel_values}
         if self.label_column in batch:
             outputs["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
+        if self.train and self.index_column is not None and self.index_column in batch:
+            outputs[self.index_column] = torch.as_tensor(batch[self.index_column], dtype=torch.long)  # keys Mixup
         return outputs
 
 
@@ -300,3 +354,80 @@ def collate_image_classification(examples: list[dict]) -> dict:
     if "labels" in examples[0]:
         batch["labels"] = torch.stack([torch.as_tensor(example["labels"]) for example in examples])
     return batch
+
+
+class MixupCutmixCollator:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) over a training batch, as timm's `Mixup` in its default
+    batch mode, which DeiT and the MJP release train with: one mixing coefficient per batch, each image mixed with
+    the batch's reverse, labels turned into label-smoothed soft targets mixed alike.
+
+    A batch is CutMix with probability `switch_prob` when both are on. CutMix pastes a box of area about `1 - lam` and
+    corrects `lam` to the pasted area. Only batches whose examples carry `index_key` (the training set's, see
+    `ImageClassificationTransform`) are mixed, with randomness keyed to `(seed, epoch, their indices)`; evaluation
+    batches are only stacked. `MJPTrainer` trains on the soft targets with a soft cross-entropy.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        *,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        switch_prob: float = 0.5,
+        label_smoothing: float = 0.1,
+        index_key: str = "sample_index",
+        seed: int = 0,
+    ):
+        for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if value < 0:
+                raise ValueError(f"{name}={value} must be >= 0 (0 turns it off; DeiT: mixup 0.8, cutmix 1.0).")
+        if mixup_alpha == 0 and cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix; use collate_image_classification.")
+        for name, value in (("switch_prob", switch_prob), ("label_smoothing", label_smoothing)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name}={value} must be in [0, 1].")
+        if num_labels < 2:
+            raise ValueError(f"num_labels={num_labels}: mixing labels needs at least 2 classes.")
+        self.num_labels = num_labels
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self.switch_prob = switch_prob
+        self.label_smoothing = label_smoothing
+        self.index_key = index_key
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _rng(self, indices: np.ndarray) -> np.random.Generator:
+        with np.errstate(over="ignore"):
+            batch_key = int(np.bitwise_xor.reduce(_splitmix64(indices.astype(np.uint64))))
+        return np.random.default_rng([self.seed % 2**63, self.epoch, batch_key])
+
+    def soft_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        off = self.label_smoothing / self.num_labels
+        targets = torch.full((len(labels), self.num_labels), off)
+        return targets.scatter_(1, labels.long().view(-1, 1), 1 - self.label_smoothing + off)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = collate_image_classification(examples)
+        if self.index_key not in examples[0] or "labels" not in batch:
+            return batch
+        rng = self._rng(np.array([int(example[self.index_key]) for example in examples]))
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or rng.random() < self.switch_prob)
+        lam = float(rng.beta(*(2 * [self.cutmix_alpha if use_cutmix else self.mixup_alpha])))
+        pixels, partner = batch["pixel_values"], batch["pixel_values"].flip(0)
+        if use_cutmix:
+            height, width = pixels.shape[-2:]
+            cut_h, cut_w = int(height * np.sqrt(1 - lam)), int(width * np.sqrt(1 - lam))
+            centre_y, centre_x = int(rng.integers(height)), int(rng.integers(width))
+            top, bottom = np.clip([centre_y - cut_h // 2, centre_y + cut_h // 2], 0, height)
+            left, right = np.clip([centre_x - cut_w // 2, centre_x + cut_w // 2], 0, width)
+            pixels = pixels.clone()
+            pixels[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / (height * width)
+        else:
+            pixels = pixels * lam + partner * (1 - lam)
+        targets = self.soft_targets(batch["labels"])
+        return {"pixel_values": pixels, "labels": targets * lam + targets.flip(0) * (1 - lam)}

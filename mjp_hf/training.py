@@ -94,14 +94,15 @@ class PerProcessSeedCallback(TrainerCallback):
 
 
 class TransformEpochCallback(TrainerCallback):
-    """Tells a data transform with a `set_epoch` method (`data.ImageClassificationTransform`) which epoch starts, so
-    that its augmentation is keyed to `(seed, epoch, sample index)`; on a resume, the epoch the run resumes in.
+    """Tells data transforms and collators with a `set_epoch` method (`data.ImageClassificationTransform`,
+    `data.MixupCutmixCollator`) which epoch starts, so that their augmentation is keyed to `(seed, epoch, sample
+    index)`; on a resume, the epoch the run resumes in.
 
     Data-loader workers pick up the epoch when they start, at every epoch; persistent workers
     (`--dataloader_persistent_workers`) keep the first epoch's augmentation."""
 
-    def __init__(self, transform):
-        self.transform = transform
+    def __init__(self, *transforms):
+        self.transforms = transforms
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
@@ -109,7 +110,8 @@ class TransformEpochCallback(TrainerCallback):
                            "drop --dataloader_persistent_workers for new crops and flips every epoch.")
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.transform.set_epoch(math.floor(state.epoch or 0))
+        for transform in self.transforms:
+            transform.set_epoch(math.floor(state.epoch or 0))
 
 
 class MJPTrainer(Trainer):
@@ -117,7 +119,8 @@ class MJPTrainer(Trainer):
     weighted), averaged over the steps since the last log and over processes, next to `loss`.
 
     Label smoothing (`label_smoothing_factor`) applies to the classification loss, and the localization loss is
-    still added. The loss is always a per-batch mean (the Trainer scales it for gradient accumulation), so the DALR
+    still added. Soft targets (float `labels` of shape `(batch, num_labels)`, from `data.MixupCutmixCollator`) get a
+    soft cross-entropy. The loss is always a per-batch mean (the Trainer scales it for gradient accumulation), so the DALR
     term keeps its weight whatever the accumulation or number of processes.
     """
 
@@ -142,7 +145,19 @@ class MJPTrainer(Trainer):
         target.load_state_dict(restored.state_dict(), strict=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.label_smoother is not None and "labels" in inputs:
+        labels = inputs.get("labels")
+        if labels is not None and labels.is_floating_point() and labels.ndim == 2:
+            # Soft targets (Mixup/CutMix, already label-smoothed): cross-entropy against the distribution. The
+            # model's own loss would read float labels as multi-label targets.
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            log_probs = torch.log_softmax(outputs.logits.float(), dim=-1)
+            classification_loss = -(labels.to(log_probs.dtype) * log_probs).sum(-1).mean()
+            loss = classification_loss
+            if outputs.localization_loss is not None:
+                loss = loss + outputs.localization_loss
+        elif self.label_smoother is not None and "labels" in inputs:
             inputs = dict(inputs)
             labels = inputs.pop("labels")
             outputs = model(**inputs)

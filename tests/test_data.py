@@ -11,12 +11,14 @@ from transformers import ViTImageProcessorPil
 from mjp_hf.data import (
     FASHION_MNIST_LABELS,
     ImageClassificationTransform,
+    MixupCutmixCollator,
     collate_image_classification,
     fashion_mnist_available,
     keyed_uniform,
     load_fashion_mnist,
     load_fashion_mnist_arrays,
     processor_image_size,
+    sample_erasing_boxes,
     sample_resized_crop_boxes,
     with_sample_index,
 )
@@ -206,6 +208,92 @@ def test_keyed_augmentation_follows_the_sample_not_the_batch():
     torch.manual_seed(0)
     torch.testing.assert_close(transform({"image": images})["pixel_values"], first)
     assert not torch.equal(first, whole)
+
+
+def test_erasing_boxes_follow_timm_random_erasing():
+    uniform = np.random.default_rng(0).random((4000, 22))
+    boxes, found = sample_erasing_boxes(28, 28, uniform)
+    assert found.mean() > 0.99
+    top, left, bottom, right = boxes[found].T
+    assert (top >= 0).all() and (left >= 0).all() and (bottom <= 28).all() and (right <= 28).all()
+    height, width = bottom - top, right - left
+    fraction = height * width / 784
+    assert fraction.min() > 0.02 - 0.02 and fraction.max() < 1 / 3 + 0.05 and 0.12 < fraction.mean() < 0.22
+    aspect = height / width
+    assert aspect.min() >= 0.3 - 0.15 and aspect.max() <= 1 / 0.3 + 1.5
+    assert len(set(top.tolist())) > 10 and len(set(left.tolist())) > 10
+
+
+def test_random_erasing_replaces_one_rectangle_with_noise():
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    images = _images(n=48)
+    batch = {"image": images, "index": list(range(48))}
+    common = dict(train=True, crop_scale=(0.5, 1.0), index_column="index", seed=3)
+    plain = ImageClassificationTransform(processor, **common)(batch)["pixel_values"]
+    erasing = ImageClassificationTransform(processor, random_erasing=0.5, **common)
+    erased = erasing(batch)["pixel_values"]
+    changed = (erased != plain).any(1)  # [B, H, W]
+    hit = changed.flatten(1).any(1)
+    assert 10 < int(hit.sum()) < 38  # about half the images
+    for index in torch.nonzero(hit).flatten().tolist():
+        rows, cols = torch.nonzero(changed[index], as_tuple=True)
+        box = (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
+        # the changes fill one rectangle (noise equal to the original pixel is vanishingly rare)
+        assert int(changed[index].sum()) == (box[1] - box[0]) * (box[3] - box[2])
+        noise = erased[index][:, box[0]:box[1], box[2]:box[3]]
+        assert abs(float(noise.mean())) < 1.0 and 0.5 < float(noise.std()) < 1.5
+    # Keyed: the same image in another batch is erased the same way; crops are not disturbed by the erasing stream.
+    again = erasing({"image": images[5:9], "index": [5, 6, 7, 8]})["pixel_values"]
+    torch.testing.assert_close(again, erased[5:9], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"random_erasing=1.5 is a probability"):
+        ImageClassificationTransform(processor, train=True, random_erasing=1.5)
+
+
+def _mixing_examples(n=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [{"pixel_values": torch.rand(3, 8, 8, generator=generator), "labels": torch.tensor(i % 4),
+             "sample_index": torch.tensor(100 + i)} for i in range(n)]
+
+
+def test_mixup_mixes_each_image_with_the_reversed_batch():
+    examples = _mixing_examples()
+    collator = MixupCutmixCollator(4, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1)
+    batch = collator(examples)
+    stacked = torch.stack([example["pixel_values"] for example in examples])
+    targets = batch["labels"]
+    assert targets.shape == (8, 4) and torch.allclose(targets.sum(1), torch.ones(8))
+    # Image 0 (label 0) is mixed with image 7 (label 3): its target mass on label 0 gives lam.
+    off = 0.1 / 4
+    lam = (float(targets[0, 0]) - off) / (1 - 0.1)
+    torch.testing.assert_close(batch["pixel_values"], stacked * lam + stacked.flip(0) * (1 - lam))
+    torch.testing.assert_close(collator(_mixing_examples()), batch)  # keyed to the indices: reproducible
+    collator.set_epoch(1)
+    assert not torch.equal(collator(_mixing_examples())["labels"], targets)
+
+
+def test_cutmix_pastes_a_box_and_weighs_labels_by_its_area():
+    examples = _mixing_examples()
+    collator = MixupCutmixCollator(4, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
+    stacked = torch.stack([example["pixel_values"] for example in examples])
+    for epoch in range(6):
+        collator.set_epoch(epoch)
+        batch = collator(examples)
+        pasted = (batch["pixel_values"] == stacked.flip(0)) & (batch["pixel_values"] != stacked)
+        kept = batch["pixel_values"] == stacked
+        assert bool((pasted | kept).all())
+        fraction = pasted[0, 0].float().mean()
+        assert float(batch["labels"][0, 0]) == pytest.approx(1 - float(fraction), abs=1e-6)
+
+
+def test_mixing_passes_evaluation_batches_and_checks_its_arguments():
+    collator = MixupCutmixCollator(4)
+    evaluation = [{"pixel_values": torch.zeros(3, 8, 8), "labels": torch.tensor(1)} for _ in range(3)]
+    batch = collator(evaluation)
+    assert batch["labels"].tolist() == [1, 1, 1] and batch["labels"].dtype == torch.long
+    for kwargs, message in ((dict(mixup_alpha=-1), "mixup_alpha=-1"), (dict(mixup_alpha=0, cutmix_alpha=0), "both 0"),
+                            (dict(switch_prob=2), "switch_prob=2"), (dict(num_labels=1), "num_labels=1")):
+        with pytest.raises(ValueError, match=message):
+            MixupCutmixCollator(**{"num_labels": 4, **kwargs})
 
 
 def test_with_sample_index_adds_the_positions():

@@ -90,6 +90,7 @@ def test_the_released_recipe_config_parses():
     assert training_args.per_device_train_batch_size * 8 == 1024 and training_args.learning_rate == 1e-3
     assert training_args.weight_decay == 0.05 and training_args.max_grad_norm == 5.0
     assert training_args.label_smoothing_factor == 0.1 and mjp_args.jigsaw_warmup_epochs == 20
+    assert (data_args.mixup_alpha, data_args.cutmix_alpha, data_args.random_erasing_prob) == (0.8, 1.0, 0.25)
     assert mjp_args.config_updates() == {"jigsaw_ratio": 0.1, "jigsaw_prob": 0.5, "jigsaw_mode": "mjp",
                                          "jigsaw_per_sample": False, "use_unk_position_embedding": True,
                                          "dalr_head": "nonlinear", "dalr_loss_weight": 0.01}
@@ -102,6 +103,10 @@ def test_bad_flags_fail_before_training(tmp_path):
         run.parse_arguments(["--preset", "tiny", "--model_name_or_path", "google/vit-base-patch16-224"])
     with pytest.raises(SystemExit):
         run.parse_arguments(["--jigsaw_ratioo", "0.1"])
+    with pytest.raises(ValueError, match=r"--mixup_alpha=-0.5 must be >= 0"):
+        run.parse_arguments(["--mixup_alpha", "-0.5"])
+    with pytest.raises(ValueError, match=r"--random_erasing_prob=2.0 is a probability"):
+        run.parse_arguments(["--random_erasing_prob", "2"])
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--fp16 needs a GPU.*use --bf16 instead"):
             run.parse_arguments(["--fp16", "--output_dir", str(tmp_path / "fp16")])
@@ -300,3 +305,27 @@ def test_torch_compile_passes_through_without_graph_breaks(tmp_path, image_folde
     assert counters["stats"]["unique_graphs"] >= 1, "the Trainer did not compile the model"
     assert not graph_breaks, f"graph breaks while training: {graph_breaks}"
     assert np.isfinite(metrics["train_loss"])
+
+
+def test_released_augmentations_train_on_soft_targets(tmp_path, image_folder, monkeypatch):
+    """Mixup/CutMix with label smoothing and random erasing, as the released recipe: training runs on mixed batches
+    with soft targets; evaluation batches pass unmixed, with hard labels."""
+    collated = []
+    mix = run.MixupCutmixCollator.__call__
+
+    def spy(self, examples):
+        batch = mix(self, examples)
+        collated.append(batch["labels"])
+        return batch
+
+    monkeypatch.setattr(run.MixupCutmixCollator, "__call__", spy)
+    metrics = _train(tmp_path / "mixed", "--train_dir", str(image_folder), "--validation_dir", str(image_folder),
+                     "--config_overrides", TINY, "--max_steps", "3", "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0",
+                     "--random_erasing_prob", "0.5", "--label_smoothing_factor", "0.1", "--eval_strategy", "no")
+    assert np.isfinite(metrics["train_loss"]) and 0 <= metrics["eval_accuracy"] <= 1
+    history = json.loads((tmp_path / "mixed" / "trainer_state.json").read_text())["log_history"]
+    assert len([entry for entry in history if "classification_loss" in entry]) == 3
+    soft = [labels for labels in collated if labels.is_floating_point()]
+    hard = [labels for labels in collated if not labels.is_floating_point()]
+    assert len(soft) >= 3 and all(labels.shape[1] == 3 and labels.max() < 1 for labels in soft)
+    assert hard and all(labels.ndim == 1 for labels in hard)  # the evaluation batches

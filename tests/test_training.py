@@ -136,6 +136,19 @@ def test_trainer_averages_parts_over_logging_steps_and_accumulation(tmp_path):
         assert entry["classification_loss"] + entry["localization_loss"] == pytest.approx(entry["loss"], rel=1e-4)
 
 
+def test_soft_targets_train_with_a_soft_cross_entropy(tmp_path):
+    model = _model(jigsaw_prob=0.0, dalr_loss_weight=0.05)
+    trainer = _trainer(tmp_path, model, max_steps=1, label_smoothing_factor=0.1)
+    pixels = torch.randn(6, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    targets = torch.softmax(torch.randn(6, 5, generator=torch.Generator().manual_seed(2)), -1)
+    model.train()
+    loss, outputs = trainer.compute_loss(model, {"pixel_values": pixels, "labels": targets}, return_outputs=True)
+    expected = -(targets * torch.log_softmax(outputs.logits, -1)).sum(-1).mean() + outputs.localization_loss
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+
+
 def test_label_smoothing_keeps_the_localization_loss(tmp_path):
     model = _model(jigsaw_prob=0.0, dalr_loss_weight=0.5)
     trainer = _trainer(tmp_path, model, max_steps=1, label_smoothing_factor=0.1)
