@@ -56,6 +56,7 @@ from mjp_hf.data import (
 )
 from mjp_hf.metrics import load_accuracy_topk
 from mjp_hf.presets import PRESETS, config_from_preset
+from mjp_hf.rand_augment import parse_rand_augment
 from mjp_hf.training import (
     MJPScheduleCallback,
     MJPTrainer,
@@ -122,6 +123,9 @@ class DataTrainingArguments:
         default=0.08, metadata={"help": "Smallest area fraction of the training random-resized crop (1 = no crop)."}
     )
     random_flip: bool = field(default=True, metadata={"help": "Random horizontal flips in training."})
+    rand_augment: str | None = field(
+        default=None, metadata={"help": "RandAugment as a timm spec, e.g. 'rand-m9-mstd0.5-inc1' (DeiT); off by default."}
+    )
     random_erasing_prob: float = field(
         default=0.0, metadata={"help": "Chance of timm-style random erasing per training image (DeiT: 0.25)."}
     )
@@ -140,6 +144,8 @@ class DataTrainingArguments:
             raise ValueError(f"--train_val_split={self.train_val_split} must be a fraction in (0, 1).")
         if not 0 < self.crop_min_scale <= 1:
             raise ValueError(f"--crop_min_scale={self.crop_min_scale} must be in (0, 1]; 0.08 as torchvision.")
+        if self.rand_augment:
+            parse_rand_augment(self.rand_augment)  # a bad spec fails here, before any data is read
         for flag in ("random_erasing_prob", "mixup_switch_prob"):
             if not 0 <= getattr(self, flag) <= 1:
                 raise ValueError(f"--{flag}={getattr(self, flag)} is a probability: give a value in [0, 1].")
@@ -586,7 +592,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Augmentation keyed to (seed, epoch, sample index): a resumed run sees the very crops and flips it would have.
     train_transform = transform(train=True, crop_scale=(data_args.crop_min_scale, 1.0),
                                 horizontal_flip=data_args.random_flip, index_column=SAMPLE_INDEX_COLUMN,
-                                seed=training_args.seed, random_erasing=data_args.random_erasing_prob)
+                                seed=training_args.seed, random_erasing=data_args.random_erasing_prob,
+                                rand_augment=data_args.rand_augment)
     collator = collate_image_classification
     if data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0:
         # Mixing makes label-smoothed soft targets itself; the Trainer's smoother then only touches evaluation.

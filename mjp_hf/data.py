@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from .rand_augment import RandAugment
+
 FASHION_MNIST_DIR = Path(os.environ.get("MJP_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
 FASHION_MNIST_LABELS = [
@@ -209,7 +211,8 @@ class ImageClassificationTransform:
     the image processor's rescale and normalisation. Evaluation: the image processor itself (resize, rescale,
     normalise), deterministic. Grayscale images become RGB when the model has 3 channels, and back.
 
-    `random_erasing` (a probability; DeiT uses 0.25) adds timm-style random erasing after normalisation.
+    `rand_augment` (a timm spec such as `rand-m9-mstd0.5-inc1`, see `rand_augment.RandAugment`) runs after the crop
+    and flip; `random_erasing` (a probability; DeiT uses 0.25) adds timm-style random erasing after normalisation.
 
     Training randomness: when the batch has an `index_column` (each example's index in the dataset, added with
     `with_sample_index`), every crop and flip is drawn from `keyed_uniform(seed, epoch, index)`, with `set_epoch`
@@ -236,6 +239,7 @@ class ImageClassificationTransform:
         index_column: str | None = None,
         seed: int = 0,
         random_erasing: float = 0.0,
+        rand_augment: str | None = None,
     ):
         if not 0 <= random_erasing <= 1:
             raise ValueError(f"random_erasing={random_erasing} is a probability: give a value in [0, 1] (DeiT: 0.25).")
@@ -251,6 +255,12 @@ class ImageClassificationTransform:
         self.seed = seed
         self.epoch = 0
         self.random_erasing = random_erasing
+        self.rand_augment = None
+        if rand_augment:
+            # Geometric ops fill with the mean colour the processor normalises by, as timm derives it.
+            mean = np.reshape(getattr(image_processor, "image_mean", 0.5), -1)
+            fill = tuple(int(min(255, round(255 * float(mean[index % len(mean)])))) for index in range(3))
+            self.rand_augment = RandAugment.from_spec(rand_augment, fill=fill)
         if train:
             sample_resized_crop_boxes(np.ones((0, 2)), scale=self.crop_scale)  # validates the scale early
 
@@ -302,7 +312,7 @@ class ImageClassificationTransform:
         return (type(processor).__name__ not in _RESIZE_RESCALE_NORMALIZE_PROCESSORS
                 or any(image.size != (width, height) for image in images))
 
-    def _train_pixels(self, images: list, uniform: np.ndarray) -> torch.Tensor:
+    def _train_pixels(self, images: list, uniform: np.ndarray, augment_uniform: np.ndarray | None) -> torch.Tensor:
         height, width = self.size
         sizes = np.array([image.size for image in images]).reshape(-1, 2)
         boxes = sample_resized_crop_boxes(sizes, scale=self.crop_scale, attempts=self.CROP_ATTEMPTS,
@@ -315,6 +325,8 @@ class ImageClassificationTransform:
             crop = image.resize((width, height), resample=resample, box=tuple(int(v) for v in box))
             if flip:
                 crop = crop.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
+            if self.rand_augment is not None:
+                crop = self.rand_augment(crop, augment_uniform[index])
             arrays[index] = np.asarray(crop).reshape(height, width, -1)
         return self._normalise(arrays)
 
@@ -322,7 +334,11 @@ class ImageClassificationTransform:
         images = [image.convert(self.mode) for image in batch[self.image_column]]
         if self.train:
             # crop attempts, crop position, flip
-            pixel_values = self._train_pixels(images, self._uniform(batch, len(images), 2 * self.CROP_ATTEMPTS + 3))
+            uniform = self._uniform(batch, len(images), 2 * self.CROP_ATTEMPTS + 3)
+            augment_uniform = None
+            if self.rand_augment is not None:
+                augment_uniform = self._uniform(batch, len(images), self.rand_augment.draws, stream=2)
+            pixel_values = self._train_pixels(images, uniform, augment_uniform)
             if self.random_erasing > 0:
                 # apply, noise seed, area and aspect attempts, position
                 draws = 2 + 2 * self.ERASE_ATTEMPTS + 2

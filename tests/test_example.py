@@ -91,6 +91,7 @@ def test_the_released_recipe_config_parses():
     assert training_args.weight_decay == 0.05 and training_args.max_grad_norm == 5.0
     assert training_args.label_smoothing_factor == 0.1 and mjp_args.jigsaw_warmup_epochs == 20
     assert (data_args.mixup_alpha, data_args.cutmix_alpha, data_args.random_erasing_prob) == (0.8, 1.0, 0.25)
+    assert data_args.rand_augment == "rand-m9-mstd0.5-inc1"
     assert mjp_args.config_updates() == {"jigsaw_ratio": 0.1, "jigsaw_prob": 0.5, "jigsaw_mode": "mjp",
                                          "jigsaw_per_sample": False, "use_unk_position_embedding": True,
                                          "dalr_head": "nonlinear", "dalr_loss_weight": 0.01}
@@ -105,6 +106,8 @@ def test_bad_flags_fail_before_training(tmp_path):
         run.parse_arguments(["--jigsaw_ratioo", "0.1"])
     with pytest.raises(ValueError, match=r"--mixup_alpha=-0.5 must be >= 0"):
         run.parse_arguments(["--mixup_alpha", "-0.5"])
+    with pytest.raises(ValueError, match=r"Unknown part 'q5' in RandAugment spec 'rand-q5'"):
+        run.parse_arguments(["--rand_augment", "rand-q5"])
     with pytest.raises(ValueError, match=r"--random_erasing_prob=2.0 is a probability"):
         run.parse_arguments(["--random_erasing_prob", "2"])
     if not torch.cuda.is_available():
@@ -308,7 +311,7 @@ def test_torch_compile_passes_through_without_graph_breaks(tmp_path, image_folde
 
 
 def test_released_augmentations_train_on_soft_targets(tmp_path, image_folder, monkeypatch):
-    """Mixup/CutMix with label smoothing and random erasing, as the released recipe: training runs on mixed batches
+    """RandAugment, Mixup/CutMix with label smoothing and random erasing, as the released recipe: training runs on mixed batches
     with soft targets; evaluation batches pass unmixed, with hard labels."""
     collated = []
     mix = run.MixupCutmixCollator.__call__
@@ -321,7 +324,8 @@ def test_released_augmentations_train_on_soft_targets(tmp_path, image_folder, mo
     monkeypatch.setattr(run.MixupCutmixCollator, "__call__", spy)
     metrics = _train(tmp_path / "mixed", "--train_dir", str(image_folder), "--validation_dir", str(image_folder),
                      "--config_overrides", TINY, "--max_steps", "3", "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0",
-                     "--random_erasing_prob", "0.5", "--label_smoothing_factor", "0.1", "--eval_strategy", "no")
+                     "--random_erasing_prob", "0.5", "--rand_augment", "rand-m9-mstd0.5-inc1",
+                     "--label_smoothing_factor", "0.1", "--eval_strategy", "no")
     assert np.isfinite(metrics["train_loss"]) and 0 <= metrics["eval_accuracy"] <= 1
     history = json.loads((tmp_path / "mixed" / "trainer_state.json").read_text())["log_history"]
     assert len([entry for entry in history if "classification_loss" in entry]) == 3
