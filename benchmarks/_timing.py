@@ -119,6 +119,31 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
+def median_interval(values: list[float], *, confidence: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """A bootstrap confidence interval of the median of `values`: resampled with replacement, percentile bounds."""
+    values = torch.tensor(values, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(values), (resamples, len(values)), generator=generator)
+    medians = values[picks].median(dim=1).values
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(medians, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def paired_ratio_interval(numerator: list[float], denominator: list[float], **kwargs) -> tuple[float, float]:
+    """A bootstrap confidence interval of `paired_ratio` (rounds resampled)."""
+    return median_interval([a / b for a, b in zip(numerator, denominator, strict=True)], **kwargs)
+
+
+def interval_verdict(low: float, high: float, limit: float, *, at_most: bool = True, quick: bool = False) -> str:
+    """`met` or `MISSED` when the whole interval is on one side of the limit, else `unresolved` (noise too large)."""
+    if quick:
+        return "quick run on toy shapes, not checked"
+    inside, outside = (high <= limit, low > limit) if at_most else (low >= limit, high < limit)
+    return "met" if inside else "MISSED" if outside else "unresolved: the interval straddles it; rerun with a larger --budget-s"
+
+
 def spread(values: list[float]) -> float:
     """Half the interquartile range relative to the median: the step-to-step noise of one variant."""
     if len(values) < 4:

@@ -114,6 +114,9 @@ class MJPViTEmbeddings(ViTEmbeddings):
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.applies_unk_position_embedding else None
         )
         self.dalr_head = MJPViTDALRHead(config) if config.dalr_head != "none" else None
+        # The DALR's regression targets, built once: in eval the loss is a few ops on the table, and rebuilding the
+        # grid every forward was a quarter of their cost.
+        self.register_buffer("dalr_target_grid", self._grid_targets(), persistent=False)
         # Training-time schedule, set by `MJPViTPreTrainedModel.set_mjp_schedule`. The loss weight is a tensor so
         # that changing it every epoch never recompiles a compiled model.
         self.jigsaw_enabled = True
@@ -240,14 +243,17 @@ class MJPViTEmbeddings(ViTEmbeddings):
             jigsaw_mask = jigsaw_permutation != torch.arange(num_patches, device=jigsaw_permutation.device)
         return jigsaw_mask, jigsaw_permutation
 
-    def dalr_targets(self) -> torch.Tensor:
-        """The (row, col) of every patch position of the position-embedding table, `[num_patches, 2]`."""
+    def _grid_targets(self) -> torch.Tensor:
         grid_h, grid_w = self.grid_size
-        index = torch.arange(grid_h * grid_w, device=self.position_embeddings.device)
+        index = torch.arange(grid_h * grid_w)
         targets = torch.stack((index // grid_w, index % grid_w), dim=-1).float()
         if self.config.dalr_normalize_targets:
-            targets = targets / torch.tensor([grid_h, grid_w], device=targets.device, dtype=targets.dtype)
+            targets = targets / torch.tensor([grid_h, grid_w], dtype=targets.dtype)
         return targets
+
+    def dalr_targets(self) -> torch.Tensor:
+        """The (row, col) of every patch position of the position-embedding table, `[num_patches, 2]` (float32)."""
+        return self.dalr_target_grid.float()
 
     def localization_loss(self, jigsaw_mask: torch.BoolTensor | None) -> torch.Tensor:
         """Weighted mean L1 error of the DALR over the positions whose own embedding was used.
@@ -256,14 +262,15 @@ class MJPViTEmbeddings(ViTEmbeddings):
         (sample, position) pair counts once, so the loss is the mean over all kept pairs, as one batch-wide mask
         would give. The head reads the position-embedding table, never the image.
         """
-        patch_position_embeddings = self.position_embeddings[0, 1:]
-        errors = (self.dalr_head(patch_position_embeddings).float() - self.dalr_targets()).abs().sum(-1)
+        predictions = self.dalr_head(self.position_embeddings[0, 1:]).float()
+        targets = self.dalr_targets()
         uses_unk = jigsaw_mask is not None and self.unk_position_embedding is not None
-        if uses_unk and jigsaw_mask.shape[-1] == errors.shape[0]:
+        if uses_unk and jigsaw_mask.shape[-1] == targets.shape[0]:
+            errors = (predictions - targets).abs().sum(-1)
             kept = (~jigsaw_mask).sum(0).to(errors.dtype)
             loss = (errors * kept).sum() / (2 * kept.sum()).clamp(min=1)
         else:
-            loss = errors.mean() / 2
+            loss = nn.functional.l1_loss(predictions, targets)
         return loss * self.dalr_loss_weight
 
 
@@ -282,6 +289,7 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
             if module.unk_position_embedding is not None:
                 init.trunc_normal_(module.unk_position_embedding, mean=0.0, std=self.config.initializer_range)
             init.constant_(module.dalr_loss_weight, float(self.config.dalr_loss_weight))
+            init.copy_(module.dalr_target_grid, module._grid_targets())
 
     @property
     def mjp_embeddings(self) -> MJPViTEmbeddings:

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import (
@@ -214,6 +215,17 @@ def test_dalr_targets_are_raw_row_col_or_normalised():
     assert targets[13].tolist() == [1, 6]  # k = row * 7 + col
     normalised = tiny_model(dalr_normalize_targets=True).vit.embeddings.dalr_targets()
     torch.testing.assert_close(normalised, targets / 7)
+
+
+def test_dalr_targets_survive_loading_and_moving(tmp_path):
+    """The target grid is a buffer built at init, not saved: loading (meta-device init) must rebuild it."""
+    model = tiny_model(dalr_normalize_targets=True)
+    model.save_pretrained(tmp_path)
+    loaded = MJPViTForImageClassification.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.vit.embeddings.dalr_targets(), model.vit.embeddings.dalr_targets())
+    assert "vit.embeddings.dalr_target_grid" not in load_file(tmp_path / "model.safetensors")
+    halved = loaded.to(torch.bfloat16).vit.embeddings.dalr_targets()
+    assert halved.dtype == torch.float32 and halved[8].tolist() == pytest.approx([1 / 7, 1 / 7], rel=1e-2)
 
 
 def _reference_dalr_loss(model, kept_positions):
