@@ -9,9 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
     AutoModel,
