@@ -6,7 +6,10 @@ EXTRAS = {
     "training": ["datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "pillow", "matplotlib", "tqdm"],
     "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions-imaug>=1.1.5", "matplotlib", "tqdm"],
 }
-EXTRAS["dev"] = sorted({dep for deps in EXTRAS.values() for dep in deps} | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64"})
+# setuptools: tests/test_packaging.py builds the wheel.
+EXTRAS["dev"] = sorted(
+    {dep for deps in EXTRAS.values() for dep in deps} | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64"}
+)
 EXTRAS["all"] = EXTRAS["dev"]
 
 setup(
