@@ -237,13 +237,18 @@ def test_a_used_output_folder_is_never_overwritten_unasked(tmp_path, image_folde
     assert (output / "model.safetensors").is_file() and (output / "notes.txt").read_text() == "mine"
 
 
-def test_resume_continues_the_same_run(tmp_path, image_folder):
+ALL_AUGMENTATIONS = ["--rand_augment", "rand-m9-mstd0.5-inc1", "--random_erasing_prob", "0.5", "--mixup_alpha", "0.8",
+                     "--cutmix_alpha", "1.0", "--label_smoothing_factor", "0.1"]
+
+
+@pytest.mark.parametrize("augmentation", [[], ALL_AUGMENTATIONS], ids=["crop-flip", "all-augmentations"])
+def test_resume_continues_the_same_run(tmp_path, image_folder, augmentation):
     """Interrupted in mid-epoch and resumed, a run ends with exactly the weights of the uninterrupted run: the same
-    data order, the same crops and flips (keyed to the sample and the epoch), the same jigsaw masks (the restored RNG)
-    and the same schedule."""
+    data order, the same crops, flips, RandAugment ops, erasing and Mixup/CutMix (keyed to the sample, the batch and
+    the epoch), the same jigsaw masks (the restored RNG) and the same schedule."""
     # 32 of the 36 images, batches of 8: 4 steps an epoch, and checkpoint-3 falls inside the first.
     common = ["--train_dir", str(image_folder), "--validation_dir", str(image_folder), "--config_overrides", TINY,
-              "--max_train_samples", "32", "--crop_min_scale", "0.5",
+              "--max_train_samples", "32", "--crop_min_scale", "0.5", *augmentation,
               "--max_steps", "8", "--save_steps", "3", "--save_total_limit", "5", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1",
               "--lr_scheduler_type", "constant", "--eval_strategy", "no", "--dataloader_drop_last", "true"]
     full = tmp_path / "full"
@@ -262,6 +267,19 @@ def test_resume_continues_the_same_run(tmp_path, image_folder):
             torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=f"{checkpoint}: {key}")
     initial = load_file(full / "checkpoint-3" / "model.safetensors")
     assert not torch.equal(initial["vit.embeddings.unk_position_embedding"], expected["vit.embeddings.unk_position_embedding"])
+
+
+def test_augmentation_does_not_depend_on_the_number_of_workers(tmp_path, image_folder):
+    """Keyed augmentation: data-loader worker processes give the very batches, hence weights, of the main process."""
+    common = ["--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "3", "--crop_min_scale",
+              "0.4", "--jigsaw_warmup_epochs", "0", "--eval_strategy", "no", "--save_strategy", "no",
+              *ALL_AUGMENTATIONS]
+    _train(tmp_path / "main", *common)
+    _train(tmp_path / "workers", *common, "--dataloader_num_workers", "2")
+    expected, with_workers = load_file(tmp_path / "main" / "model.safetensors"), load_file(
+        tmp_path / "workers" / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(with_workers[key], expected[key], rtol=0, atol=0, msg=key)
 
 
 def test_gradient_checkpointing_passes_through(tmp_path, image_folder):
