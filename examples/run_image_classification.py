@@ -53,6 +53,7 @@ from mjp_hf.data import (
     load_fashion_mnist,
     processor_image_size,
     with_sample_index,
+    without_image_decoding,
 )
 from mjp_hf.metrics import load_accuracy_topk
 from mjp_hf.presets import PRESETS, config_from_preset
@@ -602,8 +603,11 @@ def main(argv: list[str] | None = None) -> dict:
             switch_prob=data_args.mixup_switch_prob, label_smoothing=training_args.label_smoothing_factor,
             index_key=SAMPLE_INDEX_COLUMN, seed=training_args.seed,
         )
-    train_dataset = with_sample_index(train_dataset, SAMPLE_INDEX_COLUMN).with_transform(train_transform)
-    eval_dataset = eval_dataset.with_transform(transform(train=False))
+    # The transform opens the images itself: the embedded default's PGM bytes need no PIL at all.
+    image_column = data_args.image_column_name
+    train_dataset = with_sample_index(without_image_decoding(train_dataset, image_column), SAMPLE_INDEX_COLUMN)
+    train_dataset = train_dataset.with_transform(train_transform)
+    eval_dataset = without_image_decoding(eval_dataset, image_column).with_transform(transform(train=False))
 
     ks = tuple(k for k in TOP_K if k <= len(label_names))
     warmup_epochs = mjp_args.jigsaw_warmup_epochs

@@ -13,14 +13,17 @@ from mjp_hf.data import (
     ImageClassificationTransform,
     MixupCutmixCollator,
     collate_image_classification,
+    decode_netpbm,
     fashion_mnist_available,
     keyed_uniform,
     load_fashion_mnist,
     load_fashion_mnist_arrays,
+    open_image,
     processor_image_size,
     sample_erasing_boxes,
     sample_resized_crop_boxes,
     with_sample_index,
+    without_image_decoding,
 )
 
 
@@ -208,6 +211,56 @@ def test_keyed_augmentation_follows_the_sample_not_the_batch():
     torch.manual_seed(0)
     torch.testing.assert_close(transform({"image": images})["pixel_values"], first)
     assert not torch.equal(first, whole)
+
+
+def _netpbm(array):
+    magic = b"P5" if array.ndim == 2 else b"P6"
+    return magic + f"\n{array.shape[1]} {array.shape[0]}\n255\n".encode() + array.tobytes()
+
+
+def test_netpbm_bytes_decode_to_their_pixels():
+    rng = np.random.default_rng(0)
+    gray, colour = rng.integers(0, 256, (5, 7), dtype=np.uint8), rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_netpbm(_netpbm(gray)), gray)
+    np.testing.assert_array_equal(decode_netpbm(_netpbm(colour)), colour)
+    np.testing.assert_array_equal(decode_netpbm(_netpbm(gray)), np.asarray(open_image({"bytes": _netpbm(gray)})))
+    assert decode_netpbm(_netpbm(gray)[:-1]) is None  # truncated
+    assert decode_netpbm(b"P5\n7 5\n65535\n" + bytes(70)) is None  # 16-bit
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(gray).save(buffer, format="PNG")
+    assert decode_netpbm(buffer.getvalue()) is None
+    with pytest.raises(ValueError, match="Cannot read an image from a int"):
+        open_image(3)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("kind", ["gray", "colour"])
+def test_undecoded_netpbm_batches_give_what_pil_images_give(channels, kind):
+    """The array fast path (whole PGM/PPM images at the model's size) and every fallback equal the PIL path."""
+    rng = np.random.default_rng(1)
+    shape = (24, 28, 28) + ((3,) if kind == "colour" else ())
+    arrays = rng.integers(0, 256, shape, dtype=np.uint8)
+    raw = {"image": [{"bytes": _netpbm(array), "path": None} for array in arrays], "index": list(range(24))}
+    decoded = {"image": [Image.fromarray(array) for array in arrays], "index": list(range(24))}
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1])
+    settings = [dict(train=False), dict(train=True, crop_scale=(1.0, 1.0), random_erasing=0.5),
+                dict(train=True, crop_scale=(0.4, 1.0)), dict(train=True, crop_scale=(1.0, 1.0), rand_augment="rand-m9")]
+    for setting in settings:
+        transform = ImageClassificationTransform(processor, num_channels=channels, index_column="index", seed=2,
+                                                 **setting)
+        torch.testing.assert_close(transform(raw)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0,
+                                   msg=str(setting))
+
+
+def test_without_image_decoding_only_touches_image_columns():
+    from datasets import Dataset, Features, Value
+    from datasets import Image as DatasetImage
+
+    dataset = Dataset.from_dict({"image": [{"bytes": _netpbm(np.zeros((4, 4), np.uint8)), "path": None}], "label": [1]},
+                                features=Features({"image": DatasetImage(), "label": Value("int64")}))
+    raw = without_image_decoding(dataset)
+    assert raw.features["image"].decode is False and raw[0]["image"]["bytes"].startswith(b"P5")
+    assert without_image_decoding(dataset, "label").features == dataset.features
 
 
 def test_erasing_boxes_follow_timm_random_erasing():
