@@ -1,4 +1,5 @@
-"""The embedded default dataset loader and the torchvision-free transforms (`mjp_hf.data`)."""
+"""The embedded default dataset loader and the torchvision-free transforms (`mjp_hf.data`), with the keyed
+augmentation randomness and geometry they draw on (`mjp_hf.augmentation`)."""
 
 import gzip
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
+from mjp_hf.augmentation import keyed_uniform, sample_erasing_boxes, sample_resized_crop_boxes
 from mjp_hf.data import (
     FASHION_MNIST_LABELS,
     ImageClassificationTransform,
@@ -15,13 +17,10 @@ from mjp_hf.data import (
     collate_image_classification,
     decode_netpbm,
     fashion_mnist_available,
-    keyed_uniform,
     load_fashion_mnist,
     load_fashion_mnist_arrays,
     open_image,
     processor_image_size,
-    sample_erasing_boxes,
-    sample_resized_crop_boxes,
     with_sample_index,
     without_image_decoding,
 )
