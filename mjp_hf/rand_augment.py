@@ -4,7 +4,7 @@ train with, so that neither timm nor torchvision is needed.
 Each image gets `num_ops` operations drawn uniformly from the 15 of timm's "increasing" set; each is applied with
 probability `prob` at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10] (of 10). Geometric ops
 fill with the dataset's mean colour. The randomness is given as uniform numbers (`RandAugment.draws` per image), so
-the caller keys it (see `data.keyed_uniform`).
+the caller keys it (see `augmentation.keyed_uniform`).
 """
 
 from __future__ import annotations
