@@ -17,5 +17,6 @@ def test_every_benchmark_runs_and_prints_its_summary():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    for summary in ("train_step overhead:", "inference throughput vs stock HF ViT:", "jigsaw_op share of a step"):
+    for summary in ("train_step overhead:", "inference throughput vs stock HF ViT:", "jigsaw_op share of a step",
+                    "data_loading speed-up of undecoded bytes:"):
         assert summary in result.stdout
