@@ -164,12 +164,13 @@ class ImageClassificationTransform:
     and flip; `random_erasing` (a probability; DeiT uses 0.25) adds timm-style random erasing after normalisation.
 
     Training randomness: when the batch has an `index_column` (each example's index in the dataset, added with
-    `with_sample_index`), every crop and flip is drawn from `keyed_uniform(seed, epoch, index)`, with `set_epoch`
+    `with_sample_index`), every crop, flip, RandAugment op and erasing is drawn from `keyed_uniform(seed, epoch,
+    index)` (one stream each), with `set_epoch`
     called at each epoch (`training.TransformEpochCallback`): an interrupted run resumes with the very same
     augmentations, whatever the number of data-loader workers. Without it the draws come from torch's default
     generator. Training outputs then carry the index too, under the same name, for `MixupCutmixCollator`.
 
-    Returns `{"pixel_values": float32 [B, C, H, W], "labels": int64 [B]}`.
+    Returns `{"pixel_values": float32 [B, C, H, W], "labels": int64 [B]}` (plus the index column in training).
     """
 
     CROP_ATTEMPTS = 10
