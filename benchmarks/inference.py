@@ -71,8 +71,9 @@ def timm_vit(config, attn_implementation: str) -> torch.nn.Module:
     return model
 
 
-def build_models(preset: str, attn_implementation: str, dtype: torch.dtype, device: torch.device, with_timm: bool):
-    config = config_from_preset(preset, num_labels=NUM_LABELS, attn_implementation=attn_implementation)
+def build_models(preset: str, attn_implementation: str, dtype: torch.dtype, device: torch.device, with_timm: bool,
+                 **overrides):
+    config = config_from_preset(preset, num_labels=NUM_LABELS, attn_implementation=attn_implementation, **overrides)
     mjp = MJPViTForImageClassification(config).eval()
     export = mjp.to_vit().eval()
     stock = ViTForImageClassification(export.config).eval()
@@ -85,11 +86,8 @@ def build_models(preset: str, attn_implementation: str, dtype: torch.dtype, devi
 def build_shells(preset: str, attn_implementation: str, dtype: torch.dtype, device: torch.device):
     """MJP and stock models of the preset with no encoder layer: all that MJP adds in eval (embeddings, DALR loss,
     Python of its forward) and nothing of the shared encoder, so their difference is measured without its noise."""
-    config = config_from_preset(preset, num_labels=NUM_LABELS, attn_implementation=attn_implementation,
-                                num_hidden_layers=0)
-    mjp = MJPViTForImageClassification(config).eval()
-    stock = ViTForImageClassification(mjp.to_vit().config).eval()
-    return {name: model.to(device=device, dtype=dtype) for name, model in (("stock HF ViT", stock), ("MJP eval", mjp))}
+    models, _ = build_models(preset, attn_implementation, dtype, device, with_timm=False, num_hidden_layers=0)
+    return {name: models[name] for name in ("stock HF ViT", "MJP eval")}
 
 
 def forward_call(name: str, model: torch.nn.Module, pixel_values: torch.Tensor):

@@ -34,6 +34,11 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+def epoch_index(state) -> int:
+    """The 0-based epoch a `TrainerState` is in (its `epoch` is fractional in mid-epoch, as on a resume)."""
+    return int(math.floor(state.epoch or 0.0))
+
+
 def mjp_schedule(epoch: int, num_epochs: int, warmup_epochs: int, base_weight: float) -> tuple[bool, float]:
     """`(jigsaw_enabled, dalr_loss_weight)` for a 0-based `epoch`, as released.
 
@@ -67,7 +72,7 @@ class MJPScheduleCallback(TrainerCallback):
     def _apply(self, state, model) -> None:
         model = unwrap_model(model)
         base_weight = self.base_weight if self.base_weight is not None else float(model.config.dalr_loss_weight)
-        epoch = int(math.floor(state.epoch or 0.0))
+        epoch = epoch_index(state)
         num_epochs = max(int(math.ceil(state.num_train_epochs or 1)), 1)
         schedule = mjp_schedule(epoch, num_epochs, self.warmup_epochs, base_weight)
         model.set_mjp_schedule(jigsaw_enabled=schedule[0], dalr_loss_weight=schedule[1])
@@ -111,7 +116,7 @@ class TransformEpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         for transform in self.transforms:
-            transform.set_epoch(math.floor(state.epoch or 0))
+            transform.set_epoch(epoch_index(state))
 
 
 class MJPTrainer(Trainer):
@@ -146,22 +151,18 @@ class MJPTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
-        if labels is not None and labels.is_floating_point() and labels.ndim == 2:
-            # Soft targets (Mixup/CutMix, already label-smoothed): cross-entropy against the distribution. The
-            # model's own loss would read float labels as multi-label targets.
+        # Soft targets (Mixup/CutMix, already label-smoothed) need a cross-entropy against the distribution: the
+        # model's own loss would read float labels as multi-label targets.
+        soft_targets = labels is not None and labels.is_floating_point() and labels.ndim == 2
+        if soft_targets or (self.label_smoother is not None and labels is not None):
             inputs = dict(inputs)
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            log_probs = torch.log_softmax(outputs.logits.float(), dim=-1)
-            classification_loss = -(labels.to(log_probs.dtype) * log_probs).sum(-1).mean()
-            loss = classification_loss
-            if outputs.localization_loss is not None:
-                loss = loss + outputs.localization_loss
-        elif self.label_smoother is not None and "labels" in inputs:
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            classification_loss = self.label_smoother(outputs, labels)
+            if soft_targets:
+                log_probs = torch.log_softmax(outputs.logits.float(), dim=-1)
+                classification_loss = -(labels.to(log_probs.dtype) * log_probs).sum(-1).mean()
+            else:
+                classification_loss = self.label_smoother(outputs, labels)
             loss = classification_loss
             if outputs.localization_loss is not None:
                 loss = loss + outputs.localization_loss

@@ -41,6 +41,14 @@ def block_of(num_patches, positions):
     return mask
 
 
+def cycle_within(num_patches, positions):
+    """A gather permutation `[1, num_patches]` that fills each listed position from the one before it in the list
+    (the first from the last); every other position keeps its token."""
+    permutation = torch.arange(num_patches)[None].clone()
+    permutation[0, positions] = torch.tensor(positions).roll(1)
+    return permutation
+
+
 # --- the jigsaw inside the forward -------------------------------------------------------------------------------
 
 
@@ -80,8 +88,7 @@ def test_unknown_embedding_exactly_at_shuffled_positions_and_tokens_permuted():
     embeddings = model.vit.embeddings
     x = pixels(batch=2)
     mask = block_of(49, [3, 4, 10, 11, 12])
-    permutation = torch.arange(49)[None].clone()
-    permutation[0, [3, 4, 10, 11, 12]] = torch.tensor([12, 3, 4, 10, 11])
+    permutation = cycle_within(49, [3, 4, 10, 11, 12])
 
     out, returned_mask = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
     assert torch.equal(returned_mask, mask)
@@ -102,8 +109,7 @@ def test_token_shuffle_equals_shuffling_pixel_patches():
     embeddings = model.vit.embeddings
     x = pixels(batch=2)
     mask = block_of(49, [0, 1, 7, 8, 30])
-    permutation = torch.arange(49)[None].clone()
-    permutation[0, [0, 1, 7, 8, 30]] = torch.tensor([30, 0, 1, 7, 8])
+    permutation = cycle_within(49, [0, 1, 7, 8, 30])
     out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
 
     patches = x.reshape(2, 3, 7, 4, 7, 4).permute(0, 2, 4, 1, 3, 5).reshape(2, 49, 3, 4, 4)
@@ -186,8 +192,7 @@ def test_without_unknown_embedding_shuffled_tokens_keep_the_slot_pe():
     assert embeddings.unk_position_embedding is None
     x = pixels(batch=1)
     mask = block_of(49, [5, 6])
-    permutation = torch.arange(49)[None].clone()
-    permutation[0, [5, 6]] = torch.tensor([6, 5])
+    permutation = cycle_within(49, [5, 6])
     out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
     tokens = embeddings.patch_embeddings(x)
     torch.testing.assert_close(out[:, 1 + 5], tokens[:, 6] + embeddings.position_embeddings[:, 1 + 5])
