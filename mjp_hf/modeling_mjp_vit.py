@@ -114,8 +114,8 @@ class MJPViTEmbeddings(ViTEmbeddings):
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.applies_unk_position_embedding else None
         )
         self.dalr_head = MJPViTDALRHead(config) if config.dalr_head != "none" else None
-        # The DALR's regression targets, built once: in eval the loss is a few ops on the table, and rebuilding the
-        # grid every forward was a quarter of their cost.
+        # The DALR's regression targets, built once rather than every forward: in eval the loss is the only work MJP
+        # adds, a few small ops on the position-embedding table.
         self.register_buffer("dalr_target_grid", self._grid_targets(), persistent=False)
         # Training-time schedule, set by `MJPViTPreTrainedModel.set_mjp_schedule`. The loss weight is a tensor so
         # that changing it every epoch never recompiles a compiled model.
