@@ -1,21 +1,26 @@
 #!/usr/bin/env python
-"""The paper's three claims at small scale: a ViT with standard position embeddings, the naive-shuffle ablation and
-MJP, trained on the embedded Fashion-MNIST with identical budgets and several seeds, then evaluated for accuracy,
-robustness, position encoding and privacy under gradient inversion.
+"""The paper's three claims at the demo main job's budget: which MJP setting to train with, and what it costs.
 
 The claims (Ren et al., CVPR 2023): (1) position embeddings leak the input under gradient inversion; (2) naively
-shuffling every patch protects it but costs accuracy; (3) MJP keeps or improves accuracy and robustness while
-leaking far less.
+shuffling every patch protects it but costs accuracy; (3) "under a certain shuffle ratio", MJP keeps or improves
+accuracy and robustness and protects privacy by a large margin.
 
-Every model is trained by `examples/run_image_classification.py` in a subprocess (variants differ only in their MJP
-flags: baseline `--jigsaw_prob 0 --dalr_head none`, naive `--jigsaw_mode naive`, mjp the defaults), the baseline is
-exported with `to_vit()` to a stock ViT folder, and the three evaluations of `mjp_hf.evaluation` run on each
-folder. Finished trainings and evaluations are reused, so an interrupted study resumes where it stopped.
+Every variant is trained by `examples/run_image_classification.py` in a subprocess with the demo preset's full
+schedule (the main job), seeds 0-2 by default, and differs only in its MJP flags (`VARIANTS`). Each model then goes
+through the three evaluations of `mjp_hf.evaluation` (privacy: every attack, both kinds of training step, the
+expected leak per step at the model's `jigsaw_prob` and the exposure over k rounds; robustness; position), each in
+its own process. Finished trainings and evaluations are cached in `--work_dir`, and an interrupted training resumes
+from its last checkpoint, so rerunning the command continues the study; with everything cached it rebuilds the same
+tables.
 
-    python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study --max_steps 375 --batch_size 64
+Statistics: per variant, the mean and a 95% Student-t interval over seeds; against the baseline, paired differences
+(same seed, same data order) with their intervals; each claim is "held", "not held" or "not shown at this budget"
+from those intervals (`CLAIM_MARGINS` states the lines), never from the means alone.
 
-writes `docs/study/README.md` (mean +- std over seeds, and per seed), `docs/study/results.json` (every metric of
-every run), one JSON per run and evaluation under `docs/study/per_seed/`, and plots.
+    python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study
+
+writes `README.md` (tables, verdicts, which setting for which need), `results.json`, `pareto.png` and, per run,
+every evaluation's JSON (and the images of the first seed) under `per_seed/`.
 """
 
 import argparse
@@ -25,61 +30,89 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_SCRIPT = REPO / "examples" / "run_image_classification.py"
-# The published study trained the demo preset as it was then (width 64, MLP 256); the preset has since become
-# narrower for a faster main job. Pinning the shape keeps the study's command reproducing its tables.
-STUDY_SHAPE = "hidden_size=64,intermediate_size=256"
-VARIANTS = {
-    "baseline": ["--jigsaw_prob", "0", "--dalr_head", "none"],
-    "naive": ["--jigsaw_mode", "naive"],
-    "mjp": [],
-}
-VARIANT_TITLES = {"baseline": "ViT (standard PE)", "naive": "naive shuffle", "mjp": "MJP"}
+sys.path.insert(0, str(REPO))
 
-# (column title, run-record key, scale, decimals); the record keys are filled in by `collect_metrics`.
-TABLE_COLUMNS = [
+from mjp_hf.evaluation.statistics import HELD, NOT_HELD, NOT_SHOWN, Interval, paired_difference, verdict  # noqa: E402
+
+TRAIN_SCRIPT = REPO / "examples" / "run_image_classification.py"
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Variant:
+    title: str
+    flags: tuple[str, ...]
+
+
+VARIANTS = {
+    BASELINE: Variant("ViT (standard PE)", ("--jigsaw_prob", "0", "--dalr_head", "none")),
+    "naive": Variant("naive shuffle", ("--jigsaw_mode", "naive")),
+    "mjp": Variant("MJP as released (p 0.5, ratio 0.1)", ()),
+    "mjp-p1-r0.1": Variant("MJP p 1, ratio 0.1", ("--jigsaw_prob", "1", "--jigsaw_ratio", "0.1")),
+    "mjp-p1-r0.25": Variant("MJP p 1, ratio 0.25", ("--jigsaw_prob", "1", "--jigsaw_ratio", "0.25")),
+    "mjp-p1-r0.5": Variant("MJP p 1, ratio 0.5", ("--jigsaw_prob", "1", "--jigsaw_ratio", "0.5")),
+}
+MJP_VARIANTS = [name for name in VARIANTS if name.startswith("mjp")]
+
+# The lines the verdicts are drawn at (accuracy and error in percentage points, leak in points of content patches).
+CLAIM_MARGINS = {
+    # Claim 1: a standard-PE model leaks when more than half of the content patches come back in place per step.
+    "leak": 50.0,
+    # Claim 3: "keeps accuracy / robustness" = not worse by more than this (a non-inferiority margin) ...
+    "accuracy": 1.0,
+    "corruption_error": 1.0,
+    # ... and "protects by a large margin" = at least this many points fewer content patches in place per step.
+    "protection": 25.0,
+}
+
+# (column title, record key, scale, decimals).
+METRICS = [
     ("test acc. (%)", "eval_accuracy", 100, 1),
     ("mean corruption error (%)", "mean_corruption_error", 100, 1),
     ("jigsaw 0.9 acc. (%)", "jigsaw_accuracy", 100, 1),
     ("consistency agreement (%)", "consistency_agreement", 100, 1),
-    ("CLS feature L2 (unit)", "consistency_feature_l2_unit", 1, 3),
-    ("analytic attack PSNR (dB)", "analytic_psnr", 1, 1),
-    ("analytic: patches recovered (%)", "analytic_recovered_textured", 100, 1),
-    ("analytic, un-jigsawed step: PSNR (dB)", "analytic_nojigsaw_psnr", 1, 1),
-    ("optimisation attack PSNR (dB)", "optimization_psnr", 1, 1),
-    ("optimisation SSIM", "optimization_ssim", 1, 3),
-    ("PE probe MAE 1-D", "probe_mae_1d", 1, 2),
+    ("leak per step: content patches in place (%)", "leak_per_step", 100, 1),
+    ("leak per step: PSNR (dB)", "psnr_per_step", 1, 1),
+    ("jigsawed step: patches in place (%)", "leak_jigsawed_step", 100, 1),
+    ("exposure over 8 rounds (%)", "exposure_8_rounds", 100, 1),
     ("PE probe MAE 2-D", "probe_mae_2d", 1, 2),
     ("DALR MAE", "dalr_mae", 1, 2),
+]
+DIFFERENCES = [
+    ("test acc. (points)", "eval_accuracy", 100, 2),
+    ("mean corruption error (points)", "mean_corruption_error", 100, 2),
+    ("leak per step (points)", "leak_per_step", 100, 1),
+    ("exposure over 8 rounds (points)", "exposure_8_rounds", 100, 1),
 ]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output_dir", default=str(REPO / "docs" / "study"), help="Where tables, JSON and plots go.")
-    parser.add_argument("--work_dir", default="/tmp/mjp_study", help="Trained models and raw evaluation outputs.")
+    parser.add_argument("--work_dir", default="/tmp/mjp_study", help="Trained models, raw outputs, the run cache.")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--max_steps", type=int, default=375, help="Training budget in optimizer steps (all runs).")
-    parser.add_argument("--batch_size", type=int, default=64, help="Training batch size (all runs).")
-    parser.add_argument("--max_eval_samples", type=int, default=2000, help="Test images for the trained accuracy.")
-    parser.add_argument("--robustness_samples", type=int, default=500, help="Test images for the robustness evaluation.")
-    parser.add_argument("--privacy_images", type=int, default=16, help="Images attacked analytically, per run.")
-    parser.add_argument("--optimization_images", type=int, default=2, help="Images attacked by optimisation, per run.")
-    parser.add_argument("--optimization_steps", type=int, default=150, help="Steps of the optimisation attack.")
-    parser.add_argument("--optimization_seconds", type=float, default=20.0, help="Time limit per optimisation attack.")
     parser.add_argument(
-        "--config_overrides", default=STUDY_SHAPE,
-        help="Shape of the demo preset trained (default: the width-64 shape the published docs/study was made with).",
+        "--max_steps", type=int, default=None, help="Cut every training to this many steps (default: the demo "
+        "preset's full schedule, the main job's budget). For smoke tests: the jigsaw then starts at step 0.",
+    )
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Test images for the accuracy (all).")
+    parser.add_argument("--robustness_samples", type=int, default=1000, help="Test images for robustness.")
+    parser.add_argument("--corruptions", default="common", help="Corruptions of the robustness evaluation.")
+    parser.add_argument("--severities", default="1,2,3,4,5", help="Corruption severities.")
+    parser.add_argument("--privacy_images", type=int, default=16, help="Images attacked per run.")
+    parser.add_argument(
+        "--privacy_args", default="", help="Extra flags for every privacy evaluation, as one string."
     )
     parser.add_argument("--train_args", default="", help="Extra flags for every training run, as one string.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (a shared CPU: keep 1).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace tables and plots already in --output_dir.")
+    parser.add_argument("--parallel", type=int, default=1, help="Trainings run at once (one thread each if > 1).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace the tables and plots in --output_dir.")
     return parser.parse_args(argv)
 
 
@@ -87,90 +120,119 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train(variant: str, seed: int, run_dir: Path, args) -> None:
-    """Train one model unless a finished one is already in `run_dir`."""
-    if (run_dir / "all_results.json").is_file() and (run_dir / "model.safetensors").is_file():
-        log(f"{run_dir.name}: trained model found, reused")
-        return
+def _env(threads: int | None = None) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "10"}
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env
+
+
+def _record_path(work_dir: Path, name: str) -> Path:
+    return work_dir / "records" / f"{name}.json"
+
+
+def _read_record(work_dir: Path, name: str) -> dict:
+    path = _record_path(work_dir, name)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_record(work_dir: Path, name: str, record: dict) -> None:
+    path = _record_path(work_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def training_command(variant: str, seed: int, run_dir: Path, args) -> list[str]:
     command = [
         sys.executable, str(TRAIN_SCRIPT),
         "--preset", "demo",
-        "--config_overrides", args.config_overrides,
         "--output_dir", str(run_dir),
         "--seed", str(seed),
-        "--max_steps", str(args.max_steps),
-        "--per_device_train_batch_size", str(args.batch_size),
-        "--max_eval_samples", str(args.max_eval_samples),
-        # The budget is shorter than one epoch: the jigsaw must not wait for a warmup epoch that never ends.
-        "--jigsaw_warmup_epochs", "0",
-        "--save_strategy", "no",
-        *VARIANTS[variant],
-        *args.train_args.split(),
+        *VARIANTS[variant].flags,
     ]
-    if run_dir.exists():
+    if args.max_eval_samples is not None:
+        command += ["--max_eval_samples", str(args.max_eval_samples)]
+    if args.max_steps is not None:
+        # A budget shorter than the warmup epoch: the jigsaw must not wait for an epoch that never ends.
+        command += ["--max_steps", str(args.max_steps), "--jigsaw_warmup_epochs", "0", "--save_strategy", "no"]
+    if run_dir.is_dir() and not any(run_dir.glob("checkpoint-*")):
+        # Killed before its first checkpoint: nothing to resume, and every file in it is the study's own run.
         command.append("--overwrite_output_dir")
-    log(f"{run_dir.name}: training ({' '.join(command[2:])})")
-    with open(run_dir.parent / f"{run_dir.name}.train.log", "w") as log_file:
-        subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT, env=_env(args))
+    return command + args.train_args.split()
 
 
-def _env(args) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "10"}
+def _trained(run_dir: Path) -> bool:
+    return (run_dir / "all_results.json").is_file() and (run_dir / "model.safetensors").is_file()
 
 
-def export_stock_vit(run_dir: Path) -> Path:
-    """The baseline as the stock transformers ViT it is (its unused unknown embedding dropped)."""
-    from mjp_hf import MJPViTForImageClassification
+def train_all(jobs: list[tuple[str, int]], work_dir: Path, args) -> None:
+    """Train every `(variant, seed)` not trained yet, `args.parallel` at a time; an unfinished run resumes from its
+    last checkpoint (the training script does that on its own)."""
+    pending = [(variant, seed) for variant, seed in jobs if not _trained(work_dir / f"{variant}-seed{seed}")]
+    threads = 1 if args.parallel > 1 else None
+    running: list[tuple[str, subprocess.Popen, float, object]] = []
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            variant, seed = pending.pop(0)
+            name = f"{variant}-seed{seed}"
+            command = training_command(variant, seed, work_dir / name, args)
+            log(f"{name}: training ({' '.join(command[2:])})")
+            log_file = open(work_dir / f"{name}.train.log", "a")
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(threads))
+            running.append((name, process, time.perf_counter(), log_file))
+        time.sleep(1)
+        for entry in list(running):
+            name, process, start, log_file = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            log_file.close()
+            if process.returncode != 0:
+                raise RuntimeError(f"{name}: training failed (exit {process.returncode}); see {log_file.name}")
+            record = _read_record(work_dir, name)
+            # Seconds of this process only: a resumed run adds its earlier share.
+            record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - start
+            _write_record(work_dir, name, record)
+            log(f"{name}: trained")
 
-    target = run_dir / "stock_vit"
-    if not (target / "config.json").is_file():
-        MJPViTForImageClassification.from_pretrained(run_dir).to_vit().save_pretrained(target)
-        shutil.copy(run_dir / "preprocessor_config.json", target / "preprocessor_config.json")
-    return target
 
-
-def evaluate(model_dir: Path, eval_dir: Path, variant: str, seed: int, args) -> dict:
-    """Run the evaluations' command lines (each skipped when its JSON exists) and return their reports.
-
-    Each runs in its own process, as a user would run it, so that it loads the model with the code that is there
-    now, not with modules this process imported earlier.
-    """
+def evaluation_jobs(model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
     common = ["--model_name_or_path", str(model_dir), "--seed", str(seed), "--device", "cpu"]
-    jobs = {
-        "position": ("position", ["--output_dir", str(eval_dir / "position")]),
+    return {
+        "position": ("position", [*common, "--output_dir", str(eval_dir / "position")]),
         "robustness": (
             "robustness",
-            ["--output_dir", str(eval_dir / "robustness"), "--max_eval_samples", str(args.robustness_samples),
-             "--corruption_cache", str(Path(args.work_dir) / "corruption_cache")],
+            [*common, "--output_dir", str(eval_dir / "robustness"),
+             "--max_eval_samples", str(args.robustness_samples), "--corruptions", args.corruptions,
+             "--severities", args.severities, "--corruption_cache", str(Path(args.work_dir) / "corruption_cache")],
         ),
-        "privacy_analytic": (
+        "privacy": (
             "privacy",
-            ["--output_dir", str(eval_dir / "privacy_analytic"), "--attacks", "analytic",
-             "--num_images", str(args.privacy_images)],
-        ),
-        "privacy_optimization": (
-            "privacy",
-            ["--output_dir", str(eval_dir / "privacy_optimization"), "--attacks", "optimization",
-             "--num_images", str(args.optimization_images), "--steps", str(args.optimization_steps),
-             "--max_seconds", str(args.optimization_seconds)],
+            [*common, "--output_dir", str(eval_dir / "privacy"), "--num_images", str(args.privacy_images),
+             *PRIVACY_FLAGS, *args.privacy_args.split()],
         ),
     }
-    if variant != "baseline":
-        # A step that lost the jigsaw coin flip (half of them by default) is a plain ViT step.
-        jobs["privacy_analytic_nojigsaw"] = (
-            "privacy",
-            ["--output_dir", str(eval_dir / "privacy_analytic_nojigsaw"), "--attacks", "analytic", "--jigsaw", "off",
-             "--num_images", str(args.privacy_images)],
-        )
+
+
+def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
+    """Run each evaluation's command line unless its JSON exists, and return the reports. Each runs in its own
+    process, as a user would run it, so it loads the model with the code that is there now."""
+    work_dir = Path(args.work_dir)
     reports = {}
-    for name, (module, flags) in jobs.items():
-        json_path = eval_dir / name / f"{module}.json"
+    for key, (module, flags) in evaluation_jobs(model_dir, eval_dir, seed, args).items():
+        json_path = eval_dir / key / f"{module}.json"
         if not json_path.is_file():
-            log(f"{variant}-seed{seed}: {name}")
-            command = [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *common, *flags]
-            with open(eval_dir.parent / f"{variant}-seed{seed}.{name}.log", "w") as log_file:
-                subprocess.run(command, check=True, stdout=log_file, stderr=subprocess.STDOUT, env=_env(args))
-        reports[name] = json.loads(json_path.read_text())
+            log(f"{name}: {key}")
+            start = time.perf_counter()
+            with open(work_dir / f"{name}.{key}.log", "w") as log_file:
+                subprocess.run(
+                    [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags],
+                    check=True, stdout=log_file, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
+                )
+            record = _read_record(work_dir, name)
+            record.setdefault("eval_seconds", {})[key] = time.perf_counter() - start
+            _write_record(work_dir, name, record)
+        reports[key] = json.loads(json_path.read_text())
     return reports
 
 
@@ -197,163 +259,288 @@ def check_same_architecture(architectures: dict) -> dict:
     return next(iter(architectures.values()))
 
 
+# The privacy evaluation's flags and summary keys the study reads; every other figure is in the per-run JSON.
+PRIVACY_FLAGS = ["--jigsaw", "auto"]
+
+
+def privacy_figures(report: dict) -> dict:
+    """The leak figures of one privacy report: per training step at the model's `jigsaw_prob` (the headline attack,
+    best per image), on jigsawed steps alone, and the exposure over 8 rounds of the same image."""
+    summary = report["summary"]
+    per_step = summary["expected_per_step"]
+    jigsawed = summary.get("jigsawed_step")
+    exposure = summary.get("exposure", {})
+    return {
+        "leak_per_step": per_step["recovered_fraction_textured"],
+        "psnr_per_step": per_step["psnr"],
+        "leak_jigsawed_step": jigsawed["recovered_fraction_textured"] if jigsawed else None,
+        "exposure_8_rounds": exposure.get("8", {}).get("recovered_fraction_textured"),
+    }
+
+
 def collect_metrics(train_results: dict, reports: dict) -> dict:
     """The table's numbers for one run."""
-    robustness = reports["robustness"]
-    record = {
+    robustness, position = reports["robustness"], reports["position"]
+    return {
         "eval_accuracy": train_results.get("eval_accuracy"),
-        "clean_accuracy_robustness_subset": robustness["corruption"]["clean_accuracy"],
-        "mean_corruption_error": robustness["corruption"]["mean_corruption_error"],
+        "mean_corruption_error": (robustness.get("corruption") or {}).get("mean_corruption_error"),
         "jigsaw_accuracy": robustness["jigsaw"]["accuracy"],
-        "jigsaw_accuracy_without_unk": robustness["jigsaw"]["accuracy_without_unk"],
         "consistency_agreement": robustness["consistency"]["agreement"],
-        "consistency_feature_l2_unit": robustness["consistency"]["feature_l2_unit"],
-        "analytic_psnr": reports["privacy_analytic"]["summary"]["analytic"]["psnr"],
-        "analytic_ssim": reports["privacy_analytic"]["summary"]["analytic"]["ssim"],
-        "analytic_recovered": reports["privacy_analytic"]["summary"]["analytic"]["recovered_fraction"],
-        "analytic_recovered_textured": reports["privacy_analytic"]["summary"]["analytic"]["recovered_fraction_textured"],
-        "optimization_psnr": reports["privacy_optimization"]["summary"]["optimization"]["psnr"],
-        "optimization_ssim": reports["privacy_optimization"]["summary"]["optimization"]["ssim"],
-        "probe_mae_1d": reports["position"]["probe"]["mae_1d"],
-        "probe_mae_2d": reports["position"]["probe"]["mae_2d"],
-        "dalr_mae": (reports["position"]["dalr"] or {}).get("mae"),
+        **privacy_figures(reports["privacy"]),
+        "probe_mae_1d": position["probe"]["mae_1d"],
+        "probe_mae_2d": position["probe"]["mae_2d"],
+        "dalr_mae": (position["dalr"] or {}).get("mae"),
     }
-    nojigsaw = reports.get("privacy_analytic_nojigsaw")
-    record["analytic_nojigsaw_psnr"] = (
-        nojigsaw["summary"]["analytic"]["psnr"] if nojigsaw else record["analytic_psnr"]
-    )
-    return record
 
 
-def _cell(values, scale, decimals) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    values = np.asarray(values, dtype=float) * scale
-    if len(values) == 1:
-        return f"{values[0]:.{decimals}f}"
-    return f"{values.mean():.{decimals}f} ± {values.std(ddof=1):.{decimals}f}"
-
-
-def markdown_table(records: dict, variants: list[str], per_seed: bool = False) -> str:
-    header = "| model | " + " | ".join(title for title, *_ in TABLE_COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(TABLE_COLUMNS) + 1)]
+def summarise(records: dict, variants: list[str]) -> dict:
+    """Per variant and metric the mean and interval over seeds; per non-baseline variant the paired differences."""
+    keys = {key for _, key, *_ in METRICS} | {key for _, key, *_ in DIFFERENCES}
+    summary = {"variants": {}, "differences": {}}
     for variant in variants:
         runs = records[variant]
-        rows = [(f"{VARIANT_TITLES[variant]}, seed {seed}", [run]) for seed, run in runs.items()] if per_seed else [
-            (f"{VARIANT_TITLES[variant]} ({len(runs)} seeds)", list(runs.values()))
-        ]
-        for title, group in rows:
-            cells = [_cell([run[key] for run in group], scale, decimals) for _, key, scale, decimals in TABLE_COLUMNS]
-            lines.append(f"| {title} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        summary["variants"][variant] = {
+            key: (interval.as_dict() if (interval := Interval.of([run.get(key) for run in runs.values()])) else None)
+            for key in sorted(keys)
+        }
+        if variant != BASELINE and BASELINE in records:
+            summary["differences"][variant] = {}
+            for _, key, *_ in DIFFERENCES:
+                values = {seed: run.get(key) for seed, run in runs.items()}
+                reference = {seed: run.get(key) for seed, run in records[BASELINE].items()}
+                interval = paired_difference(values, reference)
+                summary["differences"][variant][key] = interval.as_dict() if interval else None
+    return summary
 
 
-def plot_summary(records: dict, variants: list[str], path: Path) -> None:
+def _interval(entry: dict | None, scale: float = 1.0) -> Interval | None:
+    return Interval(**entry).scaled(scale) if entry else None
+
+
+def claims(summary: dict) -> list[dict]:
+    """The three claims, each with its verdict and the intervals it rests on (in points / percent)."""
+    variants, differences = summary["variants"], summary["differences"]
+    margins = CLAIM_MARGINS
+    out = []
+
+    leak = _interval((variants.get(BASELINE) or {}).get("leak_per_step"), 100)
+    out.append({
+        "claim": "1. Position embeddings leak the input under gradient inversion.",
+        "verdict": verdict([bool(leak) and leak.above(margins["leak"])], [bool(leak) and leak.below(margins["leak"])])
+        if leak else NOT_SHOWN,
+        "evidence": f"ViT: {leak.format()}% of content patches in place per step (line: {margins['leak']:.0f}%)"
+        if leak else "no baseline run",
+    })
+
+    naive = differences.get("naive")
+    if naive and naive["leak_per_step"] and naive["eval_accuracy"]:
+        leak_diff, acc_diff = _interval(naive["leak_per_step"], 100), _interval(naive["eval_accuracy"], 100)
+        out.append({
+            "claim": "2. Naive shuffling protects, but costs accuracy.",
+            "verdict": verdict([leak_diff.below(0), acc_diff.below(0)], [leak_diff.above(0), acc_diff.above(0)]),
+            "evidence": f"naive - ViT: leak {leak_diff.format()} points, accuracy {acc_diff.format(2)} points",
+        })
+    else:
+        out.append({"claim": "2. Naive shuffling protects, but costs accuracy.", "verdict": NOT_SHOWN,
+                    "evidence": "needs the naive and baseline variants"})
+
+    settings = []
+    for variant in (v for v in MJP_VARIANTS if v in differences):
+        diff = differences[variant]
+        if not (diff["eval_accuracy"] and diff["mean_corruption_error"] and diff["leak_per_step"]):
+            continue
+        acc = _interval(diff["eval_accuracy"], 100)
+        error = _interval(diff["mean_corruption_error"], 100)
+        leak_diff = _interval(diff["leak_per_step"], 100)
+        settings.append({
+            "variant": variant,
+            "verdict": verdict(
+                [acc.above(-margins["accuracy"]), error.below(margins["corruption_error"]),
+                 leak_diff.below(-margins["protection"])],
+                [acc.below(-margins["accuracy"]), error.above(margins["corruption_error"]),
+                 leak_diff.above(-margins["protection"])],
+            ),
+            "evidence": f"{variant} - ViT: accuracy {acc.format(2)}, corruption error {error.format(2)}, "
+            f"leak per step {leak_diff.format()} points",
+        })
+    verdicts = [setting["verdict"] for setting in settings]
+    overall = HELD if HELD in verdicts else (NOT_HELD if verdicts and set(verdicts) == {NOT_HELD} else NOT_SHOWN)
+    out.append({
+        "claim": "3. Under a certain shuffle ratio, MJP keeps accuracy and robustness and protects privacy by a large "
+        f"margin (accuracy and corruption error within {margins['accuracy']:.0f} point of ViT, "
+        f"at least {margins['protection']:.0f} points fewer content patches in place per step).",
+        "verdict": overall,
+        "evidence": "; ".join(f"{s['evidence']}: {s['verdict']}" for s in settings) or "needs MJP and baseline runs",
+        "settings": settings,
+    })
+    return out
+
+
+def _cell(entry: dict | None, scale: float, decimals: int) -> str:
+    interval = _interval(entry, scale)
+    return interval.format(decimals) if interval else "-"
+
+
+def markdown_tables(summary: dict, records: dict, variants: list[str]) -> list[str]:
+    lines = ["| model | seeds | " + " | ".join(title for title, *_ in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]
+    for variant in variants:
+        cells = [_cell(summary["variants"][variant][key], scale, decimals) for _, key, scale, decimals in METRICS]
+        lines.append(f"| {VARIANTS[variant].title} | {len(records[variant])} | " + " | ".join(cells) + " |")
+    if summary["differences"]:
+        lines += ["", "Paired differences against the ViT of the same seed (mean [95% interval]):", "",
+                  "| model | " + " | ".join(title for title, *_ in DIFFERENCES) + " |",
+                  "|---|" + "---|" * len(DIFFERENCES)]
+        for variant, diff in summary["differences"].items():
+            cells = [_cell(diff[key], scale, decimals) for _, key, scale, decimals in DIFFERENCES]
+            lines.append(f"| {VARIANTS[variant].title} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def recommendations(summary: dict, variants: list[str]) -> list[str]:
+    """'Which setting for which need', each sentence computed from the table's means."""
+    figures = {
+        variant: {key: (summary["variants"][variant].get(key) or {}).get("mean")
+                  for key in ("eval_accuracy", "leak_per_step", "exposure_8_rounds")}
+        for variant in variants
+    }
+    scored = {v: f for v, f in figures.items() if f["eval_accuracy"] is not None and f["leak_per_step"] is not None}
+    if not scored:
+        return []
+
+    def describe(variant):
+        f = figures[variant]
+        exposure = f" ({100 * f['exposure_8_rounds']:.1f}% over 8 rounds)" if f["exposure_8_rounds"] is not None else ""
+        return (f"{VARIANTS[variant].title}: {100 * f['eval_accuracy']:.1f}% test accuracy, "
+                f"{100 * f['leak_per_step']:.1f}% of content patches in place per step{exposure}")
+
+    most_accurate = max(scored, key=lambda v: scored[v]["eval_accuracy"])
+    least_leaky = min(scored, key=lambda v: scored[v]["leak_per_step"])
+    lines = [f"- Accuracy first: {describe(most_accurate)}.",
+             f"- Privacy first: {describe(least_leaky)}."]
+    pareto = [v for v in scored if not any(
+        scored[o]["eval_accuracy"] >= scored[v]["eval_accuracy"] and scored[o]["leak_per_step"] <= scored[v][
+            "leak_per_step"] and o != v and (scored[o]["eval_accuracy"], scored[o]["leak_per_step"]) != (
+            scored[v]["eval_accuracy"], scored[v]["leak_per_step"]) for o in scored)]
+    lines.append("- Not beaten on both accuracy and leak by another setting (the Pareto front, by means): "
+                 + ", ".join(VARIANTS[v].title for v in sorted(pareto, key=lambda v: -scored[v]["eval_accuracy"]))
+                 + ".")
+    return lines
+
+
+def plot_pareto(summary: dict, variants: list[str], path: Path) -> None:
+    """Test accuracy against the leak per step (content patches in place, and PSNR), one point per variant with its
+    95% interval bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("test accuracy (%)", "eval_accuracy", 100),
-        ("mean corruption error (%)", "mean_corruption_error", 100),
-        ("jigsaw 0.9 accuracy (%)", "jigsaw_accuracy", 100),
-        ("analytic attack PSNR (dB)", "analytic_psnr", 1),
-        ("patches recovered in place (%)", "analytic_recovered_textured", 100),
-        ("PE probe MAE 2-D (grid units)", "probe_mae_2d", 1),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3))
-    for ax, (title, key, scale) in zip(axes, panels):
-        for index, variant in enumerate(variants):
-            values = np.array([run[key] for run in records[variant].values()], dtype=float) * scale
-            ax.bar(index, values.mean(), yerr=values.std(ddof=1) if len(values) > 1 else 0, capsize=3, alpha=0.7)
-            ax.scatter(np.full(len(values), index), values, color="k", s=8, zorder=3)
-        ax.set_xticks(range(len(variants)), [VARIANT_TITLES[v] for v in variants], rotation=20, fontsize=7)
-        ax.set_title(title, fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (key, scale, label) in zip(
+        axes, [("leak_per_step", 100, "content patches in place per step (%)"),
+               ("psnr_per_step", 1, "reconstruction PSNR per step (dB)")]
+    ):
+        for variant in variants:
+            x = _interval(summary["variants"][variant].get(key), scale)
+            y = _interval(summary["variants"][variant].get("eval_accuracy"), 100)
+            if x is None or y is None:
+                continue
+            xerr = [[x.mean - x.low], [x.high - x.mean]] if x.resolved else None
+            yerr = [[y.mean - y.low], [y.high - y.mean]] if y.resolved else None
+            ax.errorbar(x.mean, y.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=VARIANTS[variant].title)
+        ax.set_xlabel(f"leak: {label}")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Accuracy against privacy leak (mean and 95% interval over seeds; lower left leaks less)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_outputs(records, variants, args, command: str, seconds: float, shape: dict) -> None:
+def write_outputs(records: dict, variants: list[str], args, command: str, seconds: float, shape: dict) -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    readme = output_dir / "README.md"
-    (output_dir / "results.json").write_text(
-        json.dumps({"command": command, "settings": vars(args), "architecture": shape, "runs": records}, indent=2)
-        + "\n"
-    )
-    plot_summary(records, variants, output_dir / "summary.png")
+    summary = summarise(records, variants)
+    verdicts = claims(summary)
+    settings = {key: value for key, value in vars(args).items() if key not in ("output_dir", "work_dir", "overwrite")}
+    (output_dir / "results.json").write_text(json.dumps(
+        {"command": command, "settings": settings, "architecture": shape, "wall_seconds": round(seconds),
+         "margins": CLAIM_MARGINS, "claims": verdicts, "summary": summary, "runs": records},
+        indent=2, sort_keys=True) + "\n")
+    plot_pareto(summary, variants, output_dir / "pareto.png")
+    budget = "the demo preset's full schedule (the main job)" if args.max_steps is None else f"{args.max_steps} steps"
     text = [
-        "# MJP at small scale: Fashion-MNIST study",
+        "# Which MJP setting? The paper's claims at the main job's budget",
         "",
-        f"Made by `{command}` ({seconds / 60:.0f} minutes on a shared 2-core CPU).",
+        f"Made by `{command}`: {seconds / 60:.0f} minutes of training and evaluation on the 2-core CPU (the sum over "
+        "the cached runs).",
         "",
-        f"Demo preset ({shape['image_size']}x{shape['image_size']} images, patch {shape['patch_size']}, width "
-        f"{shape['hidden_size']}, depth {shape['num_hidden_layers']}, {shape['num_attention_heads']} heads), "
-        f"{args.max_steps} steps of batch {args.batch_size} "
-        f"per run, seeds {args.seeds}; test accuracy on {args.max_eval_samples} test images, robustness on "
-        f"{args.robustness_samples}, the analytic attack on {args.privacy_images} images and the optimisation attack on "
-        f"{args.optimization_images} ({args.optimization_steps} steps) per run. Mean ± sample std over seeds.",
+        f"Demo preset ({shape['image_size']}x{shape['image_size']} Fashion-MNIST images, patch {shape['patch_size']}, "
+        f"width {shape['hidden_size']}, depth {shape['num_hidden_layers']}), trained for {budget}; seeds "
+        f"{args.seeds}. Privacy: `mjp_hf.evaluation.privacy {' '.join(PRIVACY_FLAGS + args.privacy_args.split())}` on "
+        f"{args.privacy_images} test images per run; robustness on {args.robustness_samples}. Each cell: mean [95% "
+        "Student-t interval over seeds].",
         "",
-        markdown_table(records, variants),
+        *markdown_tables(summary, records, variants),
         "",
-        "Per seed:",
+        "## The claims",
         "",
-        markdown_table(records, variants, per_seed=True),
+        "| claim | verdict | evidence |",
+        "|---|---|---|",
+        *(f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in verdicts),
         "",
-        "![summary](summary.png)",
+        "## Which setting for which need",
         "",
-        "Columns: corruption error is the unnormalised mean over the 15 ImageNet-C corruptions and 5 severities; "
-        "jigsaw accuracy uses the unknown position embedding where the model has one (MJP) and a pixel-space patch "
-        "shuffle otherwise; the privacy columns attack the gradient of one training step as the model trains "
-        "(jigsaw on for naive and MJP; 'un-jigsawed step' is a step that lost the `jigsaw_prob` coin flip); "
-        "'patches recovered' counts patches with content whose reconstruction at their own position reaches 20 dB.",
+        *recommendations(summary, variants),
         "",
-        "Raw outputs of every run: `per_seed/<variant>-seed<N>/<evaluation>/*.json`; images for seed "
-        f"{args.seeds[0]}: `per_seed/<variant>-seed{args.seeds[0]}/*/*.png`.",
+        "![accuracy against leak](pareto.png)",
+        "",
+        "Leak columns: the headline attack (the best of the privacy evaluation's attacks, per image) on one client's "
+        "batch-1 training step; 'per step' weighs jigsawed and plain steps by the model's `jigsaw_prob`; 'exposure "
+        "over 8 rounds' is the multi-round attacker's share after seeing the same image in 8 training steps. A patch "
+        "counts when its reconstruction at its own position reaches 20 dB. Corruption error: the unnormalised mean "
+        "over the ImageNet-C corruptions and severities.",
+        "",
+        "Raw outputs: `per_seed/<variant>-seed<N>/<evaluation>/*.json`; images for the first seed.",
     ]
-    readme.write_text("\n".join(text) + "\n")
+    (output_dir / "README.md").write_text("\n".join(text) + "\n")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
     readme = Path(args.output_dir) / "README.md"
     if readme.exists() and not args.overwrite:
-        raise FileExistsError(f"{readme} exists; pass --overwrite to replace the study's tables, plots and runs.")
+        raise FileExistsError(f"{readme} exists; pass --overwrite to replace the study's tables and plots.")
     command = "python examples/mjp_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    start = time.perf_counter()
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    runs_out = Path(args.output_dir) / "per_seed"
-    records, architectures = {}, {}
-    for variant in args.variants:
-        for seed in args.seeds:
-            name = f"{variant}-seed{seed}"
-            run_dir = work_dir / name
-            train(variant, seed, run_dir, args)
-            model_dir = export_stock_vit(run_dir) if variant == "baseline" else run_dir
-            eval_dir = work_dir / "eval" / name
-            eval_dir.mkdir(parents=True, exist_ok=True)
-            architectures[name] = architecture(run_dir)
-            reports = evaluate(model_dir, eval_dir, variant, seed, args)
-            train_results = json.loads((run_dir / "all_results.json").read_text())
-            records.setdefault(variant, {})[seed] = collect_metrics(train_results, reports)
-            # Per-seed evaluation outputs (JSON for every seed, images for the first) go into the docs.
-            for path in eval_dir.rglob("*"):
-                if path.suffix == ".json" or (path.suffix == ".png" and seed == args.seeds[0]):
-                    target = runs_out / name / path.relative_to(eval_dir)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(path, target)
-            log(f"{name}: {json.dumps(records[variant][seed])}")
+    jobs = [(variant, seed) for variant in args.variants for seed in args.seeds]
+    train_all(jobs, work_dir, args)
+
+    per_seed = Path(args.output_dir) / "per_seed"
+    records, architectures, seconds = {}, {}, 0.0
+    for variant, seed in jobs:
+        name = f"{variant}-seed{seed}"
+        run_dir = work_dir / name
+        eval_dir = work_dir / "eval" / name
+        architectures[name] = architecture(run_dir)
+        reports = evaluate(name, run_dir, eval_dir, seed, args)
+        train_results = json.loads((run_dir / "all_results.json").read_text())
+        records.setdefault(variant, {})[seed] = collect_metrics(train_results, reports)
+        timing = _read_record(work_dir, name)
+        seconds += timing.get("train_seconds", 0.0) + sum(timing.get("eval_seconds", {}).values())
+        for path in sorted(eval_dir.rglob("*")):
+            if path.suffix == ".json" or (path.suffix == ".png" and seed == args.seeds[0]):
+                target = per_seed / name / path.relative_to(eval_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, target)
+        log(f"{name}: {json.dumps(records[variant][seed])}")
     shape = check_same_architecture(architectures)
-    write_outputs(records, args.variants, args, command, time.perf_counter() - start, shape)
-    log(f"done: {Path(args.output_dir) / 'README.md'}")
+    write_outputs(records, args.variants, args, command, seconds, shape)
+    log(f"done: {readme}")
+    return records
 
 
 if __name__ == "__main__":
