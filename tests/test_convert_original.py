@@ -212,7 +212,8 @@ def test_unk_row_and_dalr_head_match_reference_under_jigsaw(checkpoint):
     pixels = images()
     expected_logits, dalr = reference_forward(state_dict, pixels, heads=1, unk_mask=unk_mask, permutation=permutation)
     with torch.no_grad():
-        out = model(pixels, jigsaw_mask=unk_mask[None], jigsaw_permutation=permutation[None])
+        labels = torch.zeros(len(pixels), dtype=torch.long)  # with labels the output holds the DALR loss
+        out = model(pixels, labels=labels, jigsaw_mask=unk_mask[None], jigsaw_permutation=permutation[None])
     torch.testing.assert_close(out.logits, expected_logits, atol=2e-5, rtol=1e-5)
 
     grid = TINY.grid_size
