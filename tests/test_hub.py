@@ -172,8 +172,32 @@ def test_layout_never_overwrites_unless_asked(tmp_path):
         save_publishing_layout(demo_model(), demo_processor(), target)
     assert (target / "notes.txt").read_text() == "keep me"
     save_publishing_layout(demo_model(), demo_processor(), target, overwrite=True, widget_images={})
-    assert not (target / "notes.txt").exists() and (target / "model.safetensors").is_file()
+    assert (target / "notes.txt").read_text() == "keep me" and (target / "model.safetensors").is_file()
     assert not any(path.name.startswith(".layout.") for path in tmp_path.iterdir())  # no staging left behind
+
+
+def test_overwrite_replaces_only_the_layouts_own_files(tmp_path):
+    target = tmp_path / "layout"
+    first = save_publishing_layout(demo_model(seed=1), demo_processor(), target,
+                                   widget_images={"Sneaker": sample_image(), "My photo": sample_image()})
+    user_files = {".gitattributes": "*.safetensors filter=lfs", "LICENSE": "mine", "eval.json": "{}",
+                  "train.py": "print()", f"{MJP_SUBFOLDER}/notes.md": "mine", "widget/cat.png": "not a png"}
+    for name, text in user_files.items():
+        (first / name).write_text(text)
+    (first / "pytorch_model.bin").write_bytes(b"stale weights of an earlier checkpoint")
+    model = demo_model(seed=2)
+    save_publishing_layout(model, demo_processor(), target, overwrite=True, widget_images={})
+    for name, text in user_files.items():  # never written by the layout: kept, whatever their names look like
+        assert (target / name).read_text() == text, name
+    # Files of the earlier layout that this one lacks are gone; its own files are the new ones.
+    assert not (target / "pytorch_model.bin").exists() and not (target / "widget" / "sneaker.png").exists()
+    # A widget image named by a title only the first call knew is not the second call's to name: it stays.
+    assert (target / "widget" / "my-photo.png").is_file()
+    reloaded = MJPViTForImageClassification.from_pretrained(target, subfolder=MJP_SUBFOLDER)
+    assert torch.equal(reloaded.classifier.weight, model.classifier.weight)
+    assert sorted(set(layout_files(target)) - set(user_files)) == sorted(
+        [name for name in DEMO_LAYOUT if not name.startswith("widget/") and name != "README.md"]
+        + ["widget/my-photo.png"])
 
 
 def test_layout_loads_in_process_with_identical_logits(tmp_path):
@@ -305,8 +329,11 @@ def test_push_uploads_the_layout_and_it_loads_without_mjp_hf(tmp_path):
     assert upload[0:2] == ("upload_folder", "me/mjp-vit-demo") and upload[3] == "hf_test"
     assert "stock ViT at the root" in upload[2]["commit_message"]
     # A re-push removes what an earlier push left and this layout lacks: old weights, old code, the old mjp/ files.
-    stale = ["pytorch_model.bin", "model-00001-of-00002.safetensors", "old_module.py", f"{MJP_SUBFOLDER}/extra.json"]
-    kept = [".gitattributes", "LICENSE", "notes/eval.md"]
+    stale = ["pytorch_model.bin", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+             f"{MJP_SUBFOLDER}/pytorch_model.bin", "widget/trouser.png"]
+    # Only what the layout writes is the push's to delete: never .gitattributes, nor a user's files, code or data.
+    kept = [".gitattributes", "LICENSE", "notes/eval.md", "old_module.py", "eval.json", f"{MJP_SUBFOLDER}/extra.json",
+            "widget/my-photo.png"]
     assert [name for name in stale + kept if any(fnmatch.fnmatch(name, pattern) for pattern in
                                                   upload[2]["delete_patterns"])] == stale
 
@@ -472,3 +499,42 @@ def test_layout_of_a_bfloat16_model_keeps_its_dtype(tmp_path):
     with torch.no_grad():
         expected = model(x).logits
         assert torch.equal(root(x).logits, expected) and torch.equal(full(x).logits, expected)
+
+
+# --- destructive paths: the run folder is never an output, an incomplete checkpoint is never published ------------
+
+
+def test_layout_refuses_an_output_folder_that_is_or_holds_the_run(tiny_run, tmp_path, monkeypatch):
+    before = {name: (tiny_run / name).read_bytes() for name in layout_files(tiny_run)}
+    for output in (tiny_run, tiny_run.parent):
+        with pytest.raises(ValueError, match=r"--output_dir .* (is|contains) --run_dir .*Pass a new folder outside"):
+            main(["layout", "--run_dir", str(tiny_run), "--output_dir", str(output), "--model_id", "me/x",
+                  "--overwrite"])
+    monkeypatch.chdir(tiny_run)
+    with pytest.raises(ValueError, match=r"--output_dir \. is --run_dir \."):
+        main(["layout", "--run_dir", ".", "--output_dir", ".", "--model_id", "me/x", "--overwrite"])
+    assert {name: (tiny_run / name).read_bytes() for name in layout_files(tiny_run)} == before
+
+
+def _without_a_tensor(run_dir: Path, destination: Path) -> str:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run_dir, destination)
+    weights = load_file(destination / "model.safetensors")
+    dropped = next(key for key in sorted(weights) if ".layer.0." in key)  # saved under the v4 key names
+    del weights[dropped]
+    save_file(weights, destination / "model.safetensors", metadata={"format": "pt"})
+    return dropped
+
+
+def test_layout_and_push_refuse_a_checkpoint_with_missing_tensors(tiny_run, tmp_path):
+    broken = tmp_path / "broken-run"
+    _without_a_tensor(tiny_run, broken)
+    with pytest.raises(ValueError, match=r"does not hold a complete MJPViTForImageClassification checkpoint: "
+                                         r"missing tensors \['vit\.layers\.0\..*'\]"):
+        main(["layout", "--run_dir", str(broken), "--output_dir", str(tmp_path / "out"), "--model_id", "me/x"])
+    assert not (tmp_path / "out").exists()
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match="missing tensors"):
+        main(["push", "--run_dir", str(broken), "--hub_model_id", "me/x"])
+    assert hub.calls == []
