@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,11 +113,21 @@ def read_checkpoint(path: str | Path, *, trust_pickled_config: bool = False) -> 
     return payload, inert
 
 
+def _is_torch_save_file(path: Path) -> bool:
+    """Whether the bytes are whole `torch.save` output: a complete zip archive (torch >= 1.6) or a legacy pickle,
+    which starts with the pickle protocol opcode."""
+    with path.open("rb") as handle:
+        if zipfile.is_zipfile(handle):
+            return True
+        handle.seek(0)
+        return handle.read(1) == b"\x80"
+
+
 def _unreadable(path: Path, error: Exception) -> ReleasedCheckpointError:
     # Full pickle reads more than weights_only loading only when the file is a valid checkpoint whose pickle uses
     # something the restricted unpickler refuses; for a file that is empty, cut short or not a checkpoint at all, it
     # would fail as well (or run whatever the bytes say), so it is not suggested there.
-    if "Weights only load failed" in str(error):
+    if "Weights only load failed" in str(error) and _is_torch_save_file(path):
         return ReleasedCheckpointError(
             f"{path} cannot be read with torch.load(weights_only=True): {error}. If the file comes from a source you "
             "trust, pass --trust_pickled_config to load it with full pickle."
