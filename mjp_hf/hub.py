@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,9 @@ PAPER_BIBTEX = """@inproceedings{ren2023masked,
   eprint    = {2205.12551},
   archivePrefix = {arXiv}
 }"""
+# Written into the card of a training run's folder (invisible on the Hub): such a card describes that folder, so
+# `save_publishing_layout` refuses to publish it.
+RUN_CARD_MARKER = "<!-- mjp_hf: the card of a training run's output folder, not of a published repository -->"
 # The sample images transformers' own ViT cards use for their widget; right for ImageNet-1k classifiers.
 IMAGENET_WIDGET = [
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/tiger.jpg", "example_title": "Tiger"},
@@ -153,7 +157,7 @@ def _eval_results(metrics: Mapping, *, dataset_name: str | None, dataset_split: 
     return results or None
 
 
-def _architecture_rows(model: MJPViTPreTrainedModel) -> list[tuple[str, str]]:
+def _architecture_rows(model: MJPViTPreTrainedModel, run_folder: bool = False) -> list[tuple[str, str]]:
     config = model.config
     vit_parameters = sum(
         parameter.numel()
@@ -168,9 +172,13 @@ def _architecture_rows(model: MJPViTPreTrainedModel) -> list[tuple[str, str]]:
         ("hidden size / depth / heads / MLP", f"{config.hidden_size} / {config.num_hidden_layers} / "
          f"{config.num_attention_heads} / {config.intermediate_size}"),
         ("layer-norm eps", _format_value(config.layer_norm_eps)),
-        ("parameters (root, stock ViT)", f"{vit_parameters:,}"),
-        (f"parameters (`{MJP_SUBFOLDER}/`, with the MJP parts)", f"{model.num_parameters():,}"),
     ]
+    if run_folder:
+        rows += [("parameters (the stock ViT it exports to)", f"{vit_parameters:,}"),
+                 ("parameters (this checkpoint, with the MJP parts)", f"{model.num_parameters():,}")]
+    else:
+        rows += [("parameters (root, stock ViT)", f"{vit_parameters:,}"),
+                 (f"parameters (`{MJP_SUBFOLDER}/`, with the MJP parts)", f"{model.num_parameters():,}")]
     if isinstance(model, MJPViTForImageClassification):
         rows.insert(4, ("classes", str(config.num_labels)))
     return rows
@@ -235,8 +243,10 @@ def build_model_card(
     metrics_source: str = "`all_results.json`",
     tags: Sequence[str] = (),
     template_path: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """The model card of an MJP-ViT repository in the layout of `save_publishing_layout`.
+    """The model card of an MJP-ViT repository in the layout of `save_publishing_layout`, or, with `run_dir`, of
+    a training run's output folder as it is.
 
     Args:
         model: the MJP model (`MJPViTForImageClassification` or `MJPViTModel`).
@@ -252,6 +262,10 @@ def build_model_card(
             given (pass `[]` for none).
         summary, training_text, limitations: replace the generated paragraphs.
         metrics_source: how the results section names where the figures come from.
+        run_dir: the training run's output folder (the path as users will type it) when the card is its README:
+            the card then describes that folder (the full MJP checkpoint with its code: `trust_remote_code=True` or
+            `import mjp_hf`), shows no widget unless `widget` is given (the folder has no `widget/` images), and
+            points to `python -m mjp_hf.hub layout` / `push` for the publishing layout.
     """
     if not isinstance(model, MJPViTPreTrainedModel):
         raise TypeError(
@@ -270,7 +284,7 @@ def build_model_card(
     metrics = dict(metrics or {})
     is_classifier = isinstance(model, MJPViTForImageClassification)
     if widget is None:
-        widget = default_widget(model, model_id)
+        widget = default_widget(model, model_id) if run_dir is None else None
     eval_results = _eval_results(metrics, dataset_name=dataset_name, dataset_split=dataset_split)
     card_data = ModelCardData(
         library_name="transformers",
@@ -327,7 +341,7 @@ def build_model_card(
         vit_class=f"`{model._vit_class.__name__}`",
         mjp_class=f"`{type(model).__name__}`",
         example_image=(widget[0]["src"] if widget else "path/to/image.png"),
-        architecture=_architecture_rows(model),
+        architecture=_architecture_rows(model, run_folder=run_dir is not None),
         mjp_settings=[(name, _format_value(getattr(config, name))) for name in MJP_CONFIG_FIELDS],
         training_text=training_text,
         hyperparameters=[(name, _format_value(value)) for name, value in (hyperparameters or {}).items()],
@@ -339,8 +353,28 @@ def build_model_card(
         bibtex=PAPER_BIBTEX,
         paper_url=PAPER_URL,
         code_url=CODE_URL,
+        is_classifier=is_classifier,
+        **_run_folder_fields(run_dir, model_id),
     )
     return card
+
+
+def _run_folder_fields(run_dir, model_id: str) -> dict:
+    """Template fields of a card describing a training run's output folder (none for the publishing layout)."""
+    if run_dir is None:
+        return {"run_folder": False, "settings_file": f"{MJP_SUBFOLDER}/config.json"}
+    path = Path(run_dir).as_posix()
+    repo_id = model_id if "/" in model_id else f"YOUR_NAMESPACE/{model_id}"
+    return {
+        "run_folder": True,
+        "run_card_marker": RUN_CARD_MARKER,
+        "settings_file": "config.json",
+        "code_files": ", ".join(f"`{name}`" for name in LAYOUT_CODE_FILES),
+        "model_path": json.dumps(path),  # a Python string literal
+        "run_dir_arg": shlex.quote(path),
+        "layout_dir_arg": shlex.quote(f"{path.rstrip('/')}-hub"),
+        "repo_id": repo_id,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -452,6 +486,11 @@ def save_publishing_layout(
         raise TypeError(
             "save_publishing_layout needs the model's image processor (e.g. AutoImageProcessor.from_pretrained of the "
             f"training folder), got {type(image_processor).__name__}; pipeline() and the widget cannot run without it."
+        )
+    if card is not None and RUN_CARD_MARKER in card.text:
+        raise ValueError(
+            "This card describes a training run's output folder, not the publishing layout; build the layout's card "
+            "with build_model_card(...) without run_dir, or with card_for_run(run_dir, model_id=...)."
         )
     output_dir = check_output_dir(output_dir, overwrite=overwrite)
     if widget_images is None:
@@ -620,6 +659,8 @@ def card_for_run(run_dir: str | os.PathLike, *, model_id: str, **card_kwargs) ->
             card_kwargs["dataset_name"] = written.datasets[0]
         if card_kwargs.get("base_model") is None and written.base_model:
             card_kwargs["base_model"] = written.base_model
+        if card_kwargs.get("dataset_split") is None and written.eval_results:
+            card_kwargs["dataset_split"] = written.eval_results[0].dataset_split
     card_kwargs.setdefault("metrics", metrics)
     card_kwargs.setdefault("hyperparameters", hyperparameters)
     return build_model_card(model, model_id=model_id, **card_kwargs)

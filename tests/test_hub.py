@@ -538,3 +538,99 @@ def test_layout_and_push_refuse_a_checkpoint_with_missing_tensors(tiny_run, tmp_
     with hub.patch(), pytest.raises(ValueError, match="missing tensors"):
         main(["push", "--run_dir", str(broken), "--hub_model_id", "me/x"])
     assert hub.calls == []
+
+
+# --- the card of a training run's folder describes that folder ---------------------------------------------------
+
+SNIPPET_RUNNER = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class RefuseMJP(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "mjp_hf" or name.startswith("mjp_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+    if sys.argv[2] == "without-mjp_hf":
+        sys.meta_path.insert(0, RefuseMJP())
+    for index, code in enumerate(json.load(open(sys.argv[1]))):
+        scope = {}
+        exec(compile(code, f"<card snippet {index}>", "exec"), scope)
+        print(json.dumps({"snippet": index, "names": sorted(name for name in scope if not name.startswith("_"))}))
+    print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("mjp_hf"))}))
+    """
+)
+
+
+def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
+    """Run card snippets one after the other in a fresh interpreter, with or without `mjp_hf` importable."""
+    tag = "with" if with_mjp_hf else "without"
+    source, script = tmp_path / f"snippets-{tag}.json", tmp_path / "run_snippets.py"
+    source.write_text(json.dumps(snippets))
+    script.write_text(SNIPPET_RUNNER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / f"hf_home_{tag}"),
+           "PYTHONPATH": os.pathsep.join(sys.path) if with_mjp_hf else ""}
+    done = subprocess.run([sys.executable, str(script), str(source), f"{tag}-mjp_hf"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypatch):
+    import re
+    import shlex
+
+    run = tmp_path / "runs" / "mjp-demo"
+    shutil.copytree(tiny_run, run)
+    model = MJPViTForImageClassification.from_pretrained(run)
+    metrics = json.loads((run / "all_results.json").read_text())
+    card = build_model_card(model, model_id="mjp-demo", run_dir="runs/mjp-demo", metrics=metrics,
+                            dataset_name="zalando-datasets/fashion_mnist", dataset_split="test")
+    card.save(run / "README.md")
+    text = card.text
+
+    # What the folder is: MJP with its code, no widget images, no URL of a repository that does not exist.
+    assert getattr(card.data, "widget", None) is None and "widget/" not in text and "huggingface.co/mjp-demo" not in text
+    assert "## Repository layout" not in text and "`model_type: mjp_vit`" in text
+    assert json.loads((run / "config.json").read_text())["model_type"] == "mjp_vit"
+    for name in ("configuration_mjp_vit.py", "modeling_mjp_vit.py", "jigsaw.py", "preprocessor_config.json"):
+        assert f"`{name}`" in text and (run / name).is_file(), name
+    assert card.data.eval_results[0].dataset_split == "test"
+
+    # Every snippet runs as written, from the folder the run was started in.
+    blocks = re.findall(r"```(\w+)\n(.*?)```", text, re.S)
+    image = tmp_path / "shirt.png"
+    sample_image().save(image)
+    python = [code.replace("path/to/image.png", str(image)) for language, code in blocks if language == "python"]
+    stock = [code for code in python if "mjp_hf" not in code]
+    assert len(stock) == 2 and all("trust_remote_code=True" in code for code in stock)
+    report = run_snippets(stock, tmp_path, tmp_path, with_mjp_hf=False)
+    assert report[-1] == {"modules": []} and {"classifier", "model", "processor"} <= {
+        name for entry in report[:-1] for name in entry["names"]}
+    run_snippets([code for code in python if "mjp_hf" in code], tmp_path, tmp_path, with_mjp_hf=True)
+
+    # The publishing commands it points to produce the layout (push with the HTTP calls recorded).
+    commands = [shlex.split(line) for language, code in blocks if language == "bash" for line in code.splitlines()]
+    assert [command[:4] for command in commands] == [["python", "-m", "mjp_hf.hub", "layout"],
+                                                     ["python", "-m", "mjp_hf.hub", "push"]]
+    monkeypatch.chdir(tmp_path)
+    main(commands[0][3:])
+    layout = tmp_path / "runs" / "mjp-demo-hub"
+    assert layout_files(layout) == DEMO_LAYOUT
+    published = ModelCard.load(layout / "README.md")
+    assert "## Repository layout" in published.text and published.data.eval_results[0].dataset_split == "test"
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch():
+        main(commands[1][3:])
+    assert hub.calls[0][1] == "YOUR_NAMESPACE/mjp-demo" and layout_files(tmp_path / "uploaded") == DEMO_LAYOUT
+
+
+def test_a_run_folder_card_is_never_published(tmp_path):
+    model = demo_model()
+    run_card = build_model_card(model, model_id="me/mjp-demo", run_dir="runs/mjp-demo")
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match="describes a training run's output folder"):
+        push_mjp_model(model, demo_processor(), "me/mjp-demo", card=run_card)
+    assert hub.calls == [] and not (tmp_path / "layout").exists()
+    publishing = build_model_card(model, model_id="me/mjp-demo")
+    assert "## Repository layout" in publishing.text and "run's output folder" not in publishing.text
