@@ -203,11 +203,20 @@ def _pair(value) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
+# The typed `Literal` fields: their type check is the whole check, so name the choices.
+_CHOICES = {"jigsaw_mode": JIGSAW_MODES, "dalr_head": DALR_HEADS}
+
+
+def _invalid(name: str, value, cause: Exception) -> MJPConfigError:
+    reason = f"choose one of {_CHOICES[name]}" if name in _CHOICES else cause
+    return MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {reason}.")
+
+
 def _raise_for(name: str, value, validator) -> None:
     try:
         validator(value)
     except (ValueError, TypeError) as error:
-        raise MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {error}.") from error
+        raise _invalid(name, value, error) from error
 
 
 def _with_plain_errors(cls):
@@ -218,7 +227,7 @@ def _with_plain_errors(cls):
         try:
             strict_setattr(self, name, value)
         except StrictDataclassFieldValidationError as error:
-            raise MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {error.__cause__}.") from error
+            raise _invalid(name, value, error.__cause__) from error
 
     def validate(self):
         try:
