@@ -8,7 +8,8 @@ EXTRAS = {
 }
 # setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model.
 EXTRAS["dev"] = sorted(
-    {dep for deps in EXTRAS.values() for dep in deps} | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64", "onnx>=1.16"}
+    {dep for deps in EXTRAS.values() for dep in deps}
+    | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64", "onnx>=1.16"}
 )
 EXTRAS["all"] = EXTRAS["dev"]
 

@@ -203,8 +203,9 @@ def _convert(args) -> MJPViTPreTrainedModel:
         print(f"{args.model_name_or_path} has no image processor; pass --image_processor_name when training.")
     new = sum(p.numel() for n, p in model.named_parameters() if any(s in f".{n}" for s in MJP_NEW_PARAMETER_PATTERNS))
     print(
-        f"Added {_added_parts(model)} ({new:,} new parameters, every ViT weight kept) and wrote {type(model).__name__} "
-        f"to {output_dir}; max |eval difference| to the source ViT {difference:.2e}; MJP settings in config.json."
+        f"Added {_added_parts(model)} ({new:,} new parameters, every ViT weight kept) and wrote "
+        f"{type(model).__name__} to {output_dir}; max |eval difference| to the source ViT {difference:.2e}; MJP "
+        "settings in config.json."
     )
     return model
 

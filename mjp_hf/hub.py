@@ -54,6 +54,8 @@ def layout_file_patterns(widget_titles: Sequence[str] = ()) -> list[str]:
     titles = dict.fromkeys([*FASHION_MNIST_WIDGET, *widget_titles])
     return [*names, *(f"{MJP_SUBFOLDER}/{name}" for name in names),
             *(f"{WIDGET_FOLDER}/{_widget_file_name(title)}" for title in titles)]
+
+
 # model_cards/ at the root of a checkout, or inside the package when installed from a wheel (see setup.py).
 MODEL_CARDS_DIR = next(
     (folder for folder in (Path(__file__).resolve().parent.parent / "model_cards",
@@ -433,13 +435,13 @@ def check_output_dir(
         source = Path(path).resolve()
         if source == resolved or resolved in source.parents:
             raise ValueError(
-                f"{output_flag} {output_dir} {'is' if source == resolved else 'contains'} {flag} {path}: writing there "
-                f"could replace the input itself. Pass a new folder outside it as {output_flag}."
+                f"{output_flag} {output_dir} {'is' if source == resolved else 'contains'} {flag} {path}: writing "
+                f"there could replace the input itself. Pass a new folder outside it as {output_flag}."
             )
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"{output_flag} {output_dir} is not empty; pass an empty or new folder, or {overwrite_flag} to replace the "
-            "layout's own files in it (other files stay)."
+            f"{output_flag} {output_dir} is not empty; pass an empty or new folder, or {overwrite_flag} to replace "
+            "the layout's own files in it (other files stay)."
         )
     return output_dir
 

@@ -172,7 +172,8 @@ def test_a_two_class_model_is_not_evaluated_on_ten_class_data(tmp_path):
     from mjp_hf.evaluation import privacy
 
     model_dir = _two_class_folder(tmp_path)
-    message = r"Fashion-MNIST \(test split\) has labels 0..9 \(T-shirt/top, .*\), but the model classifies 2 classes \(cat, dog\)"
+    message = (r"Fashion-MNIST \(test split\) has labels 0..9 \(T-shirt/top, .*\), but the model classifies 2 classes "
+               r"\(cat, dog\)")
     with pytest.raises(ValueError, match=message):
         robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "r"),
                          "--max_eval_samples", "64", "--corruptions", "none", "--device", "cpu"])

@@ -590,7 +590,8 @@ def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypat
     text = card.text
 
     # What the folder is: MJP with its code, no widget images, no URL of a repository that does not exist.
-    assert getattr(card.data, "widget", None) is None and "widget/" not in text and "huggingface.co/mjp-demo" not in text
+    assert getattr(card.data, "widget", None) is None
+    assert "widget/" not in text and "huggingface.co/mjp-demo" not in text
     assert "## Repository layout" not in text and "`model_type: mjp_vit`" in text
     assert json.loads((run / "config.json").read_text())["model_type"] == "mjp_vit"
     for name in ("configuration_mjp_vit.py", "modeling_mjp_vit.py", "jigsaw.py", "preprocessor_config.json"):
