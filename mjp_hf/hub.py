@@ -211,10 +211,11 @@ def default_widget_images(model: MJPViTPreTrainedModel) -> dict | None:
 
 def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | None:
     """The widget examples `build_model_card` uses when none are given: ImageNet sample images for a 1000-class
-    classifier, the repository's own `widget/` images for a Fashion-MNIST one."""
+    classifier, the repository's own `widget/` images for a Fashion-MNIST one. Those are addressed by their URL in
+    the repository, which only a full `namespace/name` id gives: without a namespace, no widget."""
     if isinstance(model, MJPViTForImageClassification) and model.config.num_labels == 1000:
         return IMAGENET_WIDGET
-    if _is_fashion_mnist(model) and fashion_mnist_available():
+    if _is_fashion_mnist(model) and fashion_mnist_available() and "/" in model_id:
         return widget_from_images(model_id, FASHION_MNIST_WIDGET)
     return None
 

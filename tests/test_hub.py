@@ -137,6 +137,10 @@ def test_widget_examples():
         assert widget[0]["src"] == "https://huggingface.co/me/x/resolve/main/widget/sneaker.png"
     else:
         assert widget is None
+    # A repository URL needs the namespace: an id without one (the example's default, the run folder's name) gets
+    # no widget rather than URLs that resolve nowhere.
+    card = build_model_card(demo_model(), model_id="mjp-demo-fashion-mnist")
+    assert getattr(card.data, "widget", None) is None and "huggingface.co/mjp-demo" not in card.text
 
 
 # --- the publishing layout -------------------------------------------------------------------------------------
