@@ -368,6 +368,8 @@ def _run_folder_fields(run_dir, model_id: str) -> dict:
         return {"run_folder": False, "settings_file": f"{MJP_SUBFOLDER}/config.json"}
     path = Path(run_dir).as_posix()
     repo_id = model_id if "/" in model_id else f"YOUR_NAMESPACE/{model_id}"
+    # Beside the run folder, named after it (from inside it, `.` has no name of its own).
+    layout_dir = f"{path}-hub" if Path(path).name not in ("", "..") else f"../{Path(run_dir).resolve().name}-hub"
     return {
         "run_folder": True,
         "run_card_marker": RUN_CARD_MARKER,
@@ -375,7 +377,7 @@ def _run_folder_fields(run_dir, model_id: str) -> dict:
         "code_files": ", ".join(f"`{name}`" for name in LAYOUT_CODE_FILES),
         "model_path": json.dumps(path),  # a Python string literal
         "run_dir_arg": shlex.quote(path),
-        "layout_dir_arg": shlex.quote(f"{path.rstrip('/')}-hub"),
+        "layout_dir_arg": shlex.quote(layout_dir),
         "repo_id": repo_id,
     }
 
