@@ -75,7 +75,7 @@ def test_explicit_flags_win_and_only_they_override_the_config():
          "--dalr_head", "linear", "--no_random_flip", "--output_dir", "/tmp/x", "--do_eval"])
     assert training_args.num_train_epochs == 5 and training_args.learning_rate == 1e-4
     assert training_args.weight_decay == run.DEMO_DEFAULTS["weight_decay"]
-    assert not training_args.do_train and training_args.do_eval and training_args.output_dir == "/tmp/x"
+    assert training_args.do_train and training_args.do_eval and training_args.output_dir == "/tmp/x"
     assert data_args.random_flip is False
     assert mjp_args.config_updates() == {"jigsaw_ratio": 0.25, "jigsaw_per_sample": True, "dalr_head": "linear"}
     # Another preset: the released warmup, transformers' own training defaults.
@@ -172,7 +172,8 @@ def stock_vit(tmp_path_factory):
 
 def test_fine_tuning_a_stock_vit_loads_its_weights(tmp_path, image_folder, stock_vit):
     evaluated = tmp_path / "eval_only"
-    metrics = _train(evaluated, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit), "--do_eval")
+    metrics = _train(evaluated, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit),
+                     "--do_train", "false")
     stock = ViTForImageClassification.from_pretrained(stock_vit).state_dict()
     ours = MJPViTForImageClassification.from_pretrained(evaluated).state_dict()
     shared = [key for key in ours if "unk_position_embedding" not in key and "dalr_head" not in key]
