@@ -495,15 +495,19 @@ _FREE_ON_RESUME = {"output_dir", "logging_dir", "run_name", "resume_from_checkpo
 _FREE_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "dataloader_", "include_", "batch_eval")
 
 
-def changed_flags(recorded: dict, current: dict) -> list[tuple[str, object, object]]:
-    """`[(flag, value in the checkpoint's run, value now), ...]` for the flags that change what is trained."""
+def changed_flags(recorded: dict, current: dict, checkpoint_config: dict) -> list[tuple[str, object, object]]:
+    """`[(flag, value in the checkpoint's run, value now), ...]` for the flags that change what is trained. An MJP
+    flag is compared with the checkpoint's config, which holds the value its run trained with."""
     changes = []
     for group, values in current.items():
         before = recorded.get(group, {})
         for name, value in values.items():
             if name in _FREE_ON_RESUME or name.startswith(_FREE_PREFIXES) or name not in before:
                 continue
-            if before[name] != value:
+            if group == "mjp" and name in MJP_CONFIG_FIELDS:
+                if value is not None and name in checkpoint_config and checkpoint_config[name] != value:
+                    changes.append((name, checkpoint_config[name], value))
+            elif before[name] != value:
                 changes.append((name, before[name], value))
     return changes
 
@@ -537,6 +541,10 @@ def prepare_output_dir(training_args: TrainingArguments, model_args: ModelArgume
     `checkpoint-*`), or to start afresh with `--overwrite_output_dir`, which deletes what earlier runs wrote there."""
     output_dir = Path(training_args.output_dir)
     check_output_location(output_dir, model_args, data_args)
+    card = output_dir / CARD_NAME
+    if card.exists() and not _is_run_card(card):
+        raise ValueError(f"{card} is not a model card this script wrote, and the run would replace it with one: move "
+                         "it, or pass another --output_dir.")
     resume = training_args.resume_from_checkpoint
     if resume is not None and resume.lower() in ("true", "last"):
         checkpoint = _newest_complete(output_dir)
@@ -574,7 +582,9 @@ def prepare_output_dir(training_args: TrainingArguments, model_args: ModelArgume
                        "that its flags are the same.", checkpoint)
         return found
     current = run_arguments(model_args, data_args, mjp_args, training_args)
-    found.changes = changed_flags(json.loads(recorded.read_text(encoding="utf-8")), current)
+    config_file = Path(checkpoint) / CONFIG_NAME
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    found.changes = changed_flags(json.loads(recorded.read_text(encoding="utf-8")), current, config)
     if found.changes:
         listed = "; ".join(f"--{name} {old!r} there, {new!r} now" for name, old, new in found.changes)
         if not mjp_args.allow_changed_flags:
@@ -839,13 +849,15 @@ def write_run_files(trainer, training_args, model_args, data_args, hub_id, metri
     return card
 
 
-def report(output_dir: str, metrics: dict, eval_split: str, eval_size: int) -> None:
+def report(output_dir: str, metrics: dict, evaluated: bool, eval_split: str, eval_size: int) -> None:
     """What the user sees at the end of a run at any log level: where it went, its results, what to run next."""
     lines = [f"Saved the run to {output_dir}"]
     if "eval_accuracy" in metrics:
         scores = ", ".join(f"{name} {metrics[key]:.2%}" for key, name in
                            (("eval_accuracy", "top-1"), ("eval_top5_accuracy", "top-5")) if key in metrics)
         lines.append(f"Evaluated on the {eval_split} split ({eval_size:,} images): {scores}")
+    elif evaluated:
+        lines.append(f"No accuracy from the {eval_split} split ({eval_size:,} images): no full evaluation batch.")
     else:
         lines.append("Not evaluated (--do_eval false).")
     lines += [
@@ -956,7 +968,7 @@ def main(argv: list[str] | None = None) -> dict:
                 commit_message="Training run of examples/run_image_classification.py",
             )
             print(f"Pushed to {url}", flush=True)
-        report(training_args.output_dir, metrics, eval_split, len(eval_dataset))
+        report(training_args.output_dir, metrics, training_args.do_eval, eval_split, len(eval_dataset))
     return metrics
 
 
