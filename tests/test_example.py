@@ -489,7 +489,8 @@ def _help_entry(text: str, flag: str) -> str:
     return " ".join(text[start:end].split())
 
 
-def test_help_shows_the_values_a_run_without_flags_uses(capsys):
+def test_help_shows_the_values_a_run_without_flags_uses(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a value
     with pytest.raises(SystemExit):
         run.parse_arguments(["--help"])
     text = capsys.readouterr().out
