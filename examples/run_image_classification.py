@@ -312,9 +312,8 @@ def run_defaults(model_args: ModelArguments, data_args: DataTrainingArguments, m
         # transformers defaults to the fused AdamW, whose CPU kernel is ~20x slower than the foreach one on a small
         # ViT (200 ms against 11 ms a step for the demo preset).
         defaults["optim"] = "adamw_torch"
-    if on_cpu and not torch.accelerator.is_available():
-        # Pinned memory only helps copies to an accelerator; without one, torch warns for every data loader.
-        defaults["dataloader_pin_memory"] = False
+    # Pinned memory only speeds up copies to an accelerator; without one, torch warns for every data loader.
+    defaults["dataloader_pin_memory"] = not on_cpu and torch.accelerator.is_available()
     if "use_cpu" not in given and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # accelerate sets up a multi-process CPU run (gloo) only when told the run is on CPU; otherwise every
         # process under torchrun would train alone, on the same masks.
