@@ -386,7 +386,8 @@ def _truthy(value) -> bool:
 def _model_code_files() -> set[str]:
     """The model code files `save_pretrained` copies beside the weights (for `trust_remote_code` loading)."""
     modeling = inspect.getfile(MJPViTForImageClassification)
-    return {Path(path).name for path in (modeling, inspect.getfile(MJPViTConfig), *get_relative_import_files(modeling))}
+    paths = (modeling, inspect.getfile(MJPViTConfig), *get_relative_import_files(modeling))
+    return {Path(path).name for path in paths}
 
 
 # What this script (through the Trainer, `save_pretrained` and `write_run_files`) writes into its output folder and
@@ -442,7 +443,8 @@ def _input_paths(model_args: ModelArguments, data_args: DataTrainingArguments) -
     """The local files and folders the run reads."""
     candidates = (("--train_dir", data_args.train_dir), ("--validation_dir", data_args.validation_dir),
                   ("--dataset_name", data_args.dataset_name), ("--model_name_or_path", model_args.model_name_or_path),
-                  ("--config_name", model_args.config_name), ("--image_processor_name", model_args.image_processor_name))
+                  ("--config_name", model_args.config_name),
+                  ("--image_processor_name", model_args.image_processor_name))
     return [(flag, Path(value)) for flag, value in candidates if value and Path(value).exists()]
 
 
@@ -454,7 +456,8 @@ def check_output_location(output_dir: Path, model_args: ModelArguments, data_arg
     for flag in ("--train_dir", "--validation_dir"):
         value = getattr(data_args, flag[2:])
         if value is not None and not Path(value).is_dir():
-            raise FileNotFoundError(f"{flag} {value} is not a folder; pass an image folder (one sub-folder per class).")
+            raise FileNotFoundError(f"{flag} {value} is not a folder; pass an image folder (one sub-folder per "
+                                    "class).")
     resolved = output_dir.resolve()
     for flag, path in _input_paths(model_args, data_args):
         source = path.resolve()

@@ -141,7 +141,8 @@ def test_a_checkpoint_missing_weights_is_refused(tmp_path, image_folder, finishe
     dropped = sorted(key for key in tensors if "encoder.layer.0.attention" in key)[:2]
     assert dropped
     save_file({key: value for key, value in tensors.items() if key not in dropped}, weights, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"does not hold every weight of the model: missing \[.*attention.*re-initialise"):
+    with pytest.raises(ValueError, match=r"does not hold every weight of the model: missing \[.*attention.*"
+                                         r"re-initialise"):
         _train(folder, *_flags(image_folder, "--max_steps", "4"))
     assert not (folder / "model.safetensors").exists()
 
@@ -189,8 +190,8 @@ def test_a_resume_with_the_same_flags_says_so_and_continues(tmp_path, image_fold
     folder = _resumable_copy(finished_run, tmp_path)
     # Flags that do not change the trained weights may differ.
     with caplog.at_level(logging.WARNING):
-        _train(folder, *_flags(image_folder, "--max_steps", "4", "--logging_steps", "2", "--per_device_eval_batch_size",
-                               "4"))
+        _train(folder, *_flags(image_folder, "--max_steps", "4", "--logging_steps", "2",
+                               "--per_device_eval_batch_size", "4"))
     assert any("Resuming from" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     _assert_same_weights(finished_run / "model.safetensors", folder / "model.safetensors")
 
