@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -229,8 +228,7 @@ class MJPTrainer(Trainer):
         run_dir = Path(self._get_output_dir(trial=trial))
         folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
-            if folder.exists() and checkpoint_problem(folder) is not None:
-                shutil.rmtree(folder)  # the remains of an interrupted save of this very step
+            # The remains of an interrupted save of this very step are written over, file by file.
             folder.mkdir(parents=True, exist_ok=True)
             (folder / SAVE_IN_PROGRESS_NAME).touch()
             _fsync(folder / SAVE_IN_PROGRESS_NAME)
