@@ -227,3 +227,26 @@ def test_the_hub_token_is_not_saved_with_the_arguments(tmp_path, image_folder):
     for path in saved:
         arguments = torch.load(path, weights_only=False)  # the test's own file: unpickling it is safe here
         assert arguments.hub_token != token
+
+
+@pytest.mark.parametrize("interruption", [OSError(28, "No space left on device"), KeyboardInterrupt()],
+                         ids=["disk-full", "ctrl-c"])
+def test_a_save_that_fails_midway_leaves_a_resumable_run(tmp_path, image_folder, finished_run, monkeypatch,
+                                                         interruption):
+    from mjp_hf.training import MJPTrainer
+
+    save_rng_state = MJPTrainer._save_rng_state
+
+    def fail_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise interruption  # the weights and optimizer state are on disk, the rest is not
+        return save_rng_state(self, output_dir)
+
+    output = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        patch.setattr(MJPTrainer, "_save_rng_state", fail_at_step_4)
+        with pytest.raises(type(interruption)):
+            _train(output, *_flags(image_folder, "--max_steps", "4"))
+    assert "interrupted" in checkpoint_problem(output / "checkpoint-4")
+    _train(output, *_flags(image_folder, "--max_steps", "4"))
+    _assert_same_weights(finished_run / "model.safetensors", output / "model.safetensors")
