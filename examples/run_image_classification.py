@@ -493,7 +493,7 @@ _FREE_ON_RESUME = {"output_dir", "logging_dir", "run_name", "resume_from_checkpo
                    "per_device_eval_batch_size", "max_eval_samples", "cache_dir", "trust_remote_code", "use_cpu",
                    "push_to_hub", "skip_memory_metrics", "torch_compile", "torch_compile_backend",
                    "torch_compile_mode", "local_rank", "ddp_timeout", "ddp_backend", "prediction_loss_only",
-                   "past_index", "ignore_data_skip"}
+                   "past_index"}
 _FREE_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "dataloader_", "include_", "batch_eval")
 
 
