@@ -801,8 +801,9 @@ def _compute_metrics(metric, ks, eval_prediction):
 
 
 def write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics,
-                    resume: Resume | None = None) -> None:
-    """The model card, the training curves and the arguments, beside the saved model (main process only)."""
+                    resume: Resume | None = None, eval_split: str | None = None):
+    """The run folder's model card (describing the folder as it is), the training curves and the arguments, beside
+    the saved model (main process only). Returns the card of the publishing layout, for a push."""
     from mjp_hf.hub import build_model_card
 
     output_dir = Path(training_args.output_dir)
@@ -838,17 +839,18 @@ def write_run_files(trainer, training_args, model_args, data_args, hub_id, metri
             f"Not trained by this run: these are the weights of `{model_args.model_name_or_path}`, evaluated by "
             "`examples/run_image_classification.py`."
         )
-    card = build_model_card(
-        model,
+    card_kwargs = dict(
         model_id=training_args.hub_model_id or output_dir.name,
         dataset_name=hub_id,
+        # A held-out share of the training split has no split name of its own.
+        dataset_split=eval_split if eval_split in ("validation", "test") else None,
         metrics=metrics,
         hyperparameters=hyperparameters,
         base_model=model_args.model_name_or_path,
         training_text=training_text,
     )
-    card.save(output_dir / CARD_NAME)
-    return card
+    build_model_card(model, run_dir=training_args.output_dir, **card_kwargs).save(output_dir / CARD_NAME)
+    return build_model_card(model, **card_kwargs)
 
 
 def report(output_dir: str, metrics: dict, evaluated: bool, eval_split: str, eval_size: int) -> None:
@@ -960,7 +962,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         if not training_args.do_train:
             trainer.save_model()
-        card = write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics, resume)
+        card = write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics, resume, eval_split)
         if push_to_hub:
             from mjp_hf.hub import push_mjp_model
 

@@ -551,3 +551,23 @@ def test_a_run_without_evaluation_trains_and_reports_no_results(tmp_path, image_
     assert "train_loss" in metrics and not any(key.startswith("eval_") for key in metrics)
     card = (output / "README.md").read_text()
     assert "Trained with" in card and "eval_accuracy" not in card
+
+
+def test_the_run_folder_card_describes_the_folder_and_names_the_evaluated_split(tmp_path):
+    """The README the run writes is the card of the run folder as it is (the MJP checkpoint with its code, the
+    `hub layout` command for the publishing layout), and its results name the split they were measured on."""
+    from huggingface_hub import ModelCard
+
+    from mjp_hf.hub import RUN_CARD_MARKER
+
+    output = tmp_path / "run"
+    # The embedded Fashion-MNIST: a dataset with a Hub id, so the card has a model-index.
+    _train(output, "--config_overrides", TINY, "--max_steps", "2", "--max_train_samples", "64",
+           "--max_eval_samples", "64")
+    card = ModelCard.load(output / "README.md")
+    assert RUN_CARD_MARKER in card.text
+    assert "trust_remote_code=True" in card.text and "python -m mjp_hf.hub layout" in card.text
+    assert "widget" not in card.data.to_dict()
+    results = card.data.eval_results
+    assert {result.metric_name for result in results} == {"Top-1 accuracy", "Top-5 accuracy"}
+    assert all(result.dataset_split == "test" for result in results)
