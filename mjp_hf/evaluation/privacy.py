@@ -66,7 +66,8 @@ from .common import (
     uses_unk_position_embedding,
     write_json,
 )
-from .privacy_attacks import (
+# The attacks live in `privacy_attacks`; their names stay importable from here, where they were first published.
+from .privacy_attacks import (  # noqa: F401
     CLASSIFIER_BIAS,
     PATCH_WEIGHT,
     POSITION_EMBEDDINGS,
@@ -126,6 +127,10 @@ def step_weights(model, jigsaw: str = "auto") -> dict[str, float]:
     """
     if jigsaw not in JIGSAW_VIEWS:
         raise ValueError(f"jigsaw={jigsaw!r} is invalid; choose one of {JIGSAW_VIEWS}.")
+    if jigsaw == "on" and not is_mjp_model(model):
+        raise ValueError(
+            f"jigsaw='on' needs an MJP-ViT model, but {type(model).__name__} has no jigsaw; use 'auto' or 'off'."
+        )
     if not is_mjp_model(model) or jigsaw == "off":
         return {"plain": 1.0}
     if jigsaw == "on":
@@ -174,15 +179,9 @@ def client_gradient(
         jigsaw_ratio: the attacker-view shuffle ratio; the model's `jigsaw_ratio` by default.
         generator: source of the coin flip and the jigsaw draw (and of the naive ablation's pixel permutation).
     """
-    if jigsaw not in JIGSAW_VIEWS:
-        raise ValueError(f"jigsaw={jigsaw!r} is invalid; choose one of {JIGSAW_VIEWS}.")
+    probability = step_weights(model, jigsaw).get("jigsawed", 0.0)  # also checks `jigsaw`
     mjp = is_mjp_model(model)
-    if jigsaw == "on" and not mjp:
-        raise ValueError(
-            f"jigsaw='on' needs an MJP-ViT model, but {type(model).__name__} has no jigsaw; use 'auto' or 'off'."
-        )
     if jigsaw == "auto" and mjp:
-        probability = step_weights(model, "auto").get("jigsawed", 0.0)
         coin = torch.rand(1, generator=generator, device=generator.device if generator is not None else None)
         jigsaw = "on" if coin.item() < probability else "off"
     apply_jigsaw = mjp and jigsaw == "on"
@@ -585,11 +584,11 @@ def evaluate_privacy(
             }
             for probability in round_probs
         }
-        if str(own_prob) in summary["multi_round"] or own_prob in (0.5, 1.0):
-            for k, exposure in summary["exposure"].items():
-                measured = summary["multi_round"][str(own_prob)].get(k) if str(own_prob) in summary["multi_round"] else None
-                if measured is not None:
-                    exposure["multi_round_headline"] = measured["headline"]
+        # At the model's own jigsaw_prob, what the multi-round attacker measured beside the exposure.
+        measured = summary["multi_round"].get(str(own_prob), {})
+        for k, exposure in summary["exposure"].items():
+            if k in measured:
+                exposure["multi_round_headline"] = measured[k]["headline"]
     elif "multi_round" in attacks:
         summary["multi_round"] = {
             "skipped": "needs an MJP model with the unknown position embedding (the shuffled positions must show in "
