@@ -15,6 +15,7 @@ run again.
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -112,7 +113,8 @@ def tables(records: dict) -> str:
     lines = [
         "Each cell: mean PSNR, then the share of textured patches (pixel range > 0.1) rebuilt in place at >= 20 dB.",
         "",
-        "| model | test acc. | step | textbook analytic | analytic + TV prior | optimisation | headline (best per image) |",
+        "| model | test acc. | step | textbook analytic | analytic + TV prior | optimisation | headline (best per "
+        "image) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, record in records.items():
@@ -163,7 +165,7 @@ def main(argv=None):
         records[name] = {"training": training, "audit": {k: report[k] for k in ("step_kinds", "summary")}}
         print(f"{name}: audited", flush=True)
     (output / "privacy_figures.json").write_text(json.dumps(records, indent=2) + "\n")
-    command = "python examples/privacy_figures.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python examples/privacy_figures.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (output / "privacy_figures.md").write_text(f"# Privacy figures\n\n`{command.strip()}`\n\n" + tables(records))
     print((output / "privacy_figures.md").read_text())
 

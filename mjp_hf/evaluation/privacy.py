@@ -324,7 +324,8 @@ class _Attacker:
         results, pictures = {}, {}
         placed = placed_positions(update.gradients)
         prior = None
-        if "analytic_prior" in attacks or ("optimization" in attacks and self.optimization_kwargs["init"] == "analytic"):
+        starts_from_prior = "optimization" in attacks and self.optimization_kwargs["init"] == "analytic"
+        if "analytic_prior" in attacks or starts_from_prior:
             prior = prior_attack(self.model, update.gradients, self.normalization)
         for name in attacks:
             extra = {"unplaced_positions": int((~placed).sum())}
@@ -380,7 +381,9 @@ def multi_round_attack(
     for _ in range(rounds):
         jigsawed = bool(torch.rand(1, generator=generator, device=gen_device).item() < jigsaw_prob)
         if jigsawed:
-            update = client_gradient(model, pixel_values, labels, jigsaw="on", jigsaw_ratio=jigsaw_ratio, generator=generator)
+            update = client_gradient(
+                model, pixel_values, labels, jigsaw="on", jigsaw_ratio=jigsaw_ratio, generator=generator
+            )
             single = prior_attack(model, update.gradients, normalization)
         else:
             if plain_cache is None:
@@ -485,7 +488,8 @@ def evaluate_privacy(
                 if update.jigsaw_mask is not None
                 else np.zeros(patchify(x, patch_size).shape[1], dtype=bool)
             )
-            view = x if update.jigsaw_permutation is None else shuffle_patches(x, patch_size, update.jigsaw_permutation)
+            permutation = update.jigsaw_permutation
+            view = x if permutation is None else shuffle_patches(x, patch_size, permutation)
             images[f"{kind} view"].append(np.clip(_to_hwc(view, normalization), 0, 1))
             results, pictures = attacker.run(single_attacks, update, original, shuffled)
             for name, picture in pictures.items():
@@ -513,7 +517,10 @@ def evaluate_privacy(
                     # Every reconstruction a k-round attacker holds: each round alone, and the combinations of the
                     # first k' <= k rounds. The headline is the best of them per image (the auditor's view).
                     held = [metrics["best_of_rounds"], metrics["joint"]]
-                    held += [attacker.score(original, r.pixel_values(model.config), None)[0] for r in candidates["rounds"]]
+                    held += [
+                        attacker.score(original, single.pixel_values(model.config), None)[0]
+                        for single in candidates["rounds"]
+                    ]
                     held += [scored[str(k)]["headline"] for k in multi_round_counts if k < count]
                     scored[str(count)] = {
                         "plain_rounds": result["plain_rounds"],
@@ -565,23 +572,20 @@ def evaluate_privacy(
         str(k): {"plain_step_probability": 1.0 - jigsawed_share**k} for k in MULTI_ROUND_COUNTS
     }
     if run_multi_round and max_rounds:
-        summary["multi_round"] = {
-            str(probability): {
-                str(count): {
-                    "trials": len(per_image),
-                    "trials_with_plain_round": sum(
-                        entry["multi_round"][str(probability)][str(count)]["plain_rounds"] > 0 for entry in per_image
-                    ),
-                    **{
-                        name: {
-                            key: _mean([entry["multi_round"][str(probability)][str(count)][name][key] for entry in per_image])
-                            for key in SUMMARY_KEYS
-                        }
-                        for name in ("best_of_rounds", "joint", "headline")
-                    },
-                }
-                for count in multi_round_counts
+
+        def over_trials(probability, count) -> dict:
+            trials = [entry["multi_round"][str(probability)][str(count)] for entry in per_image]
+            return {
+                "trials": len(trials),
+                "trials_with_plain_round": sum(trial["plain_rounds"] > 0 for trial in trials),
+                **{
+                    name: {key: _mean([trial[name][key] for trial in trials]) for key in SUMMARY_KEYS}
+                    for name in ("best_of_rounds", "joint", "headline")
+                },
             }
+
+        summary["multi_round"] = {
+            str(probability): {str(count): over_trials(probability, count) for count in multi_round_counts}
             for probability in round_probs
         }
         # At the model's own jigsaw_prob, what the multi-round attacker measured beside the exposure.
@@ -595,13 +599,14 @@ def evaluate_privacy(
             "the gradient); every step of this model is attacked as a single step above"
         }
 
+    jigsawed_steps = [entry["steps"]["jigsawed"] for entry in per_image if "jigsawed" in entry["steps"]]
     report = {
         "threat_model": THREAT_MODEL,
         "jigsaw_view": jigsaw,
         "step_kinds": kinds,
         "jigsaw_prob": own_prob if is_mjp_model(model) else None,
         "jigsaw_mode": getattr(model.config, "jigsaw_mode", None) if is_mjp_model(model) else None,
-        "jigsaw_applied": bool(any(entry["steps"].get("jigsawed", {}).get("shuffled_positions") for entry in per_image)),
+        "jigsaw_applied": any(bool(step.get("shuffled_positions")) for step in jigsawed_steps),
         "jigsaw_ratio": jigsaw_ratio if jigsaw_ratio is not None else getattr(model.config, "jigsaw_ratio", None),
         "uses_unk_position_embedding": uses_unk_position_embedding(model),
         "psnr_threshold": psnr_threshold,
@@ -693,7 +698,9 @@ def main(argv=None) -> dict:
         help="Optimisation attack: start from the analytic_prior reconstruction, or from Gaussian noise.",
     )
     parser.add_argument(
-        "--multi_round_counts", default=",".join(map(str, MULTI_ROUND_COUNTS)), help="Rounds k of the multi-round attacker."
+        "--multi_round_counts",
+        default=",".join(map(str, MULTI_ROUND_COUNTS)),
+        help="Rounds k of the multi-round attacker.",
     )
     parser.add_argument(
         "--multi_round_probs", default=",".join(map(str, MULTI_ROUND_PROBS)),

@@ -219,7 +219,7 @@ def smooth_total_variation(images: torch.Tensor) -> torch.Tensor:
 
 
 def _residual_directions(system: PatchSystem, solution: torch.Tensor, num_shuffled: int) -> torch.Tensor:
-    """`[P, r]`: the patch-space directions in which a jigsawed step's least-squares error lies (see `prior_attack`)."""
+    """`[P, r]`: the patch-space directions a jigsawed step's least-squares error lies in (see `prior_attack`)."""
     targets = system.targets
     if num_shuffled < 2:
         return torch.zeros(targets.shape[1], 0, dtype=targets.dtype, device=targets.device)
@@ -354,8 +354,8 @@ def best_of_rounds(reconstructions: list[AnalyticReconstruction]) -> AnalyticRec
     fit at all. A patch placed by a clean round (a plain step, or one whose shuffled patches were alike, such as
     a plain background: `fit_error` at float32 precision, below `CLEAN_FIT_ERROR`) takes that round's estimate;
     any other patch the element-wise median of the rounds that placed it, weighted by `1 / fit_error` (with two
-    rounds, the better-fitting one), whose errors come from different shuffled patches and largely cancel. A patch no round placed keeps the (inpainted) estimate of the
-    best-fitting round."""
+    rounds, the better-fitting one), whose errors come from different shuffled patches and largely cancel. A
+    patch no round placed keeps the (inpainted) estimate of the best-fitting round."""
     errors = torch.tensor([r.fit_error for r in reconstructions], dtype=torch.float64)
     best = reconstructions[int(torch.argmin(errors))]
     placed_by = torch.stack([r.placed for r in reconstructions])  # [k, N]
