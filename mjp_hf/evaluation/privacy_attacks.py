@@ -373,6 +373,7 @@ def joint_attack(
     rounds: list[dict[str, torch.Tensor]],
     start: AnalyticReconstruction,
     iterations: int = 5,
+    normalization=None,
 ) -> AnalyticReconstruction:
     """One least-squares solve over the rounds of the same image, which share the `N` patches: a patch shuffled in
     one round is placed by the equations of another.
@@ -382,16 +383,17 @@ def joint_attack(
     `dW_r = sum_{j placed} g_{r,j} x_j^T + sum_{j shuffled} h_{r,j} x_j^T`, with the `g` read from the gradient and
     the `h` unknown. Alternating least squares: given the patches (from `start`, e.g. `best_of_rounds`), each
     round's `h` solve `dW_r - sum_placed g x^T = H_r X_S`; given every round's `g` and `h`, one solve over all rounds
-    gives the patches. The positions no round placed keep `start`'s estimate (no equation can place them).
+    gives the patches. The positions no round placed keep `start`'s estimate (no equation can place them); a null
+    space left by the last solve is filled by the total-variation prior. Rounds that all placed every position
+    leave nothing to refine: `start` is returned.
     """
     systems = [patch_system(model, gradients) for gradients in rounds]
     num_patches, width = systems[0].placed.shape[0], systems[0].regressors.shape[1]
     eps = systems[0].eps
     placed = torch.stack([system.placed for system in systems]).any(0)
     patches = start.patches.clone()
-    unresolved, rank = start.unresolved, start.rank
     if all(system.placed.all() for system in systems):
-        iterations = 1
+        return start
     for _ in range(iterations):
         regressors = patches.new_zeros(num_patches, width * len(systems))
         for index, system in enumerate(systems):
@@ -405,8 +407,28 @@ def joint_attack(
                 regressors[shuffled, block] = hidden
         solved = solve_least_squares(regressors, torch.cat([system.targets for system in systems]), eps)
         patches = torch.where(placed[:, None], solved.solution, start.patches)
-        unresolved, rank = solved.unresolved, solved.rank
-    return AnalyticReconstruction(patches, placed, unresolved, rank, start.fit_error)
+    if solved.unresolved:
+        # The positions no round placed are inpainted again, from the mean of `start`'s estimates there.
+        patches = minimise_total_variation(
+            model.config,
+            patches[placed],
+            placed,
+            kept_null_basis=solved.null_basis[placed],
+            fill=patches[~placed].mean(0) if not placed.all() else None,
+            normalization=normalization,
+        )
+    return AnalyticReconstruction(patches, placed, solved.unresolved, solved.rank, start.fit_error)
+
+
+def refined_attack(
+    model, gradients: dict[str, torch.Tensor], start: AnalyticReconstruction | None = None, normalization=None
+) -> AnalyticReconstruction:
+    """The prior reconstruction refined by the content of the shuffled patches (`joint_attack` on one round): the
+    shuffled tokens' input gradients are fitted to the residual from their inpainted patches, and the placed
+    patches solved again with that contribution removed."""
+    if start is None:
+        start = prior_attack(model, gradients, normalization)
+    return joint_attack(model, [gradients], start, normalization=normalization)
 
 
 # ----------------------------------------------------------------------------------------------------------------
