@@ -478,3 +478,26 @@ def test_cli_writes_json_and_png(tmp_path):
     privacy.main(argv + ["--overwrite", "--attacks", "analytic"])
     with pytest.raises(SystemExit):
         privacy.main(argv + ["--overwrite", "--attacks", "analytic,telepathy"])
+
+
+def test_privacy_figures_script_writes_the_tables(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "privacy_figures.py"
+    spec = importlib.util.spec_from_file_location("privacy_figures", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--output_dir", str(tmp_path / "out"), "--work_dir", str(tmp_path / "work"), "--train_steps", "2",
+            "--batch_size", "4", "--num_images", "1", "--optimization_steps", "1", "--ratios", "0.1", "--probs", "1.0",
+            "--multi_round_counts", "1,2"]
+    script.main(argv)
+    records = json.loads((tmp_path / "out" / "privacy_figures.json").read_text())
+    assert set(records) == {"standard-pe", "mjp-ratio0.1-p1.0"}
+    assert records["mjp-ratio0.1-p1.0"]["audit"]["step_kinds"] == ["jigsawed"]
+    assert records["standard-pe"]["audit"]["step_kinds"] == ["plain"]
+    assert records["standard-pe"]["audit"]["summary"]["headline"]["psnr"] >= 30
+    table = (tmp_path / "out" / "privacy_figures.md").read_text()
+    assert "| standard-pe |" in table and "| mjp-ratio0.1-p1.0 (p 1.0) |" in table
+    # A second run reuses the trained models and the audits.
+    script.main(argv)
