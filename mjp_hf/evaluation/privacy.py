@@ -363,17 +363,17 @@ def multi_round_attack(
     labels: torch.Tensor,
     *,
     jigsaw_prob: float,
-    rounds: int,
+    counts: tuple[int, ...] = MULTI_ROUND_COUNTS,
     jigsaw_ratio: float | None = None,
     generator: torch.Generator | None = None,
     normalization: PixelNormalization | None = None,
     plain_update: "ClientUpdate | None" = None,
 ) -> list[dict]:
-    """The multi-round attacker on one image `[1, C, H, W]`: the client sends its gradient in `rounds` rounds,
+    """The multi-round attacker on one image `[1, C, H, W]`: the client sends its gradient in `max(counts)` rounds,
     each jigsawed with probability `jigsaw_prob` with a fresh mask (same weights, as in federated SGD where the
-    image is revisited), and the attacker combines the first k rounds for every k up to `rounds`.
+    image is revisited), and the attacker combines the first k rounds for every k in `counts`.
 
-    Returns one dict per k (1 to `rounds`): `plain_rounds` (how many of the k were not jigsawed, ground truth),
+    Returns `{k: result}`, each with `plain_rounds` (how many of the k were not jigsawed, ground truth),
     and `reconstructions`, the attacker's candidates as patches: `best_of_rounds` (per patch the best estimate,
     chosen from what the gradients show) and `joint` (one solve over the rounds). Every round is first attacked
     on its own with `prior_attack`; a plain round's gradient is the same in every round, computed once.
@@ -386,8 +386,8 @@ def multi_round_attack(
         )
     gen_device = generator.device if generator is not None else None
     plain_cache = None
-    updates, singles, plain_flags, results = [], [], [], []
-    for _ in range(rounds):
+    updates, singles, plain_flags, results = [], [], [], {}
+    for count in range(1, max(counts) + 1):
         jigsawed = bool(torch.rand(1, generator=generator, device=gen_device).item() < jigsaw_prob)
         if jigsawed:
             update = client_gradient(
@@ -402,14 +402,13 @@ def multi_round_attack(
         updates.append(update.gradients)
         singles.append(single)
         plain_flags.append(not jigsawed)
-        best = best_of_rounds(singles)
-        joint = joint_attack(model, updates, best, normalization=normalization)
-        results.append(
-            {
+        if count in counts:
+            best = best_of_rounds(singles)
+            joint = joint_attack(model, updates, best, normalization=normalization)
+            results[count] = {
                 "plain_rounds": int(sum(plain_flags)),
                 "reconstructions": {"best_of_rounds": best, "joint": joint, "rounds": list(singles)},
             }
-        )
     return results
 
 
@@ -473,6 +472,7 @@ def evaluate_privacy(
     run_multi_round = "multi_round" in attacks and uses_unk_position_embedding(model)
     own_prob = float(getattr(model.config, "jigsaw_prob", 0.0))
     round_probs = sorted(set(multi_round_probs) | ({own_prob} if 0 < own_prob < 1 else set()))
+    multi_round_counts = tuple(sorted(set(multi_round_counts)))
     max_rounds = max(multi_round_counts) if multi_round_counts else 0
 
     per_image = []
@@ -512,12 +512,12 @@ def evaluate_privacy(
             entry["multi_round"] = {}
             for probability in round_probs:
                 rounds = multi_round_attack(
-                    model, x, y, jigsaw_prob=probability, rounds=max_rounds, jigsaw_ratio=jigsaw_ratio,
+                    model, x, y, jigsaw_prob=probability, counts=multi_round_counts, jigsaw_ratio=jigsaw_ratio,
                     generator=generator, normalization=normalization, plain_update=plain_update,
                 )
                 scored = {}
                 for count in multi_round_counts:
-                    result = rounds[count - 1]
+                    result = rounds[count]
                     candidates = result["reconstructions"]
                     metrics = {
                         name: attacker.score(original, candidates[name].pixel_values(model.config), None)[0]
