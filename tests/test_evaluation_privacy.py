@@ -117,6 +117,8 @@ def test_solver_truncates_float32_noise_that_float64_pinv_inverts():
     system = privacy_attacks.patch_system(model, update.gradients)
     singular = torch.linalg.svdvals(system.regressors)
     assert singular.shape[0] == 48 and singular[-1] / singular[0] < 1e-6  # the centring's exact zero, as noise
+    # float64's default tolerance (what `torch.linalg.pinv` uses) keeps it, and would invert it.
+    assert torch.linalg.matrix_rank(system.regressors).item() == 48
     assert system.solve().rank == 47
 
 
