@@ -6,9 +6,10 @@ EXTRAS = {
     "training": ["datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "pillow", "matplotlib", "tqdm"],
     "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions-imaug>=1.1.5", "matplotlib", "tqdm"],
 }
-# setuptools: tests/test_packaging.py builds the wheel.
+# setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model.
 EXTRAS["dev"] = sorted(
-    {dep for deps in EXTRAS.values() for dep in deps} | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64"}
+    {dep for deps in EXTRAS.values() for dep in deps}
+    | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64", "onnx>=1.16"}
 )
 EXTRAS["all"] = EXTRAS["dev"]
 

@@ -21,13 +21,15 @@ See docs/TRAINING.md.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
-import shutil
+import re
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -36,8 +38,17 @@ import torch
 import transformers
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessorPil
-from transformers.trainer_utils import get_last_checkpoint
-from transformers.utils import is_torch_bf16_gpu_available
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.utils import (
+    CONFIG_NAME,
+    IMAGE_PROCESSOR_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    is_torch_bf16_gpu_available,
+)
 
 import mjp_hf
 from mjp_hf import MJPViTConfig, MJPViTForImageClassification
@@ -59,10 +70,14 @@ from mjp_hf.metrics import load_accuracy_topk
 from mjp_hf.presets import PRESETS, config_from_preset
 from mjp_hf.rand_augment import parse_rand_augment
 from mjp_hf.training import (
+    RUN_ARGUMENTS_NAME,
+    SAVE_IN_PROGRESS_NAME,
     MJPScheduleCallback,
     MJPTrainer,
     PerProcessSeedCallback,
     TransformEpochCallback,
+    checkpoint_problem,
+    last_complete_checkpoint,
     plot_training_curves,
     top_k_predictions,
 )
@@ -166,7 +181,7 @@ class ModelArguments:
     )
     preset: str | None = field(
         default=None,
-        metadata={"help": f"From-scratch shape: one of {sorted(PRESETS)} (default {DEFAULT_PRESET!r})."},
+        metadata={"help": f"From-scratch shape: one of {sorted(PRESETS)}."},
     )
     config_overrides: str | None = field(
         default=None,
@@ -214,7 +229,13 @@ class MJPArguments:
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Write into a non-empty --output_dir, deleting its checkpoint-* folders (start afresh)."},
+        metadata={"help": "Start afresh in a used --output_dir: deletes the files an earlier run of this script wrote "
+                          "there (checkpoint-* folders, weights, config, results, card, curves), nothing else."},
+    )
+    allow_changed_flags: bool = field(
+        default=False,
+        metadata={"help": "Resume a checkpoint even though some flags differ from those of the run that wrote it; "
+                          "the model card then lists the changes."},
     )
 
     def config_updates(self) -> dict:
@@ -242,19 +263,89 @@ def _explicit_flags(argv: list[str]) -> set[str]:
     return names
 
 
-def _default_output_dir(model_args: ModelArguments, data_args: DataTrainingArguments) -> str:
+def run_kind(model_args: ModelArguments, mjp_args: MJPArguments) -> str:
+    """What a run trains, for its folder name: 'vit' (no jigsaw and no DALR head: the plain-ViT baseline), 'naive'
+    (the naive-shuffle ablation) or 'mjp'. Flags left out keep the value of the local checkpoint or config started
+    from, else of the preset, else the MJP defaults."""
+    values = {name: getattr(MJPViTConfig(), name) for name in MJP_CONFIG_FIELDS}
+    source = model_args.model_name_or_path or model_args.config_name
+    config_file = Path(source) / "config.json" if source else None
+    if config_file is not None and config_file.is_file():
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        if saved.get("model_type") == MJPViTConfig.model_type:
+            values.update({name: saved[name] for name in MJP_CONFIG_FIELDS if name in saved})
+    elif source is None:
+        values.update({k: v for k, v in PRESETS[model_args.preset or DEFAULT_PRESET].items() if k in values})
+    for item in (model_args.config_overrides or "").split(","):
+        name, _, value = item.partition("=")
+        if name.strip() in values and value:
+            values[name.strip()] = value.strip()
+    values.update(mjp_args.config_updates())
+    if str(values["jigsaw_mode"]) == "naive":
+        return "naive"
+    no_jigsaw = float(values["jigsaw_prob"]) == 0 or float(values["jigsaw_ratio"]) == 0
+    return "vit" if no_jigsaw and str(values["dalr_head"]) == "none" else "mjp"
+
+
+def _default_output_dir(model_args: ModelArguments, data_args: DataTrainingArguments, mjp_args: MJPArguments,
+                        stamp: str | None = None) -> str:
     model = model_args.preset or DEFAULT_PRESET
     if model_args.model_name_or_path:
         model = Path(model_args.model_name_or_path.rstrip("/")).name
     data = Path((data_args.dataset_name or data_args.train_dir or "fashion-mnist").rstrip("/")).name
-    return str(Path("runs") / f"mjp-{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}".replace("_", "-"))
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    name = f"{run_kind(model_args, mjp_args)}-{model}-{data}".replace("_", "-")
+    return str(Path("runs") / f"{name}-{stamp}")
+
+
+def run_defaults(model_args: ModelArguments, data_args: DataTrainingArguments, mjp_args: MJPArguments,
+                 given: dict, stamp: str | None = None) -> dict:
+    """The values a run uses for the flags it was not given: the demo preset's recipe, the CPU's optimizer and
+    data loading, training and evaluation on, a fresh output folder. `--help` shows them too."""
+    defaults = {}
+    if model_args.model_name_or_path is None and model_args.config_name is None:
+        if (model_args.preset or DEFAULT_PRESET) == "demo":
+            defaults.update(DEMO_DEFAULTS)
+    defaults.setdefault("jigsaw_warmup_epochs", RELEASED_JIGSAW_WARMUP_EPOCHS)
+    on_cpu = given.get("use_cpu") or not torch.cuda.is_available()
+    if "optim" not in given and not torch.cuda.is_available():
+        # transformers defaults to the fused AdamW, whose CPU kernel is ~20x slower than the foreach one on a small
+        # ViT (200 ms against 11 ms a step for the demo preset).
+        defaults["optim"] = "adamw_torch"
+    # Pinned memory only speeds up copies to an accelerator; without one, torch warns for every data loader.
+    defaults["dataloader_pin_memory"] = not on_cpu and torch.accelerator.is_available()
+    if "use_cpu" not in given and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # accelerate sets up a multi-process CPU run (gloo) only when told the run is on CPU; otherwise every
+        # process under torchrun would train alone, on the same masks.
+        defaults["use_cpu"] = True
+    # Each of --do_train and --do_eval means what it says; naming one leaves the other on.
+    defaults.update(do_train=True, do_eval=True)
+    if "do_eval" in given and not _truthy(given["do_eval"]):
+        # transformers turns --do_eval back on for any evaluation strategy but "no".
+        defaults["eval_strategy"] = "no"
+    defaults["output_dir"] = _default_output_dir(model_args, data_args, mjp_args, stamp)
+    return defaults
+
+
+def build_parser() -> HfArgumentParser:
+    """The flags of the four argument dataclasses; `--help` shows the values a run without flags uses."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    shown = run_defaults(ModelArguments(), DataTrainingArguments(), MJPArguments(), {}, stamp="<date>-<time>")
+    shown["preset"] = DEFAULT_PRESET
+    for action in parser._actions:
+        if action.dest in shown and not action.option_strings[0].startswith("--no_"):
+            value = shown[action.dest]
+            action.default = value
+            if action.dest in DEMO_DEFAULTS:
+                action.help = (action.help or "") + " (the demo preset's recipe when no model is given)"
+    return parser
 
 
 def parse_arguments(argv: list[str] | None = None):
     """Parse the flags (or one `.json` file) into the four argument dataclasses, filling in what the user left
-    out: the demo preset's training recipe, `--do_train --do_eval`, a fresh output folder."""
+    out (`run_defaults`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = build_parser()
     if len(argv) == 1 and argv[0].endswith(".json"):
         given = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     else:
@@ -266,28 +357,20 @@ def parse_arguments(argv: list[str] | None = None):
     if given.get("bf16") and "use_cpu" not in given and not is_torch_bf16_gpu_available():
         # transformers refuses --bf16 without a bf16 GPU unless told the run is on CPU, where autocast does bf16 too.
         given["use_cpu"] = True
-    model_args, data_args, _, _ = parser.parse_dict({**given, "output_dir": given.get("output_dir", "unset")})
-
-    defaults = {}
-    if model_args.model_name_or_path is None and model_args.config_name is None:
-        if (model_args.preset or DEFAULT_PRESET) == "demo":
-            defaults.update(DEMO_DEFAULTS)
-    defaults.setdefault("jigsaw_warmup_epochs", RELEASED_JIGSAW_WARMUP_EPOCHS)
-    if "optim" not in given and not torch.cuda.is_available():
-        # transformers defaults to the fused AdamW, whose CPU kernel is ~20x slower than the foreach one on a small
-        # ViT (200 ms against 11 ms a step for the demo preset).
-        defaults["optim"] = "adamw_torch"
-    if "use_cpu" not in given and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        # accelerate sets up a multi-process CPU run (gloo) only when told the run is on CPU; otherwise every
-        # process under torchrun would train alone, on the same masks.
-        defaults["use_cpu"] = True
-    if not {"do_train", "do_eval", "do_predict"} & set(given):
-        defaults.update(do_train=True, do_eval=True)
-    if "output_dir" not in given:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("Distributed runs need an explicit --output_dir (every process must write to the same one).")
-        defaults["output_dir"] = _default_output_dir(model_args, data_args)
+    model_args, data_args, mjp_args, _ = parser.parse_dict({**given, "output_dir": given.get("output_dir", "unset")})
+    defaults = run_defaults(model_args, data_args, mjp_args, given)
+    if "output_dir" not in given and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("Distributed runs need an explicit --output_dir (every process must write to the same one).")
+    if "do_eval" in given and not _truthy(given["do_eval"]) and given.get("eval_strategy", "no") != "no":
+        raise ValueError(f"--do_eval false contradicts --eval_strategy {given['eval_strategy']}: drop one of them.")
     model_args, data_args, mjp_args, training_args = parser.parse_dict({**defaults, **given})
+    if not training_args.do_train and not training_args.do_eval:
+        raise ValueError("--do_train false and --do_eval false: this run would do nothing.")
+    if not training_args.do_train and model_args.model_name_or_path is None:
+        raise ValueError(
+            "--do_train false without --model_name_or_path would evaluate a randomly initialised model; pass the "
+            "trained model to evaluate with --model_name_or_path, or drop --do_train false."
+        )
     if training_args.fp16 and training_args.device.type == "cpu":
         # accelerate would otherwise train in fp32 without a word.
         raise ValueError("--fp16 needs a GPU (or another fp16 accelerator); this run is on CPU: use --bf16 instead.")
@@ -296,39 +379,225 @@ def parse_arguments(argv: list[str] | None = None):
     return model_args, data_args, mjp_args, training_args
 
 
-def prepare_output_dir(training_args: TrainingArguments, mjp_args: MJPArguments) -> str | None:
-    """Check the output folder before anything is trained; return the checkpoint to resume from, if any.
+def _truthy(value) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
 
-    A non-empty folder is used only to resume (from `--resume_from_checkpoint` or its last `checkpoint-*`) or when
-    `--overwrite_output_dir` is given."""
+
+def _model_code_files() -> set[str]:
+    """The model code files `save_pretrained` copies beside the weights (for `trust_remote_code` loading)."""
+    modeling = inspect.getfile(MJPViTForImageClassification)
+    paths = (modeling, inspect.getfile(MJPViTConfig), *get_relative_import_files(modeling))
+    return {Path(path).name for path in paths}
+
+
+# What this script (through the Trainer, `save_pretrained` and `write_run_files`) writes into its output folder and
+# into each checkpoint-<step> folder: the only files `--overwrite_output_dir` deletes.
+_SAVED_MODEL_FILES = {CONFIG_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
+                      IMAGE_PROCESSOR_NAME, TRAINING_ARGS_NAME, TRAINER_STATE_NAME, RUN_ARGUMENTS_NAME}
+RUN_FILES = _SAVED_MODEL_FILES | {"training_args.json", "all_results.json", "train_results.json",
+                                  "eval_results.json", "training_curves.png"}
+CHECKPOINT_FILES = _SAVED_MODEL_FILES | {OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME, SAVE_IN_PROGRESS_NAME}
+_SAVED_PATTERNS = re.compile(r"^(model-\d+-of-\d+\.safetensors|pytorch_model-\d+-of-\d+\.bin|rng_state(_\d+)?\.pth)$")
+CARD_NAME = "README.md"
+# Inputs whose folder must neither be the output folder nor hold it (the run's own files would mix with the data).
+DATA_INPUT_FLAGS = ("--train_dir", "--validation_dir", "--dataset_name")
+
+
+def _written_by_a_run(path: Path, names: set[str]) -> bool:
+    return path.is_file() and (path.name in names or path.name in _model_code_files()
+                               or _SAVED_PATTERNS.match(path.name) is not None)
+
+
+def _is_run_card(path: Path) -> bool:
+    """A model card this script wrote (its front matter carries the MJP tag that `build_model_card` adds)."""
+    try:
+        head = path.read_text(encoding="utf-8")[:4000]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith("---") and "masked-jigsaw-puzzle" in head
+
+
+def remove_run_files(output_dir: Path) -> list[Path]:
+    """Delete what earlier runs of this script wrote into `output_dir` (its checkpoint folders, weights, config,
+    results, card, curves); return what stays because the script did not write it."""
+    kept = []
+    for path in sorted(output_dir.iterdir()):
+        if path.is_dir() and re.fullmatch(r"checkpoint-\d+", path.name):
+            for inner in sorted(path.rglob("*"), reverse=True):
+                if inner.is_dir() and not any(inner.iterdir()):
+                    inner.rmdir()
+                elif _written_by_a_run(inner, CHECKPOINT_FILES):
+                    inner.unlink()
+                elif inner.parent == path:
+                    kept.append(inner)
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif _written_by_a_run(path, RUN_FILES) or (path.name == CARD_NAME and _is_run_card(path)):
+            path.unlink()
+        else:
+            kept.append(path)
+    return kept
+
+
+def _input_paths(model_args: ModelArguments, data_args: DataTrainingArguments) -> list[tuple[str, Path]]:
+    """The local files and folders the run reads."""
+    candidates = (("--train_dir", data_args.train_dir), ("--validation_dir", data_args.validation_dir),
+                  ("--dataset_name", data_args.dataset_name), ("--model_name_or_path", model_args.model_name_or_path),
+                  ("--config_name", model_args.config_name),
+                  ("--image_processor_name", model_args.image_processor_name))
+    return [(flag, Path(value)) for flag, value in candidates if value and Path(value).exists()]
+
+
+def check_output_location(output_dir: Path, model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
+    """Fail before anything is loaded when the output folder cannot take the run's files, or would mix them with
+    its inputs."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file, not a folder: pass a folder to write into.")
+    for flag in ("--train_dir", "--validation_dir"):
+        value = getattr(data_args, flag[2:])
+        if value is not None and not Path(value).is_dir():
+            raise FileNotFoundError(f"{flag} {value} is not a folder; pass an image folder (one sub-folder per "
+                                    "class).")
+    resolved = output_dir.resolve()
+    for flag, path in _input_paths(model_args, data_args):
+        source = path.resolve()
+        if source == resolved or resolved in source.parents:
+            raise ValueError(
+                f"--output_dir {output_dir} {'is' if source == resolved else 'holds'} the input {flag} {path}: the "
+                "run would write over or beside it. Pass an --output_dir outside the inputs."
+            )
+        if flag in DATA_INPUT_FLAGS and source in resolved.parents:
+            raise ValueError(f"--output_dir {output_dir} is inside the input {flag} {path}: the run's files would mix "
+                             "with the data. Pass an --output_dir outside it.")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"--output_dir {output_dir} is not writable ({error.strerror or error}); pass a folder you can write to."
+        ) from error
+
+
+def run_arguments(model_args, data_args, mjp_args, training_args) -> dict:
+    """Every flag of the run, as JSON values, without tokens (saved into each checkpoint by `MJPTrainer`)."""
+    values = {"model": asdict(model_args), "data": asdict(data_args), "mjp": asdict(mjp_args),
+              "training": training_args.to_dict()}  # `to_dict` masks the Hub token
+    values["model"].pop("token", None)
+    return json.loads(json.dumps(values, default=str))
+
+
+# Flags that do not change the weights a run trains: they may differ between a checkpoint's run and its resume.
+_FREE_ON_RESUME = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "overwrite_output_dir",
+                   "allow_changed_flags", "disable_tqdm", "report_to", "do_eval", "do_predict",
+                   "per_device_eval_batch_size", "max_eval_samples", "cache_dir", "trust_remote_code", "use_cpu",
+                   "push_to_hub", "skip_memory_metrics", "torch_compile", "torch_compile_backend",
+                   "torch_compile_mode", "local_rank", "ddp_timeout", "ddp_backend", "prediction_loss_only",
+                   "past_index"}
+_FREE_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "dataloader_", "include_", "batch_eval")
+
+
+def changed_flags(recorded: dict, current: dict, checkpoint_config: dict) -> list[tuple[str, object, object]]:
+    """`[(flag, value in the checkpoint's run, value now), ...]` for the flags that change what is trained. An MJP
+    flag is compared with the checkpoint's config, which holds the value its run trained with."""
+    changes = []
+    for group, values in current.items():
+        before = recorded.get(group, {})
+        for name, value in values.items():
+            if name in _FREE_ON_RESUME or name.startswith(_FREE_PREFIXES) or name not in before:
+                continue
+            if group == "mjp" and name in MJP_CONFIG_FIELDS:
+                if value is not None and name in checkpoint_config and checkpoint_config[name] != value:
+                    changes.append((name, checkpoint_config[name], value))
+            elif before[name] != value:
+                changes.append((name, before[name], value))
+    return changes
+
+
+@dataclass
+class Resume:
+    """The checkpoint a run continues, and the flags it changed (allowed by --allow_changed_flags)."""
+
+    checkpoint: str
+    step: int
+    changes: list = field(default_factory=list)
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    state = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0))
+
+
+def _newest_complete(output_dir: Path) -> str | None:
+    checkpoint, skipped = last_complete_checkpoint(output_dir)
+    for folder, problem in skipped:
+        logger.warning("Not resuming from %s: %s.", folder, problem)
+    return checkpoint
+
+
+def prepare_output_dir(training_args: TrainingArguments, model_args: ModelArguments, data_args: DataTrainingArguments,
+                       mjp_args: MJPArguments) -> Resume | None:
+    """Check the output folder before anything is loaded; return the checkpoint to resume from, if any.
+
+    A non-empty folder is used only to resume (from `--resume_from_checkpoint` or its newest complete
+    `checkpoint-*`), or to start afresh with `--overwrite_output_dir`, which deletes what earlier runs wrote there."""
     output_dir = Path(training_args.output_dir)
+    check_output_location(output_dir, model_args, data_args)
+    card = output_dir / CARD_NAME
+    if card.exists() and not _is_run_card(card):
+        raise ValueError(f"{card} is not a model card this script wrote, and the run would replace it with one: move "
+                         "it, or pass another --output_dir.")
     resume = training_args.resume_from_checkpoint
     if resume is not None and resume.lower() in ("true", "last"):
-        last = get_last_checkpoint(output_dir) if output_dir.is_dir() else None
-        if last is None:
-            raise ValueError(f"--resume_from_checkpoint {resume}: {output_dir} holds no checkpoint-* folder to resume.")
-        return last
-    if resume is not None:
-        if not Path(resume).is_dir():
-            raise FileNotFoundError(f"--resume_from_checkpoint {resume} is not a checkpoint folder.")
-        return resume
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        checkpoint = _newest_complete(output_dir)
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint {resume}: {output_dir} holds no complete checkpoint-* folder "
+                             "to resume.")
+        reason = "the newest complete checkpoint there"
+    elif resume is not None:
+        problem = checkpoint_problem(resume)
+        if problem is not None:
+            raise ValueError(f"--resume_from_checkpoint {resume}: cannot resume from it: {problem}.")
+        checkpoint, reason = resume, "--resume_from_checkpoint"
+    elif not any(output_dir.iterdir()):
         return None
-    if mjp_args.overwrite_output_dir:
-        logger.warning("Overwriting %s (--overwrite_output_dir): its checkpoints are deleted.", output_dir)
+    elif mjp_args.overwrite_output_dir:
         if training_args.process_index == 0:
-            for checkpoint in output_dir.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
+            kept = remove_run_files(output_dir)
+            logger.warning("--overwrite_output_dir: deleted the files earlier runs wrote in %s%s.", output_dir,
+                           f"; kept what they did not write: {', '.join(path.name for path in kept)}" if kept else "")
         return None
-    last = get_last_checkpoint(output_dir)
-    if last is not None:
-        logger.info("Resuming from %s, the last checkpoint in %s; pass --overwrite_output_dir to start afresh.",
-                    last, output_dir)
-        return last
-    raise ValueError(
-        f"Output directory {output_dir} already exists and is not empty (and holds no checkpoint to resume). Pass "
-        "a new --output_dir, or --overwrite_output_dir to write into it."
-    )
+    else:
+        checkpoint = _newest_complete(output_dir)
+        if checkpoint is None:
+            raise ValueError(
+                f"Output directory {output_dir} already exists and is not empty (and holds no complete checkpoint to "
+                "resume). Pass a new --output_dir, or --overwrite_output_dir to start afresh there (it deletes only "
+                "the files an earlier run of this script wrote)."
+            )
+        reason = "the newest complete checkpoint there; pass --overwrite_output_dir to start afresh"
+    found = Resume(checkpoint, _checkpoint_step(checkpoint))
+    logger.warning("Resuming from %s at step %d (%s).", checkpoint, found.step, reason)
+    recorded = Path(checkpoint) / RUN_ARGUMENTS_NAME
+    if not recorded.is_file():
+        logger.warning("%s does not record the flags of its run (an older version wrote it): this run cannot check "
+                       "that its flags are the same.", checkpoint)
+        return found
+    current = run_arguments(model_args, data_args, mjp_args, training_args)
+    config_file = Path(checkpoint) / CONFIG_NAME
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    found.changes = changed_flags(json.loads(recorded.read_text(encoding="utf-8")), current, config)
+    if found.changes:
+        listed = "; ".join(f"--{name} {old!r} there, {new!r} now" for name, old, new in found.changes)
+        if not mjp_args.allow_changed_flags:
+            raise ValueError(
+                f"{checkpoint} was written by a run with other flags: {listed}. Resuming would mix two recipes (and "
+                "the restored optimizer and scheduler keep the checkpoint's learning rate and weight decay). Rerun "
+                "with the checkpoint's flags, start afresh (--overwrite_output_dir or a new --output_dir), or pass "
+                "--allow_changed_flags to resume anyway: the model card then lists the changes."
+            )
+        logger.warning("Resuming with changed flags (--allow_changed_flags): %s.", listed)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -372,7 +641,7 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> t
 
 
 def prepare_splits(dataset: DatasetDict, data_args: DataTrainingArguments, seed: int) -> tuple:
-    """Check the columns and labels; return `(train, eval, label names)`."""
+    """Check the columns and labels; return `(train, eval, label names, what the eval split is)`."""
     train = dataset["train"]
     for flag, column in (("--image_column_name", data_args.image_column_name),
                          ("--label_column_name", data_args.label_column_name)):
@@ -399,6 +668,7 @@ def prepare_splits(dataset: DatasetDict, data_args: DataTrainingArguments, seed:
     if eval_split is None:
         split = train.train_test_split(test_size=data_args.train_val_split, seed=seed, stratify_by_column=label_column)
         train, evaluation = split["train"], split["test"]
+        eval_split = f"held-out {data_args.train_val_split:.0%} of the training"
     else:
         evaluation = dataset[eval_split]
         if evaluation.features[label_column] != train.features[label_column]:
@@ -407,7 +677,7 @@ def prepare_splits(dataset: DatasetDict, data_args: DataTrainingArguments, seed:
         train = train.shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(train))))
     if data_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(data_args.max_eval_samples, len(evaluation))))
-    return train, evaluation, names
+    return train, evaluation, names, eval_split
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -530,35 +800,79 @@ def _compute_metrics(metric, ks, eval_prediction):
     return metric.compute(predictions=eval_prediction.predictions, references=eval_prediction.label_ids, k=ks)
 
 
-def write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics) -> None:
-    """The model card, the training curves and the arguments, beside the saved model (main process only)."""
+def write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics,
+                    resume: Resume | None = None, eval_split: str | None = None):
+    """The run folder's model card (describing the folder as it is), the training curves and the arguments, beside
+    the saved model (main process only). Returns the card of the publishing layout, for a push."""
     from mjp_hf.hub import build_model_card
 
     output_dir = Path(training_args.output_dir)
     (output_dir / "training_args.json").write_text(training_args.to_json_string(), encoding="utf-8")
     plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=output_dir.name)
     model = trainer.model
-    hyperparameters = {
-        key: getattr(training_args, key)
-        for key in ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "weight_decay",
-                    "lr_scheduler_type", "warmup_steps", "max_grad_norm", "label_smoothing_factor", "seed")
-    }
-    hyperparameters["lr_scheduler_type"] = str(getattr(hyperparameters["lr_scheduler_type"], "value",
-                                                       hyperparameters["lr_scheduler_type"]))
-    hyperparameters["world_size"] = training_args.world_size
-    hyperparameters["jigsaw_warmup_epochs"] = next(
-        (callback.warmup_epochs for callback in trainer.callback_handler.callbacks
-         if isinstance(callback, MJPScheduleCallback)), None)
-    card = build_model_card(
-        model,
+    hyperparameters, training_text = None, None
+    if training_args.do_train:
+        hyperparameters = {
+            key: getattr(training_args, key)
+            for key in ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps",
+                        "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm",
+                        "label_smoothing_factor", "seed")
+        }
+        hyperparameters["lr_scheduler_type"] = str(getattr(hyperparameters["lr_scheduler_type"], "value",
+                                                           hyperparameters["lr_scheduler_type"]))
+        hyperparameters["world_size"] = training_args.world_size
+        hyperparameters["jigsaw_warmup_epochs"] = next(
+            (callback.warmup_epochs for callback in trainer.callback_handler.callbacks
+             if isinstance(callback, MJPScheduleCallback)), None)
+        if resume is not None and resume.changes:
+            # The card states the recipe as it ran: the checkpoint's value up to the resume, then the new one.
+            for name, old, new in resume.changes:
+                hyperparameters[name] = f"{old} up to step {resume.step}, then {new}"
+            training_text = (
+                f"Trained with `mjp_hf` (`examples/run_image_classification.py`), resumed at step {resume.step} "
+                f"with changed flags ({', '.join(name for name, _, _ in resume.changes)}; see the table). The "
+                "optimizer and learning-rate scheduler states restored at the resume keep the checkpoint's learning "
+                "rate and weight decay, so a change to those did not apply as given."
+            )
+    else:
+        training_text = (
+            f"Not trained by this run: these are the weights of `{model_args.model_name_or_path}`, evaluated by "
+            "`examples/run_image_classification.py`."
+        )
+    card_kwargs = dict(
         model_id=training_args.hub_model_id or output_dir.name,
         dataset_name=hub_id,
+        # A held-out share of the training split has no split name of its own.
+        dataset_split=eval_split if eval_split in ("validation", "test") else None,
         metrics=metrics,
         hyperparameters=hyperparameters,
         base_model=model_args.model_name_or_path,
+        training_text=training_text,
     )
-    card.save(output_dir / "README.md")
-    return card
+    build_model_card(model, run_dir=training_args.output_dir, **card_kwargs).save(output_dir / CARD_NAME)
+    return build_model_card(model, **card_kwargs)
+
+
+def report(output_dir: str, metrics: dict, evaluated: bool, eval_split: str, eval_size: int) -> None:
+    """What the user sees at the end of a run at any log level: where it went, its results, what to run next."""
+    lines = [f"Saved the run to {output_dir}"]
+    if "eval_accuracy" in metrics:
+        scores = ", ".join(f"{name} {metrics[key]:.2%}" for key, name in
+                           (("eval_accuracy", "top-1"), ("eval_top5_accuracy", "top-5")) if key in metrics)
+        lines.append(f"Evaluated on the {eval_split} split ({eval_size:,} images): {scores}")
+    elif evaluated:
+        lines.append(f"No accuracy from the {eval_split} split ({eval_size:,} images): no full evaluation batch.")
+    else:
+        lines.append("Not evaluated (--do_eval false).")
+    lines += [
+        "Next:",
+        f"  python -m mjp_hf.hub layout --run_dir {output_dir} --output_dir {output_dir}-hub --model_id ORG/NAME"
+        "   # the Hub layout, locally",
+        f"  python -m mjp_hf.hub push --run_dir {output_dir} --hub_model_id ORG/NAME",
+        *(f"  python -m mjp_hf.evaluation.{name} --model_name_or_path {output_dir} --output_dir {output_dir}-{name}"
+          for name in ("privacy", "robustness", "position")),
+    ]
+    print("\n".join(lines), flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -571,17 +885,18 @@ def main(argv: list[str] | None = None) -> dict:
         log.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-    logger.warning("Process %d of %d, device %s, bf16 %s, fp16 %s", training_args.process_index,
-                   training_args.world_size, training_args.device, training_args.bf16, training_args.fp16)
+    logger.info("Process %d of %d, device %s, bf16 %s, fp16 %s", training_args.process_index,
+                training_args.world_size, training_args.device, training_args.bf16, training_args.fp16)
 
-    checkpoint = prepare_output_dir(training_args, mjp_args)
-    push_to_hub = training_args.push_to_hub
-    # The Trainer would push the MJP folder as is; `mjp_hf.hub` publishes the stock-ViT + MJP layout instead.
-    training_args.push_to_hub = False
+    resume = prepare_output_dir(training_args, model_args, data_args, mjp_args)
+    push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
+    # The Trainer would push the MJP folder as is; `mjp_hf.hub` publishes the stock-ViT + MJP layout instead. It
+    # needs no token then, and none reaches the arguments it saves.
+    training_args.push_to_hub, training_args.hub_token = False, None
     transformers.set_seed(training_args.seed)
 
     dataset, hub_id = load_data(data_args, model_args)
-    train_dataset, eval_dataset, label_names = prepare_splits(dataset, data_args, training_args.seed)
+    train_dataset, eval_dataset, label_names, eval_split = prepare_splits(dataset, data_args, training_args.seed)
     model, image_processor = build_model(model_args, mjp_args, label_names)
     logger.info("MJP-ViT: %s parameters, %dx%d patch grid, jigsaw %s (ratio %s, p %s), DALR %s (weight %s)",
                 f"{model.num_parameters():,}", *model.vit.embeddings.grid_size, model.config.jigsaw_mode,
@@ -627,11 +942,12 @@ def main(argv: list[str] | None = None) -> dict:
             PerProcessSeedCallback(), MJPScheduleCallback(warmup_epochs),
             TransformEpochCallback(*[part for part in (train_transform, collator) if hasattr(part, "set_epoch")]),
         ],
+        run_arguments=run_arguments(model_args, data_args, mjp_args, training_args),
     )
 
     metrics = {}
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=resume.checkpoint if resume else None)
         trainer.save_model()
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
@@ -646,17 +962,17 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         if not training_args.do_train:
             trainer.save_model()
-        card = write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics)
+        card = write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics, resume, eval_split)
         if push_to_hub:
             from mjp_hf.hub import push_mjp_model
 
             url = push_mjp_model(
                 trainer.model, image_processor, training_args.hub_model_id or Path(training_args.output_dir).name,
-                card=card, token=training_args.hub_token, private=training_args.hub_private_repo,
+                card=card, token=hub_token, private=training_args.hub_private_repo,
                 commit_message="Training run of examples/run_image_classification.py",
             )
-            logger.info("Pushed to %s", url)
-        logger.info("Saved to %s", training_args.output_dir)
+            print(f"Pushed to {url}", flush=True)
+        report(training_args.output_dir, metrics, training_args.do_eval, eval_split, len(eval_dataset))
     return metrics
 
 

@@ -1,10 +1,17 @@
 """MJP-ViT configuration: a `ViTConfig` plus the Masked Jigsaw Puzzle (MJP) switches."""
 
-from huggingface_hub.dataclasses import strict
+import dataclasses
+import math
+from typing import Literal, get_args
+
+from huggingface_hub.dataclasses import strict, validated_field
+from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
 from transformers import ViTConfig
 
-JIGSAW_MODES = ("mjp", "naive")
-DALR_HEADS = ("nonlinear", "linear", "none")
+JigsawMode = Literal["mjp", "naive"]
+DALRHead = Literal["nonlinear", "linear", "none"]
+JIGSAW_MODES = get_args(JigsawMode)
+DALR_HEADS = get_args(DALRHead)
 
 # Names of the fields this config adds to `ViTConfig`; `to_vit()` drops exactly these.
 MJP_CONFIG_FIELDS = (
@@ -22,6 +29,61 @@ MJP_CONFIG_FIELDS = (
 )
 
 
+class MJPConfigError(StrictDataclassError, ValueError):
+    """An invalid `MJPViTConfig` value. `@strict` reports a failed check as a `StrictDataclassError`, which is no
+    `ValueError`; this is both, so that `except ValueError` (the Python convention for a bad value) catches it too."""
+
+
+# Field validators: each raises `ValueError(<the fix>)`; `MJPViTConfig.__setattr__` adds the field and the value.
+# `@strict` runs them at construction, on every assignment (so `from_pretrained(dir, jigsaw_ratio=3.0)` too) and
+# before `save_pretrained` writes a config.json.
+
+
+def _finite(value) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("pass a finite number")
+
+
+def _fraction(value) -> None:
+    _finite(value)
+    if not 0 <= value <= 1:
+        raise ValueError("pass a fraction in [0, 1]")
+
+
+def _block_area(value) -> None:
+    if value < 1:
+        raise ValueError("pass a block area of at least 1 patch")
+
+
+def _optional_block_area(value) -> None:
+    if value is not None and value < 1:
+        raise ValueError("pass a block area of at least 1 patch, or None")
+
+
+def _aspect(value) -> None:
+    _finite(value)
+    if not 0 < value <= 1:
+        raise ValueError("pass an aspect ratio in (0, 1]; 0.3 as released")
+
+
+def _loss_weight(value) -> None:
+    _finite(value)
+    if value < 0:
+        raise ValueError("pass a weight >= 0 (0 keeps the head but adds no loss)")
+
+
+def _positive(value) -> None:
+    _finite(value)
+    if not value > 0:
+        raise ValueError("pass a number > 0")
+
+
+def _pixels(value) -> None:
+    sizes = value if isinstance(value, (list, tuple)) else (value,)
+    if len(sizes) not in (1, 2) or any(isinstance(size, bool) or size < 1 for size in sizes):
+        raise ValueError("pass a whole number of pixels >= 1, or a (height, width) pair of them")
+
+
 @strict
 class MJPViTConfig(ViTConfig):
     r"""
@@ -30,6 +92,10 @@ class MJPViTConfig(ViTConfig):
 
     Every `ViTConfig` argument keeps its meaning. The defaults of the added arguments are the authors' released
     recipe (ViT-S/16, `train.sh`).
+
+    Every value is checked when it is set (at construction, by assignment, and by `from_pretrained(...,
+    **kwargs)`), and all of them again by `validate()` and `save_pretrained`: an invalid value raises an
+    `MJPConfigError` (a `ValueError`) naming the field, the value and the fix. Floats must be finite.
 
     Args:
         jigsaw_ratio (`float`, *optional*, defaults to 0.1):
@@ -73,47 +139,59 @@ class MJPViTConfig(ViTConfig):
 
     model_type = "mjp_vit"
 
-    jigsaw_ratio: float | int = 0.1
-    jigsaw_prob: float | int = 0.5
-    jigsaw_min_block: int = 8
-    jigsaw_max_block: int | None = None
-    jigsaw_min_aspect: float | int = 0.3
+    # ViT fields re-declared with their defaults, only to add range checks (finite floats, at least one pixel).
+    hidden_dropout_prob: float | int = validated_field(_fraction, default=0.0)
+    attention_probs_dropout_prob: float | int = validated_field(_fraction, default=0.0)
+    initializer_range: float = validated_field(_finite, default=0.02)
+    layer_norm_eps: float = validated_field(_positive, default=1e-12)
+    image_size: int | list[int] | tuple[int, int] = validated_field(_pixels, default=224)
+    patch_size: int | list[int] | tuple[int, int] = validated_field(_pixels, default=16)
+
+    jigsaw_ratio: float | int = validated_field(_fraction, default=0.1)
+    jigsaw_prob: float | int = validated_field(_fraction, default=0.5)
+    jigsaw_min_block: int = validated_field(_block_area, default=8)
+    jigsaw_max_block: int | None = validated_field(_optional_block_area, default=None)
+    jigsaw_min_aspect: float | int = validated_field(_aspect, default=0.3)
     jigsaw_per_sample: bool = False
-    jigsaw_mode: str = "mjp"
+    jigsaw_mode: JigsawMode = "mjp"
     use_unk_position_embedding: bool = True
-    dalr_head: str = "nonlinear"
-    dalr_loss_weight: float | int = 0.01
+    dalr_head: DALRHead = "nonlinear"
+    dalr_loss_weight: float | int = validated_field(_loss_weight, default=0.01)
     dalr_normalize_targets: bool = False
 
     def __post_init__(self, **kwargs):
         # A config read from a stock ViT folder (to fine-tune it with MJP) carries `model_type: vit`.
         kwargs.pop("model_type", None)
-        self.check_mjp_fields()
         super().__post_init__(**kwargs)
 
+    def validate_patch_grid(self) -> None:
+        """Part of `@strict`'s `validate()`: the image holds at least one patch in each direction."""
+        image_size, patch_size = _pair(self.image_size), _pair(self.patch_size)
+        if image_size[0] < patch_size[0] or image_size[1] < patch_size[1]:
+            raise ValueError(
+                f"MJPViTConfig: `image_size={self.image_size!r}` is smaller than one patch (`patch_size="
+                f"{self.patch_size!r}`); pass an image_size of at least the patch size."
+            )
+
+    def validate_checked_fields(self) -> None:
+        """Part of `@strict`'s `validate()`, which `save_pretrained` runs: the fields checked on assignment are
+        checked again, so a value that bypassed `__setattr__` never reaches a config.json."""
+        for name in MJPViTConfig.__annotations__:
+            for validator in self.__validators__.get(name, []):
+                _raise_for(name, getattr(self, name), validator)
+
     def check_mjp_fields(self) -> None:
-        """Raise a `ValueError` naming the first MJP field out of range; run at construction, and again by whoever
-        sets fields afterwards."""
+        """Raise an `MJPConfigError` naming the first invalid field or combination (the same checks as
+        `validate()`; assignments are checked as they happen)."""
+        self.validate()
 
-        def fail(name, value, expected):
-            raise ValueError(f"MJPViTConfig: `{name}={value!r}` is invalid; {expected}.")
-
-        for name in ("jigsaw_ratio", "jigsaw_prob"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                fail(name, value, "pass a fraction in [0, 1]")
-        if self.jigsaw_min_block < 1:
-            fail("jigsaw_min_block", self.jigsaw_min_block, "pass a block area of at least 1 patch")
-        if self.jigsaw_max_block is not None and self.jigsaw_max_block < 1:
-            fail("jigsaw_max_block", self.jigsaw_max_block, "pass a block area of at least 1 patch, or None")
-        if not 0 < self.jigsaw_min_aspect <= 1:
-            fail("jigsaw_min_aspect", self.jigsaw_min_aspect, "pass an aspect ratio in (0, 1]; 0.3 as released")
-        if self.jigsaw_mode not in JIGSAW_MODES:
-            fail("jigsaw_mode", self.jigsaw_mode, f"choose one of {JIGSAW_MODES}")
-        if self.dalr_head not in DALR_HEADS:
-            fail("dalr_head", self.dalr_head, f"choose one of {DALR_HEADS}")
-        if self.dalr_loss_weight < 0:
-            fail("dalr_loss_weight", self.dalr_loss_weight, "pass a weight >= 0 (0 keeps the head but adds no loss)")
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # Keyword arguments are assigned one by one after construction (each checked by its field validator);
+        # check their combination too.
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result).validate()
+        return result
 
     @property
     def applies_unk_position_embedding(self) -> bool:
@@ -121,4 +199,48 @@ class MJPViTConfig(ViTConfig):
         return self.use_unk_position_embedding and self.jigsaw_mode == "mjp"
 
 
-__all__ = ["MJPViTConfig"]
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+# The typed `Literal` fields: their type check is the whole check, so name the choices.
+_CHOICES = {"jigsaw_mode": JIGSAW_MODES, "dalr_head": DALR_HEADS}
+
+
+def _invalid(name: str, value, cause: Exception) -> MJPConfigError:
+    reason = f"choose one of {_CHOICES[name]}" if name in _CHOICES else cause
+    return MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {reason}.")
+
+
+def _raise_for(name: str, value, validator) -> None:
+    try:
+        validator(value)
+    except (ValueError, TypeError) as error:
+        raise _invalid(name, value, error) from error
+
+
+def _with_plain_errors(cls):
+    """Re-raise `@strict`'s errors as `MJPConfigError`s with the message `` `field=value` is invalid; <fix>``."""
+    strict_setattr, strict_validate = cls.__setattr__, cls.validate
+
+    def __setattr__(self, name, value):
+        try:
+            strict_setattr(self, name, value)
+        except StrictDataclassFieldValidationError as error:
+            raise _invalid(name, value, error.__cause__) from error
+
+    def validate(self):
+        try:
+            strict_validate(self)
+        except StrictDataclassError as error:
+            raise MJPConfigError(str(error.__cause__ or error)) from error
+
+    # A subclass decorated with `@strict` again may replace it, as it replaces the one `@strict` made.
+    validate.__is_defined_by_strict_decorator__ = True
+    cls.__setattr__, cls.validate = __setattr__, validate
+    return cls
+
+
+MJPViTConfig = _with_plain_errors(MJPViTConfig)
+
+__all__ = ["MJPConfigError", "MJPViTConfig"]

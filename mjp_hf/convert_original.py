@@ -4,7 +4,8 @@
 
 The released `best_model.pth` is a `torch.save` dict `{model, max_accuracy, epoch, config}`: `model` holds timm
 `VisionTransformer` keys, except that the position embeddings are an `nn.Embedding` (`pos_embed.weight`, rows
-`[CLS, patch 0 .. N-1, UNK]`) and the DALR head is `dlocr.layers.{0,2}`; `config` is a pickled yacs `CfgNode`.
+`[CLS, patch 0 .. N-1, UNK]`) and the DALR head is `dlocr.layers.{0,2}` (nonlinear) or `dlocr.layers` (linear);
+`config` is a pickled yacs `CfgNode`.
 
 The file is read with `torch.load(weights_only=True)`: no code it names is imported or run. Objects of classes the
 restricted unpickler does not know (the yacs config) are rebuilt as inert plain dicts of their pickled data, and the
@@ -23,6 +24,7 @@ import json
 import logging
 import math
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +33,15 @@ from pathlib import Path
 import torch
 
 from .configuration_mjp_vit import MJPViTConfig
-from .hub import MODEL_CARDS_DIR, ModelCard, build_model_card, layout_files, push_mjp_model, save_publishing_layout
+from .hub import (
+    MODEL_CARDS_DIR,
+    ModelCard,
+    build_model_card,
+    check_output_dir,
+    layout_files,
+    push_mjp_model,
+    save_publishing_layout,
+)
 from .modeling_mjp_vit import MJPViTForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -91,10 +101,7 @@ def read_checkpoint(path: str | Path, *, trust_pickled_config: bool = False) -> 
         except Exception as error:  # torch raises UnpicklingError, wrapped or not, depending on the version
             name = _unsupported_global(error)
             if name is None or name in inert or len(inert) >= _MAX_UNKNOWN_GLOBALS:
-                raise ReleasedCheckpointError(
-                    f"{path} cannot be read with torch.load(weights_only=True): {error}. If the file comes from a "
-                    "source you trust, pass --trust_pickled_config to load it with full pickle."
-                ) from error
+                raise _unreadable(path, error) from error
             inert.append(name)
     if inert:
         logger.warning(
@@ -104,6 +111,39 @@ def read_checkpoint(path: str | Path, *, trust_pickled_config: bool = False) -> 
             ", ".join(inert),
         )
     return payload, inert
+
+
+def _is_torch_save_file(path: Path) -> bool:
+    """Whether the bytes are whole `torch.save` output: a complete zip archive (torch >= 1.6) or a legacy pickle,
+    which starts with the pickle protocol opcode."""
+    with path.open("rb") as handle:
+        if zipfile.is_zipfile(handle):
+            return True
+        handle.seek(0)
+        return handle.read(1) == b"\x80"
+
+
+def _unreadable(path: Path, error: Exception) -> ReleasedCheckpointError:
+    # Full pickle reads more than weights_only loading only when the file is a valid checkpoint whose pickle uses
+    # something the restricted unpickler refuses; for a file that is empty, cut short or not a checkpoint at all, it
+    # would fail as well (or run whatever the bytes say), so it is not suggested there.
+    if "Weights only load failed" in str(error) and _is_torch_save_file(path):
+        return ReleasedCheckpointError(
+            f"{path} cannot be read with torch.load(weights_only=True): {error}. If the file comes from a source you "
+            "trust, pass --trust_pickled_config to load it with full pickle."
+        )
+    if path.stat().st_size == 0:
+        reason = "the file is empty"
+    else:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = (
+            "it is not a readable torch.save file: truncated (an interrupted download or copy), corrupt, or another "
+            f"format ({type(error).__name__}{': ' + detail[:200] if detail else ''})"
+        )
+    return ReleasedCheckpointError(
+        f"--checkpoint {path} cannot be converted: {reason}. Download the released best_model.pth again and check its "
+        "size."
+    )
 
 
 def _flatten(config, prefix: str = "") -> dict:
@@ -154,6 +194,18 @@ def _require(state_dict: Mapping, key: str, ndim: int) -> torch.Tensor:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
         raise ReleasedCheckpointError(f"`{key}` should be a {ndim}-D tensor, got {shape}.")
     return tensor
+
+
+def _index_linear_head(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The released linear DALR head is a bare `nn.Linear` (`dlocr.layers.weight` / `.bias`), the nonlinear one an
+    `nn.Sequential` (`dlocr.layers.{0,2}.*`); name the linear one as the first layer of a sequential."""
+    if "dlocr.layers.weight" not in state_dict:
+        return state_dict
+    return {
+        ("dlocr.layers.0." + key.rsplit(".", 1)[1] if key in ("dlocr.layers.weight", "dlocr.layers.bias") else key):
+        value
+        for key, value in state_dict.items()
+    }
 
 
 def infer_shape(state_dict: Mapping[str, torch.Tensor]) -> ReleasedShape:
@@ -424,6 +476,7 @@ def convert_checkpoint(
             f"{path} holds no model state dict: expected a dict with a `model` entry (as the released best_model.pth) "
             f"or a state dict, found {found}."
         )
+    state_dict = _index_linear_head(state_dict)
     shape = infer_shape(state_dict)
     check_state_dict(state_dict, shape)
     config = build_config(
@@ -535,9 +588,14 @@ def _parse_args(argv=None):
 def main(argv=None) -> ConvertedCheckpoint:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parse_args(argv)
-    output_dir = Path(args.output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
-        raise SystemExit(f"--output_dir {output_dir} is not empty; pass a new folder or --overwrite_output_dir.")
+    # Before any work: a non-empty folder needs --overwrite_output_dir (which replaces only the layout's own files),
+    # and the folder may not hold the checkpoint it is converted from.
+    try:
+        output_dir = check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir,
+                                      inputs={"--checkpoint": args.checkpoint}, output_flag="--output_dir",
+                                      overwrite_flag="--overwrite_output_dir")
+    except (OSError, ValueError) as error:
+        raise SystemExit(str(error)) from error
     converted = convert_checkpoint(
         args.checkpoint,
         num_attention_heads=args.num_attention_heads,
@@ -548,7 +606,7 @@ def main(argv=None) -> ConvertedCheckpoint:
     if args.id2label is None and model.config.num_labels == 1000:
         logger.warning("No --id2label: the classes are named LABEL_0..LABEL_999. Pass the config.json of any "
                        "ImageNet-1k transformers classifier (same class order) to name them.")
-    model_id = args.model_id or args.push_to_hub or f"org/{output_dir.name}"
+    model_id = args.model_id or args.push_to_hub or f"org/{output_dir.resolve().name}"
     checkpoint_name = Path(args.checkpoint).name
     if converted.is_released_vit_small:
         card = released_card(converted, model_id=model_id, checkpoint_name=checkpoint_name)

@@ -316,10 +316,24 @@ class ImageClassificationTransform:
             arrays[index] = np.asarray(crop).reshape(height, width, -1)
         return self._normalise(arrays)
 
+    def _open(self, batch: dict, position: int) -> PILImage.Image:
+        item = batch[self.image_column][position]
+        try:
+            return open_image(item).convert(self.mode)  # PIL reads the pixels here: a damaged file fails here
+        except OSError as error:
+            if isinstance(item, dict) and item.get("path"):
+                name = str(item["path"])
+            elif self.index_column is not None and self.index_column in batch:
+                name = f"at index {batch[self.index_column][position]} of the dataset"
+            else:
+                name = f"number {position} of its batch"
+            raise OSError(f"Cannot read the image {name} (column {self.image_column!r}): {error}. Repair or remove "
+                          "it.") from error
+
     def __call__(self, batch: dict) -> dict:
         images = self._as_array(batch[self.image_column])
         if images is None:
-            images = [open_image(item).convert(self.mode) for item in batch[self.image_column]]
+            images = [self._open(batch, position) for position in range(len(batch[self.image_column]))]
         if self.train:
             # crop attempts, crop position, flip
             uniform = self._uniform(batch, len(images), 2 * self.CROP_ATTEMPTS + 3)

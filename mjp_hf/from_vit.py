@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, ViTConfig
+from transformers.utils import logging as transformers_logging
 
 from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig
+from .hub import check_output_dir
 from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
 
 # The only parameters an MJP model has beyond a stock ViT: everything else must come from the checkpoint.
@@ -78,7 +80,12 @@ def mjp_from_vit(model_name_or_path: str | Path, **mjp_settings) -> MJPViTPreTra
     kwargs = {}
     if is_encoder:
         kwargs["add_pooling_layer"] = _has_pooler(model_name_or_path)
-    model, info = model_class.from_pretrained(model_name_or_path, config=config, output_loading_info=True, **kwargs)
+    # transformers reports the parameters MJP adds as MISSING ("Consider training..."); they are new by design,
+    # and every other key is checked below, so the report would only alarm.
+    with _quiet_load_report():
+        model, info = model_class.from_pretrained(
+            model_name_or_path, config=config, output_loading_info=True, **kwargs
+        )
     not_new = [key for key in info["missing_keys"] if not any(p in f".{key}" for p in MJP_NEW_PARAMETER_PATTERNS)]
     problems = []
     if not_new:
@@ -90,6 +97,28 @@ def mjp_from_vit(model_name_or_path: str | Path, **mjp_settings) -> MJPViTPreTra
     if problems:
         raise NotAViTCheckpointError(f"{model_name_or_path} does not load as a complete ViT: " + "; ".join(problems))
     return model.eval()
+
+
+@contextmanager
+def _quiet_load_report():
+    """Silence transformers' weight-loading report (a warning of `transformers.modeling_utils`) for one load."""
+    report_logger = transformers_logging.get_logger("transformers.modeling_utils")
+    level = report_logger.level
+    report_logger.setLevel(transformers_logging.ERROR)
+    try:
+        yield
+    finally:
+        report_logger.setLevel(level)
+
+
+def _added_parts(model: MJPViTPreTrainedModel) -> str:
+    config = model.config
+    parts = []
+    if config.applies_unk_position_embedding:
+        parts.append("the unknown position embedding")
+    if config.dalr_head != "none":
+        parts.append(f"the {config.dalr_head} DALR head")
+    return " and ".join(parts) or "no parameters (no unknown position embedding, no DALR head)"
 
 
 def _has_pooler(model_name_or_path) -> bool:
@@ -146,10 +175,22 @@ def _parse_args(argv=None):
 
 
 def main(argv=None) -> MJPViTPreTrainedModel:
+    """The command line: a one-line message on success, a one-line error (exit status 1) for a source or a setting
+    it cannot use."""
     args = _parse_args(argv)
-    output_dir = Path(args.output_dir)
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
-        raise SystemExit(f"--output_dir {output_dir} is not empty; pass a new folder or --overwrite_output_dir.")
+    try:
+        return _convert(args)
+    except (NotAViTCheckpointError, ValueError, FileExistsError, NotADirectoryError) as error:
+        raise SystemExit(f"python -m mjp_hf.from_vit: {error}") from error
+
+
+def _convert(args) -> MJPViTPreTrainedModel:
+    source = Path(args.model_name_or_path)
+    output_dir = check_output_dir(
+        args.output_dir, overwrite=args.overwrite_output_dir, output_flag="--output_dir",
+        overwrite_flag="--overwrite_output_dir",
+        inputs={"--model_name_or_path": source} if source.exists() else None,
+    )
     settings = {name: getattr(args, name) for name in MJP_CONFIG_FIELDS if getattr(args, name) is not None}
     model = mjp_from_vit(args.model_name_or_path, **settings)
     difference = max_eval_difference(model, args.model_name_or_path)
@@ -162,9 +203,9 @@ def main(argv=None) -> MJPViTPreTrainedModel:
         print(f"{args.model_name_or_path} has no image processor; pass --image_processor_name when training.")
     new = sum(p.numel() for n, p in model.named_parameters() if any(s in f".{n}" for s in MJP_NEW_PARAMETER_PATTERNS))
     print(
-        f"Wrote {type(model).__name__} to {output_dir}: {model.num_parameters():,} parameters, of which {new:,} new "
-        f"(unknown position embedding, DALR head); max |eval difference| to the source ViT {difference:.2e}.\n"
-        f"MJP settings: " + json.dumps({name: getattr(model.config, name) for name in MJP_CONFIG_FIELDS})
+        f"Added {_added_parts(model)} ({new:,} new parameters, every ViT weight kept) and wrote "
+        f"{type(model).__name__} to {output_dir}; max |eval difference| to the source ViT {difference:.2e}; MJP "
+        "settings in config.json."
     )
     return model
 

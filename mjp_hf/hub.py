@@ -14,11 +14,13 @@ Both compute the same logits in evaluation mode. Run `python -m mjp_hf.hub --hel
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -34,10 +36,26 @@ logger = logging.getLogger(__name__)
 
 MJP_SUBFOLDER = "mjp"
 WIDGET_FOLDER = "widget"
-# What a push owns in the repository: remote files matching these that the new layout lacks are deleted by the push
-# (`.gitattributes` never is); anything else a user put there stays.
-PUBLISHED_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.json", "*.py", f"{MJP_SUBFOLDER}/*",
-                           f"{WIDGET_FOLDER}/*")
+# The files of the publishing layout, at the root and under `MJP_SUBFOLDER/`. The code modules are the ones
+# `save_pretrained` copies beside MJP weights (`mjp_hf/configuration_mjp_vit.py` and what it imports).
+LAYOUT_CODE_FILES = ("configuration_mjp_vit.py", "jigsaw.py", "modeling_mjp_vit.py")
+LAYOUT_FILES = ("README.md", "config.json", "preprocessor_config.json", *LAYOUT_CODE_FILES)
+# The names transformers gives a checkpoint's weights, in any format: a layout holds one checkpoint, so weights of
+# an earlier one under these names would be a second, stale copy of the model.
+WEIGHT_FILE_PATTERNS = ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+                        "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin")
+
+
+def layout_file_patterns(widget_titles: Sequence[str] = ()) -> list[str]:
+    """Every path (fnmatch pattern, POSIX, relative to the layout folder) the publishing layout may write: what an
+    overwrite or a push may replace or delete. Anything else (`.gitattributes`, a licence file, a user's notes or
+    scripts) is never touched. Widget images are named by their titles: the Fashion-MNIST ones and `widget_titles`."""
+    names = [*LAYOUT_FILES, *WEIGHT_FILE_PATTERNS]
+    titles = dict.fromkeys([*FASHION_MNIST_WIDGET, *widget_titles])
+    return [*names, *(f"{MJP_SUBFOLDER}/{name}" for name in names),
+            *(f"{WIDGET_FOLDER}/{_widget_file_name(title)}" for title in titles)]
+
+
 # model_cards/ at the root of a checkout, or inside the package when installed from a wheel (see setup.py).
 MODEL_CARDS_DIR = next(
     (folder for folder in (Path(__file__).resolve().parent.parent / "model_cards",
@@ -57,6 +75,9 @@ PAPER_BIBTEX = """@inproceedings{ren2023masked,
   eprint    = {2205.12551},
   archivePrefix = {arXiv}
 }"""
+# Written into the card of a training run's folder (invisible on the Hub): such a card describes that folder, so
+# `save_publishing_layout` refuses to publish it.
+RUN_CARD_MARKER = "<!-- mjp_hf: the card of a training run's output folder, not of a published repository -->"
 # The sample images transformers' own ViT cards use for their widget; right for ImageNet-1k classifiers.
 IMAGENET_WIDGET = [
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/tiger.jpg", "example_title": "Tiger"},
@@ -138,7 +159,7 @@ def _eval_results(metrics: Mapping, *, dataset_name: str | None, dataset_split: 
     return results or None
 
 
-def _architecture_rows(model: MJPViTPreTrainedModel) -> list[tuple[str, str]]:
+def _architecture_rows(model: MJPViTPreTrainedModel, run_folder: bool = False) -> list[tuple[str, str]]:
     config = model.config
     vit_parameters = sum(
         parameter.numel()
@@ -153,9 +174,13 @@ def _architecture_rows(model: MJPViTPreTrainedModel) -> list[tuple[str, str]]:
         ("hidden size / depth / heads / MLP", f"{config.hidden_size} / {config.num_hidden_layers} / "
          f"{config.num_attention_heads} / {config.intermediate_size}"),
         ("layer-norm eps", _format_value(config.layer_norm_eps)),
-        ("parameters (root, stock ViT)", f"{vit_parameters:,}"),
-        (f"parameters (`{MJP_SUBFOLDER}/`, with the MJP parts)", f"{model.num_parameters():,}"),
     ]
+    if run_folder:
+        rows += [("parameters (the stock ViT it exports to)", f"{vit_parameters:,}"),
+                 ("parameters (this checkpoint, with the MJP parts)", f"{model.num_parameters():,}")]
+    else:
+        rows += [("parameters (root, stock ViT)", f"{vit_parameters:,}"),
+                 (f"parameters (`{MJP_SUBFOLDER}/`, with the MJP parts)", f"{model.num_parameters():,}")]
     if isinstance(model, MJPViTForImageClassification):
         rows.insert(4, ("classes", str(config.num_labels)))
     return rows
@@ -186,10 +211,11 @@ def default_widget_images(model: MJPViTPreTrainedModel) -> dict | None:
 
 def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | None:
     """The widget examples `build_model_card` uses when none are given: ImageNet sample images for a 1000-class
-    classifier, the repository's own `widget/` images for a Fashion-MNIST one."""
+    classifier, the repository's own `widget/` images for a Fashion-MNIST one. Those are addressed by their URL in
+    the repository, which only a full `namespace/name` id gives: without a namespace, no widget."""
     if isinstance(model, MJPViTForImageClassification) and model.config.num_labels == 1000:
         return IMAGENET_WIDGET
-    if _is_fashion_mnist(model) and fashion_mnist_available():
+    if _is_fashion_mnist(model) and fashion_mnist_available() and "/" in model_id:
         return widget_from_images(model_id, FASHION_MNIST_WIDGET)
     return None
 
@@ -220,8 +246,10 @@ def build_model_card(
     metrics_source: str = "`all_results.json`",
     tags: Sequence[str] = (),
     template_path: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """The model card of an MJP-ViT repository in the layout of `save_publishing_layout`.
+    """The model card of an MJP-ViT repository in the layout of `save_publishing_layout`, or, with `run_dir`, of
+    a training run's output folder as it is.
 
     Args:
         model: the MJP model (`MJPViTForImageClassification` or `MJPViTModel`).
@@ -237,6 +265,10 @@ def build_model_card(
             given (pass `[]` for none).
         summary, training_text, limitations: replace the generated paragraphs.
         metrics_source: how the results section names where the figures come from.
+        run_dir: the training run's output folder (the path as users will type it) when the card is its README:
+            the card then describes that folder (the full MJP checkpoint with its code: `trust_remote_code=True` or
+            `import mjp_hf`), shows no widget unless `widget` is given (the folder has no `widget/` images), and
+            points to `python -m mjp_hf.hub layout` / `push` for the publishing layout.
     """
     if not isinstance(model, MJPViTPreTrainedModel):
         raise TypeError(
@@ -255,7 +287,7 @@ def build_model_card(
     metrics = dict(metrics or {})
     is_classifier = isinstance(model, MJPViTForImageClassification)
     if widget is None:
-        widget = default_widget(model, model_id)
+        widget = default_widget(model, model_id) if run_dir is None else None
     eval_results = _eval_results(metrics, dataset_name=dataset_name, dataset_split=dataset_split)
     card_data = ModelCardData(
         library_name="transformers",
@@ -312,7 +344,7 @@ def build_model_card(
         vit_class=f"`{model._vit_class.__name__}`",
         mjp_class=f"`{type(model).__name__}`",
         example_image=(widget[0]["src"] if widget else "path/to/image.png"),
-        architecture=_architecture_rows(model),
+        architecture=_architecture_rows(model, run_folder=run_dir is not None),
         mjp_settings=[(name, _format_value(getattr(config, name))) for name in MJP_CONFIG_FIELDS],
         training_text=training_text,
         hyperparameters=[(name, _format_value(value)) for name, value in (hyperparameters or {}).items()],
@@ -324,8 +356,30 @@ def build_model_card(
         bibtex=PAPER_BIBTEX,
         paper_url=PAPER_URL,
         code_url=CODE_URL,
+        is_classifier=is_classifier,
+        **_run_folder_fields(run_dir, model_id),
     )
     return card
+
+
+def _run_folder_fields(run_dir, model_id: str) -> dict:
+    """Template fields of a card describing a training run's output folder (none for the publishing layout)."""
+    if run_dir is None:
+        return {"run_folder": False, "settings_file": f"{MJP_SUBFOLDER}/config.json"}
+    path = Path(run_dir).as_posix()
+    repo_id = model_id if "/" in model_id else f"YOUR_NAMESPACE/{model_id}"
+    # Beside the run folder, named after it (from inside it, `.` has no name of its own).
+    layout_dir = f"{path}-hub" if Path(path).name not in ("", "..") else f"../{Path(run_dir).resolve().name}-hub"
+    return {
+        "run_folder": True,
+        "run_card_marker": RUN_CARD_MARKER,
+        "settings_file": "config.json",
+        "code_files": ", ".join(f"`{name}`" for name in LAYOUT_CODE_FILES),
+        "model_path": json.dumps(path),  # a Python string literal
+        "run_dir_arg": shlex.quote(path),
+        "layout_dir_arg": shlex.quote(layout_dir),
+        "repo_id": repo_id,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,13 +416,51 @@ def widget_from_images(model_id: str, titles: Sequence[str], revision: str = "ma
     ]
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool,
+    inputs: Mapping[str, str | os.PathLike] | None = None,
+    output_flag: str = "output_dir",
+    overwrite_flag: str = "overwrite=True",
+) -> Path:
+    """Refuse an output folder that would lose what it holds, before any work starts; return it as a `Path`.
+
+    Refused: a path that is a file; a non-empty folder unless `overwrite` (which then replaces only the layout's own
+    files, see `layout_file_patterns`); and a folder that is, or contains, one of `inputs` (`{flag: path}`), whatever
+    `overwrite` says: the output would replace the very files it is made from.
+    """
+    output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"{output_dir} exists and is not a folder; pass a folder path as output_dir.")
+        raise NotADirectoryError(f"{output_flag} {output_dir} exists and is not a folder; pass a folder path.")
+    resolved = output_dir.resolve()
+    for flag, path in (inputs or {}).items():
+        source = Path(path).resolve()
+        if source == resolved or resolved in source.parents:
+            raise ValueError(
+                f"{output_flag} {output_dir} {'is' if source == resolved else 'contains'} {flag} {path}: writing "
+                f"there could replace the input itself. Pass a new folder outside it as {output_flag}."
+            )
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"{output_dir} is not empty; pass an empty or new folder, or overwrite=True to replace its content."
+            f"{output_flag} {output_dir} is not empty; pass an empty or new folder, or {overwrite_flag} to replace "
+            "the layout's own files in it (other files stay)."
         )
+    return output_dir
+
+
+def _replace_layout_files(staging: Path, output_dir: Path, widget_titles: Sequence[str]) -> None:
+    """Move the staged layout into an existing `output_dir`: same-named files are replaced, files of an earlier
+    layout that this one lacks (matching `layout_file_patterns`) are removed, and nothing else is touched."""
+    patterns = layout_file_patterns(widget_titles)
+    new_files = set(layout_files(staging))
+    for name in sorted(new_files):
+        target = output_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, target)
+    for name in layout_files(output_dir):
+        if name not in new_files and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            (output_dir / name).unlink()
 
 
 def save_publishing_layout(
@@ -387,7 +479,8 @@ def save_publishing_layout(
     `widget/` (`default_widget_images(model)` when not given; `{}` for none). `MJP_SUBFOLDER`: the full MJP
     checkpoint with its code and `auto_map`, and the image processor.
 
-    A non-empty `output_dir` is refused unless `overwrite=True`, which replaces its whole content.
+    A non-empty `output_dir` is refused unless `overwrite=True`, which replaces the files the layout writes and
+    removes those of an earlier layout that this one lacks (`layout_file_patterns`); any other file stays.
     """
     if not isinstance(model, MJPViTPreTrainedModel):
         raise TypeError(
@@ -399,8 +492,12 @@ def save_publishing_layout(
             "save_publishing_layout needs the model's image processor (e.g. AutoImageProcessor.from_pretrained of the "
             f"training folder), got {type(image_processor).__name__}; pipeline() and the widget cannot run without it."
         )
-    output_dir = Path(output_dir)
-    _check_output_dir(output_dir, overwrite)
+    if card is not None and RUN_CARD_MARKER in card.text:
+        raise ValueError(
+            "This card describes a training run's output folder, not the publishing layout; build the layout's card "
+            "with build_model_card(...) without run_dir, or with card_for_run(run_dir, model_id=...)."
+        )
+    output_dir = check_output_dir(output_dir, overwrite=overwrite)
     if widget_images is None:
         widget_images = default_widget_images(model)
     if isinstance(model, MJPViTForImageClassification) and all(
@@ -435,12 +532,12 @@ def save_publishing_layout(
         for module_file in sorted(mjp_dir.glob("*.py")):
             shutil.copy2(module_file, staging / module_file.name)
 
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    except BaseException:
+        if output_dir.is_dir():
+            _replace_layout_files(staging, output_dir, list(widget_images or ()))
+        else:
+            staging.rename(output_dir)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
 
 
@@ -480,8 +577,9 @@ def push_mjp_model(
             folder_path=folder,
             commit_message=commit_message or f"Upload MJP-ViT: stock ViT at the root, full MJP model in {MJP_SUBFOLDER}/",
             revision=revision,
-            # Files of an earlier push that this layout no longer has (other weights, old code) must not linger.
-            delete_patterns=list(PUBLISHED_FILE_PATTERNS),
+            # Files of an earlier push that this layout no longer has (other weights, other widget images) must not
+            # linger; files the layout never writes (.gitattributes, a user's own files) are never deleted.
+            delete_patterns=layout_file_patterns(list(widget_images or ())),
         )
     return commit.commit_url
 
@@ -540,9 +638,18 @@ def _load_run(run_dir: Path):
         )
     model_class = MJPViTForImageClassification if "MJPViTForImageClassification" in config.get(
         "architectures", ["MJPViTForImageClassification"]) else MJPViTModel
-    model = model_class.from_pretrained(run_dir).eval()
+    model, info = model_class.from_pretrained(run_dir, output_loading_info=True)
+    # Weights left at their random initialisation would be published as trained ones.
+    problems = [f"{what} {sorted(map(str, info[key]))}" for key, what in (
+        ("missing_keys", "missing tensors"), ("unexpected_keys", "unexpected tensors"),
+        ("mismatched_keys", "tensors of the wrong shape")) if info.get(key)]
+    if problems:
+        raise ValueError(
+            f"{run_dir} does not hold a complete {model_class.__name__} checkpoint: " + "; ".join(problems)
+            + ". Publish the output folder of a finished run, or re-save the model with `save_pretrained`."
+        )
     image_processor = AutoImageProcessor.from_pretrained(run_dir)
-    return model, image_processor
+    return model.eval(), image_processor
 
 
 def card_for_run(run_dir: str | os.PathLike, *, model_id: str, **card_kwargs) -> ModelCard:
@@ -557,6 +664,8 @@ def card_for_run(run_dir: str | os.PathLike, *, model_id: str, **card_kwargs) ->
             card_kwargs["dataset_name"] = written.datasets[0]
         if card_kwargs.get("base_model") is None and written.base_model:
             card_kwargs["base_model"] = written.base_model
+        if card_kwargs.get("dataset_split") is None and written.eval_results:
+            card_kwargs["dataset_split"] = written.eval_results[0].dataset_split
     card_kwargs.setdefault("metrics", metrics)
     card_kwargs.setdefault("hyperparameters", hyperparameters)
     return build_model_card(model, model_id=model_id, **card_kwargs)
@@ -601,6 +710,9 @@ def main(argv=None) -> None:
         dataset_name=args.dataset_name, dataset_split=args.dataset_split, base_model=args.base_model,
         license=args.license,
     )
+    if args.command == "layout":  # before loading anything
+        check_output_dir(args.output_dir, overwrite=args.overwrite, inputs={"--run_dir": run_dir},
+                         output_flag="--output_dir", overwrite_flag="--overwrite")
     if args.command == "card":
         output = Path(args.output)
         if output.exists() and not args.overwrite:

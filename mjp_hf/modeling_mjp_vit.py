@@ -47,7 +47,8 @@ for _name in ("mjp_vit", "MJPViTModel", "MJPViTForImageClassification"):
 class MJPViTModelOutput(BaseModelOutputWithPooling):
     r"""
     localization_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        The DALR loss, already multiplied by `dalr_loss_weight`; present whenever the model has a DALR head.
+        The DALR loss, already multiplied by `dalr_loss_weight`; present in training mode when the model has a DALR
+        head (a classifier also computes it when given `labels`).
     jigsaw_mask (`torch.BoolTensor` of shape `(batch_size or 1, num_patches)`, *optional*):
         `True` at the patch positions the jigsaw selected (their tokens were permuted among themselves); one row for
         the whole batch or one per sample. `None` when no jigsaw ran.
@@ -65,7 +66,8 @@ class MJPImageClassifierOutput(ImageClassifierOutput):
     classification_loss (`torch.FloatTensor` of shape `()`, *optional*):
         The loss of the classifier alone, when `labels` are given.
     localization_loss (`torch.FloatTensor` of shape `()`, *optional*):
-        The weighted DALR loss; present whenever the model has a DALR head, with or without labels.
+        The weighted DALR loss, when the model has a DALR head and the loss is used: in training mode, or when
+        `labels` are given. Inference outputs hold no loss (pipelines split every output tensor by sample).
     jigsaw_mask (`torch.BoolTensor` of shape `(batch_size or 1, num_patches)`, *optional*):
         `True` at the patch positions the jigsaw selected; `None` when no jigsaw ran.
     """
@@ -77,6 +79,25 @@ class MJPImageClassifierOutput(ImageClassifierOutput):
 
 def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def _check_permutation(permutation: torch.LongTensor) -> None:
+    """Raise if a row of a given gather index is not a permutation of `0 .. num_patches - 1`. This reads the tensor
+    on the host, which only a caller-given permutation pays: drawn ones are permutations by construction."""
+    num_patches = permutation.shape[-1]
+    expected = torch.arange(num_patches, device=permutation.device)
+    bad_rows = (permutation.sort(dim=-1).values != expected).any(-1).nonzero().flatten().tolist()
+    if bad_rows:
+        row = permutation[bad_rows[0]]
+        out_of_range = row[(row < 0) | (row >= num_patches)].tolist()
+        problem = (
+            f"values out of range {out_of_range[:8]}" if out_of_range
+            else f"repeated values {sorted(set(row[row.bincount(minlength=num_patches)[row] > 1].tolist()))[:8]}"
+        )
+        raise ValueError(
+            f"jigsaw_permutation row {bad_rows[0]} is not a permutation of 0..{num_patches - 1} ({problem}); pass "
+            "each position exactly once, e.g. `torch.randperm(num_patches)` or the identity outside the mask."
+        )
 
 
 class MJPViTDALRHead(nn.Module):
@@ -114,8 +135,7 @@ class MJPViTEmbeddings(ViTEmbeddings):
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.applies_unk_position_embedding else None
         )
         self.dalr_head = MJPViTDALRHead(config) if config.dalr_head != "none" else None
-        # The DALR's regression targets, built once rather than every forward: in eval the loss is the only work MJP
-        # adds, a few small ops on the position-embedding table.
+        # The DALR's regression targets, built once rather than at every step.
         self.register_buffer("dalr_target_grid", self._grid_targets(), persistent=False)
         # Training-time schedule, set by `MJPViTPreTrainedModel.set_mjp_schedule`. The loss weight is a tensor so
         # that changing it every epoch never recompiles a compiled model.
@@ -129,12 +149,22 @@ class MJPViTEmbeddings(ViTEmbeddings):
             raise ValueError(
                 f"pixel_values must have shape (batch_size, num_channels, height, width), got {tuple(pixel_values.shape)}."
             )
-        _, num_channels, height, width = pixel_values.shape
+        batch_size, num_channels, height, width = pixel_values.shape
+        if batch_size == 0:
+            raise ValueError(
+                f"pixel_values holds no image (shape {tuple(pixel_values.shape)}); pass a batch of at least one."
+            )
         if num_channels != self.config.num_channels:
             raise ValueError(
                 f"pixel_values has {num_channels} channels but the model expects {self.config.num_channels} "
                 "(config.num_channels). Convert the images (e.g. `image.convert('RGB')`) or preprocess them with the "
                 "model's image processor."
+            )
+        patch_h, patch_w = _pair(self.patch_size)
+        if height < patch_h or width < patch_w:
+            raise ValueError(
+                f"The images ({height}*{width}) are smaller than one patch ({patch_h}*{patch_w}); resize them to the "
+                f"model's {self.image_size[0]}*{self.image_size[1]} with its image processor."
             )
         if not interpolate_pos_encoding and (height, width) != tuple(self.image_size):
             raise ValueError(
@@ -239,7 +269,9 @@ class MJPViTEmbeddings(ViTEmbeddings):
             raise ValueError(f"jigsaw_permutation must be a long (int64) tensor, got {jigsaw_permutation.dtype}.")
         if jigsaw_permutation is None:
             jigsaw_permutation = permutation_within_mask(jigsaw_mask, self.jigsaw_generator)
-        elif jigsaw_mask is None:
+        elif not torch.compiler.is_compiling():  # a compiled step must not leave its graph to read the tensor
+            _check_permutation(jigsaw_permutation)
+        if jigsaw_mask is None:
             jigsaw_mask = jigsaw_permutation != torch.arange(num_patches, device=jigsaw_permutation.device)
         return jigsaw_mask, jigsaw_permutation
 
@@ -419,8 +451,11 @@ class MJPViTModel(MJPViTPreTrainedModel):
 
         sequence_output = self.layernorm(hidden_states)
         pooled_output = self.pooler(sequence_output) if self.pooler is not None else None
+        # The DALR loss is a training signal: inference outputs carry no loss.
         localization_loss = (
-            self.embeddings.localization_loss(jigsaw_mask) if self.embeddings.dalr_head is not None else None
+            self.embeddings.localization_loss(jigsaw_mask)
+            if self.training and self.embeddings.dalr_head is not None
+            else None
         )
         return MJPViTModelOutput(
             last_hidden_state=sequence_output,
@@ -482,11 +517,15 @@ class MJPViTForImageClassification(MJPViTPreTrainedModel):
         logits = self.classifier(outputs.last_hidden_state[:, 0, :])
 
         loss = classification_loss = None
+        localization_loss = outputs.localization_loss
         if labels is not None:
             classification_loss = self.loss_function(labels, logits, self.config, **kwargs)
             loss = classification_loss
-            if outputs.localization_loss is not None:
-                loss = classification_loss + outputs.localization_loss
+            if localization_loss is None and self.vit.embeddings.dalr_head is not None:
+                # With labels the loss is the training objective, in eval mode as well.
+                localization_loss = self.vit.embeddings.localization_loss(outputs.jigsaw_mask)
+            if localization_loss is not None:
+                loss = classification_loss + localization_loss
 
         return MJPImageClassifierOutput(
             loss=loss,
@@ -494,7 +533,7 @@ class MJPViTForImageClassification(MJPViTPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             classification_loss=classification_loss,
-            localization_loss=outputs.localization_loss,
+            localization_loss=localization_loss,
             jigsaw_mask=outputs.jigsaw_mask,
         )
 

@@ -8,19 +8,101 @@ over those epochs, then lowers it along a cosine to half its base value; every r
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
-from transformers.utils import SAFE_WEIGHTS_NAME
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
 # Model outputs that are neither the loss nor logits: left out of what evaluation gathers as predictions.
 NON_LOGIT_OUTPUTS = ("classification_loss", "localization_loss", "jigsaw_mask", "hidden_states", "attentions")
+# Written first into a checkpoint folder and removed last, once every file of the checkpoint is on disk: a folder
+# that still holds it was interrupted while being saved.
+SAVE_IN_PROGRESS_NAME = ".mjp-save-in-progress"
+# The run's arguments (every flag of the example script), saved into each checkpoint by `MJPTrainer(run_arguments=)`
+# so that a resumed run can be compared with the run it continues.
+RUN_ARGUMENTS_NAME = "run_arguments.json"
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss or the weights became non-finite: the run cannot produce a usable model."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def checkpoint_problem(folder) -> str | None:
+    """Why `folder` is not a complete Trainer checkpoint, or None when it is one.
+
+    Complete means: no save-in-progress marker, a `trainer_state.json` that parses (the Trainer writes it after the
+    weights, optimizer, scheduler and RNG states), and model weights whose safetensors header covers the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "it is not a folder"
+    if (folder / SAVE_IN_PROGRESS_NAME).exists():
+        return "its save was interrupted (it still holds the save-in-progress marker)"
+    state = folder / TRAINER_STATE_NAME
+    if not state.is_file():
+        return f"it has no {TRAINER_STATE_NAME}, so its save did not finish"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return f"its {TRAINER_STATE_NAME} is truncated or corrupt"
+    weights = folder / SAFE_WEIGHTS_NAME
+    if weights.is_file():
+        try:
+            with safe_open(weights, framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error type for a short or corrupt file
+            return f"its {SAFE_WEIGHTS_NAME} is truncated or corrupt ({error})"
+    elif not any((folder / name).is_file() for name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
+        return "it holds no model weights"
+    return None
+
+
+def checkpoint_folders(folder) -> list[Path]:
+    """The `checkpoint-<step>` folders in `folder`, newest (highest step) first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(match.group(1)), path) for path in folder.iterdir()
+             if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def last_complete_checkpoint(folder) -> tuple[str | None, list[tuple[str, str]]]:
+    """`(newest complete checkpoint in folder or None, [(newer incomplete checkpoint, why), ...])`."""
+    skipped = []
+    for checkpoint in checkpoint_folders(folder):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return str(checkpoint), skipped
+        skipped.append((str(checkpoint), problem))
+    return None, skipped
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems cannot sync a folder; the files themselves were synced
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -129,25 +211,126 @@ class MJPTrainer(Trainer):
     term keeps its weight whatever the accumulation or number of processes.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, run_arguments: Mapping | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.run_arguments = dict(run_arguments) if run_arguments is not None else None
         # A per-batch mean loss: with `num_items_in_batch`, the model's classification loss would be rescaled for
         # accumulation and world size while the DALR term would not.
         self.model_accepts_loss_kwargs = False
         self._loss_parts_sum: torch.Tensor | None = None
         self._loss_parts_count = 0
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+    # --- checkpoints: written so that a partial one never passes for complete, loaded strictly ------------------
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Weights that are already NaN must not become the checkpoint a later run resumes from.
+        self._check_finite(check_weights=True)
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            # The remains of an interrupted save of this very step are written over, file by file.
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / SAVE_IN_PROGRESS_NAME).touch()
+            _fsync(folder / SAVE_IN_PROGRESS_NAME)
+            _fsync(run_dir)
+        # The Trainer deletes old checkpoints right after writing the new one; that waits until the new one is
+        # complete, so that an interruption always leaves a complete checkpoint behind.
+        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = save_total_limit
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()  # every process's RNG state is in the folder
+        if not self.args.should_save:
+            return
+        if self.run_arguments is not None:
+            (folder / RUN_ARGUMENTS_NAME).write_text(json.dumps(self.run_arguments, indent=2, sort_keys=True,
+                                                                default=str), encoding="utf-8")
+        for path in folder.rglob("*"):
+            if path.is_file() and path.name != SAVE_IN_PROGRESS_NAME:
+                _fsync(path)
+        (folder / SAVE_IN_PROGRESS_NAME).unlink()
+        _fsync(folder)
+        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _save(self, output_dir=None, state_dict=None) -> None:
+        # `training_args.bin` pickles the arguments: keep Hub tokens out of it (`training_args.json` masks them too).
+        tokens = {name: value for name, value in vars(self.args).items() if name.endswith("_token") and value}
+        for name in tokens:
+            setattr(self.args, name, None)
+        try:
+            super()._save(output_dir, state_dict=state_dict)
+        finally:
+            for name, value in tokens.items():
+                setattr(self.args, name, value)
+
+    def _load_weights_strictly(self, folder: str, target: PreTrainedModel) -> None:
         # `save_pretrained` writes ViT weights under their transformers-4 names and only `from_pretrained` renames
-        # them back; the Trainer's own resume loads the file as is with strict=False and would silently keep the
+        # them back; the Trainer's own loading reads the file as is with strict=False and would silently keep the
         # fresh encoder. Load through `from_pretrained` and copy strictly instead.
+        restored, info = type(target).from_pretrained(folder, config=target.config, output_loading_info=True)
+        missing = sorted(info["missing_keys"])
+        mismatched = sorted(str(key[0] if isinstance(key, tuple) else key) for key in info["mismatched_keys"])
+        if missing or mismatched:
+            raise ValueError(
+                f"{folder} does not hold every weight of the model: missing {_listed(missing)}"
+                + (f", of another shape {_listed(mismatched)}" if mismatched else "")
+                + ". Loading it would re-initialise them and silently change the model; resume from another "
+                "checkpoint (--resume_from_checkpoint) or start afresh."
+            )
+        target.load_state_dict(restored.state_dict(), strict=True)
+
+    def _loads_by_from_pretrained(self, folder: str, target) -> bool:
+        return (isinstance(target, PreTrainedModel) and not self.is_fsdp_enabled and not self.is_deepspeed_enabled
+                and os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        problem = checkpoint_problem(resume_from_checkpoint)
+        if problem is not None:
+            raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")
         target = unwrap_model(model if model is not None else self.model)
-        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
-        if not isinstance(target, PreTrainedModel) or self.is_fsdp_enabled or not os.path.isfile(weights):
+        if not self._loads_by_from_pretrained(resume_from_checkpoint, target):
             return super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         logger.info("Loading model from %s.", resume_from_checkpoint)
-        restored = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
-        target.load_state_dict(restored.state_dict(), strict=True)
+        self._load_weights_strictly(resume_from_checkpoint, target)
+
+    def _load_best_model(self) -> None:
+        best = self.state.best_model_checkpoint
+        target = unwrap_model(self.model)
+        if not self._loads_by_from_pretrained(best, target):
+            return super()._load_best_model()
+        logger.info("Loading the best model from %s (%s %s).", best, self.args.metric_for_best_model,
+                    self.state.best_metric)
+        self._load_weights_strictly(best, target)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        if checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            # The Trainer skips what is missing without a word: the run would restart AdamW's moments or the
+            # learning-rate schedule and end elsewhere than the uninterrupted run.
+            missing = [name for name in (OPTIMIZER_NAME, SCHEDULER_NAME)
+                       if not os.path.isfile(os.path.join(checkpoint, name))]
+            if missing:
+                raise ValueError(
+                    f"Cannot resume from {checkpoint}: it has no {' and no '.join(missing)}, so the optimizer state "
+                    "and learning-rate schedule would restart and the run would not continue the one it resumes. "
+                    "Resume from a complete checkpoint (--resume_from_checkpoint), or start afresh "
+                    "(--overwrite_output_dir or a new --output_dir)."
+                )
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_rng_state(self, checkpoint) -> None:
+        if checkpoint is not None:
+            name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
+            if not os.path.isfile(os.path.join(checkpoint, name)):
+                logger.warning(
+                    "%s has no %s: the run resumes, but from here on its jigsaw masks, dropout and random "
+                    "augmentation draws differ from those of an uninterrupted run, and so will its final weights.",
+                    checkpoint, name)
+        super()._load_rng_state(checkpoint)
+
+    # --- losses ---------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
@@ -184,24 +367,57 @@ class MJPTrainer(Trainer):
         self._loss_parts_count += 1
         self._has_localization_loss = localization_loss is not None
 
+    def _loss_part_totals(self) -> list[float] | None:
+        """`[classification sum, localization sum, steps]` since the last log, summed over processes (a host sync:
+        only at logging and saving steps)."""
+        if self._loss_parts_sum is None:
+            return None
+        totals = torch.cat((self._loss_parts_sum, self._loss_parts_sum.new_tensor([self._loss_parts_count])))
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        return totals.tolist()
+
+    def _check_finite(self, totals: list[float] | None = None, check_weights: bool = False) -> None:
+        """Stop the run once the loss or the weights are NaN or infinite. The Trainer's logged `loss` hides a NaN
+        step (`logging_nan_inf_filter`), so this reads the loss parts summed since the last log."""
+        totals = self._loss_part_totals() if totals is None else totals
+        problem = None
+        if totals is not None and not all(math.isfinite(value) for value in totals[:2]):
+            problem = f"the training loss is not finite (classification {totals[0]:.4g}, localization {totals[1]:.4g})"
+        elif check_weights:
+            finite = torch.stack([parameter.detach().isfinite().all() for parameter in self.model.parameters()])
+            if not bool(finite.all()):
+                problem = "the model weights are not finite"
+        if problem is not None:
+            raise TrainingDivergedError(
+                f"Training diverged by step {self.state.global_step}: {problem}. The run stops here and saves "
+                "neither these weights nor a model card. Lower --learning_rate or --max_grad_norm, check the loss "
+                "weights (--dalr_loss_weight), or start again from an earlier checkpoint."
+            )
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training-loss logs are made by every process together (the Trainer gathers `loss` there too).
         if "loss" in logs and self._loss_parts_sum is not None:
-            totals = torch.cat((self._loss_parts_sum, self._loss_parts_sum.new_tensor([self._loss_parts_count])))
-            if self.accelerator.num_processes > 1:
-                totals = self.accelerator.reduce(totals, reduction="sum")
-            classification, localization, count = totals.tolist()
+            totals = self._loss_part_totals()
+            self._check_finite(totals)
+            classification, localization, count = totals
             logs["classification_loss"] = classification / count
             if self._has_localization_loss:
                 logs["localization_loss"] = localization / count
                 logs["dalr_loss_weight"] = float(unwrap_model(self.model).mjp_embeddings.dalr_loss_weight)
             self._loss_parts_sum, self._loss_parts_count = None, 0
+        elif "train_loss" in logs:  # the end of training: the steps since the last log, and the final weights
+            self._check_finite(check_weights=True)
         super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if ignore_keys is None:
             ignore_keys = list(NON_LOGIT_OUTPUTS)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def _listed(names: Sequence[str], limit: int = 8) -> str:
+    return "[" + ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "") + "]"
 
 
 def top_k_predictions(logits: torch.Tensor, labels: torch.Tensor | None = None, k: int = 5) -> torch.Tensor:
@@ -254,6 +470,12 @@ __all__ = [
     "MJPTrainer",
     "NON_LOGIT_OUTPUTS",
     "PerProcessSeedCallback",
+    "RUN_ARGUMENTS_NAME",
+    "SAVE_IN_PROGRESS_NAME",
+    "TrainingDivergedError",
+    "checkpoint_folders",
+    "checkpoint_problem",
+    "last_complete_checkpoint",
     "mjp_schedule",
     "plot_training_curves",
     "top_k_predictions",

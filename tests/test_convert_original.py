@@ -212,7 +212,8 @@ def test_unk_row_and_dalr_head_match_reference_under_jigsaw(checkpoint):
     pixels = images()
     expected_logits, dalr = reference_forward(state_dict, pixels, heads=1, unk_mask=unk_mask, permutation=permutation)
     with torch.no_grad():
-        out = model(pixels, jigsaw_mask=unk_mask[None], jigsaw_permutation=permutation[None])
+        labels = torch.zeros(len(pixels), dtype=torch.long)  # with labels the output holds the DALR loss
+        out = model(pixels, labels=labels, jigsaw_mask=unk_mask[None], jigsaw_permutation=permutation[None])
     torch.testing.assert_close(out.logits, expected_logits, atol=2e-5, rtol=1e-5)
 
     grid = TINY.grid_size
@@ -416,3 +417,69 @@ def test_released_card_gets_the_recorded_figures_and_no_others():
 
     unrecorded = released_card(ConvertedCheckpoint(None, TINY, {}, []), model_id="me/x", checkpoint_name="a.pth")
     assert unrecorded.data.eval_results is None and "records no `max_accuracy`" in unrecorded.text
+
+
+# --- the released linear head, unreadable files, and an output folder that holds the input ----------------------
+
+
+def test_released_linear_head_keys_convert(tmp_path):
+    """The authors' linear DALR head is a bare nn.Linear: `dlocr.layers.weight` / `.bias`, no layer index."""
+    shape = ReleasedShape(**{**TINY.__dict__, "dalr_head": "linear"})
+    state_dict = released_state_dict(shape)
+    state_dict["dlocr.layers.weight"] = state_dict.pop("dlocr.layers.0.weight")
+    state_dict["dlocr.layers.bias"] = state_dict.pop("dlocr.layers.0.bias")
+    path = save_released(tmp_path / "linear.pth", state_dict, **{"TRAIN.DLOCR_TYPE": "linear"})
+    model = convert_checkpoint(path).model
+    assert model.config.dalr_head == "linear"
+    regressor = model.vit.embeddings.dalr_head.regressor
+    assert torch.equal(regressor[0].weight, state_dict["dlocr.layers.weight"])
+    assert torch.equal(regressor[0].bias, state_dict["dlocr.layers.bias"])
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated"])
+def test_unreadable_files_get_no_unsafe_loading_hint(checkpoint, tmp_path, kind):
+    path = tmp_path / f"{kind}.pth"
+    content = {"empty": b"", "text": b"<html>404 Not Found</html>\n",
+               "truncated": checkpoint.read_bytes()[: checkpoint.stat().st_size // 2]}[kind]
+    path.write_bytes(content)
+    with pytest.raises(ReleasedCheckpointError) as error:
+        convert_checkpoint(path)
+    message = str(error.value)
+    assert "trust_pickled_config" not in message and "Download the released best_model.pth again" in message
+    assert ("the file is empty" if kind == "empty" else "not a readable torch.save file") in message
+
+
+def test_unsafe_loading_is_suggested_only_where_weights_only_loading_refuses_a_valid_file(checkpoint):
+    import pickle
+
+    refusal = pickle.UnpicklingError("Weights only load failed. Unsupported operand 149")
+    with mock.patch("torch.load", side_effect=refusal), \
+            pytest.raises(ReleasedCheckpointError, match="pass --trust_pickled_config"):
+        convert_checkpoint(checkpoint)
+
+
+def test_output_folder_holding_the_checkpoint_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch):
+    folder = checkpoint.parent
+    (folder / "notes.txt").write_text("mine")
+    before = sorted(path.name for path in folder.iterdir())
+    monkeypatch.chdir(folder)
+    with mock.patch("mjp_hf.convert_original.convert_checkpoint") as convert, \
+            pytest.raises(SystemExit, match=r"--output_dir \. contains --checkpoint best_model\.pth"):
+        main(["--checkpoint", "best_model.pth", "--output_dir", ".", "--overwrite_output_dir", "--model_id", "org/x"])
+    convert.assert_not_called()
+    with pytest.raises(SystemExit, match=r"contains --checkpoint"):
+        main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path), "--overwrite_output_dir"])
+    assert sorted(path.name for path in folder.iterdir()) == before and checkpoint.stat().st_size > 0
+
+
+def test_overwrite_output_dir_replaces_only_the_converted_files(checkpoint, tmp_path):
+    output_dir = tmp_path / "converted"
+    main(["--checkpoint", str(checkpoint), "--output_dir", str(output_dir)])
+    (output_dir / ".gitattributes").write_text("*.safetensors filter=lfs")
+    (output_dir / "my_eval.py").write_text("print('mine')")
+    (output_dir / "mjp" / "results.json").write_text("{}")
+    main(["--checkpoint", str(checkpoint), "--output_dir", str(output_dir), "--overwrite_output_dir"])
+    assert (output_dir / ".gitattributes").read_text() == "*.safetensors filter=lfs"
+    assert (output_dir / "my_eval.py").read_text() == "print('mine')"
+    assert (output_dir / "mjp" / "results.json").read_text() == "{}"
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "mjp" / "model.safetensors").is_file()

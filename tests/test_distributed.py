@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mjp_hf.training import SAVE_IN_PROGRESS_NAME
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 LAUNCHERS = {
@@ -69,7 +71,7 @@ def test_two_processes_draw_their_own_masks_and_save_once(tmp_path, launcher):
         "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
         "--max_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "5",
         "--logging_steps", "1", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1", "--jigsaw_ratio", "0.4",
-        "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true", "--seed", "7",
+        "--eval_strategy", "no", "--save_steps", "2", "--disable_tqdm", "true", "--seed", "7",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -79,6 +81,11 @@ def test_two_processes_draw_their_own_masks_and_save_once(tmp_path, launcher):
     assert len(masks[0]) == len(masks[1]) == 3 and all(sum(mask) > 0 for mask in masks[0] + masks[1])
     assert masks[0] != masks[1], "both ranks drew the same jigsaw masks: per-rank seeding (seed + rank) is broken"
     assert masks[0][0] != masks[1][0]
+
+    # The checkpoint is complete only once every rank's RNG state is in it.
+    checkpoint = sorted(path.name for path in (output / "checkpoint-2").iterdir())
+    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "run_arguments.json"} <= set(checkpoint)
+    assert SAVE_IN_PROGRESS_NAME not in checkpoint
 
     saved = sorted(path.name for path in output.iterdir())
     assert saved.count("model.safetensors") == 1 and "all_results.json" in saved and "README.md" in saved

@@ -8,7 +8,8 @@ import torch
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.evaluation import robustness
-from mjp_hf.evaluation.common import PixelNormalization, shuffle_patches
+from mjp_hf.data import fashion_mnist_available
+from mjp_hf.evaluation.common import PixelNormalization, check_labels, shuffle_patches
 from mjp_hf.jigsaw import random_jigsaw
 from mjp_hf.presets import config_from_preset
 
@@ -153,3 +154,57 @@ def test_cli_reads_an_image_folder(tmp_path):
     with pytest.raises(ValueError, match="not both"):
         robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out2"),
                          "--data_dir", str(tmp_path / "data"), "--dataset_name", "x"])
+
+
+# --- data whose classes are not the model's: refused before any number is computed --------------------------------
+
+
+def _two_class_folder(tmp_path, **overrides):
+    model_dir = tmp_path / "two-class"
+    labels = {0: "cat", 1: "dog"}
+    tiny_mjp(num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()}, **overrides).save_pretrained(
+        model_dir)
+    return model_dir
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="the embedded Fashion-MNIST is not installed")
+def test_a_two_class_model_is_not_evaluated_on_ten_class_data(tmp_path):
+    from mjp_hf.evaluation import privacy
+
+    model_dir = _two_class_folder(tmp_path)
+    message = (r"Fashion-MNIST \(test split\) has labels 0..9 \(T-shirt/top, .*\), but the model classifies 2 classes "
+               r"\(cat, dog\)")
+    with pytest.raises(ValueError, match=message):
+        robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "r"),
+                         "--max_eval_samples", "64", "--corruptions", "none", "--device", "cpu"])
+    with pytest.raises(ValueError, match="but the model classifies 2 classes"):
+        privacy.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "p"), "--num_images",
+                      "2", "--steps", "1", "--device", "cpu"])
+    assert not (tmp_path / "r" / "robustness.json").exists() and not (tmp_path / "p" / "privacy.json").exists()
+
+
+def test_class_names_are_checked_where_both_sides_name_them(tmp_path):
+    from PIL import Image
+
+    images, _ = uint8_images(4)
+    for index, image in enumerate(images):
+        folder = tmp_path / "data" / "test" / ("bird" if index % 2 else "cat")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index}.png")
+    model_dir = _two_class_folder(tmp_path)
+    with pytest.raises(ValueError, match=r"names class 0 'bird', but the model's id2label names it 'cat'"):
+        robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out"),
+                         "--data_dir", str(tmp_path / "data"), "--corruptions", "none", "--device", "cpu"])
+    (tmp_path / "data" / "test" / "bird").rename(tmp_path / "data" / "test" / "dog_")  # same class, other spelling
+    report = robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out"),
+                              "--data_dir", str(tmp_path / "data"), "--corruptions", "none", "--device", "cpu"])
+    assert report["corruption"]["num_images"] == 4
+
+
+def test_check_labels_directly():
+    config = tiny_mjp(num_labels=3).config  # generic names LABEL_0..: only the range is checked
+    check_labels(config, np.array([0, 2, 1]), ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"labels -1..2"):
+        check_labels(config, np.array([-1, 2]))
+    with pytest.raises(ValueError, match="holds no images"):
+        check_labels(config, np.array([], dtype=np.int64))

@@ -3,8 +3,11 @@ ViT, MJP checkpoints, resume, and the bad inputs that must fail before training.
 
 import importlib.util
 import json
+import logging
+import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
+from mjp_hf.training import TrainingDivergedError, unwrap_model
 
 from conftest import tiny_config_kwargs
 
@@ -75,7 +79,7 @@ def test_explicit_flags_win_and_only_they_override_the_config():
          "--dalr_head", "linear", "--no_random_flip", "--output_dir", "/tmp/x", "--do_eval"])
     assert training_args.num_train_epochs == 5 and training_args.learning_rate == 1e-4
     assert training_args.weight_decay == run.DEMO_DEFAULTS["weight_decay"]
-    assert not training_args.do_train and training_args.do_eval and training_args.output_dir == "/tmp/x"
+    assert training_args.do_train and training_args.do_eval and training_args.output_dir == "/tmp/x"
     assert data_args.random_flip is False
     assert mjp_args.config_updates() == {"jigsaw_ratio": 0.25, "jigsaw_per_sample": True, "dalr_head": "linear"}
     # Another preset: the released warmup, transformers' own training defaults.
@@ -172,7 +176,8 @@ def stock_vit(tmp_path_factory):
 
 def test_fine_tuning_a_stock_vit_loads_its_weights(tmp_path, image_folder, stock_vit):
     evaluated = tmp_path / "eval_only"
-    metrics = _train(evaluated, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit), "--do_eval")
+    metrics = _train(evaluated, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit),
+                     "--do_train", "false")
     stock = ViTForImageClassification.from_pretrained(stock_vit).state_dict()
     ours = MJPViTForImageClassification.from_pretrained(evaluated).state_dict()
     shared = [key for key in ours if "unk_position_embedding" not in key and "dalr_head" not in key]
@@ -180,6 +185,8 @@ def test_fine_tuning_a_stock_vit_loads_its_weights(tmp_path, image_folder, stock
     for key in shared:
         torch.testing.assert_close(ours[key], stock[key], rtol=0, atol=0, msg=key)
     assert "eval_accuracy" in metrics and "train_runtime" not in metrics
+    card = (evaluated / "README.md").read_text()
+    assert "Not trained by this run" in card and "Trained with" not in card
     trained = tmp_path / "trained"
     _train(trained, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit), "--max_steps", "2")
     assert _saved_config(trained)["model_type"] == "mjp_vit"
@@ -351,3 +358,216 @@ def test_released_augmentations_train_on_soft_targets(tmp_path, image_folder, mo
     hard = [labels for labels in collated if not labels.is_floating_point()]
     assert len(soft) >= 3 and all(labels.shape[1] == 3 and labels.max() < 1 for labels in soft)
     assert hard and all(labels.ndim == 1 for labels in hard)  # the evaluation batches
+
+
+# --- the output folder: checked before anything loads, overwritten only where the script wrote ----------------------
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fails the test if the run gets as far as loading data."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the run loaded its data before checking the output folder")
+
+    monkeypatch.setattr(run, "load_data", refuse)
+
+
+def test_overwrite_deletes_only_what_earlier_runs_wrote(tmp_path, image_folder):
+    output = tmp_path / "used"
+    common = ["--train_dir", str(image_folder), "--config_overrides", TINY, "--max_train_samples", "16"]
+    _train(output, *common, "--max_steps", "2", "--save_steps", "1", "--save_total_limit", "3")
+    written = {path.name for path in output.iterdir()}
+    assert {"checkpoint-1", "checkpoint-2", "README.md", "eval_results.json", "model.safetensors"} <= written
+    # The user's own files, beside and inside the run's.
+    (output / "notes.txt").write_text("mine")
+    (output / "data").mkdir()
+    (output / "data" / "config.json").write_text("{}")
+    (output / "checkpoint-1" / "my_analysis.txt").write_text("mine too")
+    _train(output, *common, "--max_steps", "1", "--save_strategy", "no", "--do_eval", "false",
+           "--overwrite_output_dir")
+    names = {path.name for path in output.iterdir()}
+    assert "checkpoint-2" not in names and "eval_results.json" not in names  # stale files of the earlier run
+    assert (output / "notes.txt").read_text() == "mine" and (output / "data" / "config.json").read_text() == "{}"
+    assert [path.name for path in (output / "checkpoint-1").iterdir()] == ["my_analysis.txt"]
+    assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 1
+
+
+def test_an_output_folder_holding_an_input_is_refused(tmp_path, image_folder, no_loading):
+    project = tmp_path / "project"
+    shutil.copytree(image_folder, project / "images")
+    for output, flags in ((project, ["--train_dir", str(project / "images")]),
+                          (project / "images", ["--train_dir", str(project / "images")]),
+                          (project / "images" / "run", ["--train_dir", str(project / "images")])):
+        with pytest.raises(ValueError, match=r"--output_dir .* (is|holds|is inside) the input --train_dir"):
+            _train(output, *flags, "--overwrite_output_dir")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"is the input --model_name_or_path"):
+        _train(model, "--model_name_or_path", str(model), "--overwrite_output_dir")
+    assert sorted(path.name for path in (project / "images").iterdir()) == ["cat", "dog", "owl"]
+    assert [path.name for path in model.iterdir()] == ["config.json"]
+
+
+def test_a_users_readme_is_never_replaced_by_a_card(tmp_path, image_folder, no_loading):
+    output = tmp_path / "with_readme"
+    output.mkdir()
+    (output / "README.md").write_text("# My project\n")
+    with pytest.raises(ValueError, match=r"README.md is not a model card this script wrote"):
+        _train(output, "--train_dir", str(image_folder), "--overwrite_output_dir")
+    assert (output / "README.md").read_text() == "# My project\n"
+
+
+def test_unusable_output_paths_and_missing_data_fail_before_loading(tmp_path, no_loading):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"--output_dir .*a_file is a file"):
+        _train(a_file)
+    with pytest.raises(PermissionError, match=r"--output_dir .*inside is not writable"):
+        _train(a_file / "inside")
+    with pytest.raises(PermissionError, match=r"--output_dir /sys/mjp-test-run is not writable"):
+        _train("/sys/mjp-test-run")  # read-only even for root
+    missing = tmp_path / "no_such_images"
+    with pytest.raises(FileNotFoundError, match=rf"--train_dir {missing} is not a folder"):
+        _train(tmp_path / "run", "--train_dir", str(missing))
+
+
+def test_a_truncated_image_is_named(tmp_path, image_folder):
+    images = tmp_path / "images"
+    shutil.copytree(image_folder, images)
+    damaged = images / "dog" / "3.png"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(OSError, match=rf"Cannot read the image {damaged} .*truncated"):
+        _train(tmp_path / "run", "--train_dir", str(images), "--config_overrides", TINY, "--max_steps", "8",
+               "--eval_strategy", "no")
+
+
+def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatch):
+    """NaN weights (as a too-high learning rate or a NaN loss weight leave them) stop the run with an error, before
+    a checkpoint or a card could claim a result; the Trainer's logged loss alone would hide the NaN."""
+    training_step = run.MJPTrainer.training_step
+
+    def poisoned(self, model, inputs, *args, **kwargs):
+        if self.state.global_step == 2:
+            with torch.no_grad():
+                unwrap_model(model).classifier.weight.fill_(float("nan"))
+        return training_step(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(run.MJPTrainer, "training_step", poisoned)
+    output = tmp_path / "nan"
+    with pytest.raises(TrainingDivergedError, match=r"Training diverged by step \d: the training loss is not "
+                                                        r"finite .*--learning_rate"):
+        _train(output, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "6",
+               "--logging_steps", "2", "--save_steps", "3", "--eval_strategy", "no")
+    assert not (output / "README.md").exists() and not (output / "model.safetensors").exists()
+    assert not (output / "checkpoint-3").exists()
+
+
+# --- what a run tells the user ------------------------------------------------------------------------------------
+
+
+def test_the_end_of_a_run_says_where_it_went_and_what_to_run_next(tmp_path, image_folder, capsys, caplog):
+    output = tmp_path / "told"
+    with caplog.at_level(logging.INFO):
+        _train(output, "--train_dir", str(image_folder), "--validation_dir", str(image_folder), "--config_overrides",
+               TINY, "--max_steps", "1", "--log_level", "info")  # info: to see the level of every line
+    printed = capsys.readouterr().out
+    assert f"Saved the run to {output}" in printed
+    assert re.search(r"Evaluated on the validation split \(36 images\): top-1 \d+\.\d\d%\n", printed)
+    for command in ("mjp_hf.hub layout --run_dir", "mjp_hf.hub push --run_dir", "mjp_hf.evaluation.privacy",
+                    "mjp_hf.evaluation.robustness", "mjp_hf.evaluation.position"):
+        assert f"python -m {command}" in printed, command
+    process_lines = [record for record in caplog.records if record.getMessage().startswith("Process 0 of 1")]
+    assert process_lines and all(record.levelno < logging.WARNING for record in process_lines)
+
+
+def _help_entry(text: str, flag: str) -> str:
+    """The help paragraph of `flag` in an argparse help text."""
+    start = text.index(f"\n  {flag} ")
+    end = text.find("\n  --", start + 1)
+    return " ".join(text[start:end].split())
+
+
+def test_help_shows_the_values_a_run_without_flags_uses(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside a value
+    with pytest.raises(SystemExit):
+        run.parse_arguments(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("per_device_train_batch_size", "num_train_epochs", "learning_rate", "weight_decay"):
+        assert f"(default: {run.DEMO_DEFAULTS[flag]})" in _help_entry(text, f"--{flag}"), flag
+    if not torch.cuda.is_available():
+        assert "(default: adamw_torch)" in _help_entry(text, "--optim")
+    assert "(default: runs/mjp-demo-fashion-mnist-<date>-<time>)" in _help_entry(text, "--output_dir")
+    assert "(default: True)" in _help_entry(text, "--do_train") and "(default: True)" in _help_entry(text, "--do_eval")
+    preset = _help_entry(text, "--preset")
+    assert preset.count("default") == 1 and "(default: demo)" in preset
+    # What --help shows is what the run uses.
+    _, _, _, training_args = run.parse_arguments([])
+    assert training_args.per_device_train_batch_size == run.DEMO_DEFAULTS["per_device_train_batch_size"]
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="pinned memory is right with an accelerator")
+def test_a_cpu_run_does_not_pin_memory(tmp_path, image_folder):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(tmp_path / "cpu", "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2")
+    assert not [str(warning.message) for warning in caught if "pin_memory" in str(warning.message)]
+
+
+def test_runs_are_named_after_what_they_train(tmp_path):
+    def name(*flags):
+        return Path(run.parse_arguments(list(flags))[3].output_dir).name
+
+    assert name().startswith("mjp-demo-fashion-mnist-")
+    assert name("--jigsaw_prob", "0", "--dalr_head", "none").startswith("vit-demo-fashion-mnist-")
+    assert name("--jigsaw_mode", "naive").startswith("naive-demo-fashion-mnist-")
+    assert name("--jigsaw_prob", "0").startswith("mjp-")  # the DALR head still trains the position embeddings
+    baseline = tmp_path / "baseline_model"
+    baseline.mkdir()
+    (baseline / "config.json").write_text(json.dumps({"model_type": "mjp_vit", "jigsaw_prob": 0.0,
+                                                       "dalr_head": "none"}))
+    assert name("--model_name_or_path", str(baseline)).startswith("vit-baseline-model-fashion-mnist-")
+
+
+def test_do_train_and_do_eval_mean_what_they_say():
+    _, _, _, training_args = run.parse_arguments(["--do_eval", "false"])
+    assert training_args.do_train and not training_args.do_eval and training_args.eval_strategy == "no"
+    _, _, _, training_args = run.parse_arguments(["--do_train"])
+    assert training_args.do_train and training_args.do_eval
+    with pytest.raises(ValueError, match=r"--do_train false without --model_name_or_path would evaluate a randomly "
+                                         r"initialised model"):
+        run.parse_arguments(["--do_train", "false"])
+    with pytest.raises(ValueError, match="this run would do nothing"):
+        run.parse_arguments(["--do_train", "false", "--do_eval", "false", "--model_name_or_path", "x"])
+    with pytest.raises(ValueError, match="--do_eval false contradicts --eval_strategy epoch"):
+        run.parse_arguments(["--do_eval", "false", "--eval_strategy", "epoch"])
+
+
+def test_a_run_without_evaluation_trains_and_reports_no_results(tmp_path, image_folder):
+    output = tmp_path / "no_eval"
+    metrics = _train(output, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2",
+                     "--do_eval", "false")
+    assert "train_loss" in metrics and not any(key.startswith("eval_") for key in metrics)
+    card = (output / "README.md").read_text()
+    assert "Trained with" in card and "eval_accuracy" not in card
+
+
+def test_the_run_folder_card_describes_the_folder_and_names_the_evaluated_split(tmp_path):
+    """The README the run writes is the card of the run folder as it is (the MJP checkpoint with its code, the
+    `hub layout` command for the publishing layout), and its results name the split they were measured on."""
+    from huggingface_hub import ModelCard
+
+    from mjp_hf.hub import RUN_CARD_MARKER
+
+    output = tmp_path / "run"
+    # The embedded Fashion-MNIST: a dataset with a Hub id, so the card has a model-index.
+    _train(output, "--config_overrides", TINY, "--max_steps", "2", "--max_train_samples", "64",
+           "--max_eval_samples", "64")
+    card = ModelCard.load(output / "README.md")
+    assert RUN_CARD_MARKER in card.text
+    assert "trust_remote_code=True" in card.text and "python -m mjp_hf.hub layout" in card.text
+    assert "widget" not in card.data.to_dict()
+    results = card.data.eval_results
+    assert {result.metric_name for result in results} == {"Top-1 accuracy", "Top-5 accuracy"}
+    assert all(result.dataset_split == "test" for result in results)

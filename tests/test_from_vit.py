@@ -1,6 +1,9 @@
 """`python -m mjp_hf.from_vit`: an MJP model initialised from a stock ViT checkpoint."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,7 +94,7 @@ def test_distilled_deit_is_refused(tmp_path):
     with pytest.raises(NotAViTCheckpointError, match="distillation token.*non-distilled DeiT"):
         mjp_from_vit(tmp_path / "distilled")
     DeiTForImageClassification(deit_config).save_pretrained(tmp_path / "deit")
-    with pytest.raises(NotAViTCheckpointError, match="distillation token"):
+    with pytest.raises(SystemExit, match="distillation token"):
         main(["--model_name_or_path", str(tmp_path / "deit"), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
@@ -119,3 +122,39 @@ def test_incomplete_vit_checkpoint_is_refused(vit_folder, tmp_path):
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(NotAViTCheckpointError, match="ViT weights missing from the checkpoint.*layernorm_before"):
         mjp_from_vit(folder)
+
+
+# --- what the command says ----------------------------------------------------------------------------------------
+
+
+def _run_from_vit(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "mjp_hf.from_vit", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one_line(vit_folder, tmp_path):
+    folder, _ = vit_folder
+    done = _run_from_vit("--model_name_or_path", folder, "--output_dir", tmp_path / "mjp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "Added the unknown position embedding and the nonlinear DALR head (")
+    assert "max |eval difference| to the source ViT 0.00e+00" in lines[0]
+    # transformers' load report would list the very parameters the command creates as MISSING.
+    assert "MISSING" not in done.stdout + done.stderr and "Consider training" not in done.stdout + done.stderr
+
+    again = _run_from_vit("--model_name_or_path", tmp_path / "mjp", "--output_dir", tmp_path / "again", cwd=tmp_path)
+    assert again.returncode != 0 and "Traceback" not in again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.strip() and "Loading weights" not in line]
+    assert errors == [f"python -m mjp_hf.from_vit: {tmp_path / 'mjp'} is already an MJP-ViT checkpoint; load it "
+                      "with MJPViTForImageClassification."]
+    assert not (tmp_path / "again").exists()
+
+
+def test_output_folder_may_not_be_the_source(vit_folder):
+    folder, _ = vit_folder
+    before = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match=r"--output_dir .* is --model_name_or_path"):
+        main(["--model_name_or_path", str(folder), "--output_dir", str(folder), "--overwrite_output_dir"])
+    assert (folder / "model.safetensors").read_bytes() == before

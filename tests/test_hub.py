@@ -137,6 +137,10 @@ def test_widget_examples():
         assert widget[0]["src"] == "https://huggingface.co/me/x/resolve/main/widget/sneaker.png"
     else:
         assert widget is None
+    # A repository URL needs the namespace: an id without one (the example's default, the run folder's name) gets
+    # no widget rather than URLs that resolve nowhere.
+    card = build_model_card(demo_model(), model_id="mjp-demo-fashion-mnist")
+    assert getattr(card.data, "widget", None) is None and "huggingface.co/mjp-demo" not in card.text
 
 
 # --- the publishing layout -------------------------------------------------------------------------------------
@@ -172,8 +176,32 @@ def test_layout_never_overwrites_unless_asked(tmp_path):
         save_publishing_layout(demo_model(), demo_processor(), target)
     assert (target / "notes.txt").read_text() == "keep me"
     save_publishing_layout(demo_model(), demo_processor(), target, overwrite=True, widget_images={})
-    assert not (target / "notes.txt").exists() and (target / "model.safetensors").is_file()
+    assert (target / "notes.txt").read_text() == "keep me" and (target / "model.safetensors").is_file()
     assert not any(path.name.startswith(".layout.") for path in tmp_path.iterdir())  # no staging left behind
+
+
+def test_overwrite_replaces_only_the_layouts_own_files(tmp_path):
+    target = tmp_path / "layout"
+    first = save_publishing_layout(demo_model(seed=1), demo_processor(), target,
+                                   widget_images={"Sneaker": sample_image(), "My photo": sample_image()})
+    user_files = {".gitattributes": "*.safetensors filter=lfs", "LICENSE": "mine", "eval.json": "{}",
+                  "train.py": "print()", f"{MJP_SUBFOLDER}/notes.md": "mine", "widget/cat.png": "not a png"}
+    for name, text in user_files.items():
+        (first / name).write_text(text)
+    (first / "pytorch_model.bin").write_bytes(b"stale weights of an earlier checkpoint")
+    model = demo_model(seed=2)
+    save_publishing_layout(model, demo_processor(), target, overwrite=True, widget_images={})
+    for name, text in user_files.items():  # never written by the layout: kept, whatever their names look like
+        assert (target / name).read_text() == text, name
+    # Files of the earlier layout that this one lacks are gone; its own files are the new ones.
+    assert not (target / "pytorch_model.bin").exists() and not (target / "widget" / "sneaker.png").exists()
+    # A widget image named by a title only the first call knew is not the second call's to name: it stays.
+    assert (target / "widget" / "my-photo.png").is_file()
+    reloaded = MJPViTForImageClassification.from_pretrained(target, subfolder=MJP_SUBFOLDER)
+    assert torch.equal(reloaded.classifier.weight, model.classifier.weight)
+    assert sorted(set(layout_files(target)) - set(user_files)) == sorted(
+        [name for name in DEMO_LAYOUT if not name.startswith("widget/") and name != "README.md"]
+        + ["widget/my-photo.png"])
 
 
 def test_layout_loads_in_process_with_identical_logits(tmp_path):
@@ -305,8 +333,11 @@ def test_push_uploads_the_layout_and_it_loads_without_mjp_hf(tmp_path):
     assert upload[0:2] == ("upload_folder", "me/mjp-vit-demo") and upload[3] == "hf_test"
     assert "stock ViT at the root" in upload[2]["commit_message"]
     # A re-push removes what an earlier push left and this layout lacks: old weights, old code, the old mjp/ files.
-    stale = ["pytorch_model.bin", "model-00001-of-00002.safetensors", "old_module.py", f"{MJP_SUBFOLDER}/extra.json"]
-    kept = [".gitattributes", "LICENSE", "notes/eval.md"]
+    stale = ["pytorch_model.bin", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
+             f"{MJP_SUBFOLDER}/pytorch_model.bin", "widget/trouser.png"]
+    # Only what the layout writes is the push's to delete: never .gitattributes, nor a user's files, code or data.
+    kept = [".gitattributes", "LICENSE", "notes/eval.md", "old_module.py", "eval.json", f"{MJP_SUBFOLDER}/extra.json",
+            "widget/my-photo.png"]
     assert [name for name in stale + kept if any(fnmatch.fnmatch(name, pattern) for pattern in
                                                   upload[2]["delete_patterns"])] == stale
 
@@ -472,3 +503,139 @@ def test_layout_of_a_bfloat16_model_keeps_its_dtype(tmp_path):
     with torch.no_grad():
         expected = model(x).logits
         assert torch.equal(root(x).logits, expected) and torch.equal(full(x).logits, expected)
+
+
+# --- destructive paths: the run folder is never an output, an incomplete checkpoint is never published ------------
+
+
+def test_layout_refuses_an_output_folder_that_is_or_holds_the_run(tiny_run, tmp_path, monkeypatch):
+    before = {name: (tiny_run / name).read_bytes() for name in layout_files(tiny_run)}
+    for output in (tiny_run, tiny_run.parent):
+        with pytest.raises(ValueError, match=r"--output_dir .* (is|contains) --run_dir .*Pass a new folder outside"):
+            main(["layout", "--run_dir", str(tiny_run), "--output_dir", str(output), "--model_id", "me/x",
+                  "--overwrite"])
+    monkeypatch.chdir(tiny_run)
+    with pytest.raises(ValueError, match=r"--output_dir \. is --run_dir \."):
+        main(["layout", "--run_dir", ".", "--output_dir", ".", "--model_id", "me/x", "--overwrite"])
+    assert {name: (tiny_run / name).read_bytes() for name in layout_files(tiny_run)} == before
+
+
+def _without_a_tensor(run_dir: Path, destination: Path) -> str:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(run_dir, destination)
+    weights = load_file(destination / "model.safetensors")
+    dropped = next(key for key in sorted(weights) if ".layer.0." in key)  # saved under the v4 key names
+    del weights[dropped]
+    save_file(weights, destination / "model.safetensors", metadata={"format": "pt"})
+    return dropped
+
+
+def test_layout_and_push_refuse_a_checkpoint_with_missing_tensors(tiny_run, tmp_path):
+    broken = tmp_path / "broken-run"
+    _without_a_tensor(tiny_run, broken)
+    with pytest.raises(ValueError, match=r"does not hold a complete MJPViTForImageClassification checkpoint: "
+                                         r"missing tensors \['vit\.layers\.0\..*'\]"):
+        main(["layout", "--run_dir", str(broken), "--output_dir", str(tmp_path / "out"), "--model_id", "me/x"])
+    assert not (tmp_path / "out").exists()
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match="missing tensors"):
+        main(["push", "--run_dir", str(broken), "--hub_model_id", "me/x"])
+    assert hub.calls == []
+
+
+# --- the card of a training run's folder describes that folder ---------------------------------------------------
+
+SNIPPET_RUNNER = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class RefuseMJP(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "mjp_hf" or name.startswith("mjp_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+    if sys.argv[2] == "without-mjp_hf":
+        sys.meta_path.insert(0, RefuseMJP())
+    for index, code in enumerate(json.load(open(sys.argv[1]))):
+        scope = {}
+        exec(compile(code, f"<card snippet {index}>", "exec"), scope)
+        print(json.dumps({"snippet": index, "names": sorted(name for name in scope if not name.startswith("_"))}))
+    print(json.dumps({"modules": sorted(m for m in sys.modules if m.startswith("mjp_hf"))}))
+    """
+)
+
+
+def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
+    """Run card snippets one after the other in a fresh interpreter, with or without `mjp_hf` importable."""
+    tag = "with" if with_mjp_hf else "without"
+    source, script = tmp_path / f"snippets-{tag}.json", tmp_path / "run_snippets.py"
+    source.write_text(json.dumps(snippets))
+    script.write_text(SNIPPET_RUNNER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / f"hf_home_{tag}"),
+           "PYTHONPATH": os.pathsep.join(sys.path) if with_mjp_hf else ""}
+    done = subprocess.run([sys.executable, str(script), str(source), f"{tag}-mjp_hf"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypatch):
+    import re
+    import shlex
+
+    run = tmp_path / "runs" / "mjp-demo"
+    shutil.copytree(tiny_run, run)
+    model = MJPViTForImageClassification.from_pretrained(run)
+    metrics = json.loads((run / "all_results.json").read_text())
+    card = build_model_card(model, model_id="mjp-demo", run_dir="runs/mjp-demo", metrics=metrics,
+                            dataset_name="zalando-datasets/fashion_mnist", dataset_split="test")
+    card.save(run / "README.md")
+    text = card.text
+
+    # What the folder is: MJP with its code, no widget images, no URL of a repository that does not exist.
+    assert getattr(card.data, "widget", None) is None
+    assert "widget/" not in text and "huggingface.co/mjp-demo" not in text
+    assert "## Repository layout" not in text and "`model_type: mjp_vit`" in text
+    assert json.loads((run / "config.json").read_text())["model_type"] == "mjp_vit"
+    for name in ("configuration_mjp_vit.py", "modeling_mjp_vit.py", "jigsaw.py", "preprocessor_config.json"):
+        assert f"`{name}`" in text and (run / name).is_file(), name
+    assert card.data.eval_results[0].dataset_split == "test"
+
+    # Every snippet runs as written, from the folder the run was started in.
+    blocks = re.findall(r"```(\w+)\n(.*?)```", text, re.S)
+    image = tmp_path / "shirt.png"
+    sample_image().save(image)
+    python = [code.replace("path/to/image.png", str(image)) for language, code in blocks if language == "python"]
+    stock = [code for code in python if "mjp_hf" not in code]
+    assert len(stock) == 2 and all("trust_remote_code=True" in code for code in stock)
+    report = run_snippets(stock, tmp_path, tmp_path, with_mjp_hf=False)
+    assert report[-1] == {"modules": []} and {"classifier", "model", "processor"} <= {
+        name for entry in report[:-1] for name in entry["names"]}
+    run_snippets([code for code in python if "mjp_hf" in code], tmp_path, tmp_path, with_mjp_hf=True)
+
+    # The publishing commands it points to produce the layout (push with the HTTP calls recorded).
+    commands = [shlex.split(line) for language, code in blocks if language == "bash" for line in code.splitlines()]
+    assert [command[:4] for command in commands] == [["python", "-m", "mjp_hf.hub", "layout"],
+                                                     ["python", "-m", "mjp_hf.hub", "push"]]
+    monkeypatch.chdir(tmp_path)
+    main(commands[0][3:])
+    layout = tmp_path / "runs" / "mjp-demo-hub"
+    assert layout_files(layout) == DEMO_LAYOUT
+    published = ModelCard.load(layout / "README.md")
+    assert "## Repository layout" in published.text and published.data.eval_results[0].dataset_split == "test"
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch():
+        main(commands[1][3:])
+    assert hub.calls[0][1] == "YOUR_NAMESPACE/mjp-demo" and layout_files(tmp_path / "uploaded") == DEMO_LAYOUT
+
+
+def test_a_run_folder_card_is_never_published(tmp_path):
+    model = demo_model()
+    run_card = build_model_card(model, model_id="me/mjp-demo", run_dir="runs/mjp-demo")
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match="describes a training run's output folder"):
+        push_mjp_model(model, demo_processor(), "me/mjp-demo", card=run_card)
+    assert hub.calls == [] and not (tmp_path / "layout").exists()
+    publishing = build_model_card(model, model_id="me/mjp-demo")
+    assert "## Repository layout" in publishing.text and "run's output folder" not in publishing.text

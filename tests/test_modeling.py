@@ -242,11 +242,11 @@ def _reference_dalr_loss(model, kept_positions):
 
 def test_dalr_loss_is_the_weighted_mean_l1_over_kept_positions():
     model = tiny_model(dalr_loss_weight=0.5).eval()
-    x = pixels()
-    clean = model(x)
+    x, labels = pixels(), torch.tensor([0, 1, 2, 3])
+    clean = model(x, labels=labels)
     torch.testing.assert_close(clean.localization_loss, _reference_dalr_loss(model, torch.arange(49)))
     masked = [3, 4, 10, 11]
-    out = model(x, jigsaw_mask=block_of(49, masked))
+    out = model(x, labels=labels, jigsaw_mask=block_of(49, masked))
     kept = torch.tensor([p for p in range(49) if p not in masked])
     torch.testing.assert_close(out.localization_loss, _reference_dalr_loss(model, kept))
 
@@ -255,7 +255,7 @@ def test_dalr_loss_with_per_sample_masks_counts_every_kept_pair():
     model = tiny_model().eval()
     mask = torch.zeros(2, 49, dtype=torch.bool)
     mask[0, :10] = True
-    out = model(pixels(batch=2), jigsaw_mask=mask)
+    out = model(pixels(batch=2), labels=torch.tensor([0, 1]), jigsaw_mask=mask)
     # Sample 1 keeps all 49 positions, sample 0 keeps 39: positions 10.. count twice.
     reference = (_reference_dalr_loss(model, torch.arange(10, 49)) * 39 * 2 + _reference_dalr_loss(model, torch.arange(49)) * 49 * 2)
     torch.testing.assert_close(out.localization_loss, reference / (88 * 2))
@@ -288,11 +288,11 @@ def test_loss_is_classification_plus_localization_for_every_problem_type():
 
 
 def test_schedule_weight_scales_the_loss_and_config_keeps_the_base():
-    model = tiny_model(dalr_loss_weight=0.01).eval()
+    model = tiny_model(dalr_loss_weight=0.01).train()
     x = pixels()
-    base = model(x).localization_loss
+    base = model(x, jigsaw=False).localization_loss
     model.set_mjp_schedule(dalr_loss_weight=0.005)
-    torch.testing.assert_close(model(x).localization_loss, base / 2)
+    torch.testing.assert_close(model(x, jigsaw=False).localization_loss, base / 2)
     assert model.config.dalr_loss_weight == 0.01
 
 
@@ -364,7 +364,7 @@ def test_gradient_checkpointing_trains():
 def test_interpolate_pos_encoding_with_and_without_jigsaw():
     model = tiny_model(jigsaw_ratio=0.3).eval()
     x = pixels(size=36)  # a 9x9 grid
-    out = model(x, interpolate_pos_encoding=True, jigsaw=True)
+    out = model(x, labels=torch.tensor([0, 1, 2, 3]), interpolate_pos_encoding=True, jigsaw=True)
     assert out.logits.shape == (4, 5) and out.jigsaw_mask.shape == (1, 81)
     assert torch.isfinite(out.localization_loss)
     clean = model(x, interpolate_pos_encoding=True)
@@ -391,7 +391,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert reloaded.config.jigsaw_ratio == 0.2 and reloaded.config.dalr_head == "linear"
     x = pixels()
     assert torch.equal(reloaded(x).logits, model(x).logits)
-    torch.testing.assert_close(reloaded(x).localization_loss, model(x).localization_loss)
+    y = torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(reloaded(x, labels=y).localization_loss, model(x, labels=y).localization_loss)
     torch.testing.assert_close(reloaded.vit.embeddings.unk_position_embedding, model.vit.embeddings.unk_position_embedding)
 
 
@@ -559,3 +560,78 @@ def test_saved_keys_of_the_mjp_parts_are_not_renamed(tmp_path):
     assert {k for k in keys if "dalr_head" in k} == {
         f"vit.embeddings.dalr_head.regressor.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
     }
+
+
+# --- the DALR loss only where it is used; inputs that cannot be a batch ------------------------------------------
+
+
+def test_inference_outputs_hold_no_loss_and_training_outputs_do():
+    model = tiny_model().eval()
+    x, labels = pixels(), torch.tensor([0, 1, 2, 3])
+    inference = model(x)
+    assert inference.localization_loss is None and inference.loss is None
+    assert model.vit(x).localization_loss is None
+    assert model(x, jigsaw=True).localization_loss is None  # evaluation under shuffling needs no loss either
+    with_labels = model(x, labels=labels)
+    torch.testing.assert_close(with_labels.loss, with_labels.classification_loss + with_labels.localization_loss)
+    assert with_labels.localization_loss > 0
+    model.train()
+    assert model(x).localization_loss > 0 and model.vit(x).localization_loss > 0
+
+
+def test_batched_pipeline_on_a_saved_mjp_folder(tmp_path):
+    labels = {i: f"class_{i}" for i in range(5)}
+    model = tiny_model(id2label=labels, label2id={name: i for i, name in labels.items()}).eval()
+    model.save_pretrained(tmp_path)
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    processor.save_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)) for _ in range(6)]
+    classifier = pipeline("image-classification", model=str(tmp_path), batch_size=4)
+    predictions = classifier(images, top_k=2)
+    assert len(predictions) == 6
+    with torch.no_grad():
+        expected = model(processor(images, return_tensors="pt").pixel_values).logits.softmax(-1)
+    for scores, prediction in zip(expected, predictions):
+        top = scores.topk(2)
+        assert [p["label"] for p in prediction] == [labels[i] for i in top.indices.tolist()]
+        np.testing.assert_allclose([p["score"] for p in prediction], top.values.tolist(), atol=1e-5)
+
+
+def test_legacy_onnx_export_of_the_mjp_classifier(tmp_path):
+    onnx = pytest.importorskip("onnx")  # in the dev extra
+    model = tiny_model().eval()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (pixels(batch=2),), str(path), dynamo=False, input_names=["pixel_values"],
+                      output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}})
+    graph = onnx.load(str(path)).graph
+    assert [output.name for output in graph.output] == ["logits"]
+    assert onnx.checker.check_model(onnx.load(str(path))) is None
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        ([0, 1, 2, 49] + list(range(4, 49)), r"values out of range \[49\]"),
+        ([-1] + list(range(1, 49)), r"values out of range \[-1\]"),
+        ([0, 0] + list(range(2, 49)), r"repeated values \[0\]"),
+    ],
+)
+def test_a_given_permutation_must_be_a_permutation(row, problem):
+    model = tiny_model()
+    bad = torch.stack([torch.arange(49), torch.tensor(row)])
+    with pytest.raises(ValueError, match=rf"jigsaw_permutation row 1 is not a permutation of 0..48 \({problem}\)"):
+        model(pixels(batch=2), jigsaw_permutation=bad)
+    with pytest.raises(ValueError, match="is not a permutation"):
+        model(pixels(batch=2), jigsaw_mask=torch.ones(1, 49, dtype=torch.bool), jigsaw_permutation=bad)
+
+
+def test_an_empty_batch_is_refused():
+    with pytest.raises(ValueError, match=r"pixel_values holds no image \(shape \(0, 3, 28, 28\)\).*at least one"):
+        tiny_model()(pixels(batch=0))
+
+
+def test_images_smaller_than_one_patch_are_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"\(2\*2\) are smaller than one patch \(4\*4\)"):
+        model(pixels(size=2), interpolate_pos_encoding=True)

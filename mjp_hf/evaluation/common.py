@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..data import load_fashion_mnist_arrays
+from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays
 from ..modeling_mjp_vit import MJPViTForImageClassification
 
 # transformers' ViT image processor defaults, used when a model folder has no preprocessor_config.json.
@@ -141,6 +141,8 @@ def load_eval_images(
     The default is the embedded Fashion-MNIST test split (its first `max_samples` images, which are already mixed
     across classes). `data_dir` reads an image folder (one sub-folder per class) and `dataset_name` any dataset
     `datasets.load_dataset` can open (a local folder or, when online, the Hub), with `datasets` instead.
+
+    The labels are checked against the model's classes (`check_labels`) before anything is evaluated.
     """
     if data_dir is not None and dataset_name is not None:
         raise ValueError("Pass either --data_dir (an image folder) or --dataset_name, not both.")
@@ -148,6 +150,7 @@ def load_eval_images(
         images, labels = load_fashion_mnist_arrays(split)
         if max_samples is not None:
             images, labels = images[:max_samples], labels[:max_samples]
+        check_labels(config, labels, FASHION_MNIST_LABELS, source=f"Fashion-MNIST ({split} split)")
         return _to_model_images(images, None, config), labels
 
     from datasets import load_dataset
@@ -166,7 +169,52 @@ def load_eval_images(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     labels = np.asarray(dataset[label_column], dtype=np.int64)
+    check_labels(config, labels, getattr(dataset.features[label_column], "names", None),
+                 source=f"{data_dir or dataset_name} ({split} split)")
     return _to_model_images(None, dataset[image_column], config), labels
+
+
+def _name_key(name) -> str:
+    # Folder names and hub datasets spell class names differently ("T-shirt/top", "t-shirt_top").
+    return "".join(character for character in str(name).lower() if character.isalnum())
+
+
+def check_labels(config, labels: np.ndarray, class_names=None, *, source: str = "the evaluation data") -> None:
+    """Raise a `ValueError` unless the data's labels are classes of the model: every label in
+    `[0, config.num_labels)`, and, where both the data and the model name their classes, the same name at each
+    index the data uses. An accuracy computed on other classes would be a wrong number, printed as a result."""
+    num_labels = config.num_labels
+    id2label = {int(key): value for key, value in (config.id2label or {}).items()}
+    model_names = [id2label.get(index, f"LABEL_{index}") for index in range(num_labels)]
+    if len(labels) == 0:
+        raise ValueError(f"{source} holds no images to evaluate; check the data flags and --split.")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_labels:
+        data_names = f" ({_short(class_names)})" if class_names else ""
+        raise ValueError(
+            f"{source} has labels {low}..{high}{data_names}, but the model classifies {num_labels} classes "
+            f"({_short(model_names)}): its accuracy on this data would be meaningless. Evaluate it on data with the "
+            "model's classes (--data_dir / --dataset_name, --label_column_name)."
+        )
+    named = not all(name == f"LABEL_{index}" for index, name in enumerate(model_names))
+    if class_names and named:
+        mismatched = [
+            (index, class_names[index], model_names[index])
+            for index in sorted(set(labels.tolist()))
+            if index < len(class_names) and _name_key(class_names[index]) != _name_key(model_names[index])
+        ]
+        if mismatched:
+            index, data_name, model_name = mismatched[0]
+            raise ValueError(
+                f"{source} names class {index} {data_name!r}, but the model's id2label names it {model_name!r} "
+                f"({len(mismatched)} classes differ): the labels would be compared with the wrong classes. Evaluate "
+                "on data whose classes are the model's, in the model's order."
+            )
+
+
+def _short(names, limit: int = 4) -> str:
+    names = list(names)
+    return ", ".join(map(str, names[:limit])) + (", ..." if len(names) > limit else "")
 
 
 def _to_model_images(images, pil_images, config) -> np.ndarray:
