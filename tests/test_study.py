@@ -95,3 +95,34 @@ def test_claims_need_the_intervals_not_the_means():
     claim3 = study.claims(study.summarise(records, list(records)))[2]
     assert claim3["settings"][0]["verdict"] == NOT_SHOWN
     assert claim3["verdict"] == NOT_SHOWN
+
+
+def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path):
+    """2 variants, 1 seed, a few steps: every stage really runs (training and the three evaluations as
+    subprocesses); the second run finds everything cached and writes the same tables."""
+    study = _study()
+    output, work = tmp_path / "study", tmp_path / "work"
+    argv = [
+        "--output_dir", str(output), "--work_dir", str(work), "--variants", "baseline", "mjp-p1-r0.25",
+        "--seeds", "0", "--max_steps", "3", "--max_eval_samples", "64", "--robustness_samples", "16",
+        "--corruptions", "gaussian_noise", "--severities", "1", "--privacy_images", "1",
+        "--privacy_args", "--attacks analytic,analytic_prior --multi_round_counts 1,2 --multi_round_probs 1",
+        "--train_args", "--max_train_samples 256 --per_device_train_batch_size 16",
+    ]
+    records = study.main(argv)
+    readme, results = (output / "README.md").read_text(), (output / "results.json").read_text()
+    assert (output / "pareto.png").is_file()
+    assert (output / "per_seed" / "mjp-p1-r0.25-seed0" / "privacy" / "privacy.json").is_file()
+    baseline, mjp = records["baseline"][0], records["mjp-p1-r0.25"][0]
+    # The baseline trains no jigsaw: its audit attacks plain steps only, and every jigsawed figure is absent.
+    assert baseline["leak_jigsawed_step"] is None and mjp["leak_jigsawed_step"] is not None
+    assert mjp["leak_per_step"] == mjp["leak_jigsawed_step"], "jigsaw_prob 1: every step is jigsawed"
+    assert "| ViT (standard PE) | 1 |" in readme and "not shown at this budget" in readme
+    logs = sorted(path.name for path in work.glob("*.log"))
+
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        study.main(argv)
+    study.main([*argv, "--overwrite"])
+    assert sorted(path.name for path in work.glob("*.log")) == logs
+    assert (output / "README.md").read_text() == readme
+    assert (output / "results.json").read_text() == results
