@@ -78,7 +78,10 @@ def parse_args(argv=None):
         help="Shape of the demo preset trained (default: the width-64 shape the published docs/study was made with).",
     )
     parser.add_argument("--train_args", default="", help="Extra flags for every training run, as one string.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (a shared CPU: keep 1).")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads per process (default: adaptive, as many as the cores other processes leave idle).",
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace tables and plots already in --output_dir.")
     return parser.parse_args(argv)
 
@@ -115,7 +118,8 @@ def train(variant: str, seed: int, run_dir: Path, args) -> None:
 
 
 def _env(args) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "10"}
+    threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    return {**os.environ, **threads, "HF_HUB_OFFLINE": "1", "TQDM_MININTERVAL": "10"}
 
 
 def export_stock_vit(run_dir: Path) -> Path:
@@ -322,7 +326,11 @@ def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(args.threads)
+    from mjp_hf.threads import adaptive_threads
+
+    if args.threads:  # the count given stands; otherwise the evaluations' loops adapt it
+        torch.set_num_threads(args.threads)
+        adaptive_threads().stand_down()
     readme = Path(args.output_dir) / "README.md"
     if readme.exists() and not args.overwrite:
         raise FileExistsError(f"{readme} exists; pass --overwrite to replace the study's tables, plots and runs.")

@@ -58,6 +58,7 @@ from mjp_hf.data import (
 from mjp_hf.metrics import load_accuracy_topk
 from mjp_hf.presets import PRESETS, config_from_preset
 from mjp_hf.rand_augment import parse_rand_augment
+from mjp_hf.threads import AdaptiveThreadsCallback, adaptive_threads
 from mjp_hf.training import (
     MJPScheduleCallback,
     MJPTrainer,
@@ -562,6 +563,8 @@ def write_run_files(trainer, training_args, model_args, data_args, hub_id, metri
 
 
 def main(argv: list[str] | None = None) -> dict:
+    # Started first, so that its first reading of the machine's load spans the data loading.
+    threads = adaptive_threads()
     model_args, data_args, mjp_args, training_args = parse_arguments(argv)
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
@@ -626,6 +629,7 @@ def main(argv: list[str] | None = None) -> dict:
         callbacks=[
             PerProcessSeedCallback(), MJPScheduleCallback(warmup_epochs),
             TransformEpochCallback(*[part for part in (train_transform, collator) if hasattr(part, "set_epoch")]),
+            AdaptiveThreadsCallback(threads),
         ],
     )
 

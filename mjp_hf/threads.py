@@ -122,9 +122,9 @@ class AdaptiveThreads:
     rises only when two readings in a row agree. `reader` returns the cores others used since its previous call, or
     `None` (see `CpuContention`); tests inject their own.
 
-        threads = AdaptiveThreads()
-        for batch in threads.watch(loader):   # or threads.update() between steps; AdaptiveThreadsCallback in a Trainer
-            ...
+        threads = adaptive_threads()          # the process-wide controller
+        for batch in threads.watch(loader, device):   # or threads.update() between steps; in a Trainer,
+            ...                                       # AdaptiveThreadsCallback
     """
 
     def __init__(self, max_threads: int | None = None, reader: Callable[[], float | None] | None = None,
@@ -180,6 +180,10 @@ class AdaptiveThreads:
             self.switches += 1
         return self.threads
 
+    def stand_down(self) -> None:
+        """Leave the thread count as it is from now on (a count the user gave)."""
+        self.enabled = False
+
     def update(self) -> int:
         """Take a reading when `interval_s` has passed since the last one; cheap to call after every step."""
         if not self.enabled:
@@ -190,11 +194,27 @@ class AdaptiveThreads:
         self._last_reading = now
         return self.observe(self.reader())
 
-    def watch(self, iterable: Iterable) -> Iterator:
-        """Yield from `iterable`, updating the thread count between items (an evaluation loop's batches)."""
+    def watch(self, iterable: Iterable, device: torch.device | str | None = None) -> Iterator:
+        """Yield from `iterable`, updating the thread count between items (an evaluation loop's batches); a loop on an
+        accelerator `device` is left alone."""
+        if device is not None and torch.device(device).type != "cpu":
+            yield from iterable
+            return
         for item in iterable:
             yield item
             self.update()
+
+
+_shared: AdaptiveThreads | None = None
+
+
+def adaptive_threads() -> AdaptiveThreads:
+    """The process-wide `AdaptiveThreads`, created at the first call. Every loop of a process uses this one: two
+    controllers would each see the other's change as the user's and stand down."""
+    global _shared
+    if _shared is None:
+        _shared = AdaptiveThreads()
+    return _shared
 
 
 class AdaptiveThreadsCallback(TrainerCallback):
@@ -208,7 +228,7 @@ class AdaptiveThreadsCallback(TrainerCallback):
         if args.device.type != "cpu":
             return
         if self.controller is None:
-            self.controller = AdaptiveThreads()
+            self.controller = adaptive_threads()
         self.controller.update()
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -221,4 +241,4 @@ class AdaptiveThreadsCallback(TrainerCallback):
         self._update(args)
 
 
-__all__ = ["AdaptiveThreads", "AdaptiveThreadsCallback", "CpuContention", "user_thread_setting"]
+__all__ = ["AdaptiveThreads", "AdaptiveThreadsCallback", "CpuContention", "adaptive_threads", "user_thread_setting"]

@@ -155,3 +155,21 @@ def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
               "--max_train_samples", "16", "--max_eval_samples", "8", "--per_device_train_batch_size", "8",
               "--per_device_eval_batch_size", "8", "--disable_tqdm", "true"])
     assert events.count("on_step_end") == 2 and "on_prediction_step" in events
+
+
+def test_one_controller_per_process_and_it_can_stand_down(two_threads):
+    from mjp_hf import threads as module
+
+    shared = module.adaptive_threads()
+    assert module.adaptive_threads() is shared
+    enabled = shared.enabled
+    try:
+        shared.stand_down()
+        assert not shared.enabled and shared.observe(2.0) == 2 and torch.get_num_threads() == 2
+    finally:
+        shared.enabled = enabled
+
+
+def test_watch_leaves_accelerator_loops_alone(two_threads):
+    threads = controller([1.0, 1.0])
+    assert list(threads.watch(range(3), device="cuda")) == [0, 1, 2] and torch.get_num_threads() == 2
