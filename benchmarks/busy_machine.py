@@ -2,10 +2,12 @@
 threads (`mjp_hf.threads`), each beside 0, 1 and 2 busy processes, in one run.
 
 torch's OpenMP threads spin while they wait for each other; when another process takes a core, every operator waits
-for a thread the scheduler has parked. This script starts the busy processes itself (single-threaded Python spin
-loops, stopped at the end even on error) and times, in a fresh subprocess per measurement (OpenMP reads its
-environment once, when torch loads), a demo-preset training step (forward, MJP loss, backward, clip, AdamW) after a
-warm-up, in wall time:
+for a thread the scheduler has parked. Each setting runs in a fresh subprocess (OpenMP reads its environment once,
+when torch loads), which times a demo-preset training step (forward, MJP loss, backward, clip, AdamW; batch 128) in
+wall time, beside 0, 1 and 2 busy processes that it starts and stops itself (single-threaded Python spin loops,
+killed at the end even on error). Before each condition's timed steps come warm-up steps, at least `--warmup-s`
+seconds of them, so that the adaptive setting has settled (it rises only after two readings half a second apart):
+the figures are steady-state steps. The settings:
 
 * `torch default`: as torch starts, one thread per core, libgomp's default wait policy;
 * `ACTIVE`, `PASSIVE`: one thread per core with `OMP_WAIT_POLICY` set;
@@ -13,15 +15,15 @@ warm-up, in wall time:
 * `adaptive`: `mjp_hf.threads.AdaptiveThreads` updated after every step, as `AdaptiveThreadsCallback` does in the
   example's Trainer.
 
-Conditions and settings are interleaved: every round runs the three conditions in a rotating order, and within a
-condition every setting in a rotating order, so that load from elsewhere hits all of them alike; the printed figures
-are medians over rounds. The targets (issue 12): adaptive within 5% of the best fixed setting on an idle machine, at
-most 1.5 times its own idle step beside one busy process, at most 3 times beside two.
+Every round runs the settings in a rotating order, and each setting the three conditions in a rotating order; the
+figures are medians over rounds, and a setting's busy/idle ratio pairs the conditions of one subprocess. The targets
+(issue 12): adaptive within 5% of the best fixed setting on an idle machine, at most 1.5 times its own idle step
+beside one busy process, at most 3 times beside two.
 
-    python benchmarks/busy_machine.py                 # 2 rounds of 3 conditions x 5 settings, ~10 min on 2 cores
+    python benchmarks/busy_machine.py                 # 2 rounds of 5 settings x 3 conditions
     python benchmarks/busy_machine.py --rounds 3      # steadier medians
     python benchmarks/busy_machine.py --extra "spin 10k=GOMP_SPINCOUNT=10000"   # another setting alongside
-    python benchmarks/busy_machine.py --quick         # smoke run: tiny batch, the adaptive setting only, seconds
+    python benchmarks/busy_machine.py --quick         # smoke run: batch 8, the adaptive setting only
 
 Run it on a machine that is otherwise idle: the "idle" condition is only as idle as the machine.
 """
@@ -77,25 +79,30 @@ def measure(args) -> dict:
     labels = torch.randint(0, 10, (args.batch_size,), generator=generator)
     step = make_step(model, pixel_values, labels, torch.float32)
 
-    def timed_steps(count: int, budget_s: float) -> list[float]:
-        times, deadline = [], time.perf_counter() + budget_s
-        while len(times) < count and (len(times) < args.min_steps or time.perf_counter() < deadline):
-            start = time.perf_counter()
+    def timed_steps(count: int, budget_s: float, min_s: float = 0.0) -> list[float]:
+        times, start = [], time.perf_counter()
+        while True:
+            elapsed = time.perf_counter() - start
+            if len(times) >= args.min_steps and (len(times) >= count or elapsed > budget_s) and elapsed >= min_s:
+                return times
+            begin = time.perf_counter()
             step()
             if threads is not None:
                 threads.update()
-            times.append(time.perf_counter() - start)
-        return times
+            times.append(time.perf_counter() - begin)
 
-    timed_steps(args.warmup, args.budget_s / 2)
-    times = timed_steps(args.steps, args.budget_s)
-    return {
-        "setting": args.child,
-        "ms_per_step": 1e3 * sum(times) / len(times),
-        "steps": len(times),
-        "threads_at_end": torch.get_num_threads(),
-        "switches": threads.switches if threads is not None else 0,
-    }
+    results = {}
+    for condition in map(int, args.conditions.split(",")):
+        with busy_processes(condition):
+            # Warm-up: the allocator, caches, and (adaptive) the two readings it takes to settle after a change.
+            timed_steps(args.warmup, args.budget_s / 2, min_s=args.warmup_s)
+            times = timed_steps(args.steps, args.budget_s)
+        results[condition] = {
+            "ms_per_step": 1e3 * sum(times) / len(times),
+            "steps": len(times),
+            "threads": torch.get_num_threads(),
+        }
+    return {"setting": args.child, "conditions": results, "switches": threads.switches if threads is not None else 0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,9 +133,10 @@ def child_environment(setting_env: dict) -> dict:
     return env
 
 
-def run_child(name: str, setting_env: dict, args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", name, "--batch-size", str(args.batch_size),
-               "--warmup", str(args.warmup), "--steps", str(args.steps), "--min-steps", str(args.min_steps),
+def run_child(name: str, setting_env: dict, conditions: tuple[int, ...], args) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--child", name, "--conditions",
+               ",".join(map(str, conditions)), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
+               "--warmup-s", str(args.warmup_s), "--steps", str(args.steps), "--min-steps", str(args.min_steps),
                "--budget-s", str(args.budget_s), "--seed", str(args.seed)]
     result = subprocess.run(command, env=child_environment(setting_env), cwd=os.path.dirname(HERE),
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=args.timeout_s)
@@ -165,9 +173,9 @@ def describe(args, settings: dict) -> list[str]:
         f"date: {time.strftime('%Y-%m-%dT%H:%M%z')}",
         f"machine: {_cpu_model()}, {os.cpu_count()} cores; python {sys.version.split()[0]}, torch {torch.__version__} "
         f"({backend}), transformers {transformers.__version__}",
-        f"step: demo preset, batch {args.batch_size}, forward + MJP loss + backward + clip + AdamW; {args.warmup} "
-        f"warm-up steps, then {args.steps} timed (at least {args.min_steps}, else within {args.budget_s:.0f} s); "
-        "wall time, mean ms per step",
+        f"step: demo preset, batch {args.batch_size}, forward + MJP loss + backward + clip + AdamW; per condition "
+        f"{args.warmup} warm-up steps and at least {args.warmup_s:.0f} s of them, then {args.steps} timed (at least "
+        f"{args.min_steps}, else within {args.budget_s:.0f} s); wall time, mean ms per step",
         f"settings: {', '.join(settings)}; busy process: a single-threaded Python spin loop",
         f"thread variables of this shell, not passed on: {user_set or 'none'}",
         f"load average (1/5/15 min) at start: {load_average()}",
@@ -184,7 +192,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every condition x setting (default 2)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up steps per condition")
+    parser.add_argument("--warmup-s", type=float, default=2.0, help="warm-up time per condition, at least (seconds)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--min-steps", type=int, default=5, help="timed steps even past --budget-s")
     parser.add_argument("--budget-s", type=float, default=20.0, help="time cap of the timed steps of one measurement")
@@ -193,12 +202,14 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, adaptive only, 1 round, 2 steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--conditions", default="0,1,2", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         print(json.dumps(measure(args)))
         return
     if args.quick:
-        args.rounds, args.batch_size, args.warmup, args.steps, args.min_steps, args.budget_s = 1, 8, 1, 2, 2, 5.0
+        args.rounds, args.batch_size, args.warmup, args.warmup_s, args.steps, args.min_steps, args.budget_s = (
+            1, 8, 1, 0.0, 2, 2, 5.0)
     if args.rounds < 1 or args.steps < 1 or args.min_steps < 1:
         raise SystemExit("--rounds, --steps and --min-steps must be at least 1.")
     settings = {name: env for name, env in SETTINGS.items() if not args.quick or name in QUICK_SETTINGS}
@@ -212,14 +223,13 @@ def main(argv=None) -> None:
     names = list(settings)
     for round_index in range(args.rounds):
         conditions = CONDITIONS[round_index % 3:] + CONDITIONS[:round_index % 3]
-        for condition_index, condition in enumerate(conditions):
-            with busy_processes(condition):
-                shift = (round_index + condition_index) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    result = run_child(name, settings[name], args)
-                    ms[(condition, name)].append(result["ms_per_step"])
-                    threads_at_end[(condition, name)].append(result["threads_at_end"])
-            print(f"round {round_index + 1}/{args.rounds}, {condition} busy: done", flush=True)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            result = run_child(name, settings[name], conditions, args)
+            for condition, measured in result["conditions"].items():
+                ms[(int(condition), name)].append(measured["ms_per_step"])
+                threads_at_end[(int(condition), name)].append(measured["threads"])
+            print(f"round {round_index + 1}/{args.rounds}: {name} done", flush=True)
 
     from _timing import load_average, markdown_table
 
