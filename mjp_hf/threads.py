@@ -16,6 +16,10 @@ What the user chose stands: with `OMP_NUM_THREADS` or `MKL_NUM_THREADS` set, or 
 controller does nothing; when anything else changes the thread count while it runs, it stands down. It never sets
 an environment variable (so `OMP_WAIT_POLICY` and `GOMP_SPINCOUNT` stay the user's), and it only acts when the model
 runs on the CPU. Outside Linux (no `/proc/stat`) it does nothing.
+
+Reproducibility: some CPU kernels split their reductions by thread, so the rounding of a run depends on its thread
+count. A run is bit-identical to another with the same seed, versions and thread count; a run whose count followed
+the load agrees to rounding, not bit for bit. Set `OMP_NUM_THREADS` (e.g. to the core count) for bit-identical reruns.
 """
 
 from __future__ import annotations
@@ -239,6 +243,11 @@ class AdaptiveThreadsCallback(TrainerCallback):
 
     def on_prediction_step(self, args, state, control, **kwargs):
         self._update(args)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.controller is not None and self.controller.switches:
+            logger.info("torch threads followed the machine's load (%d changes, %d at the end); set OMP_NUM_THREADS for "
+                        "bit-identical reruns.", self.controller.switches, self.controller.threads)
 
 
 __all__ = ["AdaptiveThreads", "AdaptiveThreadsCallback", "CpuContention", "adaptive_threads", "user_thread_setting"]
