@@ -19,6 +19,7 @@ import busy_machine  # noqa: E402
 import data_loading  # noqa: E402
 import inference  # noqa: E402
 import jigsaw_op  # noqa: E402
+import main_job_levers  # noqa: E402
 import train_step  # noqa: E402
 
 SUMMARY_LINES = {
@@ -27,6 +28,7 @@ SUMMARY_LINES = {
     "jigsaw_op": (jigsaw_op, "jigsaw_op share of a step at batch 64"),
     "data_loading": (data_loading, "data_loading speed-up of undecoded bytes: "),
     "busy_machine": (busy_machine, "busy_machine adaptive threads: "),
+    "main_job_levers": (main_job_levers, "main_job_levers time per image vs fp32 eager: "),
 }
 
 

@@ -18,5 +18,6 @@ def test_every_benchmark_runs_and_prints_its_summary():
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for summary in ("train_step overhead:", "inference throughput vs stock HF ViT:", "jigsaw_op share of a step",
-                    "data_loading speed-up of undecoded bytes:", "busy_machine adaptive threads:"):
+                    "data_loading speed-up of undecoded bytes:", "busy_machine adaptive threads:",
+                    "main_job_levers time per image vs fp32 eager:"):
         assert summary in result.stdout
