@@ -152,7 +152,8 @@ def parse_extra(specs: list[str]) -> dict:
         label, _, assignments = spec.partition("=")
         pairs = [pair.partition("=") for pair in assignments.split(",") if pair]
         if not label or not pairs or any(not name or not sep for name, sep, _ in pairs):
-            raise SystemExit(f"--extra {spec!r}: write 'label=VAR=VALUE[,VAR=VALUE]', e.g. 'spin 10k=GOMP_SPINCOUNT=10000'.")
+            raise SystemExit(f"--extra {spec!r}: write 'label=VAR=VALUE[,VAR=VALUE]', e.g. "
+                             "'spin 10k=GOMP_SPINCOUNT=10000'.")
         unknown = [name for name, _, _ in pairs if name not in THREAD_VARIABLES]
         if unknown:
             raise SystemExit(f"--extra {spec!r}: {unknown} are not thread variables; choose from {THREAD_VARIABLES}.")
@@ -167,7 +168,8 @@ def describe(args, settings: dict) -> list[str]:
     from _timing import _cpu_model, load_average
 
     parallel = torch.__config__.parallel_info()
-    backend = next((line.split(":", 1)[1].strip() for line in parallel.splitlines() if "parallel backend" in line), "?")
+    backend = next((line.split(":", 1)[1].strip() for line in parallel.splitlines() if "parallel backend" in line),
+                   "?")
     user_set = {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ}
     return [
         f"date: {time.strftime('%Y-%m-%dT%H:%M%z')}",
@@ -197,7 +199,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--min-steps", type=int, default=5, help="timed steps even past --budget-s")
     parser.add_argument("--budget-s", type=float, default=20.0, help="time cap of the timed steps of one measurement")
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="a measurement's subprocess is killed after this")
+    parser.add_argument("--timeout-s", type=float, default=600.0, help="a setting's subprocess is killed after this")
     parser.add_argument("--extra", action="append", default=[], help="another setting: 'label=VAR=VALUE[,VAR=VALUE]'")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, adaptive only, 1 round, 2 steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -247,8 +249,8 @@ def main(argv=None) -> None:
     print()
     print(markdown_table(["setting", "idle ms", "1 busy ms (x own idle)", "2 busy ms (x own idle)"], rows))
     print()
-    print("Each cell: median over rounds of the mean step time; in brackets the median over rounds of the ratio to the "
-          "same setting's idle step in that round.")
+    print("Each cell: median over rounds of the mean step time; in brackets the median over rounds of the ratio to "
+          "the same setting's idle step in that round.")
     print(f"load average at end: {load_average()}")
 
     fixed = [name for name in names if name != ADAPTIVE] or [ADAPTIVE]  # --quick: adaptive alone

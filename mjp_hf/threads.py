@@ -9,8 +9,8 @@ and tens of times slower beside two (benchmarks/busy_machine.py measures it). On
 The policy: use as many threads as there are cores that other processes leave idle, at least one and at most the
 count torch started with. `AdaptiveThreads` reads, every half second, how much CPU time the machine spent outside
 this process (`/proc/stat`, steal time included, minus this process's own time) and calls `torch.set_num_threads`
-between training steps or evaluation batches (`AdaptiveThreadsCallback`, `AdaptiveThreads.watch`). A reading costs
-a few tens of microseconds and no device sync.
+between training steps or evaluation batches (`AdaptiveThreadsCallback`, `AdaptiveThreads.watch`). A reading is
+one read of `/proc/stat` and `os.times()`, never a device sync; between readings an update is one clock read.
 
 What the user chose stands: with `OMP_NUM_THREADS` or `MKL_NUM_THREADS` set, or `MJP_ADAPTIVE_THREADS=0`, the
 controller does nothing; when anything else changes the thread count while it runs, it stands down. It never sets
@@ -178,7 +178,8 @@ class AdaptiveThreads:
         else:
             self._pending_rise = None
         if wanted != self.threads:
-            logger.debug("Others use %.2f of %d cores: torch threads %d -> %d.", others, self.cores, self.threads, wanted)
+            logger.debug("Others use %.2f of %d cores: torch threads %d -> %d.", others, self.cores, self.threads,
+                         wanted)
             torch.set_num_threads(wanted)
             self.threads = wanted
             self.switches += 1
@@ -246,8 +247,8 @@ class AdaptiveThreadsCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.controller is not None and self.controller.switches:
-            logger.info("torch threads followed the machine's load (%d changes, %d at the end); set OMP_NUM_THREADS for "
-                        "bit-identical reruns.", self.controller.switches, self.controller.threads)
+            logger.info("torch threads followed the machine's load (%d changes, %d at the end); set OMP_NUM_THREADS "
+                        "for bit-identical reruns.", self.controller.switches, self.controller.threads)
 
 
 __all__ = ["AdaptiveThreads", "AdaptiveThreadsCallback", "CpuContention", "adaptive_threads", "user_thread_setting"]

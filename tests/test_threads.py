@@ -53,7 +53,8 @@ def test_target_on_a_bigger_machine():
     assert AdaptiveThreads(max_threads=4, cores=16, reader=replay([]), environ={}).target(0.0) == 4
 
 
-@pytest.mark.parametrize("environ", [{"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "2"}, {"MJP_ADAPTIVE_THREADS": "0"}])
+@pytest.mark.parametrize("environ", [{"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "2"},
+                                     {"MJP_ADAPTIVE_THREADS": "0"}])
 def test_a_thread_count_the_user_set_is_never_overridden(two_threads, environ):
     threads = controller([1.5, 1.5], environ=environ)
     assert not threads.enabled and user_thread_setting(environ) == next(iter(environ))
@@ -135,7 +136,8 @@ def test_the_callback_leaves_accelerator_runs_alone(two_threads):
 
 @pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
 def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("run_image_classification", ROOT / "examples/run_image_classification.py")
+    spec = importlib.util.spec_from_file_location("run_image_classification",
+                                                  ROOT / "examples" / "run_image_classification.py")
     run = sys.modules.get(spec.name)
     if run is None:
         run = importlib.util.module_from_spec(spec)
