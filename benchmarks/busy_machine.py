@@ -195,7 +195,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every condition x setting (default 2)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=5, help="warm-up steps per condition")
-    parser.add_argument("--warmup-s", type=float, default=2.0, help="warm-up time per condition, at least (seconds)")
+    parser.add_argument("--warmup-s", type=float, default=3.0, help="warm-up time per condition, at least (seconds)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--min-steps", type=int, default=5, help="timed steps even past --budget-s")
     parser.add_argument("--budget-s", type=float, default=20.0, help="time cap of the timed steps of one measurement")
