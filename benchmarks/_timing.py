@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from mjp_hf.threads import THREAD_COUNT_VARIABLES
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -29,9 +31,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="CPU threads for torch (default 1: on a shared machine, OpenMP with every core busy elsewhere is "
-        "several times slower and far noisier; use the core count on an idle machine)",
+        default=None,
+        help="CPU threads for torch (default 1, or the count OMP_NUM_THREADS/MKL_NUM_THREADS set: on a shared "
+        "machine, OpenMP with every core busy elsewhere is several times slower and far noisier; a fixed count keeps "
+        "the variants of a round comparable)",
     )
     parser.add_argument(
         "--clock",
@@ -48,6 +51,10 @@ def setup(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine; use --device cpu.")
+    if args.threads is None:
+        # The count the user fixed in the environment stands; else one thread (see --threads).
+        user_count = any(os.environ.get(name, "").strip() for name in THREAD_COUNT_VARIABLES)
+        args.threads = torch.get_num_threads() if user_count else 1
     if args.threads < 1:
         raise SystemExit(f"--threads {args.threads}: pass at least 1.")
     torch.set_num_threads(args.threads)

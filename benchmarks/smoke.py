@@ -1,4 +1,5 @@
-"""Run every benchmark with `--quick` in this one process, so that CI knows they still run (about 20 s on 2 idle cores).
+"""Run every benchmark with `--quick` in this one process (`busy_machine` in its own subprocesses), so that CI knows
+they still run.
 
     python benchmarks/smoke.py
 
@@ -14,9 +15,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import busy_machine  # noqa: E402
 import data_loading  # noqa: E402
 import inference  # noqa: E402
 import jigsaw_op  # noqa: E402
+import main_job_levers  # noqa: E402
 import train_step  # noqa: E402
 
 SUMMARY_LINES = {
@@ -24,6 +27,8 @@ SUMMARY_LINES = {
     "inference": (inference, "inference throughput vs stock HF ViT: "),
     "jigsaw_op": (jigsaw_op, "jigsaw_op share of a step at batch 64"),
     "data_loading": (data_loading, "data_loading speed-up of undecoded bytes: "),
+    "busy_machine": (busy_machine, "busy_machine adaptive threads: "),
+    "main_job_levers": (main_job_levers, "main_job_levers time per image vs fp32 eager: "),
 }
 
 

@@ -1,8 +1,11 @@
-"""The benchmark scripts still run: each with `--quick` (toy shapes, seconds), ending in its summary line."""
+"""The benchmark scripts still run: each with `--quick` (toy shapes, seconds), ending in its summary line; and
+busy_machine gives each thread setting its own environment."""
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,5 +21,26 @@ def test_every_benchmark_runs_and_prints_its_summary():
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for summary in ("train_step overhead:", "inference throughput vs stock HF ViT:", "jigsaw_op share of a step",
-                    "data_loading speed-up of undecoded bytes:"):
+                    "data_loading speed-up of undecoded bytes:", "busy_machine adaptive threads:",
+                    "main_job_levers time per image vs fp32 eager:"):
         assert summary in result.stdout
+
+
+def test_busy_machine_gives_each_setting_exactly_its_own_thread_variables(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import busy_machine
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("MJP_ADAPTIVE_THREADS", "0")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    passive = busy_machine.child_environment(busy_machine.SETTINGS["PASSIVE"])
+    assert passive["OMP_WAIT_POLICY"] == "PASSIVE" and passive["SOMETHING_ELSE"] == "kept"
+    assert "OMP_NUM_THREADS" not in passive and "MJP_ADAPTIVE_THREADS" not in passive
+    adaptive = busy_machine.child_environment(busy_machine.SETTINGS[busy_machine.ADAPTIVE])
+    assert not set(busy_machine.THREAD_VARIABLES) & set(adaptive)
+    assert busy_machine.parse_extra(["spin 10k=GOMP_SPINCOUNT=10000,OMP_WAIT_POLICY=ACTIVE"]) == {
+        "spin 10k": {"GOMP_SPINCOUNT": "10000", "OMP_WAIT_POLICY": "ACTIVE"}}
+    for bad in ("no-assignment", "x=PATH=/tmp"):
+        with pytest.raises(SystemExit, match="--extra"):
+            busy_machine.parse_extra([bad])

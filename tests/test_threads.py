@@ -1,0 +1,177 @@
+"""mjp_hf.threads: the thread count follows the cores other processes leave idle, never against the user's setting.
+
+Readings are injected (no timing here: benchmarks/busy_machine.py measures the speed)."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mjp_hf.data import fashion_mnist_available
+from mjp_hf.threads import AdaptiveThreads, AdaptiveThreadsCallback, CpuContention, user_thread_setting
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def two_threads():
+    """torch at 2 threads for the test (the suite runs at 1), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def replay(readings):
+    """A reader that returns the given readings, one per call."""
+    readings = iter(readings)
+    return lambda: next(readings)
+
+
+def controller(readings, environ=None, **kwargs):
+    return AdaptiveThreads(max_threads=2, cores=2, reader=replay(readings), interval_s=0.0, environ=environ or {},
+                           **kwargs)
+
+
+def test_threads_follow_the_cores_others_leave_idle(two_threads):
+    # Others' cores, one reading per update: idle, one busy process, two, daemons' noise, idle again.
+    readings = [0.0, 1.0, 1.9, 0.1, 0.05, 0.0, 0.6, 0.15, 0.1]
+    threads = controller(readings)
+    seen = [threads.update() for _ in readings]
+    # Down at the first busy reading; up only after two quiet readings in a row; 0.1-0.15 cores of noise is quiet.
+    assert seen == [2, 1, 1, 1, 2, 2, 1, 1, 2]
+    assert torch.get_num_threads() == 2 and threads.switches == 4
+
+
+def test_target_on_a_bigger_machine():
+    threads = AdaptiveThreads(max_threads=16, cores=16, reader=replay([]), environ={})
+    assert [threads.target(others) for others in (0.0, 0.2, 0.3, 3.5, 15.9, 40.0)] == [16, 16, 15, 12, 1, 1]
+    assert AdaptiveThreads(max_threads=4, cores=16, reader=replay([]), environ={}).target(0.0) == 4
+
+
+@pytest.mark.parametrize("environ", [{"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "2"},
+                                     {"MJP_ADAPTIVE_THREADS": "0"}])
+def test_a_thread_count_the_user_set_is_never_overridden(two_threads, environ):
+    threads = controller([1.5, 1.5], environ=environ)
+    assert not threads.enabled and user_thread_setting(environ) == next(iter(environ))
+    assert [threads.update(), threads.observe(1.5)] == [2, 2] and torch.get_num_threads() == 2
+
+
+def test_the_wait_policy_the_user_set_is_left_alone(two_threads, monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    before = dict(os.environ)
+    threads = AdaptiveThreads(max_threads=2, cores=2, reader=replay([1.0, 0.0, 0.0]), interval_s=0.0)
+    assert threads.enabled  # a wait policy does not fix the count
+    assert [threads.update() for _ in range(3)] == [1, 1, 2]
+    assert dict(os.environ) == before  # no variable written or changed
+
+
+def test_a_count_set_elsewhere_while_running_stands(two_threads):
+    threads = controller([1.0, 0.0, 0.0, 0.0])
+    assert threads.update() == 1
+    torch.set_num_threads(2)  # the user, mid-run
+    assert [threads.update(), threads.update()] == [2, 2] and not threads.enabled
+    assert torch.get_num_threads() == 2
+
+
+def test_readings_are_taken_at_most_once_per_interval(two_threads):
+    calls = []
+
+    def reader():
+        calls.append(1)
+        return 1.0
+
+    threads = AdaptiveThreads(max_threads=2, cores=2, reader=reader, interval_s=3600.0, environ={})
+    assert [threads.update() for _ in range(100)] == [2] * 100 and not calls  # the first interval has not passed
+
+
+def test_watch_updates_between_items(two_threads):
+    threads = controller([1.0, 1.0, 1.0])
+    seen = [(item, torch.get_num_threads()) for item in threads.watch("abc")]
+    assert seen == [("a", 2), ("b", 1), ("c", 1)]
+
+
+def _write_stat(path, per_cpu_ticks):
+    """A /proc/stat with the given busy (user) and idle ticks per cpu."""
+    lines = [f"cpu  {int(sum(b for b, _ in per_cpu_ticks))} 0 0 {int(sum(i for _, i in per_cpu_ticks))} 0 0 0 0 0 0"]
+    lines += [f"cpu{n} {int(busy)} 0 0 {int(idle)} 0 0 0 0 0 0" for n, (busy, idle) in enumerate(per_cpu_ticks)]
+    path.write_text("\n".join(lines + ["intr 0", "ctxt 0", "procs_running 1"]) + "\n")
+
+
+def test_cpu_contention_is_machine_time_minus_own_time_on_our_cores(tmp_path):
+    stat = tmp_path / "stat"
+    _write_stat(stat, [(100, 900), (100, 900), (100, 900)])
+    clock, own = [10.0], [5.0]
+    reader = CpuContention(str(stat), clock=lambda: clock[0], own_cpu_seconds=lambda: own[0], cpus=[0, 1])
+    ticks = reader.ticks_per_second
+    # Over 2 s: cpu0 and cpu1 busy for 1.5 s each (3 s), of which this process 1.2 s; cpu2 (not ours) busy 2 s.
+    _write_stat(stat, [(100 + 1.5 * ticks, 900), (100 + 1.5 * ticks, 900), (100 + 2 * ticks, 900)])
+    clock[0], own[0] = 12.0, 6.2
+    assert reader() == pytest.approx((3.0 - 1.2) / 2)
+    clock[0], own[0] = 13.0, 7.2  # nothing else ran: this process alone
+    _write_stat(stat, [(100 + 2.0 * ticks, 900), (100 + 2.0 * ticks, 900), (100 + 2 * ticks, 900)])
+    assert reader() == 0.0
+
+
+def test_no_proc_stat_means_no_change(tmp_path, two_threads):
+    reader = CpuContention(str(tmp_path / "missing"))
+    assert not reader.available and reader() is None
+    threads = AdaptiveThreads(max_threads=2, cores=2, reader=reader, interval_s=0.0, environ={})
+    assert not threads.enabled and threads.update() == 2
+
+
+def test_the_callback_leaves_accelerator_runs_alone(two_threads):
+    threads = controller([1.0, 1.0])
+    callback = AdaptiveThreadsCallback(threads)
+    callback.on_step_end(SimpleNamespace(device=torch.device("cuda")), None, None)
+    assert torch.get_num_threads() == 2
+    callback.on_step_end(SimpleNamespace(device=torch.device("cpu")), None, None)
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
+def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("run_image_classification",
+                                                  ROOT / "examples" / "run_image_classification.py")
+    run = sys.modules.get(spec.name)
+    if run is None:
+        run = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = run
+        spec.loader.exec_module(run)
+    events = []
+    for event in ("on_step_end", "on_prediction_step"):
+        original = getattr(AdaptiveThreadsCallback, event)
+
+        def spy(self, *args, _original=original, _event=event, **kwargs):
+            events.append(_event)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(AdaptiveThreadsCallback, event, spy)
+    run.main(["--output_dir", str(tmp_path / "run"), "--config_overrides",
+              "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64", "--max_steps", "2",
+              "--max_train_samples", "16", "--max_eval_samples", "8", "--per_device_train_batch_size", "8",
+              "--per_device_eval_batch_size", "8", "--disable_tqdm", "true"])
+    assert events.count("on_step_end") == 2 and "on_prediction_step" in events
+
+
+def test_one_controller_per_process_and_it_can_stand_down(two_threads):
+    from mjp_hf import threads as module
+
+    shared = module.adaptive_threads()
+    assert module.adaptive_threads() is shared
+    enabled = shared.enabled
+    try:
+        shared.stand_down()
+        assert not shared.enabled and shared.observe(2.0) == 2 and torch.get_num_threads() == 2
+    finally:
+        shared.enabled = enabled
+
+
+def test_watch_leaves_accelerator_loops_alone(two_threads):
+    threads = controller([1.0, 1.0])
+    assert list(threads.watch(range(3), device="cuda")) == [0, 1, 2] and torch.get_num_threads() == 2
