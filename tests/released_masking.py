@@ -1,4 +1,4 @@
-"""A plain-Python transcription of the released block-mask loop (MJP_METHOD.md §1.2), the reference that
+"""A plain-Python transcription of the released block-mask loop (docs/METHOD.md, block mask), the reference that
 `mjp_hf.jigsaw.block_mask` is measured against. Slow and sequential on purpose."""
 
 import math

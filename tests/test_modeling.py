@@ -156,7 +156,7 @@ def test_seeded_draws_are_reproducible():
 
 
 def test_with_the_unknown_embedding_the_permutation_does_not_reach_the_logits():
-    # MJP_METHOD.md §8: shuffled tokens share one PE, so attention cannot tell where they went.
+    # docs/METHOD.md, permutation invariance: shuffled tokens share one PE, so attention cannot tell where they went.
     model = tiny_model().eval()
     x = pixels(batch=2)
     mask = block_of(49, [20, 21, 22, 27, 28])
