@@ -27,7 +27,7 @@ def test_released_cap_scales_with_the_grid():
 
 
 def test_statistics_match_the_released_generator_at_ratio_0_1():
-    # The method notes measured the released class: mean 18.6 of 19, 32% of draws below target, min 12.
+    # docs/METHOD.md, block mask: the released class measured: mean 18.6 of 19, 32% of draws below target, min 12.
     sizes = block_mask(4000, (14, 14), 19, generator=torch.Generator().manual_seed(0)).sum(1).float()
     assert abs(sizes.mean().item() - 18.6) < 0.15
     assert 0.26 < (sizes < 19).float().mean().item() < 0.37
