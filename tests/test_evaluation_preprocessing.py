@@ -45,7 +45,8 @@ def processor_pixels(processor, data_dir, mode="RGB", **kwargs):
     from datasets import load_dataset
 
     dataset = load_dataset("imagefolder", data_dir=str(data_dir), split="test")
-    return processor([image.convert(mode) for image in dataset["image"]], return_tensors="pt", **kwargs)["pixel_values"]
+    images = [image.convert(mode) for image in dataset["image"]]
+    return processor(images, return_tensors="pt", **kwargs)["pixel_values"]
 
 
 @pytest.fixture

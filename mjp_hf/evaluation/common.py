@@ -1,5 +1,6 @@
-"""Helpers shared by the evaluations: loading a saved model and its pixel normalisation, the evaluation images,
-pixel-space patch shuffling, output files and the command-line flags every evaluation takes."""
+"""Helpers shared by the evaluations: loading a saved model and the image processor every evaluation preprocesses
+through, the evaluation images, pixel-space patch shuffling, output files and the command-line flags every evaluation
+takes."""
 
 import argparse
 import json
@@ -105,13 +106,14 @@ class PixelNormalization:
 
     mean: tuple[float, ...] = DEFAULT_IMAGE_MEAN
     std: tuple[float, ...] = DEFAULT_IMAGE_STD
-    uint8_table: np.ndarray | None = field(default=None, repr=False)  # float32 [C, 256]
+    uint8_table: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 [C, 256]
 
     def __post_init__(self):
         if self.uint8_table is None:
             from transformers import ViTImageProcessorPil
 
-            self.uint8_table = _uint8_table(ViTImageProcessorPil(image_mean=list(self.mean), image_std=list(self.std)))
+            statistics = {"image_mean": list(self.mean), "image_std": list(self.std)}
+            self.uint8_table = _uint8_table(ViTImageProcessorPil(), statistics, len(self.mean))
 
     @classmethod
     def from_processor(cls, image_processor, num_channels: int = 3) -> "PixelNormalization":
@@ -119,7 +121,8 @@ class PixelNormalization:
         # A 1-channel model with an RGB processor: its first channel's statistics, as the training transform uses.
         statistics = _channel_statistics(image_processor, num_channels)
         # [0, 1] pixels are rescaled to `255 * rescale_factor` units before the processor normalises them.
-        scale = 255.0 * float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", True) else 255.0
+        rescale = float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", True) else 1.0
+        scale = 255.0 * rescale
         if getattr(image_processor, "do_normalize", True):
             mean, std = statistics["image_mean"], statistics["image_std"]
         else:
@@ -162,8 +165,11 @@ class PixelNormalization:
 
 
 def _channel_statistics(image_processor, num_channels: int) -> dict:
+    # A processor that does not normalise may carry no statistics; they are then unused.
     return {
-        name: _per_channel(getattr(image_processor, name, 0.5), num_channels) for name in ("image_mean", "image_std")
+        name: _per_channel(0.5 if getattr(image_processor, name, None) is None else getattr(image_processor, name),
+                           num_channels)
+        for name in ("image_mean", "image_std")
     }
 
 
@@ -193,12 +199,12 @@ def _per_channel(values, num_channels: int) -> tuple[float, ...]:
 def load_eval_images(
     config,
     max_samples: int | None = None,
-    image_processor=None,
     data_dir: str | None = None,
     split: str = "test",
     dataset_name: str | None = None,
     image_column: str = "image",
     label_column: str = "label",
+    image_processor=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evaluation images as uint8 `[n, H, W, C]` at the model's resolution and channel count, and int64 labels.
 
@@ -297,11 +303,15 @@ def _to_model_images(images, pil_images, config, image_processor=None) -> np.nda
         image_processor = load_image_processor(None, config)
     if pil_images is None:
         pil_images = [Image.fromarray(image) for image in images]
-    # The processor's geometry only: on uint8 input its PIL backend resizes and crops in uint8.
+    # The processor's geometry only. Its PIL backend resizes and crops uint8 images in uint8, so the rounding is a
+    # no-op there; it keeps the images uint8 for a backend that would return floats.
     resized = image_processor(
         [image.convert(mode) for image in pil_images], do_rescale=False, do_normalize=False, return_tensors="np"
     )["pixel_values"]
-    return np.ascontiguousarray(np.asarray(resized).astype(np.uint8, copy=False).transpose(0, 2, 3, 1))
+    resized = np.asarray(resized)
+    if resized.dtype != np.uint8:
+        resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(resized.transpose(0, 2, 3, 1))
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
@@ -382,7 +392,7 @@ def load_eval_data(args, config, max_samples: int | None, image_processor=None) 
     return load_eval_images(
         config,
         max_samples,
-        image_processor,
+        image_processor=image_processor,
         data_dir=args.data_dir,
         split=args.split,
         dataset_name=args.dataset_name,
