@@ -218,7 +218,8 @@ class ImageClassificationTransform:
         processor = self.image_processor
         pixels = arrays.astype(np.float32)
         if getattr(processor, "do_rescale", True):
-            pixels *= float(processor.rescale_factor)
+            # In float64 and back, as transformers rescales: the pixels are then the processor's to the bit.
+            pixels = (arrays.astype(np.float64) * float(processor.rescale_factor)).astype(np.float32)
         if getattr(processor, "do_normalize", True):
             channels = pixels.shape[-1]
             mean = np.asarray(processor.image_mean, dtype=np.float32).reshape(-1)[:channels]

@@ -1,20 +1,21 @@
-"""Helpers shared by the evaluations: loading a saved model and its pixel normalisation, the evaluation images,
-pixel-space patch shuffling, output files and the command-line flags every evaluation takes."""
+"""Helpers shared by the evaluations: loading a saved model and the image processor every evaluation preprocesses
+through, the evaluation images, pixel-space patch shuffling, output files and the command-line flags every evaluation
+takes."""
 
 import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays
+from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays, processor_image_size
 from ..modeling_mjp_vit import MJPViTForImageClassification
 
-# transformers' ViT image processor defaults, used when a model folder has no preprocessor_config.json.
+# transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.
 DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
 
@@ -62,36 +63,80 @@ def patch_grid(config) -> tuple[tuple[int, int], tuple[int, int]]:
     return (image_h // patch_h, image_w // patch_w), (patch_h, patch_w)
 
 
+def load_image_processor(model_name_or_path: str | Path | None, config):
+    """The image processor saved with the model (`AutoImageProcessor`), which every evaluation preprocesses through.
+
+    transformers has no default for a folder without a `preprocessor_config.json` (`AutoImageProcessor` raises), so
+    such a folder (and `None`) gets the stock ViT processor (bilinear resize, no crop, mean and std 0.5) at the model's
+    `image_size`. A processor whose output size is not the model's is refused."""
+    from transformers import AutoImageProcessor, ViTImageProcessorPil
+
+    path = Path(model_name_or_path) if model_name_or_path is not None else None
+    processor = None
+    if path is not None and (path / "preprocessor_config.json").is_file():
+        processor = AutoImageProcessor.from_pretrained(str(path))
+    elif path is not None and not path.exists():
+        try:  # a Hub id: its processor when it has one
+            processor = AutoImageProcessor.from_pretrained(str(model_name_or_path))
+        except OSError:
+            processor = None
+    if processor is None:
+        height, width = _pair(config.image_size)
+        processor = ViTImageProcessorPil(size={"height": height, "width": width})
+    size, expected = processor_image_size(processor), _pair(config.image_size)
+    if size != expected:
+        raise ValueError(
+            f"The image processor of {model_name_or_path} gives {size[0]}x{size[1]} images but the model takes "
+            f"{expected[0]}x{expected[1]}; save the processor the model was trained with beside it."
+        )
+    return processor
+
+
 @dataclass
 class PixelNormalization:
-    """The affine map from `[0, 1]` pixels to the model's `pixel_values` (the image processor's normalisation)."""
+    """The image processor's rescale and normalisation, as the affine map between `[0, 1]` pixels (uint8 / 255) and
+    the model's `pixel_values`, whose inverse maps reconstructions back to pixels and whose image of `[0, 1]` bounds
+    them.
+
+    `from_uint8` gives exactly the processor's `pixel_values` for uint8 images already at the model's size: it looks
+    each value up in `uint8_table`, the processor's own output for the 256 uint8 values of each channel (rescale and
+    normalise act on each pixel alone), so no arithmetic of the processor is written again here. Without a table (the
+    default), it is that of transformers' default ViT processor (mean and std 0.5).
+    """
 
     mean: tuple[float, ...] = DEFAULT_IMAGE_MEAN
     std: tuple[float, ...] = DEFAULT_IMAGE_STD
+    uint8_table: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 [C, 256]
+
+    def __post_init__(self):
+        if self.uint8_table is None:
+            from transformers import ViTImageProcessorPil
+
+            statistics = {"image_mean": list(self.mean), "image_std": list(self.std)}
+            self.uint8_table = _uint8_table(ViTImageProcessorPil(), statistics, len(self.mean))
 
     @classmethod
-    def from_pretrained(cls, model_name_or_path: str | Path, num_channels: int = 3) -> "PixelNormalization":
-        """Read the normalisation of the folder's image processor; transformers' ViT defaults without one."""
-        mean, std = DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD
-        processor = None
-        if (Path(model_name_or_path) / "preprocessor_config.json").is_file():
-            from transformers import AutoImageProcessor
+    def from_processor(cls, image_processor, num_channels: int = 3) -> "PixelNormalization":
+        """The normalisation of `image_processor`, for a model with `num_channels` channels."""
+        # A 1-channel model with an RGB processor: its first channel's statistics, as the training transform uses.
+        statistics = _channel_statistics(image_processor, num_channels)
+        # [0, 1] pixels are rescaled to `255 * rescale_factor` units before the processor normalises them.
+        rescale = float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", True) else 1.0
+        scale = 255.0 * rescale
+        if getattr(image_processor, "do_normalize", True):
+            mean, std = statistics["image_mean"], statistics["image_std"]
+        else:
+            mean, std = (0.0,) * num_channels, (1.0,) * num_channels
+        return cls(
+            mean=tuple(value / scale for value in mean),
+            std=tuple(value / scale for value in std),
+            uint8_table=_uint8_table(image_processor, statistics, num_channels),
+        )
 
-            processor = AutoImageProcessor.from_pretrained(model_name_or_path)
-        elif not Path(model_name_or_path).exists():
-            from transformers import AutoImageProcessor
-
-            try:  # a Hub id: its processor when it has one
-                processor = AutoImageProcessor.from_pretrained(str(model_name_or_path))
-            except OSError:
-                processor = None
-        if processor is not None:
-            if getattr(processor, "do_normalize", True):
-                mean, std = processor.image_mean, processor.image_std
-            else:
-                mean, std = (0.0,), (1.0,)
-        mean, std = _per_channel(mean, num_channels), _per_channel(std, num_channels)
-        return cls(mean=mean, std=std)
+    @classmethod
+    def from_pretrained(cls, model_name_or_path: str | Path, config) -> "PixelNormalization":
+        """The normalisation of the model folder's image processor (`load_image_processor`)."""
+        return cls.from_processor(load_image_processor(model_name_or_path, config), config.num_channels)
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, len(self.mean), 1, 1)
@@ -111,15 +156,39 @@ class PixelNormalization:
         return pixel_values * std + mean
 
     def from_uint8(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-        """`[B, H, W, C]` uint8 images -> `pixel_values` `[B, C, H, W]` float32."""
-        pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
-        return self.normalize(pixels)
+        """`[B, H, W, C]` uint8 images at the model's size -> the processor's `pixel_values` `[B, C, H, W]`."""
+        table = torch.as_tensor(self.uint8_table, device=device)
+        if images.shape[-1] != len(table):
+            raise ValueError(f"The images have {images.shape[-1]} channels but the normalisation {len(table)}.")
+        values = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).long()
+        return table[torch.arange(len(table), device=device).view(1, -1, 1, 1), values]
+
+
+def _channel_statistics(image_processor, num_channels: int) -> dict:
+    # A processor that does not normalise may carry no statistics; they are then unused.
+    return {
+        name: _per_channel(0.5 if getattr(image_processor, name, None) is None else getattr(image_processor, name),
+                           num_channels)
+        for name in ("image_mean", "image_std")
+    }
+
+
+def _uint8_table(image_processor, statistics: dict | None = None, num_channels: int = 3) -> np.ndarray:
+    """`[C, 256]`: the processor's `pixel_values` for each uint8 value of each channel."""
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8), (num_channels, 1, 256)).copy()
+    statistics = statistics if statistics is not None else _channel_statistics(image_processor, num_channels)
+    table = image_processor(
+        values, do_resize=False, do_center_crop=False, input_data_format="channels_first", **statistics
+    )["pixel_values"][0]
+    return np.asarray(table, dtype=np.float32).reshape(num_channels, 256)
 
 
 def _per_channel(values, num_channels: int) -> tuple[float, ...]:
     values = tuple(float(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
     if len(values) == 1:
         values = values * num_channels
+    if num_channels == 1:
+        return values[:1]
     if len(values) != num_channels:
         raise ValueError(
             f"The image processor has {len(values)} normalisation channels but the model expects {num_channels}."
@@ -135,8 +204,13 @@ def load_eval_images(
     dataset_name: str | None = None,
     image_column: str = "image",
     label_column: str = "label",
+    image_processor=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evaluation images as uint8 `[n, H, W, C]` at the model's resolution and channel count, and int64 labels.
+
+    The images are resized and centre-cropped by `image_processor` (the model's, from `load_image_processor`; the
+    stock ViT processor at the model's size when `None`) with its resampling filter; its rescale and normalisation
+    are left to `PixelNormalization.from_uint8`, so that corruptions can act on the uint8 images the model sees.
 
     The default is the embedded Fashion-MNIST test split (its first `max_samples` images, which are already mixed
     across classes). `data_dir` reads an image folder (one sub-folder per class) and `dataset_name` any dataset
@@ -151,7 +225,7 @@ def load_eval_images(
         if max_samples is not None:
             images, labels = images[:max_samples], labels[:max_samples]
         check_labels(config, labels, FASHION_MNIST_LABELS, source=f"Fashion-MNIST ({split} split)")
-        return _to_model_images(images, None, config), labels
+        return _to_model_images(images, None, config, image_processor), labels
 
     from datasets import load_dataset
 
@@ -171,7 +245,7 @@ def load_eval_images(
     labels = np.asarray(dataset[label_column], dtype=np.int64)
     check_labels(config, labels, getattr(dataset.features[label_column], "names", None),
                  source=f"{data_dir or dataset_name} ({split} split)")
-    return _to_model_images(None, dataset[image_column], config), labels
+    return _to_model_images(None, dataset[image_column], config, image_processor), labels
 
 
 def _name_key(name) -> str:
@@ -217,25 +291,27 @@ def _short(names, limit: int = 4) -> str:
     return ", ".join(map(str, names[:limit])) + (", ..." if len(names) > limit else "")
 
 
-def _to_model_images(images, pil_images, config) -> np.ndarray:
+def _to_model_images(images, pil_images, config, image_processor=None) -> np.ndarray:
     from PIL import Image
 
-    height, width = _pair(config.image_size)
     mode = {1: "L", 3: "RGB"}.get(config.num_channels)
     if mode is None:
         raise ValueError(
             f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}."
         )
-    if pil_images is None and images.shape[1:] == (height, width):
-        # Fashion-MNIST at the model's resolution: a channel repeat, no per-image work.
-        out = images[..., None]
-        return np.repeat(out, config.num_channels, axis=-1) if config.num_channels == 3 else out
+    if image_processor is None:
+        image_processor = load_image_processor(None, config)
     if pil_images is None:
         pil_images = [Image.fromarray(image) for image in images]
-    out = np.stack(
-        [np.asarray(image.convert(mode).resize((width, height), Image.BILINEAR)) for image in pil_images]
-    )
-    return out[..., None] if out.ndim == 3 else out
+    # The processor's geometry only. Its PIL backend resizes and crops uint8 images in uint8, so the rounding is a
+    # no-op there; it keeps the images uint8 for a backend that would return floats.
+    resized = image_processor(
+        [image.convert(mode) for image in pil_images], do_rescale=False, do_normalize=False, return_tensors="np"
+    )["pixel_values"]
+    resized = np.asarray(resized)
+    if resized.dtype != np.uint8:
+        resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(resized.transpose(0, 2, 3, 1))
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
@@ -311,11 +387,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_eval_data(args, config, max_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+def load_eval_data(args, config, max_samples: int | None, image_processor=None) -> tuple[np.ndarray, np.ndarray]:
     """`load_eval_images` driven by the parsed `base_parser` flags."""
     return load_eval_images(
         config,
         max_samples,
+        image_processor=image_processor,
         data_dir=args.data_dir,
         split=args.split,
         dataset_name=args.dataset_name,

@@ -61,6 +61,7 @@ from .common import (
     finite,
     is_mjp_model,
     load_eval_data,
+    load_image_processor,
     load_model,
     output_path,
     patch_grid,
@@ -733,8 +734,9 @@ def main(argv=None) -> dict:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = load_model(args.model_name_or_path, device)
-    normalization = PixelNormalization.from_pretrained(args.model_name_or_path, model.config.num_channels)
-    images, labels = load_eval_data(args, model.config, args.num_images)
+    image_processor = load_image_processor(args.model_name_or_path, model.config)
+    normalization = PixelNormalization.from_processor(image_processor, model.config.num_channels)
+    images, labels = load_eval_data(args, model.config, args.num_images, image_processor)
     pixel_values = normalization.from_uint8(images, device)
     report, reconstructions = evaluate_privacy(
         model,

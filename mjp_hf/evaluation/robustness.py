@@ -37,6 +37,7 @@ from .common import (
     batches,
     is_mjp_model,
     load_eval_data,
+    load_image_processor,
     load_model,
     output_path,
     patch_grid,
@@ -142,6 +143,11 @@ def corruption_accuracy(
     progress: bool = True,
 ) -> dict:
     """Accuracy on clean and corrupted copies of uint8 `images` `[n, H, W, C]`.
+
+    `images` are the model's inputs before rescaling: already resized and centre-cropped by its image processor
+    (`load_eval_images`). The corruptions act on them at the model's input size, as ImageNet-C corrupts the 224-pixel
+    crop, and only then does `normalization` apply the processor's rescale and normalisation; the clean images give
+    exactly the processor's `pixel_values`.
 
     Corrupting is model-independent and costs more than evaluating a small model: with `cache_dir`, each
     corrupted set is stored there (keyed by the images' hash, corruption, severity and seed) and reused.
@@ -357,8 +363,9 @@ def main(argv=None) -> dict:
     png_path = output_path(args.output_dir, "robustness.png", args.overwrite)
     device = resolve_device(args.device)
     model = load_model(args.model_name_or_path, device)
-    normalization = PixelNormalization.from_pretrained(args.model_name_or_path, model.config.num_channels)
-    images, labels = load_eval_data(args, model.config, args.max_eval_samples)
+    image_processor = load_image_processor(args.model_name_or_path, model.config)
+    normalization = PixelNormalization.from_processor(image_processor, model.config.num_channels)
+    images, labels = load_eval_data(args, model.config, args.max_eval_samples, image_processor)
     pixel_values = normalization.from_uint8(images, device)
     targets = torch.from_numpy(labels).to(device)
     report = {
