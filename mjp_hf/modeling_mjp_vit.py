@@ -27,9 +27,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig
 from .jigsaw import (
-    block_mask,
-    full_shuffle,
-    num_masked_patches,
+    draw_jigsaw,
     permutation_within_mask,
     permute_patch_pixels,
     random_pixel_permutation,
@@ -175,35 +173,14 @@ class MJPViTEmbeddings(ViTEmbeddings):
 
     def _draw_jigsaw(self, batch_size, grid_size, device, *, forced):
         config = self.config
-        num_masks = batch_size if config.jigsaw_per_sample else 1
-        generator = self.jigsaw_generator
-        num_patches = grid_size[0] * grid_size[1]
-        if config.jigsaw_mode == "naive":
-            mask, permutation = full_shuffle(num_masks, num_patches, generator=generator, device=device)
-        else:
-            mask = block_mask(
-                num_masks,
-                grid_size,
-                num_masked_patches(num_patches, config.jigsaw_ratio),
-                min_block=config.jigsaw_min_block,
-                max_block=config.jigsaw_max_block,
-                min_aspect=config.jigsaw_min_aspect,
-                generator=generator,
-                device=device,
-            )
-            permutation = None
-        probability = 1.0 if forced else (config.jigsaw_prob if self.jigsaw_enabled else 0.0)
-        if probability < 1.0:
-            # The per-step coin flip stays on the device: a step that is not jigsawed gets an empty mask, so the
-            # graph is the same for every training step and nothing waits on the host.
-            gen_device = generator.device if generator is not None else device
-            heads = torch.rand(num_masks, 1, generator=generator, device=gen_device) < probability
-            mask = mask & heads
-        if permutation is None:
-            permutation = permutation_within_mask(mask, generator)
-        else:
-            permutation = torch.where(mask, permutation, torch.arange(num_patches, device=mask.device))
-        return mask, permutation
+        return draw_jigsaw(
+            config,
+            batch_size if config.jigsaw_per_sample else 1,
+            grid_size,
+            probability=1.0 if forced else (config.jigsaw_prob if self.jigsaw_enabled else 0.0),
+            generator=self.jigsaw_generator,
+            device=device,
+        )
 
     def forward(
         self,
