@@ -18,14 +18,13 @@ from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.models.vit.configuration_vit import ViTConfig
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer, ViTPooler, ViTPreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, auto_docstring
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig
+from .configuration_mjp_vit import MJPViTConfig, pair, patch_grid
 from .jigsaw import (
     draw_jigsaw,
     permutation_within_mask,
@@ -73,10 +72,6 @@ class MJPImageClassifierOutput(ImageClassifierOutput):
     classification_loss: torch.FloatTensor | None = None
     localization_loss: torch.FloatTensor | None = None
     jigsaw_mask: torch.BoolTensor | None = None
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 def _check_permutation(permutation: torch.LongTensor) -> None:
@@ -127,8 +122,7 @@ class MJPViTEmbeddings(ViTEmbeddings):
     def __init__(self, config: MJPViTConfig):
         super().__init__(config, use_mask_token=False)
         self.config = config
-        patch_h, patch_w = _pair(self.patch_size)
-        self.grid_size = (self.image_size[0] // patch_h, self.image_size[1] // patch_w)
+        self.grid_size, _ = patch_grid(config)
         self.unk_position_embedding = (
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.applies_unk_position_embedding else None
         )
@@ -158,7 +152,7 @@ class MJPViTEmbeddings(ViTEmbeddings):
                 "(config.num_channels). Convert the images (e.g. `image.convert('RGB')`) or preprocess them with the "
                 "model's image processor."
             )
-        patch_h, patch_w = _pair(self.patch_size)
+        patch_h, patch_w = pair(self.patch_size)
         if height < patch_h or width < patch_w:
             raise ValueError(
                 f"The images ({height}*{width}) are smaller than one patch ({patch_h}*{patch_w}); resize them to the "
@@ -194,7 +188,7 @@ class MJPViTEmbeddings(ViTEmbeddings):
         """Return the embedded sequence `[batch, 1 + num_patches, hidden]` and the jigsaw mask (or `None`)."""
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         batch_size, _, height, width = pixel_values.shape
-        patch_size = _pair(self.patch_size)
+        patch_size = pair(self.patch_size)
         grid_size = (height // patch_size[0], width // patch_size[1])
         naive = self.config.jigsaw_mode == "naive"
 
@@ -317,13 +311,7 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
         """The stock transformers ViT holding a copy of this model's weights, without the unknown position
         embedding and the DALR head: it computes exactly this model's inference outputs and saves as a
         `model_type: vit` checkpoint that any transformers release and serving stack can load."""
-        config_dict = {
-            key: value
-            for key, value in self.config.to_dict().items()
-            if key not in MJP_CONFIG_FIELDS and key not in ("model_type", "auto_map", "architectures", "transformers_version")
-        }
-        vit_config = ViTConfig(**config_dict)
-        vit_config._attn_implementation = self.config._attn_implementation
+        vit_config = self.config.to_vit_config()
         state_dict = {
             key: value.detach().clone()
             for key, value in self.state_dict().items()
@@ -338,17 +326,26 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
         return {}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes `auto_map` for the saved class alone; a classifier's folder also serves `AutoModel`
-        # (its backbone), so list it there too for `trust_remote_code=True` loading.
         if self._auto_class is not None:
-            module = self.__class__.__module__.rsplit(".", 1)[-1]
-            auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.MJPViTModel"}
-            if isinstance(self, MJPViTForImageClassification):
-                auto_map["AutoModelForImageClassification"] = f"{module}.MJPViTForImageClassification"
-            else:
-                auto_map.pop("AutoModelForImageClassification", None)
-            self.config.auto_map = auto_map
+            self.config.auto_map = mjp_auto_map(self, getattr(self.config, "auto_map", None))
         return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def mjp_auto_map(model: MJPViTPreTrainedModel, auto_map: dict | None = None) -> dict:
+    """The `auto_map` of a saved MJP checkpoint, completing `auto_map`. transformers lists the saved class alone; a
+    classifier's folder also serves `AutoModel` (its backbone), so list it there too for `trust_remote_code=True`."""
+    module = type(model).__module__.rsplit(".", 1)[-1]
+    config_class = type(model.config)
+    auto_map = {
+        "AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}",
+        **(auto_map or {}),
+        "AutoModel": f"{module}.MJPViTModel",
+    }
+    if isinstance(model, MJPViTForImageClassification):
+        auto_map["AutoModelForImageClassification"] = f"{module}.MJPViTForImageClassification"
+    else:
+        auto_map.pop("AutoModelForImageClassification", None)
+    return auto_map
 
 
 @auto_docstring
