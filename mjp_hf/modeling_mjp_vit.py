@@ -3,7 +3,8 @@
 Data flows one way: pixels -> patch tokens -> jigsaw (a block of patch tokens permuted among itself) -> position
 embeddings (the shuffled positions get one learnable *unknown* position embedding) -> ViT layers -> heads -> losses.
 Beside it, the *dense absolute localization regressor* (DALR) regresses every kept position's (row, col) from its
-position embedding, which keeps the embeddings spatially meaningful.
+position embedding, which keeps the embeddings spatially meaningful; its weighted L1 error is the *localization loss*
+(`localization_loss`).
 
 At inference nothing is shuffled and the model computes exactly what a `ViTForImageClassification` holding the same
 weights computes; `to_vit()` returns that model.
@@ -165,37 +166,38 @@ class MJPViTEmbeddings(ViTEmbeddings):
                 "interpolate the position embeddings."
             )
 
-    def _draw_jigsaw(self, batch_size, grid_size, device, *, forced):
+    def _draw_jigsaw(self, batch_size, grid_size, device, probability: float = 1.0):
         config = self.config
+        num_masks = batch_size if config.jigsaw_per_sample else 1
         return draw_jigsaw(
-            config,
-            batch_size if config.jigsaw_per_sample else 1,
-            grid_size,
-            probability=1.0 if forced else (config.jigsaw_prob if self.jigsaw_enabled else 0.0),
-            generator=self.jigsaw_generator,
-            device=device,
+            config, num_masks, grid_size, probability=probability, generator=self.jigsaw_generator, device=device
         )
 
     def forward(
         self,
         pixel_values: torch.Tensor,
-        jigsaw: bool = False,
+        jigsaw: bool | None = False,
         jigsaw_mask: torch.BoolTensor | None = None,
         jigsaw_permutation: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool = False,
-        forced: bool = False,
     ) -> tuple[torch.Tensor, torch.BoolTensor | None]:
-        """Return the embedded sequence `[batch, 1 + num_patches, hidden]` and the jigsaw mask (or `None`)."""
+        """Return the embedded sequence `[batch, 1 + num_patches, hidden]` and the jigsaw mask (or `None`).
+
+        `jigsaw=True` always shuffles; `None` is the training step's jigsaw: in training mode a coin flip with
+        `config.jigsaw_prob` (probability 0 while the schedule has the jigsaw off), in eval mode none.
+        """
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         batch_size, _, height, width = pixel_values.shape
         patch_size = pair(self.patch_size)
         grid_size = (height // patch_size[0], width // patch_size[1])
         naive = self.config.jigsaw_mode == "naive"
+        probability = 1.0
+        if jigsaw is None:
+            jigsaw = self.training
+            probability = self.config.jigsaw_prob if self.jigsaw_enabled else 0.0
 
         if jigsaw and jigsaw_mask is None and jigsaw_permutation is None:
-            jigsaw_mask, jigsaw_permutation = self._draw_jigsaw(
-                batch_size, grid_size, pixel_values.device, forced=forced
-            )
+            jigsaw_mask, jigsaw_permutation = self._draw_jigsaw(batch_size, grid_size, pixel_values.device, probability)
         elif jigsaw:
             jigsaw_mask, jigsaw_permutation = self._check_given_jigsaw(
                 jigsaw_mask, jigsaw_permutation, batch_size, grid_size
@@ -348,8 +350,13 @@ def mjp_auto_map(model: MJPViTPreTrainedModel, auto_map: dict | None = None) -> 
     return auto_map
 
 
+# `ViTModel` builds its own `ViTEmbeddings` and runs its layers inline, taking no jigsaw arguments and returning no
+# DALR loss, so the encoder cannot be inherited without building a throwaway embedding; its two methods are adapted
+# copies, marked so that a diff against upstream shows drift.
 @auto_docstring
 class MJPViTModel(MJPViTPreTrainedModel):
+    # Adapted from transformers.models.vit.modeling_vit.ViTModel.__init__ with ViTEmbeddings->MJPViTEmbeddings, no
+    # mask token
     def __init__(self, config: MJPViTConfig, add_pooling_layer: bool = True):
         r"""
         add_pooling_layer (bool, *optional*, defaults to `True`):
@@ -366,9 +373,8 @@ class MJPViTModel(MJPViTPreTrainedModel):
     def _vit_init_kwargs(self) -> dict:
         return {"add_pooling_layer": self.pooler is not None}
 
-    def get_input_embeddings(self):
-        return self.embeddings.patch_embeddings
-
+    # Adapted from transformers.models.vit.modeling_vit.ViTModel.forward with bool_masked_pos->jigsaw,
+    # jigsaw_mask, jigsaw_permutation; the output adds the DALR loss and the jigsaw mask
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     @auto_docstring
@@ -400,9 +406,8 @@ class MJPViTModel(MJPViTPreTrainedModel):
         given = jigsaw_mask is not None or jigsaw_permutation is not None
         if given and jigsaw is False:
             raise ValueError("jigsaw=False contradicts the jigsaw_mask/jigsaw_permutation passed; drop one of them.")
-        forced = bool(jigsaw) or given
-        if jigsaw is None:
-            jigsaw = given or self.training
+        if given:
+            jigsaw = True
 
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         if pixel_values.dtype != expected_dtype:
@@ -414,7 +419,6 @@ class MJPViTModel(MJPViTPreTrainedModel):
             jigsaw_mask=jigsaw_mask,
             jigsaw_permutation=jigsaw_permutation,
             interpolate_pos_encoding=bool(interpolate_pos_encoding),
-            forced=forced,
         )
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
@@ -448,6 +452,7 @@ class MJPViTModel(MJPViTPreTrainedModel):
 class MJPViTForImageClassification(MJPViTPreTrainedModel):
     _vit_class = ViTForImageClassification
 
+    # Copied from transformers.models.vit.modeling_vit.ViTForImageClassification.__init__ with ViTModel->MJPViTModel
     def __init__(self, config: MJPViTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -455,6 +460,8 @@ class MJPViTForImageClassification(MJPViTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    # Adapted from transformers.models.vit.modeling_vit.ViTForImageClassification.forward with the jigsaw arguments
+    # passed through; the loss adds the DALR loss
     @can_return_tuple
     @auto_docstring
     def forward(
