@@ -197,7 +197,9 @@ class MJPViTEmbeddings(ViTEmbeddings):
             probability = self.config.jigsaw_prob if self.jigsaw_enabled else 0.0
 
         if jigsaw and jigsaw_mask is None and jigsaw_permutation is None:
-            jigsaw_mask, jigsaw_permutation = self._draw_jigsaw(batch_size, grid_size, pixel_values.device, probability)
+            jigsaw_mask, jigsaw_permutation = self._draw_jigsaw(
+                batch_size, grid_size, pixel_values.device, probability
+            )
         elif jigsaw:
             jigsaw_mask, jigsaw_permutation = self._check_given_jigsaw(
                 jigsaw_mask, jigsaw_permutation, batch_size, grid_size
