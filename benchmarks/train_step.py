@@ -94,7 +94,7 @@ def embedding_variants(mjp, stock, pixel_values, autocast_dtype):
 
     def mjp_call():
         with autocast():
-            out, jigsaw_mask = mjp_embeddings(pixel_values, jigsaw=True, forced=True)
+            out, jigsaw_mask = mjp_embeddings(pixel_values, jigsaw=True)
             loss = mjp_embeddings.localization_loss(jigsaw_mask)
         (out.float().sum() + loss).backward()
 

@@ -700,9 +700,7 @@ def _mjp_config_from(config) -> MJPViTConfig:
             f"The checkpoint has model_type {config.model_type!r}; this script starts from 'vit' (ViT, non-distilled "
             "DeiT) or 'mjp_vit' checkpoints."
         )
-    values = {k: v for k, v in config.to_dict().items()
-              if k not in ("model_type", "architectures", "auto_map", "transformers_version")}
-    return MJPViTConfig(**values)
+    return MJPViTConfig.from_vit_config(config)
 
 
 def build_model(model_args: ModelArguments, mjp_args: MJPArguments, label_names: list[str]):

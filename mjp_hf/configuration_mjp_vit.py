@@ -13,20 +13,9 @@ DALRHead = Literal["nonlinear", "linear", "none"]
 JIGSAW_MODES = get_args(JigsawMode)
 DALR_HEADS = get_args(DALRHead)
 
-# Names of the fields this config adds to `ViTConfig`; `to_vit()` drops exactly these.
-MJP_CONFIG_FIELDS = (
-    "jigsaw_ratio",
-    "jigsaw_prob",
-    "jigsaw_min_block",
-    "jigsaw_max_block",
-    "jigsaw_min_aspect",
-    "jigsaw_per_sample",
-    "jigsaw_mode",
-    "use_unk_position_embedding",
-    "dalr_head",
-    "dalr_loss_weight",
-    "dalr_normalize_targets",
-)
+# What a saved config.json records about its model class and writer rather than the model: never carried across a
+# ViT <-> MJP conversion.
+_CLASS_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
 
 
 class MJPConfigError(StrictDataclassError, ValueError):
@@ -166,7 +155,7 @@ class MJPViTConfig(ViTConfig):
 
     def validate_patch_grid(self) -> None:
         """Part of `@strict`'s `validate()`: the image holds at least one patch in each direction."""
-        image_size, patch_size = _pair(self.image_size), _pair(self.patch_size)
+        image_size, patch_size = pair(self.image_size), pair(self.patch_size)
         if image_size[0] < patch_size[0] or image_size[1] < patch_size[1]:
             raise ValueError(
                 f"MJPViTConfig: `image_size={self.image_size!r}` is smaller than one patch (`patch_size="
@@ -193,14 +182,42 @@ class MJPViTConfig(ViTConfig):
         (result[0] if isinstance(result, tuple) else result).validate()
         return result
 
+    @classmethod
+    def from_vit_config(cls, vit_config: ViTConfig, **mjp_settings) -> "MJPViTConfig":
+        """An `MJPViTConfig` with every field of `vit_config` and the given MJP settings (`None` or absent: the
+        release's defaults)."""
+        unknown = sorted(set(mjp_settings) - set(MJP_CONFIG_FIELDS))
+        if unknown:
+            raise ValueError(f"Unknown MJP settings {unknown}; choose from {list(MJP_CONFIG_FIELDS)}.")
+        fields = {key: value for key, value in vit_config.to_dict().items() if key not in _CLASS_KEYS}
+        return cls(**fields, **{key: value for key, value in mjp_settings.items() if value is not None})
+
+    def to_vit_config(self) -> ViTConfig:
+        """The stock `ViTConfig` of this model without the MJP fields (what `to_vit()` exports)."""
+        fields = {
+            key: value
+            for key, value in self.to_dict().items()
+            if key not in MJP_CONFIG_FIELDS and key not in _CLASS_KEYS
+        }
+        vit_config = ViTConfig(**fields)
+        vit_config._attn_implementation = self._attn_implementation
+        return vit_config
+
     @property
     def applies_unk_position_embedding(self) -> bool:
         """Whether shuffled positions get the unknown position embedding (only the block-wise "mjp" mode has it)."""
         return self.use_unk_position_embedding and self.jigsaw_mode == "mjp"
 
 
-def _pair(value) -> tuple:
+def pair(value) -> tuple[int, int]:
+    """`(height, width)` of an `image_size` or `patch_size` given as one number or as a pair."""
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def patch_grid(config) -> tuple[tuple[int, int], tuple[int, int]]:
+    """`(grid_size, patch_size)` of a ViT config, in patches and pixels."""
+    (image_h, image_w), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
+    return (image_h // patch_h, image_w // patch_w), (patch_h, patch_w)
 
 
 # The typed `Literal` fields: their type check is the whole check, so name the choices.
@@ -242,5 +259,9 @@ def _with_plain_errors(cls):
 
 
 MJPViTConfig = _with_plain_errors(MJPViTConfig)
+
+# The fields this config adds to `ViTConfig` (not those it re-declares to check them); `to_vit_config()` drops these.
+_VIT_FIELDS = {field.name for field in dataclasses.fields(ViTConfig)}
+MJP_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(MJPViTConfig) if field.name not in _VIT_FIELDS)
 
 __all__ = ["MJPConfigError", "MJPViTConfig"]

@@ -7,6 +7,11 @@ The released `best_model.pth` is a `torch.save` dict `{model, max_accuracy, epoc
 `[CLS, patch 0 .. N-1, UNK]`) and the DALR head is `dlocr.layers.{0,2}` (nonlinear) or `dlocr.layers` (linear);
 `config` is a pickled yacs `CfgNode`.
 
+Names: the release calls the DALR head and its loss both `dlocr` (`DenseLocRegress`, `--use-dlocr`,
+`--lambda_dlocr`, `TRAIN.USE_DLOCR`, `TRAIN.LAMBDA_DLOCR`, `TRAIN.DLOCR_TYPE`). Here, as in the paper, the head is
+the DALR (`config.dalr_head`, `embeddings.dalr_head`, its weight `config.dalr_loss_weight`) and its weighted L1
+loss is the localization loss (`localization_loss` in the outputs and the training logs).
+
 The file is read with `torch.load(weights_only=True)`: no code it names is imported or run. Objects of classes the
 restricted unpickler does not know (the yacs config) are rebuilt as inert plain dicts of their pickled data, and the
 conversion says so; `--trust_pickled_config` loads them with full pickle instead, for files you trust.

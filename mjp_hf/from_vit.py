@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, ViTConfig
 from transformers.utils import logging as transformers_logging
 
-from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig
+from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig, pair
 from .hub import check_output_dir
 from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
 
@@ -56,14 +56,7 @@ def _source_config(model_name_or_path: str, **hub_kwargs) -> ViTConfig:
 
 def mjp_config_from_vit(vit_config: ViTConfig, **mjp_settings) -> MJPViTConfig:
     """An `MJPViTConfig` with every field of `vit_config` and the given MJP settings (defaults: the release)."""
-    unknown = sorted(set(mjp_settings) - set(MJP_CONFIG_FIELDS))
-    if unknown:
-        raise ValueError(f"Unknown MJP settings {unknown}; choose from {list(MJP_CONFIG_FIELDS)}.")
-    fields = vit_config.to_dict()
-    for key in ("model_type", "transformers_version", "auto_map"):
-        fields.pop(key, None)
-    fields["architectures"] = None
-    return MJPViTConfig(**fields, **{key: value for key, value in mjp_settings.items() if value is not None})
+    return MJPViTConfig.from_vit_config(vit_config, **mjp_settings)
 
 
 def mjp_from_vit(model_name_or_path: str | Path, **mjp_settings) -> MJPViTPreTrainedModel:
@@ -141,8 +134,8 @@ def max_eval_difference(mjp_model: MJPViTPreTrainedModel, model_name_or_path, se
     source_class = ViTModel if isinstance(mjp_model, MJPViTModel) else ViTForImageClassification
     source = source_class.from_pretrained(model_name_or_path).eval()
     config = mjp_model.config
-    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-    x = torch.randn(2, config.num_channels, size, size, generator=torch.Generator().manual_seed(seed))
+    height, width = pair(config.image_size)
+    x = torch.randn(2, config.num_channels, height, width, generator=torch.Generator().manual_seed(seed))
     ours, theirs = mjp_model.eval()(x), source(x)
     if isinstance(mjp_model, MJPViTModel):
         return (ours.last_hidden_state - theirs.last_hidden_state).abs().max().item()

@@ -30,7 +30,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from .configuration_mjp_vit import MJP_CONFIG_FIELDS
 from .data import FASHION_MNIST_LABELS, fashion_mnist_available, load_fashion_mnist_arrays
-from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
+from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTPreTrainedModel, mjp_auto_map
 
 logger = logging.getLogger(__name__)
 
@@ -391,12 +391,7 @@ def _add_auto_map_entries(config_path: Path, model: MJPViTPreTrainedModel) -> No
     """`save_pretrained` lists only the saved class and the config in `auto_map`; a classifier checkpoint also
     serves `AutoModel` (the encoder without its head), so list it too."""
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    auto_map = dict(config.get("auto_map") or {})
-    auto_map.setdefault("AutoConfig", "configuration_mjp_vit.MJPViTConfig")
-    auto_map.setdefault("AutoModel", f"modeling_mjp_vit.{MJPViTModel.__name__}")
-    if isinstance(model, MJPViTForImageClassification):
-        auto_map.setdefault("AutoModelForImageClassification", f"modeling_mjp_vit.{type(model).__name__}")
-    config["auto_map"] = auto_map
+    config["auto_map"] = mjp_auto_map(model, config.get("auto_map"))
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

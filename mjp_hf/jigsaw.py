@@ -201,6 +201,59 @@ def full_shuffle(
     return mask, permutation_within_mask(mask, generator)
 
 
+def draw_jigsaw(
+    config,
+    num_masks: int,
+    grid_size: tuple[int, int],
+    *,
+    ratio: float | None = None,
+    probability: float = 1.0,
+    mode: str | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.BoolTensor, torch.LongTensor]:
+    """The jigsaw `(mask, permutation)` of one training step, drawn as an `MJPViTConfig` describes it.
+
+    Args:
+        config: supplies `jigsaw_mode`, `jigsaw_ratio` and the block shape (`jigsaw_min_block`, `jigsaw_max_block`,
+            `jigsaw_min_aspect`).
+        num_masks: 1 for a batch-wide jigsaw, the batch size for per-sample ones.
+        grid_size: `(grid_h, grid_w)` in patches.
+        ratio: the shuffle ratio instead of `config.jigsaw_ratio`.
+        probability: chance that a mask row is kept; a row that loses the coin flip is empty (no position moves).
+            The flip is a device tensor, so a training step never waits on the host.
+        mode: `"mjp"` (block-wise) or `"naive"` (every patch) instead of `config.jigsaw_mode`.
+        generator: source of randomness; its device is used when given.
+        device: device of the result when no generator is given.
+    """
+    if generator is not None:
+        device = generator.device
+    num_patches = grid_size[0] * grid_size[1]
+    if (config.jigsaw_mode if mode is None else mode) == "naive":
+        mask, permutation = full_shuffle(num_masks, num_patches, generator=generator, device=device)
+    else:
+        mask = block_mask(
+            num_masks,
+            grid_size,
+            num_masked_patches(num_patches, config.jigsaw_ratio if ratio is None else ratio),
+            min_block=config.jigsaw_min_block,
+            max_block=config.jigsaw_max_block,
+            min_aspect=config.jigsaw_min_aspect,
+            generator=generator,
+            device=device,
+        )
+        permutation = None
+    if probability < 1.0:
+        heads = torch.rand(num_masks, 1, generator=generator, device=device) < probability
+        mask = mask & heads
+    if permutation is None:
+        # Drawn after the coin flip, as the training step always has (tests pin the generator's draws).
+        permutation = permutation_within_mask(mask, generator)
+    elif probability < 1.0:
+        permutation = torch.where(mask, permutation, torch.arange(num_patches, device=mask.device))
+    return mask, permutation
+
+
 def permute_patch_pixels(
     pixel_values: torch.Tensor, patch_size: tuple[int, int], pixel_permutation: torch.LongTensor
 ) -> torch.Tensor:

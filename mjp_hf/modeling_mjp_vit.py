@@ -3,7 +3,8 @@
 Data flows one way: pixels -> patch tokens -> jigsaw (a block of patch tokens permuted among itself) -> position
 embeddings (the shuffled positions get one learnable *unknown* position embedding) -> ViT layers -> heads -> losses.
 Beside it, the *dense absolute localization regressor* (DALR) regresses every kept position's (row, col) from its
-position embedding, which keeps the embeddings spatially meaningful.
+position embedding, which keeps the embeddings spatially meaningful; its weighted L1 error is the *localization loss*
+(`localization_loss`).
 
 At inference nothing is shuffled and the model computes exactly what a `ViTForImageClassification` holding the same
 weights computes; `to_vit()` returns that model.
@@ -18,18 +19,15 @@ from transformers import initialization as init
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
-from transformers.models.vit.configuration_vit import ViTConfig
 from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer, ViTPooler, ViTPreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, auto_docstring
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig
+from .configuration_mjp_vit import MJPViTConfig, pair, patch_grid
 from .jigsaw import (
-    block_mask,
-    full_shuffle,
-    num_masked_patches,
+    draw_jigsaw,
     permutation_within_mask,
     permute_patch_pixels,
     random_pixel_permutation,
@@ -75,10 +73,6 @@ class MJPImageClassifierOutput(ImageClassifierOutput):
     classification_loss: torch.FloatTensor | None = None
     localization_loss: torch.FloatTensor | None = None
     jigsaw_mask: torch.BoolTensor | None = None
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 def _check_permutation(permutation: torch.LongTensor) -> None:
@@ -129,8 +123,7 @@ class MJPViTEmbeddings(ViTEmbeddings):
     def __init__(self, config: MJPViTConfig):
         super().__init__(config, use_mask_token=False)
         self.config = config
-        patch_h, patch_w = _pair(self.patch_size)
-        self.grid_size = (self.image_size[0] // patch_h, self.image_size[1] // patch_w)
+        self.grid_size, _ = patch_grid(config)
         self.unk_position_embedding = (
             nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.applies_unk_position_embedding else None
         )
@@ -160,7 +153,7 @@ class MJPViTEmbeddings(ViTEmbeddings):
                 "(config.num_channels). Convert the images (e.g. `image.convert('RGB')`) or preprocess them with the "
                 "model's image processor."
             )
-        patch_h, patch_w = _pair(self.patch_size)
+        patch_h, patch_w = pair(self.patch_size)
         if height < patch_h or width < patch_w:
             raise ValueError(
                 f"The images ({height}*{width}) are smaller than one patch ({patch_h}*{patch_w}); resize them to the "
@@ -173,57 +166,39 @@ class MJPViTEmbeddings(ViTEmbeddings):
                 "interpolate the position embeddings."
             )
 
-    def _draw_jigsaw(self, batch_size, grid_size, device, *, forced):
+    def _draw_jigsaw(self, batch_size, grid_size, device, probability: float = 1.0):
         config = self.config
         num_masks = batch_size if config.jigsaw_per_sample else 1
-        generator = self.jigsaw_generator
-        num_patches = grid_size[0] * grid_size[1]
-        if config.jigsaw_mode == "naive":
-            mask, permutation = full_shuffle(num_masks, num_patches, generator=generator, device=device)
-        else:
-            mask = block_mask(
-                num_masks,
-                grid_size,
-                num_masked_patches(num_patches, config.jigsaw_ratio),
-                min_block=config.jigsaw_min_block,
-                max_block=config.jigsaw_max_block,
-                min_aspect=config.jigsaw_min_aspect,
-                generator=generator,
-                device=device,
-            )
-            permutation = None
-        probability = 1.0 if forced else (config.jigsaw_prob if self.jigsaw_enabled else 0.0)
-        if probability < 1.0:
-            # The per-step coin flip stays on the device: a step that is not jigsawed gets an empty mask, so the
-            # graph is the same for every training step and nothing waits on the host.
-            gen_device = generator.device if generator is not None else device
-            heads = torch.rand(num_masks, 1, generator=generator, device=gen_device) < probability
-            mask = mask & heads
-        if permutation is None:
-            permutation = permutation_within_mask(mask, generator)
-        else:
-            permutation = torch.where(mask, permutation, torch.arange(num_patches, device=mask.device))
-        return mask, permutation
+        return draw_jigsaw(
+            config, num_masks, grid_size, probability=probability, generator=self.jigsaw_generator, device=device
+        )
 
     def forward(
         self,
         pixel_values: torch.Tensor,
-        jigsaw: bool = False,
+        jigsaw: bool | None = False,
         jigsaw_mask: torch.BoolTensor | None = None,
         jigsaw_permutation: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool = False,
-        forced: bool = False,
     ) -> tuple[torch.Tensor, torch.BoolTensor | None]:
-        """Return the embedded sequence `[batch, 1 + num_patches, hidden]` and the jigsaw mask (or `None`)."""
+        """Return the embedded sequence `[batch, 1 + num_patches, hidden]` and the jigsaw mask (or `None`).
+
+        `jigsaw=True` always shuffles; `None` is the training step's jigsaw: in training mode a coin flip with
+        `config.jigsaw_prob` (probability 0 while the schedule has the jigsaw off), in eval mode none.
+        """
         self._check_pixel_values(pixel_values, interpolate_pos_encoding)
         batch_size, _, height, width = pixel_values.shape
-        patch_size = _pair(self.patch_size)
+        patch_size = pair(self.patch_size)
         grid_size = (height // patch_size[0], width // patch_size[1])
         naive = self.config.jigsaw_mode == "naive"
+        probability = 1.0
+        if jigsaw is None:
+            jigsaw = self.training
+            probability = self.config.jigsaw_prob if self.jigsaw_enabled else 0.0
 
         if jigsaw and jigsaw_mask is None and jigsaw_permutation is None:
             jigsaw_mask, jigsaw_permutation = self._draw_jigsaw(
-                batch_size, grid_size, pixel_values.device, forced=forced
+                batch_size, grid_size, pixel_values.device, probability
             )
         elif jigsaw:
             jigsaw_mask, jigsaw_permutation = self._check_given_jigsaw(
@@ -340,13 +315,7 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
         """The stock transformers ViT holding a copy of this model's weights, without the unknown position
         embedding and the DALR head: it computes exactly this model's inference outputs and saves as a
         `model_type: vit` checkpoint that any transformers release and serving stack can load."""
-        config_dict = {
-            key: value
-            for key, value in self.config.to_dict().items()
-            if key not in MJP_CONFIG_FIELDS and key not in ("model_type", "auto_map", "architectures", "transformers_version")
-        }
-        vit_config = ViTConfig(**config_dict)
-        vit_config._attn_implementation = self.config._attn_implementation
+        vit_config = self.config.to_vit_config()
         state_dict = {
             key: value.detach().clone()
             for key, value in self.state_dict().items()
@@ -361,21 +330,35 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
         return {}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # transformers writes `auto_map` for the saved class alone; a classifier's folder also serves `AutoModel`
-        # (its backbone), so list it there too for `trust_remote_code=True` loading.
         if self._auto_class is not None:
-            module = self.__class__.__module__.rsplit(".", 1)[-1]
-            auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.MJPViTModel"}
-            if isinstance(self, MJPViTForImageClassification):
-                auto_map["AutoModelForImageClassification"] = f"{module}.MJPViTForImageClassification"
-            else:
-                auto_map.pop("AutoModelForImageClassification", None)
-            self.config.auto_map = auto_map
+            self.config.auto_map = mjp_auto_map(self, getattr(self.config, "auto_map", None))
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
+def mjp_auto_map(model: MJPViTPreTrainedModel, auto_map: dict | None = None) -> dict:
+    """The `auto_map` of a saved MJP checkpoint, completing `auto_map`. transformers lists the saved class alone; a
+    classifier's folder also serves `AutoModel` (its backbone), so list it there too for `trust_remote_code=True`."""
+    module = type(model).__module__.rsplit(".", 1)[-1]
+    config_class = type(model.config)
+    auto_map = {
+        "AutoConfig": f"{config_class.__module__.rsplit('.', 1)[-1]}.{config_class.__name__}",
+        **(auto_map or {}),
+        "AutoModel": f"{module}.MJPViTModel",
+    }
+    if isinstance(model, MJPViTForImageClassification):
+        auto_map["AutoModelForImageClassification"] = f"{module}.MJPViTForImageClassification"
+    else:
+        auto_map.pop("AutoModelForImageClassification", None)
+    return auto_map
+
+
+# `ViTModel` builds its own `ViTEmbeddings` and runs its layers inline, taking no jigsaw arguments and returning no
+# DALR loss, so the encoder cannot be inherited without building a throwaway embedding; its two methods are adapted
+# copies, marked so that a diff against upstream shows drift.
 @auto_docstring
 class MJPViTModel(MJPViTPreTrainedModel):
+    # Adapted from transformers.models.vit.modeling_vit.ViTModel.__init__ with ViTEmbeddings->MJPViTEmbeddings, no
+    # mask token
     def __init__(self, config: MJPViTConfig, add_pooling_layer: bool = True):
         r"""
         add_pooling_layer (bool, *optional*, defaults to `True`):
@@ -392,9 +375,8 @@ class MJPViTModel(MJPViTPreTrainedModel):
     def _vit_init_kwargs(self) -> dict:
         return {"add_pooling_layer": self.pooler is not None}
 
-    def get_input_embeddings(self):
-        return self.embeddings.patch_embeddings
-
+    # Adapted from transformers.models.vit.modeling_vit.ViTModel.forward with bool_masked_pos->jigsaw,
+    # jigsaw_mask, jigsaw_permutation; the output adds the DALR loss and the jigsaw mask
     @merge_with_config_defaults
     @capture_outputs(tie_last_hidden_states=False)
     @auto_docstring
@@ -426,9 +408,8 @@ class MJPViTModel(MJPViTPreTrainedModel):
         given = jigsaw_mask is not None or jigsaw_permutation is not None
         if given and jigsaw is False:
             raise ValueError("jigsaw=False contradicts the jigsaw_mask/jigsaw_permutation passed; drop one of them.")
-        forced = bool(jigsaw) or given
-        if jigsaw is None:
-            jigsaw = given or self.training
+        if given:
+            jigsaw = True
 
         expected_dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         if pixel_values.dtype != expected_dtype:
@@ -440,7 +421,6 @@ class MJPViTModel(MJPViTPreTrainedModel):
             jigsaw_mask=jigsaw_mask,
             jigsaw_permutation=jigsaw_permutation,
             interpolate_pos_encoding=bool(interpolate_pos_encoding),
-            forced=forced,
         )
         attention_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=embedding_output, attention_mask=attention_mask
@@ -474,6 +454,7 @@ class MJPViTModel(MJPViTPreTrainedModel):
 class MJPViTForImageClassification(MJPViTPreTrainedModel):
     _vit_class = ViTForImageClassification
 
+    # Copied from transformers.models.vit.modeling_vit.ViTForImageClassification.__init__ with ViTModel->MJPViTModel
     def __init__(self, config: MJPViTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -481,6 +462,8 @@ class MJPViTForImageClassification(MJPViTPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
+    # Adapted from transformers.models.vit.modeling_vit.ViTForImageClassification.forward with the jigsaw arguments
+    # passed through; the loss adds the DALR loss
     @can_return_tuple
     @auto_docstring
     def forward(

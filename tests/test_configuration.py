@@ -58,6 +58,27 @@ def test_round_trip_through_auto_config(tmp_path):
     assert loaded.num_labels == 3
 
 
+def test_mjp_fields_are_the_added_ones_not_the_redeclared_vit_ones():
+    assert MJP_CONFIG_FIELDS == (
+        "jigsaw_ratio", "jigsaw_prob", "jigsaw_min_block", "jigsaw_max_block", "jigsaw_min_aspect",
+        "jigsaw_per_sample", "jigsaw_mode", "use_unk_position_embedding", "dalr_head", "dalr_loss_weight",
+        "dalr_normalize_targets",
+    )
+    # Re-declared with range checks, still ViT fields: a ViT export keeps them.
+    assert not {"image_size", "patch_size", "hidden_dropout_prob", "layer_norm_eps"} & set(MJP_CONFIG_FIELDS)
+
+
+def test_vit_config_conversion_round_trips():
+    vit_config = ViTConfig(image_size=32, patch_size=4, hidden_size=48, num_labels=3, architectures=["ViTModel"])
+    config = MJPViTConfig.from_vit_config(vit_config, jigsaw_ratio=0.25, dalr_head=None)
+    assert (config.jigsaw_ratio, config.dalr_head, config.architectures) == (0.25, "nonlinear", None)
+    back = config.to_vit_config()
+    assert type(back) is ViTConfig and not any(hasattr(back, field) for field in MJP_CONFIG_FIELDS)
+    assert (back.image_size, back.patch_size, back.hidden_size, back.num_labels) == (32, 4, 48, 3)
+    with pytest.raises(ValueError, match="jigsaw_raito"):
+        MJPViTConfig.from_vit_config(vit_config, jigsaw_raito=0.2)
+
+
 # --- validation through the @strict machinery: every path that sets a value --------------------------------------
 
 BAD_VALUES = [

@@ -9,6 +9,7 @@ import torch
 from mjp_hf.jigsaw import (
     block_mask,
     default_max_block,
+    draw_jigsaw,
     full_shuffle,
     num_masked_patches,
     permutation_within_mask,
@@ -139,3 +140,21 @@ def test_pixels_outside_whole_patches_stay():
     permuted = permute_patch_pixels(pixels, (4, 4), torch.randperm(16))
     assert torch.equal(permuted[..., 8:, :], pixels[..., 8:, :])
     assert torch.equal(permuted[..., :, 8:], pixels[..., :, 8:])
+
+
+def test_draw_jigsaw_follows_the_config_mode_ratio_and_coin():
+    from mjp_hf import MJPViTConfig
+
+    config = MJPViTConfig(jigsaw_ratio=0.25, jigsaw_min_block=2)
+    mask, permutation = draw_jigsaw(config, 3, (8, 8), generator=torch.Generator().manual_seed(0))
+    # Without a coin flip it is exactly `random_jigsaw` at the config's settings, draw for draw.
+    expected = random_jigsaw(3, (8, 8), 0.25, min_block=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask, expected[0]) and torch.equal(permutation, expected[1])
+    # A coin lost on every row: nothing moves.
+    mask, permutation = draw_jigsaw(config, 3, (8, 8), probability=0.0, generator=torch.Generator().manual_seed(0))
+    assert not mask.any() and torch.equal(permutation, torch.arange(64).expand(3, -1))
+    naive = MJPViTConfig(jigsaw_mode="naive")
+    assert draw_jigsaw(naive, 2, (4, 4))[0].all()
+    # `mode` and `ratio` override the config: a block mask at the given ratio for a naive model.
+    mask, _ = draw_jigsaw(naive, 2, (8, 8), ratio=0.25, mode="mjp", generator=torch.Generator().manual_seed(1))
+    assert not mask.all() and (mask.sum(-1) <= num_masked_patches(64, 0.25)).all()

@@ -90,7 +90,7 @@ def test_unknown_embedding_exactly_at_shuffled_positions_and_tokens_permuted():
     mask = block_of(49, [3, 4, 10, 11, 12])
     permutation = cycle_within(49, [3, 4, 10, 11, 12])
 
-    out, returned_mask = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
+    out, returned_mask = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation)
     assert torch.equal(returned_mask, mask)
     tokens = embeddings.patch_embeddings(x)
     pe = embeddings.position_embeddings[0]
@@ -110,7 +110,7 @@ def test_token_shuffle_equals_shuffling_pixel_patches():
     x = pixels(batch=2)
     mask = block_of(49, [0, 1, 7, 8, 30])
     permutation = cycle_within(49, [0, 1, 7, 8, 30])
-    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
+    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation)
 
     patches = x.reshape(2, 3, 7, 4, 7, 4).permute(0, 2, 4, 1, 3, 5).reshape(2, 49, 3, 4, 4)
     shuffled = patches[:, permutation[0]].reshape(2, 7, 7, 3, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(2, 3, 28, 28)
@@ -175,11 +175,11 @@ def test_naive_mode_shuffles_every_patch_and_permutes_pixels():
     assert embeddings.unk_position_embedding is None
     torch.manual_seed(3)
     x = pixels(batch=2)
-    out, mask = embeddings(x, jigsaw=True, forced=True)
+    out, mask = embeddings(x, jigsaw=True)
     assert mask.shape == (1, 49) and mask.all()
     # Recover the draws with the same seed: the patch order first, then the shared pixel permutation.
     torch.manual_seed(3)
-    _, permutation = embeddings._draw_jigsaw(2, (7, 7), x.device, forced=True)
+    _, permutation = embeddings._draw_jigsaw(2, (7, 7), x.device)
     pixel_permutation = torch.randperm(16)
     tokens = embeddings.patch_embeddings(permute_patch_pixels(x, (4, 4), pixel_permutation))
     expected = tokens.gather(1, permutation[..., None].expand(2, -1, 32)) + embeddings.position_embeddings[:, 1:]
@@ -193,7 +193,7 @@ def test_without_unknown_embedding_shuffled_tokens_keep_the_slot_pe():
     x = pixels(batch=1)
     mask = block_of(49, [5, 6])
     permutation = cycle_within(49, [5, 6])
-    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation, forced=True)
+    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation)
     tokens = embeddings.patch_embeddings(x)
     torch.testing.assert_close(out[:, 1 + 5], tokens[:, 6] + embeddings.position_embeddings[:, 1 + 5])
 

@@ -12,16 +12,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..configuration_mjp_vit import pair as _pair
+from ..configuration_mjp_vit import patch_grid  # noqa: F401  (the evaluations import it from here)
 from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays, processor_image_size
 from ..modeling_mjp_vit import MJPViTForImageClassification
 
 # transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.
 DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu"):
@@ -54,13 +52,6 @@ def is_mjp_model(model) -> bool:
 def uses_unk_position_embedding(model) -> bool:
     """Whether the model replaces the position embedding of shuffled patches by the unknown embedding."""
     return is_mjp_model(model) and model.vit.embeddings.unk_position_embedding is not None
-
-
-def patch_grid(config) -> tuple[tuple[int, int], tuple[int, int]]:
-    """`(grid_size, patch_size)` of a ViT config, in patches and pixels."""
-    image_h, image_w = _pair(config.image_size)
-    patch_h, patch_w = _pair(config.patch_size)
-    return (image_h // patch_h, image_w // patch_w), (patch_h, patch_w)
 
 
 def load_image_processor(model_name_or_path: str | Path | None, config):

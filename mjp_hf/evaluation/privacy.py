@@ -54,7 +54,7 @@ import torch
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 from tqdm.auto import tqdm
 
-from ..jigsaw import full_shuffle, random_jigsaw
+from ..jigsaw import draw_jigsaw
 from .common import (
     PixelNormalization,
     base_parser,
@@ -150,21 +150,8 @@ def draw_training_jigsaw(model, batch_size: int, ratio: float | None = None, gen
     """A jigsaw `(mask, permutation)` as the MJP model's training step draws it (block-wise, or every patch for the
     naive ablation), at `ratio` instead of `config.jigsaw_ratio` when given."""
     config = model.config
-    grid_size, _ = patch_grid(config)
     num_masks = batch_size if config.jigsaw_per_sample else 1
-    device = model.device if generator is None else None
-    if config.jigsaw_mode == "naive":
-        return full_shuffle(num_masks, grid_size[0] * grid_size[1], generator=generator, device=device)
-    return random_jigsaw(
-        num_masks,
-        grid_size,
-        config.jigsaw_ratio if ratio is None else ratio,
-        min_block=config.jigsaw_min_block,
-        max_block=config.jigsaw_max_block,
-        min_aspect=config.jigsaw_min_aspect,
-        generator=generator,
-        device=device,
-    )
+    return draw_jigsaw(config, num_masks, patch_grid(config)[0], ratio=ratio, generator=generator, device=model.device)
 
 
 def client_gradient(

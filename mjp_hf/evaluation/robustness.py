@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..configuration_mjp_vit import MJPViTConfig
-from ..jigsaw import random_jigsaw
+from ..jigsaw import draw_jigsaw
 from .common import (
     PixelNormalization,
     base_parser,
@@ -186,17 +186,10 @@ def _jigsaw_config(model) -> MJPViTConfig:
 
 
 def _draw(model, num_masks: int, ratio: float, generator: torch.Generator):
-    config = _jigsaw_config(model)
+    # Block-wise at `ratio` for every model, the naive ablation too: the evaluation compares models on one jigsaw.
     grid_size, _ = patch_grid(model.config)
-    mask, permutation = random_jigsaw(
-        num_masks,
-        grid_size,
-        ratio,
-        min_block=config.jigsaw_min_block,
-        max_block=config.jigsaw_max_block,
-        min_aspect=config.jigsaw_min_aspect,
-        generator=generator,
-    )
+    config = _jigsaw_config(model)
+    mask, permutation = draw_jigsaw(config, num_masks, grid_size, ratio=ratio, mode="mjp", generator=generator)
     return mask.to(model.device), permutation.to(model.device)
 
 
