@@ -175,3 +175,31 @@ def test_one_controller_per_process_and_it_can_stand_down(two_threads):
 def test_watch_leaves_accelerator_loops_alone(two_threads):
     threads = controller([1.0, 1.0])
     assert list(threads.watch(range(3), device="cuda")) == [0, 1, 2] and torch.get_num_threads() == 2
+
+
+def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
+    """Robustness's batches and the privacy attacks' images go through `adaptive_threads().watch`, so an evaluation
+    adapts its thread count between batches like training does."""
+    from mjp_hf import threads
+    from mjp_hf.evaluation import privacy, robustness
+    from mjp_hf.presets import config_from_preset
+    from mjp_hf import MJPViTForImageClassification
+
+    updates = []
+
+    class Counting(AdaptiveThreads):
+        def update(self):
+            updates.append(1)
+
+    monkeypatch.setattr(threads, "_shared", Counting(reader=lambda: None))
+    torch.manual_seed(0)
+    model = MJPViTForImageClassification(config_from_preset("demo", num_labels=10)).eval()
+    pixel_values = torch.randn(6, 3, 28, 28)
+    robustness.predict(model, pixel_values, batch_size=2)
+    assert len(updates) == 3, "one update after each of the 3 batches"
+    updates.clear()
+    privacy.evaluate_privacy(
+        model, pixel_values[:2], torch.tensor([1, 2]), privacy.PixelNormalization(), attacks=("analytic",),
+        multi_round_counts=(), progress=False,
+    )
+    assert len(updates) >= 2, "one update after each attacked image"

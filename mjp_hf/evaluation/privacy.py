@@ -55,6 +55,7 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 from tqdm.auto import tqdm
 
 from ..jigsaw import draw_jigsaw
+from ..threads import adaptive_threads
 from .common import (
     PixelNormalization,
     base_parser,
@@ -466,7 +467,8 @@ def evaluate_privacy(
     per_image = []
     images = {"original": [], **{f"{kind} view": [] for kind in kinds}}
     images.update({f"{kind} {name}": [] for kind in kinds for name in single_attacks})
-    for index in tqdm(range(pixel_values.shape[0]), desc="privacy attacks", disable=not progress):
+    indices = tqdm(range(pixel_values.shape[0]), desc="privacy attacks", disable=not progress)
+    for index in adaptive_threads().watch(indices, pixel_values.device):
         x, y = pixel_values[index : index + 1], labels[index : index + 1]
         original = _to_hwc(x, normalization)
         images["original"].append(original)

@@ -14,6 +14,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from ..threads import adaptive_threads
 from .common import is_mjp_model, patch_grid, unpatchify, uses_unk_position_embedding
 
 POSITION_EMBEDDINGS = "vit.embeddings.position_embeddings"
@@ -514,7 +515,8 @@ def optimization_attack(
     try:
         # Gradient matching differentiates through a gradient: only the math SDPA kernel has a double backward.
         with sdpa_kernel(SDPBackend.MATH):
-            for _ in tqdm(range(steps), desc="inverting gradients", disable=not progress, leave=False):
+            iterations = tqdm(range(steps), desc="inverting gradients", disable=not progress, leave=False)
+            for _ in adaptive_threads().watch(iterations, device):
                 loss = model(dummy, labels=label, **forward_kwargs).loss
                 grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
                 dot = sum((g * t).sum() for g, t in zip(grads, targets) if g is not None)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..configuration_mjp_vit import MJPViTConfig
 from ..jigsaw import draw_jigsaw
+from ..threads import adaptive_threads
 from .common import (
     PixelNormalization,
     base_parser,
@@ -120,9 +121,8 @@ def predict(model, pixel_values: torch.Tensor, batch_size: int = 256, **forward_
     if is_mjp_model(model) and not forward_kwargs:
         forward_kwargs = {"jigsaw": False}
     model.eval()
-    return torch.cat(
-        [model(pixel_values[part], **forward_kwargs).logits for part in batches(pixel_values.shape[0], batch_size)]
-    )
+    parts = adaptive_threads().watch(batches(pixel_values.shape[0], batch_size), pixel_values.device)
+    return torch.cat([model(pixel_values[part], **forward_kwargs).logits for part in parts])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -228,7 +228,8 @@ def jigsaw_accuracy(
     has_unk = uses_unk_position_embedding(model)
     correct, correct_plain, shuffled = 0, 0, []
     labels = labels.to(model.device)
-    for part in tqdm(batches(pixel_values.shape[0], batch_size), desc="jigsaw accuracy", disable=not progress):
+    parts = tqdm(batches(pixel_values.shape[0], batch_size), desc="jigsaw accuracy", disable=not progress)
+    for part in adaptive_threads().watch(parts, pixel_values.device):
         mask, permutation = _draw(model, 1, ratio, generator)
         shuffled.append(mask.float().mean().item())
         _, logits_plain = _jigsawed_cls_and_logits(model, pixel_values[part], mask, permutation, use_unk=False)
@@ -272,7 +273,8 @@ def prediction_consistency(
     generator = torch.Generator().manual_seed(seed)
     has_unk = uses_unk_position_embedding(model)
     distances, unit_distances, agreements = [], [], []
-    for part in tqdm(batches(pixel_values.shape[0], batch_size), desc="consistency", disable=not progress):
+    parts = tqdm(batches(pixel_values.shape[0], batch_size), desc="consistency", disable=not progress)
+    for part in adaptive_threads().watch(parts, pixel_values.device):
         clean = pixel_values[part]
         outputs = model.vit(clean, jigsaw=False) if is_mjp_model(model) else model.vit(clean)
         cls_clean = outputs.last_hidden_state[:, 0]
