@@ -116,6 +116,13 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The batch-mean cross-entropy of `logits` against per-sample class distributions `targets` (computed in float32,
+    so that bf16/fp16 logits lose no precision in the log-softmax)."""
+    logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits, targets.to(logits.dtype))
+
+
 def epoch_index(state) -> int:
     """The 0-based epoch a `TrainerState` is in (its `epoch` is fractional in mid-epoch, as on a resume)."""
     return int(math.floor(state.epoch or 0.0))
@@ -342,8 +349,7 @@ class MJPTrainer(Trainer):
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             if soft_targets:
-                log_probs = torch.log_softmax(outputs.logits.float(), dim=-1)
-                classification_loss = -(labels.to(log_probs.dtype) * log_probs).sum(-1).mean()
+                classification_loss = soft_target_cross_entropy(outputs.logits, labels)
             else:
                 classification_loss = self.label_smoother(outputs, labels)
             loss = classification_loss
@@ -478,6 +484,7 @@ __all__ = [
     "last_complete_checkpoint",
     "mjp_schedule",
     "plot_training_curves",
+    "soft_target_cross_entropy",
     "top_k_predictions",
     "unwrap_model",
 ]

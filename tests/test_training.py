@@ -16,6 +16,7 @@ from mjp_hf.training import (
     TransformEpochCallback,
     mjp_schedule,
     plot_training_curves,
+    soft_target_cross_entropy,
     top_k_predictions,
     unwrap_model,
 )
@@ -39,6 +40,18 @@ def test_schedule_matches_the_released_lambda_and_jigsaw_switch():
     assert [enabled for enabled, _ in ours] == [False] * 20 + [True] * 280
     assert ours[0] == (False, 0.0) and ours[19][1] == pytest.approx(0.01) and ours[20][1] == pytest.approx(0.01)
     assert ours[-1][1] > 0.005 and ours[-1][1] == pytest.approx(0.005, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_soft_target_cross_entropy_equals_the_explicit_formula(dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(7, 11, generator=generator) * 4).to(dtype)
+    targets = torch.rand(7, 11, generator=generator).softmax(-1)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    expected = -(targets * log_probs).sum(-1).mean()
+    loss = soft_target_cross_entropy(logits, targets)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_schedule_edge_cases():
