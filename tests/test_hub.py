@@ -639,3 +639,21 @@ def test_a_run_folder_card_is_never_published(tmp_path):
     assert hub.calls == [] and not (tmp_path / "layout").exists()
     publishing = build_model_card(model, model_id="me/mjp-demo")
     assert "## Repository layout" in publishing.text and "run's output folder" not in publishing.text
+
+
+@pytest.mark.parametrize("model_id", ["a--b", "name.git", "x" * 97])
+def test_model_card_rejects_what_the_hub_rejects_and_says_why(model_id):
+    with pytest.raises(ValueError, match="not a Hub repository id") as error:
+        build_model_card(demo_model(), model_id=model_id)
+    assert repr(model_id) in str(error.value) and "pass 'org/name'" in str(error.value)
+
+
+def test_run_records_reject_a_corrupt_trainer_state(tmp_path):
+    (tmp_path / "trainer_state.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="trainer_state.json is not valid JSON"):
+        read_run_records(tmp_path)
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 4, "no_such_field": 1}', encoding="utf-8")
+    with pytest.raises(ValueError, match="no_such_field"):
+        read_run_records(tmp_path)
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 4, "train_batch_size": 8}', encoding="utf-8")
+    assert read_run_records(tmp_path)[1] == {"optimizer steps": 4, "train_batch_size (per device)": 8}
