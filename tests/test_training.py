@@ -65,12 +65,9 @@ def test_schedule_edge_cases():
         MJPScheduleCallback(warmup_epochs=1.5)
 
 
-class _Wrapper(nn.Module):
-    """Stands for DDP (`.module`) around a compiled model (`._orig_mod`)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.module = inner
+def _Wrapper(inner):
+    """Stands for DDP: `DataParallel` is the same kind of `.module` wrapper and builds without a process group."""
+    return nn.DataParallel(inner, device_ids=[])
 
 
 def _model(**overrides):
@@ -78,10 +75,16 @@ def _model(**overrides):
     return MJPViTForImageClassification(MJPViTConfig(**tiny_config_kwargs(**overrides)))
 
 
+def test_unwrap_model_peels_compile_outside_and_inside_the_parallel_wrapper():
+    model = _model()
+    assert unwrap_model(torch.compile(_Wrapper(model))) is model  # how accelerate wraps: compile around DDP
+    assert unwrap_model(_Wrapper(torch.compile(model))) is model
+    assert unwrap_model(model) is model
+
+
 def test_callback_sets_the_schedule_through_wrappers_and_on_resume():
     model = _model(dalr_loss_weight=0.04)
-    compiled = nn.Module()
-    compiled._orig_mod = model
+    compiled = torch.compile(model)  # compiles lazily, on the first call: this only wraps it
     wrapped = _Wrapper(compiled)
     assert unwrap_model(wrapped) is model
     callback = MJPScheduleCallback(warmup_epochs=3)
