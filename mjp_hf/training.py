@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from accelerate.utils import extract_model_from_parallel
+from accelerate.utils import extract_model_from_parallel, set_seed
 from safetensors import safe_open
-from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
@@ -184,7 +184,8 @@ class PerProcessSeedCallback(TrainerCallback):
     later, and a resumed run then restores each process's saved RNG state over it."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        set_seed(args.seed + args.process_index)
+        # `device_specific` adds the process index of the state `args.process_index` also reads.
+        set_seed(args.seed, device_specific=True)
 
 
 class TransformEpochCallback(TrainerCallback):

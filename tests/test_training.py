@@ -13,6 +13,7 @@ from mjp_hf import MJPViTConfig, MJPViTForImageClassification
 from mjp_hf.training import (
     MJPScheduleCallback,
     MJPTrainer,
+    PerProcessSeedCallback,
     TransformEpochCallback,
     mjp_schedule,
     plot_training_curves,
@@ -52,6 +53,28 @@ def test_soft_target_cross_entropy_equals_the_explicit_formula(dtype):
     loss = soft_target_cross_entropy(logits, targets)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_per_process_seed_is_seed_plus_rank(monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    # accelerate's process-wide state, built here as the Trainer builds it and put back afterwards.
+    monkeypatch.setattr(PartialState, "_shared_state", dict(PartialState._shared_state))
+    monkeypatch.setattr(AcceleratorState, "_shared_state", dict(AcceleratorState._shared_state))
+    args = TrainingArguments(output_dir="unused", seed=11, use_cpu=True, report_to=[])
+    Accelerator(cpu=True)
+    assert args.process_index == AcceleratorState().process_index == 0
+    PerProcessSeedCallback().on_train_begin(args, None, None)
+    drawn = torch.rand(4), np.random.rand(2)
+    torch.manual_seed(11), np.random.seed(11)
+    torch.testing.assert_close(drawn[0], torch.rand(4)), np.testing.assert_array_equal(drawn[1], np.random.rand(2))
+    PartialState._shared_state["process_index"] = 3  # as rank 3 of a distributed run (this test's copy of the state)
+    assert AcceleratorState().process_index == 3
+    PerProcessSeedCallback().on_train_begin(args, None, None)
+    drawn = torch.rand(4)
+    torch.manual_seed(14)
+    torch.testing.assert_close(drawn, torch.rand(4))
 
 
 def test_schedule_edge_cases():
