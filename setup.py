@@ -3,7 +3,9 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "training": ["datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "pillow", "matplotlib", "tqdm"],
+    "training": [
+        "datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "scikit-learn>=1.3", "pillow", "matplotlib", "tqdm"
+    ],
     "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions-imaug>=1.1.5", "matplotlib", "tqdm"],
 }
 # setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model.
