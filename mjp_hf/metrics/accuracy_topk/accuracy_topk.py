@@ -68,7 +68,9 @@ class AccuracyTopk(evaluate.Metric):
                 hits[value] += top_k_accuracy_score(
                     references[start : start + _CHUNK], scores, k=value, labels=labels, normalize=False
                 )
-        return {("accuracy" if value == 1 else f"top{value}_accuracy"): float(hits[value] / len(ranked)) for value in ks}
+        return {
+            ("accuracy" if value == 1 else f"top{value}_accuracy"): float(hits[value] / len(ranked)) for value in ks
+        }
 
 
 # Rows scored at once: the score matrix is `[rows, classes]`.
