@@ -32,7 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import TrainerState
 
 from .configuration_mjp_vit import MJP_CONFIG_FIELDS
-from .data import FASHION_MNIST_LABELS, fashion_mnist_available, load_fashion_mnist_arrays
+from .data import FASHION_MNIST_LABELS
 from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,10 @@ IMAGENET_WIDGET = [
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/teapot.jpg", "example_title": "Teapot"},
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/palace.jpg", "example_title": "Palace"},
 ]
-# Test images shown by the widget of a Fashion-MNIST model (stored in the repository under `widget/`).
+# Test images shown by the widget of a Fashion-MNIST model (stored in the repository under `widget/`): the first
+# Fashion-MNIST test image of each class, shipped under `model_cards/widget/` (tests/test_hub.py checks the pixels).
 FASHION_MNIST_WIDGET = ("Sneaker", "Trouser", "Bag")
+FASHION_MNIST_WIDGET_DIR = MODEL_CARDS_DIR / "widget"
 # Metrics written by the Trainer (`all_results.json`, `eval_results.json`) that enter the card's model-index:
 # key -> (model-index metric type, display name).
 MODEL_INDEX_METRICS = {
@@ -198,18 +200,22 @@ def _is_fashion_mnist(model: MJPViTPreTrainedModel) -> bool:
     return isinstance(model, MJPViTForImageClassification) and _labels(model) == list(FASHION_MNIST_LABELS)
 
 
+def _fashion_mnist_widget_shipped() -> bool:
+    return all((FASHION_MNIST_WIDGET_DIR / _widget_file_name(title)).is_file() for title in FASHION_MNIST_WIDGET)
+
+
 def default_widget_images(model: MJPViTPreTrainedModel) -> dict | None:
     """Example images a repository of this model should carry for its widget: for a Fashion-MNIST classifier
-    (its `id2label` names the ten classes) the first test image of a few classes, when the data is installed."""
-    if not (_is_fashion_mnist(model) and fashion_mnist_available()):
+    (its `id2label` names the ten classes) the first test image of a few classes (`FASHION_MNIST_WIDGET_DIR`)."""
+    if not (_is_fashion_mnist(model) and _fashion_mnist_widget_shipped()):
         return None
     from PIL import Image
 
-    images, labels = load_fashion_mnist_arrays("test")
-    return {
-        title: Image.fromarray(images[int((labels == FASHION_MNIST_LABELS.index(title)).nonzero()[0][0])], mode="L")
-        for title in FASHION_MNIST_WIDGET
-    }
+    images = {}
+    for title in FASHION_MNIST_WIDGET:
+        with Image.open(FASHION_MNIST_WIDGET_DIR / _widget_file_name(title)) as image:
+            images[title] = image.copy()
+    return images
 
 
 def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | None:
@@ -218,7 +224,7 @@ def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | 
     the repository, which only a full `namespace/name` id gives: without a namespace, no widget."""
     if isinstance(model, MJPViTForImageClassification) and model.config.num_labels == 1000:
         return IMAGENET_WIDGET
-    if _is_fashion_mnist(model) and fashion_mnist_available() and "/" in model_id:
+    if _is_fashion_mnist(model) and _fashion_mnist_widget_shipped() and "/" in model_id:
         return widget_from_images(model_id, FASHION_MNIST_WIDGET)
     return None
 
