@@ -87,9 +87,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_PRESET = "demo"
 RELEASED_JIGSAW_WARMUP_EPOCHS = 20
 # What the demo preset trains with unless a flag says otherwise: Fashion-MNIST to >= 85% test accuracy on 2 CPU
-# cores in about five minutes. Seven epochs: a 6-epoch schedule reached 85.2%, too close to the mark to promise it
-# on every machine; batch 64 or lr 4e-3 were no faster per image. The released 20-of-300 jigsaw warmup epochs become
-# 1 of 7. Flips only: at this length, speed of fitting matters more than augmentation.
+# cores in minutes (the README gives the measured run). Seven epochs: a 6-epoch schedule ended too close to the mark
+# to promise it on every machine; batch 64 or lr 4e-3 were no faster per image. The released 20-of-300 jigsaw
+# warmup epochs become 1 of 7. Flips only: at this length, speed of fitting matters more than augmentation.
 DEMO_DEFAULTS = {
     "num_train_epochs": 7,
     "per_device_train_batch_size": 128,
@@ -309,8 +309,8 @@ def run_defaults(model_args: ModelArguments, data_args: DataTrainingArguments, m
     defaults.setdefault("jigsaw_warmup_epochs", RELEASED_JIGSAW_WARMUP_EPOCHS)
     on_cpu = given.get("use_cpu") or not torch.cuda.is_available()
     if "optim" not in given and not torch.cuda.is_available():
-        # transformers defaults to the fused AdamW, whose CPU kernel is ~20x slower than the foreach one on a small
-        # ViT (200 ms against 11 ms a step for the demo preset).
+        # transformers defaults to the fused AdamW, whose CPU kernel is much slower than the foreach one on a small
+        # ViT such as the demo preset.
         defaults["optim"] = "adamw_torch"
     # Pinned memory only speeds up copies to an accelerator; without one, torch warns for every data loader.
     defaults["dataloader_pin_memory"] = not on_cpu and torch.accelerator.is_available()
