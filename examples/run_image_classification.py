@@ -59,16 +59,13 @@ from mjp_hf.data import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
     INSTALL_HINT,
-    ImageClassificationTransform,
-    MixupCutmixCollator,
-    collate_image_classification,
     fashion_mnist_available,
     load_fashion_mnist,
-    processor_image_size,
     with_sample_index,
     without_image_decoding,
 )
 from mjp_hf.metrics import load_accuracy_topk
+from mjp_hf.mixup import MixupCutmixCollator
 from mjp_hf.presets import PRESETS, config_from_preset
 from mjp_hf.rand_augment import parse_rand_augment
 from mjp_hf.training import (
@@ -83,6 +80,7 @@ from mjp_hf.training import (
     plot_training_curves,
     top_k_predictions,
 )
+from mjp_hf.transforms import ImageClassificationTransform, collate_image_classification, processor_image_size
 
 logger = logging.getLogger(__name__)
 

@@ -189,8 +189,8 @@ class PerProcessSeedCallback(TrainerCallback):
 
 
 class TransformEpochCallback(TrainerCallback):
-    """Tells data transforms and collators with a `set_epoch` method (`data.ImageClassificationTransform`,
-    `data.MixupCutmixCollator`) which epoch starts, so that their augmentation is keyed to `(seed, epoch, sample
+    """Tells data transforms and collators with a `set_epoch` method (`transforms.ImageClassificationTransform`,
+    `mixup.MixupCutmixCollator`) which epoch starts, so that their augmentation is keyed to `(seed, epoch, sample
     index)`; on a resume, the epoch the run resumes in.
 
     Data-loader workers pick up the epoch when they start, at every epoch; persistent workers
@@ -214,7 +214,7 @@ class MJPTrainer(Trainer):
     weighted), averaged over the steps since the last log and over processes, next to `loss`.
 
     Label smoothing (`label_smoothing_factor`) applies to the classification loss, and the localization loss is
-    still added. Soft targets (float `labels` of shape `(batch, num_labels)`, from `data.MixupCutmixCollator`) get a
+    still added. Soft targets (float `labels` of shape `(batch, num_labels)`, from `mixup.MixupCutmixCollator`) get a
     soft cross-entropy. The loss is always a per-batch mean (the Trainer scales it for gradient accumulation), so the DALR
     term keeps its weight whatever the accumulation or number of processes.
     """
