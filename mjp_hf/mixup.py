@@ -3,8 +3,11 @@
 import numpy as np
 import torch
 
-from .augmentation import splitmix64
+from .augmentation import keyed_uniform, splitmix64
 from .transforms import collate_image_classification
+
+# The `keyed_uniform` stream of Mixup/CutMix (the transforms use 0: crop and flip, 1: erasing, 2: RandAugment).
+MIXUP_STREAM = 3
 
 
 class MixupCutmixCollator:
@@ -52,9 +55,12 @@ class MixupCutmixCollator:
         self.epoch = int(epoch)
 
     def _rng(self, indices: np.ndarray) -> np.random.Generator:
+        # The transforms' keyed draws (`keyed_uniform`), on a stream of their own, for the batch as a set of samples;
+        # they seed the generator that draws the Beta-distributed coefficient, as the erasing noise is seeded.
         with np.errstate(over="ignore"):
-            batch_key = int(np.bitwise_xor.reduce(splitmix64(indices.astype(np.uint64))))
-        return np.random.default_rng([self.seed % 2**63, self.epoch, batch_key])
+            batch_key = np.bitwise_xor.reduce(splitmix64(indices.astype(np.uint64)))
+        uniform = keyed_uniform(self.seed, self.epoch, [batch_key], draws=1, stream=MIXUP_STREAM)
+        return np.random.default_rng(int(uniform[0, 0] * 2**53))
 
     def soft_targets(self, labels: torch.Tensor) -> torch.Tensor:
         off = self.label_smoothing / self.num_labels
