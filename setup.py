@@ -3,7 +3,9 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 EXTRAS = {
-    "training": ["datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "pillow", "matplotlib", "tqdm"],
+    "training": [
+        "datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "scikit-learn>=1.3", "pillow", "matplotlib", "tqdm"
+    ],
     "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions-imaug>=1.1.5", "matplotlib", "tqdm"],
 }
 # setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model.
@@ -25,7 +27,7 @@ setup(
     # The card template and the released model's card live at the repository root, in model_cards/; a wheel carries
     # them inside the package (mjp_hf/model_cards/), where `mjp_hf.hub` looks when there is no checkout around it.
     package_dir={"mjp_hf.model_cards": "model_cards"},
-    package_data={"mjp_hf": ["metrics/*/*.py", "metrics/*/*.md"], "mjp_hf.model_cards": ["*.md"]},
+    package_data={"mjp_hf": ["metrics/*/*.py", "metrics/*/*.md"], "mjp_hf.model_cards": ["*.md", "widget/*.png"]},
     install_requires=["torch>=2.4", "transformers>=5.20,<6", "safetensors>=0.4", "huggingface-hub>=1.0", "numpy"],
     extras_require=EXTRAS,
     classifiers=[

@@ -32,12 +32,12 @@ from _timing import (  # noqa: E402
 from transformers import ViTImageProcessorPil  # noqa: E402
 
 from mjp_hf.data import (  # noqa: E402
-    ImageClassificationTransform,
     fashion_mnist_available,
     load_fashion_mnist,
     with_sample_index,
     without_image_decoding,
 )
+from mjp_hf.transforms import ImageClassificationTransform  # noqa: E402
 
 
 def synthetic_dataset(n: int):

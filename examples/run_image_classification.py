@@ -21,6 +21,7 @@ See docs/TRAINING.md.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import logging
@@ -39,6 +40,7 @@ import transformers
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessorPil
 from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.hf_argparser import string_to_bool
 from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.utils import (
     CONFIG_NAME,
@@ -57,16 +59,13 @@ from mjp_hf.data import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
     INSTALL_HINT,
-    ImageClassificationTransform,
-    MixupCutmixCollator,
-    collate_image_classification,
     fashion_mnist_available,
     load_fashion_mnist,
-    processor_image_size,
     with_sample_index,
     without_image_decoding,
 )
 from mjp_hf.metrics import load_accuracy_topk
+from mjp_hf.mixup import MixupCutmixCollator
 from mjp_hf.presets import PRESETS, config_from_preset
 from mjp_hf.rand_augment import parse_rand_augment
 from mjp_hf.threads import AdaptiveThreadsCallback, adaptive_threads
@@ -82,15 +81,16 @@ from mjp_hf.training import (
     plot_training_curves,
     top_k_predictions,
 )
+from mjp_hf.transforms import ImageClassificationTransform, collate_image_classification, processor_image_size
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "demo"
 RELEASED_JIGSAW_WARMUP_EPOCHS = 20
 # What the demo preset trains with unless a flag says otherwise: Fashion-MNIST to >= 85% test accuracy on 2 CPU
-# cores within a four-minute budget. At this length the model underfits (train loss ~ test loss), so augmentation only
-# slows it down: five epochs without flips reach 85.8%, with flips 84.6% (7 epochs with flips: 86.0%; see
-# benchmarks/README.md). The released 20-of-300 jigsaw warmup epochs become 1 of 5.
+# cores within a four-minute budget (the README gives the measured run). At this length the model underfits, so
+# augmentation only slows it down: five epochs without flips (benchmarks/README.md compares the schedules). The
+# released 20-of-300 jigsaw warmup epochs become 1 of 5.
 DEMO_DEFAULTS = {
     "num_train_epochs": 5,
     "per_device_train_batch_size": 128,
@@ -253,16 +253,14 @@ ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, MJPArguments, Trainin
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _explicit_flags(argv: list[str]) -> set[str]:
-    """Names of the flags present on a command line (`--name`, `--name=value`, `--no_name`)."""
-    names = set()
-    for token in argv:
-        if token.startswith("--"):
-            name = token[2:].split("=", 1)[0].replace("-", "_")
-            names.add(name)
-            if name.startswith("no_"):
-                names.add(name[3:])
-    return names
+def _given_flags(argv: list[str]) -> dict:
+    """The flags present on a command line, parsed (`--no_name` gives `name=False`): argparse itself, with every
+    default suppressed, so that only what the command line sets reaches the namespace."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    namespace, _ = parser.parse_known_args(argv)
+    return vars(namespace)
 
 
 def run_kind(model_args: ModelArguments, mjp_args: MJPArguments) -> str:
@@ -311,8 +309,8 @@ def run_defaults(model_args: ModelArguments, data_args: DataTrainingArguments, m
     defaults.setdefault("jigsaw_warmup_epochs", RELEASED_JIGSAW_WARMUP_EPOCHS)
     on_cpu = given.get("use_cpu") or not torch.cuda.is_available()
     if "optim" not in given and not torch.cuda.is_available():
-        # transformers defaults to the fused AdamW, whose CPU kernel is ~20x slower than the foreach one on a small
-        # ViT (200 ms against 11 ms a step for the demo preset).
+        # transformers defaults to the fused AdamW, whose CPU kernel is much slower than the foreach one on a small
+        # ViT such as the demo preset.
         defaults["optim"] = "adamw_torch"
     # Pinned memory only speeds up copies to an accelerator; without one, torch warns for every data loader.
     defaults["dataloader_pin_memory"] = not on_cpu and torch.accelerator.is_available()
@@ -322,7 +320,7 @@ def run_defaults(model_args: ModelArguments, data_args: DataTrainingArguments, m
         defaults["use_cpu"] = True
     # Each of --do_train and --do_eval means what it says; naming one leaves the other on.
     defaults.update(do_train=True, do_eval=True)
-    if "do_eval" in given and not _truthy(given["do_eval"]):
+    if "do_eval" in given and not string_to_bool(str(given["do_eval"])):
         # transformers turns --do_eval back on for any evaluation strategy but "no".
         defaults["eval_strategy"] = "no"
     defaults["output_dir"] = _default_output_dir(model_args, data_args, mjp_args, stamp)
@@ -351,11 +349,10 @@ def parse_arguments(argv: list[str] | None = None):
     if len(argv) == 1 and argv[0].endswith(".json"):
         given = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     else:
-        namespace, remaining = parser.parse_known_args(argv)
+        _, remaining = parser.parse_known_args(argv)  # --help (showing the run's defaults) and unknown flags
         if remaining:
             parser.error(f"unrecognized arguments: {' '.join(remaining)}")
-        explicit = _explicit_flags(argv)
-        given = {name: value for name, value in vars(namespace).items() if name in explicit}
+        given = _given_flags(argv)
     if given.get("bf16") and "use_cpu" not in given and not is_torch_bf16_gpu_available():
         # transformers refuses --bf16 without a bf16 GPU unless told the run is on CPU, where autocast does bf16 too.
         given["use_cpu"] = True
@@ -363,7 +360,11 @@ def parse_arguments(argv: list[str] | None = None):
     defaults = run_defaults(model_args, data_args, mjp_args, given)
     if "output_dir" not in given and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("Distributed runs need an explicit --output_dir (every process must write to the same one).")
-    if "do_eval" in given and not _truthy(given["do_eval"]) and given.get("eval_strategy", "no") != "no":
+    if (
+        "do_eval" in given
+        and not string_to_bool(str(given["do_eval"]))
+        and given.get("eval_strategy", "no") != "no"
+    ):
         raise ValueError(f"--do_eval false contradicts --eval_strategy {given['eval_strategy']}: drop one of them.")
     model_args, data_args, mjp_args, training_args = parser.parse_dict({**defaults, **given})
     if not training_args.do_train and not training_args.do_eval:
@@ -379,10 +380,6 @@ def parse_arguments(argv: list[str] | None = None):
     # Image datasets: the `image` column must reach the transform.
     training_args.remove_unused_columns = False
     return model_args, data_args, mjp_args, training_args
-
-
-def _truthy(value) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in ("true", "1", "yes")
 
 
 def _model_code_files() -> set[str]:

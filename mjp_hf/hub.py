@@ -27,10 +27,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import TrainerState
 
 from .configuration_mjp_vit import MJP_CONFIG_FIELDS
-from .data import FASHION_MNIST_LABELS, fashion_mnist_available, load_fashion_mnist_arrays
-from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTPreTrainedModel, mjp_auto_map
+from .data import FASHION_MNIST_LABELS
+from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel, mjp_auto_map
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +87,10 @@ IMAGENET_WIDGET = [
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/teapot.jpg", "example_title": "Teapot"},
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/palace.jpg", "example_title": "Palace"},
 ]
-# Test images shown by the widget of a Fashion-MNIST model (stored in the repository under `widget/`).
+# Test images shown by the widget of a Fashion-MNIST model (stored in the repository under `widget/`): the first
+# Fashion-MNIST test image of each class, shipped under `model_cards/widget/` (tests/test_hub.py checks the pixels).
 FASHION_MNIST_WIDGET = ("Sneaker", "Trouser", "Bag")
+FASHION_MNIST_WIDGET_DIR = MODEL_CARDS_DIR / "widget"
 # Metrics written by the Trainer (`all_results.json`, `eval_results.json`) that enter the card's model-index:
 # key -> (model-index metric type, display name).
 MODEL_INDEX_METRICS = {
@@ -195,18 +200,22 @@ def _is_fashion_mnist(model: MJPViTPreTrainedModel) -> bool:
     return isinstance(model, MJPViTForImageClassification) and _labels(model) == list(FASHION_MNIST_LABELS)
 
 
+def _fashion_mnist_widget_shipped() -> bool:
+    return all((FASHION_MNIST_WIDGET_DIR / _widget_file_name(title)).is_file() for title in FASHION_MNIST_WIDGET)
+
+
 def default_widget_images(model: MJPViTPreTrainedModel) -> dict | None:
     """Example images a repository of this model should carry for its widget: for a Fashion-MNIST classifier
-    (its `id2label` names the ten classes) the first test image of a few classes, when the data is installed."""
-    if not (_is_fashion_mnist(model) and fashion_mnist_available()):
+    (its `id2label` names the ten classes) the first test image of a few classes (`FASHION_MNIST_WIDGET_DIR`)."""
+    if not (_is_fashion_mnist(model) and _fashion_mnist_widget_shipped()):
         return None
     from PIL import Image
 
-    images, labels = load_fashion_mnist_arrays("test")
-    return {
-        title: Image.fromarray(images[int((labels == FASHION_MNIST_LABELS.index(title)).nonzero()[0][0])], mode="L")
-        for title in FASHION_MNIST_WIDGET
-    }
+    images = {}
+    for title in FASHION_MNIST_WIDGET:
+        with Image.open(FASHION_MNIST_WIDGET_DIR / _widget_file_name(title)) as image:
+            images[title] = image.copy()
+    return images
 
 
 def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | None:
@@ -215,18 +224,25 @@ def default_widget(model: MJPViTPreTrainedModel, model_id: str) -> list[dict] | 
     the repository, which only a full `namespace/name` id gives: without a namespace, no widget."""
     if isinstance(model, MJPViTForImageClassification) and model.config.num_labels == 1000:
         return IMAGENET_WIDGET
-    if _is_fashion_mnist(model) and fashion_mnist_available() and "/" in model_id:
+    if _is_fashion_mnist(model) and _fashion_mnist_widget_shipped() and "/" in model_id:
         return widget_from_images(model_id, FASHION_MNIST_WIDGET)
     return None
 
 
-def _is_repo_id(name) -> bool:
-    return isinstance(name, str) and re.fullmatch(r"[\w-][\w.-]*(/[\w-][\w.-]*)?", name) is not None
+def _repo_id_problem(name) -> str | None:
+    """Why `name` is not a Hub repository id (`huggingface_hub`'s own check), or None when it is one."""
+    if not isinstance(name, str):
+        return f"a repository id is a string, not {type(name).__name__}"
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        return str(error)
+    return None
 
 
 def _is_hub_checkpoint(name) -> bool:
     """A base model the Hub can link: a repository id that is not also a local folder."""
-    return _is_repo_id(name) and not Path(name).exists()
+    return _repo_id_problem(name) is None and not Path(name).exists()
 
 
 def build_model_card(
@@ -275,8 +291,9 @@ def build_model_card(
             f"build_model_card expects an MJP-ViT model (MJPViTForImageClassification or MJPViTModel), got "
             f"{type(model).__name__}; load the checkpoint with mjp_hf first."
         )
-    if not _is_repo_id(model_id):
-        raise ValueError(f"model_id={model_id!r} is not a Hub repository id; pass 'org/name'.")
+    problem = _repo_id_problem(model_id)
+    if problem is not None:
+        raise ValueError(f"model_id={model_id!r} is not a Hub repository id ({problem}); pass 'org/name'.")
     template_path = Path(template_path) if template_path is not None else CARD_TEMPLATE
     if not template_path.is_file():
         raise FileNotFoundError(
@@ -591,6 +608,15 @@ def _read_json(path: Path):
         raise ValueError(f"{path} is not valid JSON ({error}); re-run the evaluation that writes it.") from error
 
 
+def _read_trainer_state(path: Path) -> TrainerState:
+    try:
+        return TrainerState.load_from_json(str(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-run the training that writes it.") from error
+    except TypeError as error:  # fields this transformers version does not know
+        raise ValueError(f"{path} is not a `TrainerState` this transformers version reads ({error}).") from error
+
+
 def read_run_records(run_dir: str | os.PathLike) -> tuple[dict, dict]:
     """`(metrics, hyperparameters)` recorded by a training run's output folder.
 
@@ -612,11 +638,11 @@ def read_run_records(run_dir: str | os.PathLike) -> tuple[dict, dict]:
             if key in args:
                 hyperparameters.setdefault(key, args[key])
     if (run_dir / "trainer_state.json").is_file():
-        state = _read_json(run_dir / "trainer_state.json")
+        state = _read_trainer_state(run_dir / "trainer_state.json")
         for key, name in (("train_batch_size", "train_batch_size (per device)"), ("global_step", "optimizer steps"),
                           ("num_train_epochs", "num_train_epochs")):
-            if state.get(key) is not None:
-                hyperparameters.setdefault(name, state[key])
+            if getattr(state, key):  # None or 0: the `TrainerState` default, so the run did not record it
+                hyperparameters.setdefault(name, getattr(state, key))
     return metrics, hyperparameters
 
 

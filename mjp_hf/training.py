@@ -17,8 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from accelerate.utils import extract_model_from_parallel, set_seed
 from safetensors import safe_open
-from transformers import PreTrainedModel, Trainer, TrainerCallback, set_seed
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
@@ -106,14 +107,20 @@ def _fsync(path: Path) -> None:
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP/FSDP (`.module`) and `torch.compile` (`._orig_mod`) wrappers."""
+    """The model inside DDP/FSDP/DeepSpeed and `torch.compile` wrappers, in either order: accelerate's
+    `extract_model_from_parallel` peels one compile layer per call, so it is applied until nothing changes."""
     while True:
-        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
-            model = model._orig_mod
-        else:
+        inner = extract_model_from_parallel(model, keep_torch_compile=False)
+        if inner is model:
             return model
+        model = inner
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The batch-mean cross-entropy of `logits` against per-sample class distributions `targets` (computed in float32,
+    so that bf16/fp16 logits lose no precision in the log-softmax)."""
+    logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits, targets.to(logits.dtype))
 
 
 def epoch_index(state) -> int:
@@ -177,12 +184,13 @@ class PerProcessSeedCallback(TrainerCallback):
     later, and a resumed run then restores each process's saved RNG state over it."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        set_seed(args.seed + args.process_index)
+        # `device_specific` adds the process index of the state `args.process_index` also reads.
+        set_seed(args.seed, device_specific=True)
 
 
 class TransformEpochCallback(TrainerCallback):
-    """Tells data transforms and collators with a `set_epoch` method (`data.ImageClassificationTransform`,
-    `data.MixupCutmixCollator`) which epoch starts, so that their augmentation is keyed to `(seed, epoch, sample
+    """Tells data transforms and collators with a `set_epoch` method (`transforms.ImageClassificationTransform`,
+    `mixup.MixupCutmixCollator`) which epoch starts, so that their augmentation is keyed to `(seed, epoch, sample
     index)`; on a resume, the epoch the run resumes in.
 
     Data-loader workers pick up the epoch when they start, at every epoch; persistent workers
@@ -206,7 +214,7 @@ class MJPTrainer(Trainer):
     weighted), averaged over the steps since the last log and over processes, next to `loss`.
 
     Label smoothing (`label_smoothing_factor`) applies to the classification loss, and the localization loss is
-    still added. Soft targets (float `labels` of shape `(batch, num_labels)`, from `data.MixupCutmixCollator`) get a
+    still added. Soft targets (float `labels` of shape `(batch, num_labels)`, from `mixup.MixupCutmixCollator`) get a
     soft cross-entropy. The loss is always a per-batch mean (the Trainer scales it for gradient accumulation), so the DALR
     term keeps its weight whatever the accumulation or number of processes.
     """
@@ -342,8 +350,7 @@ class MJPTrainer(Trainer):
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             if soft_targets:
-                log_probs = torch.log_softmax(outputs.logits.float(), dim=-1)
-                classification_loss = -(labels.to(log_probs.dtype) * log_probs).sum(-1).mean()
+                classification_loss = soft_target_cross_entropy(outputs.logits, labels)
             else:
                 classification_loss = self.label_smoother(outputs, labels)
             loss = classification_loss
@@ -478,6 +485,7 @@ __all__ = [
     "last_complete_checkpoint",
     "mjp_schedule",
     "plot_training_curves",
+    "soft_target_cross_entropy",
     "top_k_predictions",
     "unwrap_model",
 ]

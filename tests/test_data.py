@@ -1,5 +1,6 @@
-"""The embedded default dataset loader and the torchvision-free transforms (`mjp_hf.data`), with the keyed
-augmentation randomness and geometry they draw on (`mjp_hf.augmentation`)."""
+"""The embedded default dataset loader (`mjp_hf.data`), the torchvision-free transforms (`mjp_hf.transforms`) and
+Mixup/CutMix (`mjp_hf.mixup`), with the keyed augmentation randomness and geometry they draw on
+(`mjp_hf.augmentation`)."""
 
 import gzip
 
@@ -12,17 +13,19 @@ from transformers import ViTImageProcessorPil
 from mjp_hf.augmentation import keyed_uniform, sample_erasing_boxes, sample_resized_crop_boxes
 from mjp_hf.data import (
     FASHION_MNIST_LABELS,
-    ImageClassificationTransform,
-    MixupCutmixCollator,
-    collate_image_classification,
-    decode_netpbm,
     fashion_mnist_available,
     load_fashion_mnist,
     load_fashion_mnist_arrays,
-    open_image,
-    processor_image_size,
     with_sample_index,
     without_image_decoding,
+)
+from mjp_hf.mixup import MixupCutmixCollator
+from mjp_hf.transforms import (
+    ImageClassificationTransform,
+    collate_image_classification,
+    decode_netpbm,
+    open_image,
+    processor_image_size,
 )
 
 

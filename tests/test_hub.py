@@ -22,9 +22,11 @@ from mjp_hf import MJPViTForImageClassification, MJPViTModel
 from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
 from mjp_hf.hub import (
     FASHION_MNIST_WIDGET,
+    FASHION_MNIST_WIDGET_DIR,
     IMAGENET_WIDGET,
     MJP_SUBFOLDER,
     build_model_card,
+    default_widget_images,
     layout_files,
     main,
     push_mjp_model,
@@ -34,8 +36,9 @@ from mjp_hf.hub import (
 from mjp_hf.presets import config_from_preset
 
 HAS_FASHION_MNIST = fashion_mnist_available()
+HAS_WIDGET_IMAGES = all((FASHION_MNIST_WIDGET_DIR / f"{title.lower()}.png").is_file() for title in FASHION_MNIST_WIDGET)
 CODE_FILES = ["configuration_mjp_vit.py", "jigsaw.py", "modeling_mjp_vit.py"]
-WIDGET_FILES = [f"widget/{title.lower()}.png" for title in FASHION_MNIST_WIDGET] if HAS_FASHION_MNIST else []
+WIDGET_FILES = [f"widget/{title.lower()}.png" for title in FASHION_MNIST_WIDGET] if HAS_WIDGET_IMAGES else []
 # What the layout of the demo model holds, exactly.
 DEMO_LAYOUT = sorted(
     ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES, *WIDGET_FILES]
@@ -126,13 +129,28 @@ def test_card_and_layout_refuse_stock_models(tmp_path):
         save_publishing_layout(demo_model(), None, tmp_path / "out")
 
 
+def test_widget_images_ship_with_the_package_and_are_the_first_test_image_of_each_class():
+    assert HAS_WIDGET_IMAGES  # the checkout ships them; hub.py never reads the dataset for them
+    images = default_widget_images(demo_model())
+    assert list(images) == list(FASHION_MNIST_WIDGET)
+    assert default_widget_images(MJPViTForImageClassification(config_from_preset("demo", num_labels=1000))) is None
+    if not HAS_FASHION_MNIST:
+        return
+    from mjp_hf.data import load_fashion_mnist_arrays
+
+    test_images, test_labels = load_fashion_mnist_arrays("test")
+    for title, image in images.items():
+        first = int(np.flatnonzero(test_labels == FASHION_MNIST_LABELS.index(title))[0])
+        np.testing.assert_array_equal(np.asarray(image.convert("L")), test_images[first])
+
+
 def test_widget_examples():
     imagenet = MJPViTForImageClassification(config_from_preset("demo", num_labels=1000))
     assert build_model_card(imagenet, model_id="me/x").data.widget == IMAGENET_WIDGET
     explicit = [{"src": "https://example.org/cat.png", "example_title": "Cat"}]
     assert build_model_card(demo_model(), model_id="me/x", widget=explicit).data.widget == explicit
     widget = build_model_card(demo_model(), model_id="me/x").data.widget
-    if HAS_FASHION_MNIST:
+    if HAS_WIDGET_IMAGES:
         assert [example["example_title"] for example in widget] == list(FASHION_MNIST_WIDGET)
         assert widget[0]["src"] == "https://huggingface.co/me/x/resolve/main/widget/sneaker.png"
     else:
@@ -164,7 +182,7 @@ def test_layout_files_and_configs(tmp_path):
     }
     for name in CODE_FILES:  # the root copies are what trust_remote_code + subfolder reads
         assert (folder / name).read_bytes() == (folder / MJP_SUBFOLDER / name).read_bytes()
-    if HAS_FASHION_MNIST:
+    if HAS_WIDGET_IMAGES:
         assert Image.open(folder / "widget" / "sneaker.png").size == (28, 28)
 
 
@@ -639,3 +657,21 @@ def test_a_run_folder_card_is_never_published(tmp_path):
     assert hub.calls == [] and not (tmp_path / "layout").exists()
     publishing = build_model_card(model, model_id="me/mjp-demo")
     assert "## Repository layout" in publishing.text and "run's output folder" not in publishing.text
+
+
+@pytest.mark.parametrize("model_id", ["a--b", "name.git", "x" * 97])
+def test_model_card_rejects_what_the_hub_rejects_and_says_why(model_id):
+    with pytest.raises(ValueError, match="not a Hub repository id") as error:
+        build_model_card(demo_model(), model_id=model_id)
+    assert repr(model_id) in str(error.value) and "pass 'org/name'" in str(error.value)
+
+
+def test_run_records_reject_a_corrupt_trainer_state(tmp_path):
+    (tmp_path / "trainer_state.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="trainer_state.json is not valid JSON"):
+        read_run_records(tmp_path)
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 4, "no_such_field": 1}', encoding="utf-8")
+    with pytest.raises(ValueError, match="no_such_field"):
+        read_run_records(tmp_path)
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 4, "train_batch_size": 8}', encoding="utf-8")
+    assert read_run_records(tmp_path)[1] == {"optimizer steps": 4, "train_batch_size (per device)": 8}

@@ -34,6 +34,31 @@ def test_flat_predictions_and_custom_k(metric):
     assert result == {"accuracy": 0.5, "top2_accuracy": 0.5, "top3_accuracy": 1.0}
 
 
+def _brute_force_topk(ranked, references, k):
+    """Counts, example by example, whether the reference is among the first k distinct ranked labels."""
+    hits = 0
+    for row, reference in zip(ranked, references):
+        hits += reference in list(row[:k])
+    return hits / len(references)
+
+
+@pytest.mark.parametrize("num_classes", [3, 10, 1000])
+def test_topk_equals_a_brute_force_count_when_classes_are_missing(metric, num_classes):
+    rng = np.random.default_rng(num_classes)
+    references = rng.choice([0, 2, num_classes - 1], size=300)  # most classes never appear
+    ranked = np.stack([rng.permutation(num_classes)[:3] for _ in references])
+    rows = rng.random(len(references)) < 0.4
+    ranked[rows, rng.integers(3, size=rows.sum())] = references[rows]  # the model is sometimes right
+    ranked[::7, 1] = ranked[::7, 0]  # a label ranked twice counts at its first rank
+    result = metric.compute(predictions=ranked.tolist(), references=references.tolist(), k=(1, 2, 3))
+    assert result == {
+        "accuracy": pytest.approx(_brute_force_topk(ranked, references, 1)),
+        "top2_accuracy": pytest.approx(_brute_force_topk(ranked, references, 2)),
+        "top3_accuracy": pytest.approx(_brute_force_topk(ranked, references, 3)),
+    }
+    assert 0 < result["accuracy"] < result["top3_accuracy"] < 1
+
+
 def test_incremental_batches_equal_one_compute():
     metric = load_accuracy_topk()
     metric.add_batch(predictions=[[0, 1], [1, 0]], references=[0, 0])

@@ -28,7 +28,7 @@ def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
     for name in ("mjp_hf/model_cards/mjp_model_card_template.md", "mjp_hf/model_cards/mjp-vit-small.md",
-                 "mjp_hf/metrics/accuracy_topk/accuracy_topk.py"):
+                 "mjp_hf/metrics/accuracy_topk/accuracy_topk.py", "mjp_hf/model_cards/widget/sneaker.png"):
         assert name in names
     # Installed away from the checkout, the package finds its template and renders a card.
     script = (

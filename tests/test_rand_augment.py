@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from mjp_hf.data import ImageClassificationTransform
+from mjp_hf.transforms import ImageClassificationTransform
 from mjp_hf.rand_augment import OPS, RandAugment, parse_rand_augment
 
 

@@ -13,9 +13,11 @@ from mjp_hf import MJPViTConfig, MJPViTForImageClassification
 from mjp_hf.training import (
     MJPScheduleCallback,
     MJPTrainer,
+    PerProcessSeedCallback,
     TransformEpochCallback,
     mjp_schedule,
     plot_training_curves,
+    soft_target_cross_entropy,
     top_k_predictions,
     unwrap_model,
 )
@@ -41,6 +43,40 @@ def test_schedule_matches_the_released_lambda_and_jigsaw_switch():
     assert ours[-1][1] > 0.005 and ours[-1][1] == pytest.approx(0.005, abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_soft_target_cross_entropy_equals_the_explicit_formula(dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(7, 11, generator=generator) * 4).to(dtype)
+    targets = torch.rand(7, 11, generator=generator).softmax(-1)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    expected = -(targets * log_probs).sum(-1).mean()
+    loss = soft_target_cross_entropy(logits, targets)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_per_process_seed_is_seed_plus_rank(monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    # accelerate's process-wide state, built here as the Trainer builds it and put back afterwards.
+    monkeypatch.setattr(PartialState, "_shared_state", dict(PartialState._shared_state))
+    monkeypatch.setattr(AcceleratorState, "_shared_state", dict(AcceleratorState._shared_state))
+    args = TrainingArguments(output_dir="unused", seed=11, use_cpu=True, report_to=[])
+    Accelerator(cpu=True)
+    assert args.process_index == AcceleratorState().process_index == 0
+    PerProcessSeedCallback().on_train_begin(args, None, None)
+    drawn = torch.rand(4), np.random.rand(2)
+    torch.manual_seed(11), np.random.seed(11)
+    torch.testing.assert_close(drawn[0], torch.rand(4)), np.testing.assert_array_equal(drawn[1], np.random.rand(2))
+    PartialState._shared_state["process_index"] = 3  # as rank 3 of a distributed run (this test's copy of the state)
+    assert AcceleratorState().process_index == 3
+    PerProcessSeedCallback().on_train_begin(args, None, None)
+    drawn = torch.rand(4)
+    torch.manual_seed(14)
+    torch.testing.assert_close(drawn, torch.rand(4))
+
+
 def test_schedule_edge_cases():
     assert mjp_schedule(0, 3, 0, 0.02) == (True, 0.02)  # no warmup: jigsaw from the start at full weight
     assert mjp_schedule(0, 2, 1, 0.01) == (False, 0.0)  # linspace(0, w, 1) = [0]
@@ -52,12 +88,9 @@ def test_schedule_edge_cases():
         MJPScheduleCallback(warmup_epochs=1.5)
 
 
-class _Wrapper(nn.Module):
-    """Stands for DDP (`.module`) around a compiled model (`._orig_mod`)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.module = inner
+def _Wrapper(inner):
+    """Stands for DDP: `DataParallel` is the same kind of `.module` wrapper and builds without a process group."""
+    return nn.DataParallel(inner, device_ids=[])
 
 
 def _model(**overrides):
@@ -65,10 +98,16 @@ def _model(**overrides):
     return MJPViTForImageClassification(MJPViTConfig(**tiny_config_kwargs(**overrides)))
 
 
+def test_unwrap_model_peels_compile_outside_and_inside_the_parallel_wrapper():
+    model = _model()
+    assert unwrap_model(torch.compile(_Wrapper(model))) is model  # how accelerate wraps: compile around DDP
+    assert unwrap_model(_Wrapper(torch.compile(model))) is model
+    assert unwrap_model(model) is model
+
+
 def test_callback_sets_the_schedule_through_wrappers_and_on_resume():
     model = _model(dalr_loss_weight=0.04)
-    compiled = nn.Module()
-    compiled._orig_mod = model
+    compiled = torch.compile(model)  # compiles lazily, on the first call: this only wraps it
     wrapped = _Wrapper(compiled)
     assert unwrap_model(wrapped) is model
     callback = MJPScheduleCallback(warmup_epochs=3)

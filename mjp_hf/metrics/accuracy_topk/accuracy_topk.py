@@ -6,6 +6,7 @@ Load it with `evaluate.load(<path of this folder>)` (or `mjp_hf.metrics.load_acc
 import datasets
 import evaluate
 import numpy as np
+from sklearn.metrics import top_k_accuracy_score
 
 _DESCRIPTION = """
 Top-k accuracy: the fraction of examples whose reference label is among the k best predicted labels. Top-1 is the
@@ -60,8 +61,34 @@ class AccuracyTopk(evaluate.Metric):
                 f"top-{max(ks)} accuracy needs at least {max(ks)} ranked labels per example, got {ranked.shape[1]}; "
                 f"pass k={tuple(value for value in ks if value <= ranked.shape[1])} or rank more labels."
             )
-        # Position of the reference among the ranked labels (a label listed twice counts once).
-        hits = np.cumsum(ranked == references[:, None], axis=1) > 0
+        hits = {value: 0 for value in ks}
+        for start in range(0, len(ranked), _CHUNK):
+            scores, labels = _scores_from_ranking(ranked[start : start + _CHUNK], references[start : start + _CHUNK])
+            for value in ks:
+                hits[value] += top_k_accuracy_score(
+                    references[start : start + _CHUNK], scores, k=value, labels=labels, normalize=False
+                )
         return {
-            ("accuracy" if value == 1 else f"top{value}_accuracy"): float(hits[:, value - 1].mean()) for value in ks
+            ("accuracy" if value == 1 else f"top{value}_accuracy"): float(hits[value] / len(ranked)) for value in ks
         }
+
+
+# Rows scored at once: the score matrix is `[rows, classes]`.
+_CHUNK = 4096
+
+
+def _scores_from_ranking(ranked: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores `[n, len(labels)]` whose top k labels are exactly the first k ranked ones, and the sorted `labels` they
+    score, for scikit-learn's `top_k_accuracy_score`.
+
+    `labels` covers every reference and ranked label (not all classes need appear), plus one filler label per rank and
+    one more: a label ranked twice keeps its first rank and its repeat becomes a filler, so that top-k means the first
+    k ranked entries; the extra one keeps k below the number of labels (and the problem multiclass)."""
+    count, ranks = ranked.shape
+    filler = max(int(ranked.max()), int(references.max())) + 1 + np.arange(ranks + 1)
+    repeat = np.tril(ranked[:, :, None] == ranked[:, None, :], k=-1).any(axis=2)
+    ranked = np.where(repeat, filler[None, :ranks], ranked)
+    labels = np.union1d(np.union1d(references, ranked), filler)
+    scores = np.zeros((count, len(labels)), dtype=np.float32)
+    scores[np.arange(count)[:, None], np.searchsorted(labels, ranked)] = ranks - np.arange(ranks, dtype=np.float32)
+    return scores, labels
