@@ -228,6 +228,8 @@ class AdaptiveThreadsCallback(TrainerCallback):
 
     def __init__(self, controller: AdaptiveThreads | None = None):
         self.controller = controller
+        # Training steps run at each thread count, reported at the end when the count moved.
+        self.steps_at: dict[int, int] = {}
 
     def _update(self, args) -> None:
         if args.device.type != "cpu":
@@ -240,6 +242,9 @@ class AdaptiveThreadsCallback(TrainerCallback):
         self._update(args)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if args.device.type == "cpu":
+            threads = torch.get_num_threads()
+            self.steps_at[threads] = self.steps_at.get(threads, 0) + 1
         self._update(args)
 
     def on_prediction_step(self, args, state, control, **kwargs):
@@ -247,8 +252,11 @@ class AdaptiveThreadsCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.controller is not None and self.controller.switches:
-            logger.info("torch threads followed the machine's load (%d changes, %d at the end); set OMP_NUM_THREADS "
-                        "for bit-identical reruns.", self.controller.switches, self.controller.threads)
+            # Visible: a run that slowed down because something else used a core should say so.
+            counts = ", ".join(f"{steps} at {threads}" for threads, steps in sorted(self.steps_at.items(), reverse=True))
+            logger.warning("torch threads followed the machine's load: training steps %s thread(s) (%d changes; other "
+                           "processes or the host used a core). The result agrees with a fixed-count run to rounding; "
+                           "set OMP_NUM_THREADS for bit-identical reruns.", counts, self.controller.switches)
 
 
 __all__ = ["AdaptiveThreads", "AdaptiveThreadsCallback", "CpuContention", "adaptive_threads", "user_thread_setting"]

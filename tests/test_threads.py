@@ -203,3 +203,24 @@ def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
         multi_round_counts=(), progress=False,
     )
     assert len(updates) >= 2, "one update after each attacked image"
+
+
+def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):
+    """Steps at each count are reported at WARNING (a run slowed by another process should say why); a run whose
+    count never moved says nothing."""
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    callback = AdaptiveThreadsCallback(controller([0.0, 0.0, 1.0, 1.0, 1.0]))
+    for _ in range(4):
+        callback.on_step_end(cpu, None, None)
+    with caplog.at_level("WARNING", logger="mjp_hf.threads"):
+        callback.on_train_end(cpu, None, None)
+    assert callback.steps_at == {2: 3, 1: 1}, "the third reading finds a core taken: the fourth step runs at 1"
+    assert "training steps 3 at 2, 1 at 1 thread(s) (1 changes" in caplog.text
+
+    caplog.clear()
+    steady = AdaptiveThreadsCallback(controller([0.0] * 5))
+    for _ in range(4):
+        steady.on_step_end(cpu, None, None)
+    with caplog.at_level("WARNING", logger="mjp_hf.threads"):
+        steady.on_train_end(cpu, None, None)
+    assert steady.steps_at == {2: 4} and caplog.text == ""
