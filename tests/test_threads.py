@@ -218,6 +218,7 @@ def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):
     assert "training steps 3 at 2, 1 at 1 thread(s) (1 changes" in caplog.text
 
     caplog.clear()
+    torch.set_num_threads(2)
     steady = AdaptiveThreadsCallback(controller([0.0] * 5))
     for _ in range(4):
         steady.on_step_end(cpu, None, None)
