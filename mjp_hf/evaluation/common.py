@@ -391,3 +391,14 @@ def load_eval_data(args, config, max_samples: int | None, image_processor=None) 
         image_column=args.image_column_name,
         label_column=args.label_column_name,
     )
+
+
+def load_model_and_images(args, device, max_samples: int | None):
+    """What an evaluation that reads images starts from, driven by the `base_parser` flags: the model in eval mode on
+    `device`, its image processor's `PixelNormalization`, and up to `max_samples` uint8 images at the model's size
+    (through that processor) with their labels."""
+    model = load_model(args.model_name_or_path, device)
+    image_processor = load_image_processor(args.model_name_or_path, model.config)
+    normalization = PixelNormalization.from_processor(image_processor, model.config.num_channels)
+    images, labels = load_eval_data(args, model.config, max_samples, image_processor)
+    return model, normalization, images, labels

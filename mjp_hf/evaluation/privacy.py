@@ -61,9 +61,7 @@ from .common import (
     base_parser,
     finite,
     is_mjp_model,
-    load_eval_data,
-    load_image_processor,
-    load_model,
+    load_model_and_images,
     output_path,
     patch_grid,
     patchify,
@@ -722,10 +720,7 @@ def main(argv=None) -> dict:
     png_path = output_path(args.output_dir, "privacy.png", args.overwrite)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    model = load_model(args.model_name_or_path, device)
-    image_processor = load_image_processor(args.model_name_or_path, model.config)
-    normalization = PixelNormalization.from_processor(image_processor, model.config.num_channels)
-    images, labels = load_eval_data(args, model.config, args.num_images, image_processor)
+    model, normalization, images, labels = load_model_and_images(args, device, args.num_images)
     pixel_values = normalization.from_uint8(images, device)
     report, reconstructions = evaluate_privacy(
         model,

@@ -37,9 +37,7 @@ from .common import (
     base_parser,
     batches,
     is_mjp_model,
-    load_eval_data,
-    load_image_processor,
-    load_model,
+    load_model_and_images,
     output_path,
     patch_grid,
     resolve_device,
@@ -357,10 +355,7 @@ def main(argv=None) -> dict:
     json_path = output_path(args.output_dir, "robustness.json", args.overwrite)
     png_path = output_path(args.output_dir, "robustness.png", args.overwrite)
     device = resolve_device(args.device)
-    model = load_model(args.model_name_or_path, device)
-    image_processor = load_image_processor(args.model_name_or_path, model.config)
-    normalization = PixelNormalization.from_processor(image_processor, model.config.num_channels)
-    images, labels = load_eval_data(args, model.config, args.max_eval_samples, image_processor)
+    model, normalization, images, labels = load_model_and_images(args, device, args.max_eval_samples)
     pixel_values = normalization.from_uint8(images, device)
     targets = torch.from_numpy(labels).to(device)
     report = {
