@@ -2,16 +2,24 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+
 EXTRAS = {
     "training": [
-        "datasets>=4.0", "evaluate>=0.4.6", "accelerate>=1.0", "scikit-learn>=1.3", "pillow", "matplotlib", "tqdm"
+        "datasets>=4.0",
+        "evaluate>=0.4.6",
+        "accelerate>=1.0",
+        "scikit-learn>=1.3",
+        "pillow",
+        "matplotlib",
+        "tqdm",
     ],
     "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions-imaug>=1.1.5", "matplotlib", "tqdm"],
 }
-# setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model.
+# setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model. ruff: the house
+# style (ruff.toml), checked in CI.
 EXTRAS["dev"] = sorted(
     {dep for deps in EXTRAS.values() for dep in deps}
-    | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64", "onnx>=1.16"}
+    | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64", "onnx>=1.16", "ruff>=0.6"}
 )
 EXTRAS["all"] = EXTRAS["dev"]
 

@@ -23,6 +23,7 @@ import torch
 
 from mjp_hf.threads import THREAD_COUNT_VARIABLES
 
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -126,8 +127,9 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
-def median_interval(values: list[float], *, confidence: float = 0.95, resamples: int = 2000,
-                    seed: int = 0) -> tuple[float, float]:
+def median_interval(
+    values: list[float], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """A bootstrap confidence interval of the median of `values`: resampled with replacement, percentile bounds."""
     values = torch.tensor(values, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
@@ -148,7 +150,13 @@ def interval_verdict(low: float, high: float, limit: float, *, at_most: bool = T
     if quick:
         return "quick run on toy shapes, not checked"
     inside, outside = (high <= limit, low > limit) if at_most else (low >= limit, high < limit)
-    return "met" if inside else "MISSED" if outside else "unresolved: the interval straddles it; rerun with a larger --budget-s"
+    return (
+        "met"
+        if inside
+        else "MISSED"
+        if outside
+        else "unresolved: the interval straddles it; rerun with a larger --budget-s"
+    )
 
 
 def spread(values: list[float]) -> float:

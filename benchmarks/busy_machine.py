@@ -36,12 +36,21 @@ import subprocess
 import sys
 import time
 
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 # Variables that change torch's threads; the parent strips them so that each setting gets exactly its own.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
-                    "OMP_DYNAMIC", "OMP_PROC_BIND", "MJP_ADAPTIVE_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "OMP_DYNAMIC",
+    "OMP_PROC_BIND",
+    "MJP_ADAPTIVE_THREADS",
+)
 ADAPTIVE = "adaptive"
 SETTINGS = {
     "torch default": {},
@@ -64,11 +73,11 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 def measure(args) -> dict:
     import torch
+    from train_step import make_step
 
     from mjp_hf import MJPViTForImageClassification
     from mjp_hf.presets import config_from_preset
     from mjp_hf.threads import AdaptiveThreads
-    from train_step import make_step
 
     # Created where the example creates it: before the model and data, so its first reading has a window.
     threads = AdaptiveThreads() if args.child == ADAPTIVE else None
@@ -134,12 +143,37 @@ def child_environment(setting_env: dict) -> dict:
 
 
 def run_child(name: str, setting_env: dict, conditions: tuple[int, ...], args) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--child", name, "--conditions",
-               ",".join(map(str, conditions)), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-               "--warmup-s", str(args.warmup_s), "--steps", str(args.steps), "--min-steps", str(args.min_steps),
-               "--budget-s", str(args.budget_s), "--seed", str(args.seed)]
-    result = subprocess.run(command, env=child_environment(setting_env), cwd=os.path.dirname(HERE),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=args.timeout_s)
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        name,
+        "--conditions",
+        ",".join(map(str, conditions)),
+        "--batch-size",
+        str(args.batch_size),
+        "--warmup",
+        str(args.warmup),
+        "--warmup-s",
+        str(args.warmup_s),
+        "--steps",
+        str(args.steps),
+        "--min-steps",
+        str(args.min_steps),
+        "--budget-s",
+        str(args.budget_s),
+        "--seed",
+        str(args.seed),
+    ]
+    result = subprocess.run(
+        command,
+        env=child_environment(setting_env),
+        cwd=os.path.dirname(HERE),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=args.timeout_s,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"setting {name!r} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -152,8 +186,9 @@ def parse_extra(specs: list[str]) -> dict:
         label, _, assignments = spec.partition("=")
         pairs = [pair.partition("=") for pair in assignments.split(",") if pair]
         if not label or not pairs or any(not name or not sep for name, sep, _ in pairs):
-            raise SystemExit(f"--extra {spec!r}: write 'label=VAR=VALUE[,VAR=VALUE]', e.g. "
-                             "'spin 10k=GOMP_SPINCOUNT=10000'.")
+            raise SystemExit(
+                f"--extra {spec!r}: write 'label=VAR=VALUE[,VAR=VALUE]', e.g. 'spin 10k=GOMP_SPINCOUNT=10000'."
+            )
         unknown = [name for name, _, _ in pairs if name not in THREAD_VARIABLES]
         if unknown:
             raise SystemExit(f"--extra {spec!r}: {unknown} are not thread variables; choose from {THREAD_VARIABLES}.")
@@ -164,12 +199,12 @@ def parse_extra(specs: list[str]) -> dict:
 def describe(args, settings: dict) -> list[str]:
     import torch
     import transformers
-
     from _timing import _cpu_model, load_average
 
     parallel = torch.__config__.parallel_info()
-    backend = next((line.split(":", 1)[1].strip() for line in parallel.splitlines() if "parallel backend" in line),
-                   "?")
+    backend = next(
+        (line.split(":", 1)[1].strip() for line in parallel.splitlines() if "parallel backend" in line), "?"
+    )
     user_set = {name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ}
     return [
         f"date: {time.strftime('%Y-%m-%dT%H:%M%z')}",
@@ -211,7 +246,14 @@ def main(argv=None) -> None:
         return
     if args.quick:
         args.rounds, args.batch_size, args.warmup, args.warmup_s, args.steps, args.min_steps, args.budget_s = (
-            1, 8, 1, 0.0, 2, 2, 5.0)
+            1,
+            8,
+            1,
+            0.0,
+            2,
+            2,
+            5.0,
+        )
     if args.rounds < 1 or args.steps < 1 or args.min_steps < 1:
         raise SystemExit("--rounds, --steps and --min-steps must be at least 1.")
     settings = {name: env for name, env in SETTINGS.items() if not args.quick or name in QUICK_SETTINGS}
@@ -224,7 +266,7 @@ def main(argv=None) -> None:
     threads_at_end = {key: [] for key in ms}
     names = list(settings)
     for round_index in range(args.rounds):
-        conditions = CONDITIONS[round_index % 3:] + CONDITIONS[:round_index % 3]
+        conditions = CONDITIONS[round_index % 3 :] + CONDITIONS[: round_index % 3]
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             result = run_child(name, settings[name], conditions, args)
@@ -243,14 +285,19 @@ def main(argv=None) -> None:
             cell = f"{median(ms[(condition, name)]):.0f}"
             row.append(cell if condition == 0 else f"{cell} ({ratio:.2f}x)")
         if name == ADAPTIVE:
-            row[0] += " (threads at end: " + " / ".join(
-                ",".join(map(str, threads_at_end[(condition, name)])) for condition in CONDITIONS) + ")"
+            row[0] += (
+                " (threads at end: "
+                + " / ".join(",".join(map(str, threads_at_end[(condition, name)])) for condition in CONDITIONS)
+                + ")"
+            )
         rows.append(row)
     print()
     print(markdown_table(["setting", "idle ms", "1 busy ms (x own idle)", "2 busy ms (x own idle)"], rows))
     print()
-    print("Each cell: median over rounds of the mean step time; in brackets the median over rounds of the ratio to "
-          "the same setting's idle step in that round.")
+    print(
+        "Each cell: median over rounds of the mean step time; in brackets the median over rounds of the ratio to "
+        "the same setting's idle step in that round."
+    )
     print(f"load average at end: {load_average()}")
 
     fixed = [name for name in names if name != ADAPTIVE] or [ADAPTIVE]  # --quick: adaptive alone

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _timing import (  # noqa: E402
@@ -85,9 +86,13 @@ def main(argv=None) -> None:
     print("\n".join(describe_machine(device, clock)))
     print()
     rows, ratios = [], {}
-    for split, data, batch_size, train_mode in (("train", train, train_batch, True), ("eval", test, eval_batch, False)):
-        transform = ImageClassificationTransform(processor, num_channels=3, train=train_mode, crop_scale=(1.0, 1.0),
-                                                 index_column="sample_index")
+    for split, data, batch_size, train_mode in (
+        ("train", train, train_batch, True),
+        ("eval", test, eval_batch, False),
+    ):
+        transform = ImageClassificationTransform(
+            processor, num_channels=3, train=train_mode, crop_scale=(1.0, 1.0), index_column="sample_index"
+        )
         variants = {
             "PIL images": with_sample_index(data).with_transform(transform),
             "undecoded bytes": with_sample_index(without_image_decoding(data)).with_transform(transform),
@@ -99,15 +104,28 @@ def main(argv=None) -> None:
         ratio = paired_ratio(times["PIL images"], times["undecoded bytes"])
         low, high = paired_ratio_interval(times["PIL images"], times["undecoded bytes"], seed=args.seed)
         ratios[split] = ratio
-        rows.append([split, batch_size, rounds, f"{median(times['PIL images']) * 1e3:.2f}",
-                     f"{median(times['undecoded bytes']) * 1e3:.2f}", f"{ratio:.2f} [{low:.2f}, {high:.2f}]",
-                     "yes" if same else "NO"])
-    print(markdown_table(["split", "batch", "rounds", "PIL images ms", "undecoded bytes ms",
-                          "speed-up [95%]", "same pixels"], rows))
+        rows.append(
+            [
+                split,
+                batch_size,
+                rounds,
+                f"{median(times['PIL images']) * 1e3:.2f}",
+                f"{median(times['undecoded bytes']) * 1e3:.2f}",
+                f"{ratio:.2f} [{low:.2f}, {high:.2f}]",
+                "yes" if same else "NO",
+            ]
+        )
+    print(
+        markdown_table(
+            ["split", "batch", "rounds", "PIL images ms", "undecoded bytes ms", "speed-up [95%]", "same pixels"], rows
+        )
+    )
     print()
     print(f"load average at end: {load_average()}")
-    print(f"data_loading speed-up of undecoded bytes: train {ratios['train']:.2f}x, eval {ratios['eval']:.2f}x"
-          + (" (quick run on synthetic images)" if args.quick else ""))
+    print(
+        f"data_loading speed-up of undecoded bytes: train {ratios['train']:.2f}x, eval {ratios['eval']:.2f}x"
+        + (" (quick run on synthetic images)" if args.quick else "")
+    )
 
 
 if __name__ == "__main__":

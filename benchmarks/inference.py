@@ -17,17 +17,18 @@ import sys
 
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _timing import (  # noqa: E402
     Clock,
     add_common_arguments,
     describe_machine,
+    interval_verdict,
     load_average,
     markdown_table,
     median,
     median_interval,
-    interval_verdict,
     paired_ratio,
     paired_ratio_interval,
     parse_dtypes,
@@ -39,6 +40,7 @@ from transformers import ViTForImageClassification  # noqa: E402
 
 from mjp_hf import MJPViTForImageClassification  # noqa: E402
 from mjp_hf.presets import config_from_preset  # noqa: E402
+
 
 TARGET = 0.99
 NUM_LABELS = 1000
@@ -71,8 +73,9 @@ def timm_vit(config, attn_implementation: str) -> torch.nn.Module:
     return model
 
 
-def build_models(preset: str, attn_implementation: str, dtype: torch.dtype, device: torch.device, with_timm: bool,
-                 **overrides):
+def build_models(
+    preset: str, attn_implementation: str, dtype: torch.dtype, device: torch.device, with_timm: bool, **overrides
+):
     config = config_from_preset(preset, num_labels=NUM_LABELS, attn_implementation=attn_implementation, **overrides)
     mjp = MJPViTForImageClassification(config).eval()
     export = mjp.to_vit().eval()
@@ -170,7 +173,9 @@ def main(argv=None) -> None:
                     start = clock.now()
                     time_interleaved(shell_calls, rounds=0, warmup=3, clock=clock)
                     shell_round_s = (clock.now() - start) / 3
-                    shell_rounds = 20 if args.quick else max(50, min(5000, int(budget_s / 4 / max(shell_round_s, 1e-9))))
+                    shell_rounds = (
+                        20 if args.quick else max(50, min(5000, int(budget_s / 4 / max(shell_round_s, 1e-9))))
+                    )
                     shell_times = time_interleaved(shell_calls, rounds=shell_rounds, warmup=0, clock=clock)
                 extras = [m - s for m, s in zip(shell_times["MJP eval"], shell_times["stock HF ViT"], strict=True)]
                 extra, (extra_low, extra_high) = median(extras), median_interval(extras, seed=args.seed)
@@ -181,18 +186,36 @@ def main(argv=None) -> None:
                 if ratio_low < worst.get(key, (float("inf"),))[0]:
                     worst[key] = (ratio_low, ratio_high, full / (full + extra))
                 rows.append(row)
-                print(f"done {PRESET_NAMES[preset]} batch {batch_size} {DTYPE_NAMES[dtype]} {attn}: load {load_average()}", flush=True)
+                print(
+                    f"done {PRESET_NAMES[preset]} batch {batch_size} {DTYPE_NAMES[dtype]} {attn}: load {load_average()}",
+                    flush=True,
+                )
                 del models, calls
 
-    headers = ["model", "batch", "dtype", "attention", "rounds", "stock HF ViT img/s", "MJP eval img/s (ratio)",
-               "export img/s (ratio)"] + (["timm img/s (ratio)"] if with_timm else []) + ["noise",
-               "MJP extra (shells) -> ratio"]
+    headers = (
+        [
+            "model",
+            "batch",
+            "dtype",
+            "attention",
+            "rounds",
+            "stock HF ViT img/s",
+            "MJP eval img/s (ratio)",
+            "export img/s (ratio)",
+        ]
+        + (["timm img/s (ratio)"] if with_timm else [])
+        + ["noise", "MJP extra (shells) -> ratio"]
+    )
     print()
     print(markdown_table(headers, rows))
     print()
     print("ratio: median over rounds of (stock time / variant time), i.e. throughput relative to the stock HF ViT;")
-    print("[low, high]: its 95% bootstrap interval. The export is the stock class itself, so its interval shows the noise.")
-    print("MJP extra: median paired time difference of encoder-less MJP and stock models (embeddings, DALR loss, Python),")
+    print(
+        "[low, high]: its 95% bootstrap interval. The export is the stock class itself, so its interval shows the noise."
+    )
+    print(
+        "MJP extra: median paired time difference of encoder-less MJP and stock models (embeddings, DALR loss, Python),"
+    )
     print("and the ratio it implies for the full model: stock / (stock + extra), with its 95% interval.")
     print(f"load average at end: {load_average()}")
     preset = "demo" if args.quick else "small"

@@ -22,6 +22,7 @@ import tempfile
 
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _timing import (  # noqa: E402
@@ -39,6 +40,7 @@ from _timing import (  # noqa: E402
 from mjp_hf import MJPViTForImageClassification  # noqa: E402
 from mjp_hf.jigsaw import num_masked_patches, random_jigsaw, shuffle_tokens  # noqa: E402
 from mjp_hf.presets import config_from_preset  # noqa: E402
+
 
 TARGET_SHARE = 0.005
 RATIO = 0.1

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _timing import (  # noqa: E402
@@ -73,8 +74,10 @@ def main(argv=None) -> None:
     print("# main_job_levers: demo-preset training step, fp32 eager vs bf16 autocast, a doubled batch, torch.compile")
     print("\n".join(describe_machine(device, clock)))
     flags = cpu_flags()
-    print(f"CPU bf16 support: avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
-          f"amx_bf16 {'yes' if 'amx_bf16' in flags else 'no'}")
+    print(
+        f"CPU bf16 support: avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
+        f"amx_bf16 {'yes' if 'amx_bf16' in flags else 'no'}"
+    )
     print()
 
     variants = {
@@ -88,8 +91,10 @@ def main(argv=None) -> None:
         compiled = build_step(batch, torch.float32, args.seed, device, compile_model=True)
         wall, cpu = time.perf_counter(), time.process_time()
         compiled()  # the first call compiles (the C++ compiler's subprocesses are not in this process's CPU time)
-        compile_note = (f"torch.compile: first step (compilation) {time.perf_counter() - wall:.1f} s wall, "
-                        f"{time.process_time() - cpu:.1f} s CPU of this process")
+        compile_note = (
+            f"torch.compile: first step (compilation) {time.perf_counter() - wall:.1f} s wall, "
+            f"{time.process_time() - cpu:.1f} s CPU of this process"
+        )
         variants[name] = (compiled, batch)
     steps = {name: step for name, (step, _) in variants.items()}
     times = time_interleaved(steps, rounds=rounds, warmup=2, clock=clock)
@@ -106,9 +111,14 @@ def main(argv=None) -> None:
     if compile_note:
         print(compile_note)
     print(f"rounds: {rounds}; load average at end: {load_average()}")
-    print("main_job_levers time per image vs fp32 eager: " + ", ".join(
-        f"{name.split(',')[0]}{' x2 batch' if name.endswith(str(2 * batch)) else ''} {ratio:.3f}"
-        for name, ratio in ratios.items() if name != reference))
+    print(
+        "main_job_levers time per image vs fp32 eager: "
+        + ", ".join(
+            f"{name.split(',')[0]}{' x2 batch' if name.endswith(str(2 * batch)) else ''} {ratio:.3f}"
+            for name, ratio in ratios.items()
+            if name != reference
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import busy_machine  # noqa: E402
@@ -21,6 +22,7 @@ import inference  # noqa: E402
 import jigsaw_op  # noqa: E402
 import main_job_levers  # noqa: E402
 import train_step  # noqa: E402
+
 
 SUMMARY_LINES = {
     "train_step": (train_step, "train_step overhead: "),

@@ -25,6 +25,7 @@ import sys
 
 import torch
 
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _timing import (  # noqa: E402
@@ -44,6 +45,7 @@ from _timing import (  # noqa: E402
 
 from mjp_hf import MJPViTForImageClassification  # noqa: E402
 from mjp_hf.presets import config_from_preset  # noqa: E402
+
 
 TARGET_PER_BATCH = 1.02
 TARGET_PER_SAMPLE = 1.03
@@ -113,7 +115,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="ViT-S/16 batch sizes (default 8 32)")
-    parser.add_argument("--demo-batch-sizes", type=int, nargs="+", default=None, help="demo batch sizes (default 8 64)")
+    parser.add_argument(
+        "--demo-batch-sizes", type=int, nargs="+", default=None, help="demo batch sizes (default 8 64)"
+    )
     parser.add_argument("--dtype", default="fp32", help="fp32, or bf16/fp16 (autocast over fp32 weights)")
     parser.add_argument("--budget-s", type=float, default=60.0, help="time budget per ViT-S/16 batch size (seconds)")
     parser.add_argument("--min-rounds", type=int, default=3)
@@ -130,7 +134,9 @@ def main(argv=None) -> None:
 
     print("# train_step: MJP-ViT vs stock transformers ViT, forward + backward + clip + AdamW")
     print("\n".join(describe_machine(device, clock)))
-    print(f"dtype: {args.dtype}{' (autocast)' if autocast_dtype != torch.float32 else ''}; jigsaw forced on every MJP step")
+    print(
+        f"dtype: {args.dtype}{' (autocast)' if autocast_dtype != torch.float32 else ''}; jigsaw forced on every MJP step"
+    )
     print()
 
     rows, summary = [], {}
@@ -168,11 +174,17 @@ def main(argv=None) -> None:
         for mode in ("per-batch", "per-sample"):
             ratio = paired_ratio(times[mode], times["stock"])
             extra_ms = (median(embedding_times[mode]) - median(embedding_times["stock"])) * 1e3
-            row += [f"{median(times[mode]) * 1e3:.1f}", f"{ratio:.3f}", f"{extra_ms:+.2f} ({extra_ms / stock_ms:+.2%})"]
+            row += [
+                f"{median(times[mode]) * 1e3:.1f}",
+                f"{ratio:.3f}",
+                f"{extra_ms:+.2f} ({extra_ms / stock_ms:+.2%})",
+            ]
             summary[(preset, batch_size, mode)] = (ratio, 1 + extra_ms / stock_ms)
         row.append(f"{max(spread(values) for values in times.values()):.1%}")
         rows.append(row)
-        print(f"done {PRESET_NAMES[preset]} batch {batch_size}: {num_rounds} rounds, load {load_average()}", flush=True)
+        print(
+            f"done {PRESET_NAMES[preset]} batch {batch_size}: {num_rounds} rounds, load {load_average()}", flush=True
+        )
         del mjp, stock, steps, embeddings
 
     headers = ["model", "batch", "rounds", "stock ms"]

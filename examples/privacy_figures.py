@@ -28,6 +28,7 @@ from mjp_hf.evaluation import privacy
 from mjp_hf.evaluation.common import PixelNormalization
 from mjp_hf.presets import config_from_preset
 
+
 STANDARD = "standard-pe"
 
 
@@ -91,9 +92,24 @@ def audit(name: str, overrides: dict, model_dir: Path, out: Path, args) -> dict:
     if (out / "privacy.json").is_file():
         return json.loads((out / "privacy.json").read_text())
     attacks = "analytic,analytic_prior,analytic_refined,optimization"
-    argv = ["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--device", "cpu", "--jigsaw", "auto",
-            "--num_images", str(args.num_images), "--steps", str(args.optimization_steps), "--seed", str(args.seed),
-            "--max_seconds", "600"]
+    argv = [
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--jigsaw",
+        "auto",
+        "--num_images",
+        str(args.num_images),
+        "--steps",
+        str(args.optimization_steps),
+        "--seed",
+        str(args.seed),
+        "--max_seconds",
+        "600",
+    ]
     if name != STANDARD:
         argv += ["--multi_round_probs", str(overrides["jigsaw_prob"]), "--multi_round_counts", args.multi_round_counts]
         attacks += ",multi_round"

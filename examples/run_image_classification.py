@@ -52,7 +52,6 @@ from transformers.utils import (
     is_torch_bf16_gpu_available,
 )
 
-import mjp_hf
 from mjp_hf import MJPViTConfig, MJPViTForImageClassification
 from mjp_hf.configuration_mjp_vit import MJP_CONFIG_FIELDS
 from mjp_hf.data import (
@@ -82,6 +81,7 @@ from mjp_hf.training import (
     top_k_predictions,
 )
 from mjp_hf.transforms import ImageClassificationTransform, collate_image_classification, processor_image_size
+
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,10 @@ class DataTrainingArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A dataset on the Hub (or a local dataset script/folder). Without it and without "
-                          "--train_dir, the embedded default: Fashion-MNIST from the local Debian package."},
+        metadata={
+            "help": "A dataset on the Hub (or a local dataset script/folder). Without it and without "
+            "--train_dir, the embedded default: Fashion-MNIST from the local Debian package."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration name."})
     train_dir: str | None = field(default=None, metadata={"help": "An imagefolder of training images (class/x.png)."})
@@ -142,7 +144,8 @@ class DataTrainingArguments:
     )
     random_flip: bool = field(default=True, metadata={"help": "Random horizontal flips in training."})
     rand_augment: str | None = field(
-        default=None, metadata={"help": "RandAugment as a timm spec, e.g. 'rand-m9-mstd0.5-inc1' (DeiT); off by default."}
+        default=None,
+        metadata={"help": "RandAugment as a timm spec, e.g. 'rand-m9-mstd0.5-inc1' (DeiT); off by default."},
     )
     random_erasing_prob: float = field(
         default=0.0, metadata={"help": "Chance of timm-style random erasing per training image (DeiT: 0.25)."}
@@ -178,8 +181,10 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A stock ViT or an MJP-ViT checkpoint (Hub id or folder). Without it an MJP-ViT is built "
-                          "from scratch from --preset."},
+        metadata={
+            "help": "A stock ViT or an MJP-ViT checkpoint (Hub id or folder). Without it an MJP-ViT is built "
+            "from scratch from --preset."
+        },
     )
     preset: str | None = field(
         default=None,
@@ -187,7 +192,9 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Override config fields: 'key=value,key=value', e.g. 'hidden_dropout_prob=0.1,image_size=32'."},
+        metadata={
+            "help": "Override config fields: 'key=value,key=value', e.g. 'hidden_dropout_prob=0.1,image_size=32'."
+        },
     )
     config_name: str | None = field(default=None, metadata={"help": "A config to build a from-scratch model from."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and data."})
@@ -204,7 +211,9 @@ class ModelArguments:
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"Unknown --preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
         if self.preset is not None and (self.model_name_or_path or self.config_name):
-            raise ValueError("--preset builds a model from scratch; drop it, or drop --model_name_or_path/--config_name.")
+            raise ValueError(
+                "--preset builds a model from scratch; drop it, or drop --model_name_or_path/--config_name."
+            )
 
 
 @dataclass
@@ -216,7 +225,9 @@ class MJPArguments:
     jigsaw_prob: float | None = field(default=None, metadata={"help": "Chance a training step is jigsawed (0.5)."})
     jigsaw_min_block: int | None = field(default=None, metadata={"help": "Smallest block area in patches (8)."})
     jigsaw_max_block: int | None = field(default=None, metadata={"help": "Largest block area (75 on 14x14, scaled)."})
-    jigsaw_per_sample: bool | None = field(default=None, metadata={"help": "One mask per sample (released: per batch)."})
+    jigsaw_per_sample: bool | None = field(
+        default=None, metadata={"help": "One mask per sample (released: per batch)."}
+    )
     jigsaw_mode: str | None = field(default=None, metadata={"help": "'mjp' or 'naive' (the naive-shuffle ablation)."})
     use_unk_position_embedding: bool | None = field(
         default=None, metadata={"help": "Give shuffled patches the unknown position embedding (True)."}
@@ -226,18 +237,24 @@ class MJPArguments:
     dalr_normalize_targets: bool | None = field(default=None, metadata={"help": "Regress (row, col) / grid (False)."})
     jigsaw_warmup_epochs: int | None = field(
         default=None,
-        metadata={"help": f"Epochs without jigsaw while the DALR weight rises from 0 (released: "
-                          f"{RELEASED_JIGSAW_WARMUP_EPOCHS}; the demo preset: {DEMO_DEFAULTS['jigsaw_warmup_epochs']})."},
+        metadata={
+            "help": f"Epochs without jigsaw while the DALR weight rises from 0 (released: "
+            f"{RELEASED_JIGSAW_WARMUP_EPOCHS}; the demo preset: {DEMO_DEFAULTS['jigsaw_warmup_epochs']})."
+        },
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start afresh in a used --output_dir: deletes the files an earlier run of this script wrote "
-                          "there (checkpoint-* folders, weights, config, results, card, curves), nothing else."},
+        metadata={
+            "help": "Start afresh in a used --output_dir: deletes the files an earlier run of this script wrote "
+            "there (checkpoint-* folders, weights, config, results, card, curves), nothing else."
+        },
     )
     allow_changed_flags: bool = field(
         default=False,
-        metadata={"help": "Resume a checkpoint even though some flags differ from those of the run that wrote it; "
-                          "the model card then lists the changes."},
+        metadata={
+            "help": "Resume a checkpoint even though some flags differ from those of the run that wrote it; "
+            "the model card then lists the changes."
+        },
     )
 
     def config_updates(self) -> dict:
@@ -287,8 +304,9 @@ def run_kind(model_args: ModelArguments, mjp_args: MJPArguments) -> str:
     return "vit" if no_jigsaw and str(values["dalr_head"]) == "none" else "mjp"
 
 
-def _default_output_dir(model_args: ModelArguments, data_args: DataTrainingArguments, mjp_args: MJPArguments,
-                        stamp: str | None = None) -> str:
+def _default_output_dir(
+    model_args: ModelArguments, data_args: DataTrainingArguments, mjp_args: MJPArguments, stamp: str | None = None
+) -> str:
     model = model_args.preset or DEFAULT_PRESET
     if model_args.model_name_or_path:
         model = Path(model_args.model_name_or_path.rstrip("/")).name
@@ -298,8 +316,13 @@ def _default_output_dir(model_args: ModelArguments, data_args: DataTrainingArgum
     return str(Path("runs") / f"{name}-{stamp}")
 
 
-def run_defaults(model_args: ModelArguments, data_args: DataTrainingArguments, mjp_args: MJPArguments,
-                 given: dict, stamp: str | None = None) -> dict:
+def run_defaults(
+    model_args: ModelArguments,
+    data_args: DataTrainingArguments,
+    mjp_args: MJPArguments,
+    given: dict,
+    stamp: str | None = None,
+) -> dict:
     """The values a run uses for the flags it was not given: the demo preset's recipe, the CPU's optimizer and
     data loading, training and evaluation on, a fresh output folder. `--help` shows them too."""
     defaults = {}
@@ -360,11 +383,7 @@ def parse_arguments(argv: list[str] | None = None):
     defaults = run_defaults(model_args, data_args, mjp_args, given)
     if "output_dir" not in given and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("Distributed runs need an explicit --output_dir (every process must write to the same one).")
-    if (
-        "do_eval" in given
-        and not string_to_bool(str(given["do_eval"]))
-        and given.get("eval_strategy", "no") != "no"
-    ):
+    if "do_eval" in given and not string_to_bool(str(given["do_eval"])) and given.get("eval_strategy", "no") != "no":
         raise ValueError(f"--do_eval false contradicts --eval_strategy {given['eval_strategy']}: drop one of them.")
     model_args, data_args, mjp_args, training_args = parser.parse_dict({**defaults, **given})
     if not training_args.do_train and not training_args.do_eval:
@@ -391,10 +410,24 @@ def _model_code_files() -> set[str]:
 
 # What this script (through the Trainer, `save_pretrained` and `write_run_files`) writes into its output folder and
 # into each checkpoint-<step> folder: the only files `--overwrite_output_dir` deletes.
-_SAVED_MODEL_FILES = {CONFIG_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
-                      IMAGE_PROCESSOR_NAME, TRAINING_ARGS_NAME, TRAINER_STATE_NAME, RUN_ARGUMENTS_NAME}
-RUN_FILES = _SAVED_MODEL_FILES | {"training_args.json", "all_results.json", "train_results.json",
-                                  "eval_results.json", "training_curves.png"}
+_SAVED_MODEL_FILES = {
+    CONFIG_NAME,
+    SAFE_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    IMAGE_PROCESSOR_NAME,
+    TRAINING_ARGS_NAME,
+    TRAINER_STATE_NAME,
+    RUN_ARGUMENTS_NAME,
+}
+RUN_FILES = _SAVED_MODEL_FILES | {
+    "training_args.json",
+    "all_results.json",
+    "train_results.json",
+    "eval_results.json",
+    "training_curves.png",
+}
 CHECKPOINT_FILES = _SAVED_MODEL_FILES | {OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME, SAVE_IN_PROGRESS_NAME}
 _SAVED_PATTERNS = re.compile(r"^(model-\d+-of-\d+\.safetensors|pytorch_model-\d+-of-\d+\.bin|rng_state(_\d+)?\.pth)$")
 CARD_NAME = "README.md"
@@ -403,8 +436,9 @@ DATA_INPUT_FLAGS = ("--train_dir", "--validation_dir", "--dataset_name")
 
 
 def _written_by_a_run(path: Path, names: set[str]) -> bool:
-    return path.is_file() and (path.name in names or path.name in _model_code_files()
-                               or _SAVED_PATTERNS.match(path.name) is not None)
+    return path.is_file() and (
+        path.name in names or path.name in _model_code_files() or _SAVED_PATTERNS.match(path.name) is not None
+    )
 
 
 def _is_run_card(path: Path) -> bool:
@@ -440,10 +474,14 @@ def remove_run_files(output_dir: Path) -> list[Path]:
 
 def _input_paths(model_args: ModelArguments, data_args: DataTrainingArguments) -> list[tuple[str, Path]]:
     """The local files and folders the run reads."""
-    candidates = (("--train_dir", data_args.train_dir), ("--validation_dir", data_args.validation_dir),
-                  ("--dataset_name", data_args.dataset_name), ("--model_name_or_path", model_args.model_name_or_path),
-                  ("--config_name", model_args.config_name),
-                  ("--image_processor_name", model_args.image_processor_name))
+    candidates = (
+        ("--train_dir", data_args.train_dir),
+        ("--validation_dir", data_args.validation_dir),
+        ("--dataset_name", data_args.dataset_name),
+        ("--model_name_or_path", model_args.model_name_or_path),
+        ("--config_name", model_args.config_name),
+        ("--image_processor_name", model_args.image_processor_name),
+    )
     return [(flag, Path(value)) for flag, value in candidates if value and Path(value).exists()]
 
 
@@ -455,8 +493,9 @@ def check_output_location(output_dir: Path, model_args: ModelArguments, data_arg
     for flag in ("--train_dir", "--validation_dir"):
         value = getattr(data_args, flag[2:])
         if value is not None and not Path(value).is_dir():
-            raise FileNotFoundError(f"{flag} {value} is not a folder; pass an image folder (one sub-folder per "
-                                    "class).")
+            raise FileNotFoundError(
+                f"{flag} {value} is not a folder; pass an image folder (one sub-folder per class)."
+            )
     resolved = output_dir.resolve()
     for flag, path in _input_paths(model_args, data_args):
         source = path.resolve()
@@ -466,8 +505,10 @@ def check_output_location(output_dir: Path, model_args: ModelArguments, data_arg
                 "run would write over or beside it. Pass an --output_dir outside the inputs."
             )
         if flag in DATA_INPUT_FLAGS and source in resolved.parents:
-            raise ValueError(f"--output_dir {output_dir} is inside the input {flag} {path}: the run's files would mix "
-                             "with the data. Pass an --output_dir outside it.")
+            raise ValueError(
+                f"--output_dir {output_dir} is inside the input {flag} {path}: the run's files would mix "
+                "with the data. Pass an --output_dir outside it."
+            )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output_dir):
@@ -480,19 +521,44 @@ def check_output_location(output_dir: Path, model_args: ModelArguments, data_arg
 
 def run_arguments(model_args, data_args, mjp_args, training_args) -> dict:
     """Every flag of the run, as JSON values, without tokens (saved into each checkpoint by `MJPTrainer`)."""
-    values = {"model": asdict(model_args), "data": asdict(data_args), "mjp": asdict(mjp_args),
-              "training": training_args.to_dict()}  # `to_dict` masks the Hub token
+    values = {
+        "model": asdict(model_args),
+        "data": asdict(data_args),
+        "mjp": asdict(mjp_args),
+        "training": training_args.to_dict(),
+    }  # `to_dict` masks the Hub token
     values["model"].pop("token", None)
     return json.loads(json.dumps(values, default=str))
 
 
 # Flags that do not change the weights a run trains: they may differ between a checkpoint's run and its resume.
-_FREE_ON_RESUME = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "overwrite_output_dir",
-                   "allow_changed_flags", "disable_tqdm", "report_to", "do_eval", "do_predict",
-                   "per_device_eval_batch_size", "max_eval_samples", "cache_dir", "trust_remote_code", "use_cpu",
-                   "push_to_hub", "skip_memory_metrics", "torch_compile", "torch_compile_backend",
-                   "torch_compile_mode", "local_rank", "ddp_timeout", "ddp_backend", "prediction_loss_only",
-                   "past_index"}
+_FREE_ON_RESUME = {
+    "output_dir",
+    "logging_dir",
+    "run_name",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "allow_changed_flags",
+    "disable_tqdm",
+    "report_to",
+    "do_eval",
+    "do_predict",
+    "per_device_eval_batch_size",
+    "max_eval_samples",
+    "cache_dir",
+    "trust_remote_code",
+    "use_cpu",
+    "push_to_hub",
+    "skip_memory_metrics",
+    "torch_compile",
+    "torch_compile_backend",
+    "torch_compile_mode",
+    "local_rank",
+    "ddp_timeout",
+    "ddp_backend",
+    "prediction_loss_only",
+    "past_index",
+}
 _FREE_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "dataloader_", "include_", "batch_eval")
 
 
@@ -534,8 +600,12 @@ def _newest_complete(output_dir: Path) -> str | None:
     return checkpoint
 
 
-def prepare_output_dir(training_args: TrainingArguments, model_args: ModelArguments, data_args: DataTrainingArguments,
-                       mjp_args: MJPArguments) -> Resume | None:
+def prepare_output_dir(
+    training_args: TrainingArguments,
+    model_args: ModelArguments,
+    data_args: DataTrainingArguments,
+    mjp_args: MJPArguments,
+) -> Resume | None:
     """Check the output folder before anything is loaded; return the checkpoint to resume from, if any.
 
     A non-empty folder is used only to resume (from `--resume_from_checkpoint` or its newest complete
@@ -544,14 +614,17 @@ def prepare_output_dir(training_args: TrainingArguments, model_args: ModelArgume
     check_output_location(output_dir, model_args, data_args)
     card = output_dir / CARD_NAME
     if card.exists() and not _is_run_card(card):
-        raise ValueError(f"{card} is not a model card this script wrote, and the run would replace it with one: move "
-                         "it, or pass another --output_dir.")
+        raise ValueError(
+            f"{card} is not a model card this script wrote, and the run would replace it with one: move "
+            "it, or pass another --output_dir."
+        )
     resume = training_args.resume_from_checkpoint
     if resume is not None and resume.lower() in ("true", "last"):
         checkpoint = _newest_complete(output_dir)
         if checkpoint is None:
-            raise ValueError(f"--resume_from_checkpoint {resume}: {output_dir} holds no complete checkpoint-* folder "
-                             "to resume.")
+            raise ValueError(
+                f"--resume_from_checkpoint {resume}: {output_dir} holds no complete checkpoint-* folder to resume."
+            )
         reason = "the newest complete checkpoint there"
     elif resume is not None:
         problem = checkpoint_problem(resume)
@@ -563,8 +636,11 @@ def prepare_output_dir(training_args: TrainingArguments, model_args: ModelArgume
     elif mjp_args.overwrite_output_dir:
         if training_args.process_index == 0:
             kept = remove_run_files(output_dir)
-            logger.warning("--overwrite_output_dir: deleted the files earlier runs wrote in %s%s.", output_dir,
-                           f"; kept what they did not write: {', '.join(path.name for path in kept)}" if kept else "")
+            logger.warning(
+                "--overwrite_output_dir: deleted the files earlier runs wrote in %s%s.",
+                output_dir,
+                f"; kept what they did not write: {', '.join(path.name for path in kept)}" if kept else "",
+            )
         return None
     else:
         checkpoint = _newest_complete(output_dir)
@@ -579,8 +655,11 @@ def prepare_output_dir(training_args: TrainingArguments, model_args: ModelArgume
     logger.warning("Resuming from %s at step %d (%s).", checkpoint, found.step, reason)
     recorded = Path(checkpoint) / RUN_ARGUMENTS_NAME
     if not recorded.is_file():
-        logger.warning("%s does not record the flags of its run (an older version wrote it): this run cannot check "
-                       "that its flags are the same.", checkpoint)
+        logger.warning(
+            "%s does not record the flags of its run (an older version wrote it): this run cannot check "
+            "that its flags are the same.",
+            checkpoint,
+        )
         return found
     current = run_arguments(model_args, data_args, mjp_args, training_args)
     config_file = Path(checkpoint) / CONFIG_NAME
@@ -608,7 +687,9 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> t
     """`(dataset with train and eval splits, Hub id of the dataset for the model card or None)`."""
     if data_args.dataset_name is not None:
         dataset = load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir,
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            cache_dir=model_args.cache_dir,
             token=model_args.token,
         )
         hub_id = data_args.dataset_name
@@ -623,8 +704,12 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> t
         dataset = load_fashion_mnist()
         hub_id = FASHION_MNIST_HUB_ID
     else:
-        logger.warning("Fashion-MNIST is not in %s (%s); trying the Hub dataset %s.", FASHION_MNIST_DIR, INSTALL_HINT,
-                       FASHION_MNIST_HUB_ID)
+        logger.warning(
+            "Fashion-MNIST is not in %s (%s); trying the Hub dataset %s.",
+            FASHION_MNIST_DIR,
+            INSTALL_HINT,
+            FASHION_MNIST_HUB_ID,
+        )
         try:
             dataset = load_dataset(FASHION_MNIST_HUB_ID, cache_dir=model_args.cache_dir)
         except Exception as error:
@@ -642,13 +727,17 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments) -> t
 def prepare_splits(dataset: DatasetDict, data_args: DataTrainingArguments, seed: int) -> tuple:
     """Check the columns and labels; return `(train, eval, label names, what the eval split is)`."""
     train = dataset["train"]
-    for flag, column in (("--image_column_name", data_args.image_column_name),
-                         ("--label_column_name", data_args.label_column_name)):
+    for flag, column in (
+        ("--image_column_name", data_args.image_column_name),
+        ("--label_column_name", data_args.label_column_name),
+    ):
         if column not in train.column_names:
             hint = ""
             if data_args.train_dir is not None and flag == "--label_column_name":
-                hint = (" An image folder gets its labels from its sub-folders, and none when there is only one: a "
-                        "classifier needs at least 2 classes, one sub-folder each.")
+                hint = (
+                    " An image folder gets its labels from its sub-folders, and none when there is only one: a "
+                    "classifier needs at least 2 classes, one sub-folder each."
+                )
             raise ValueError(
                 f"The training data has no column {column!r} (its columns: {train.column_names}); name the right one "
                 f"with {flag}.{hint}"
@@ -685,7 +774,11 @@ def prepare_splits(dataset: DatasetDict, data_args: DataTrainingArguments, seed:
 
 
 def _label_maps(names: list[str]) -> dict:
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
 
 
 def _mjp_config_from(config) -> MJPViTConfig:
@@ -703,8 +796,12 @@ def _mjp_config_from(config) -> MJPViTConfig:
 def build_model(model_args: ModelArguments, mjp_args: MJPArguments, label_names: list[str]):
     """`(model, image processor)`: from a checkpoint, a config, or a preset, with the MJP flags applied."""
     labels = _label_maps(label_names)
-    hub_kwargs = dict(cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
-                      trust_remote_code=model_args.trust_remote_code)
+    hub_kwargs = dict(
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
     source = model_args.model_name_or_path
     if source is None:
         if model_args.config_name is not None:
@@ -726,8 +823,11 @@ def build_model(model_args: ModelArguments, mjp_args: MJPArguments, label_names:
     checkpoint_shape = (config.image_size, config.patch_size, config.num_channels, config.hidden_size)
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
-    if source is not None and not model_args.ignore_mismatched_sizes and checkpoint_shape != (
-            config.image_size, config.patch_size, config.num_channels, config.hidden_size):
+    if (
+        source is not None
+        and not model_args.ignore_mismatched_sizes
+        and checkpoint_shape != (config.image_size, config.patch_size, config.num_channels, config.hidden_size)
+    ):
         raise ValueError(
             f"--config_overrides {model_args.config_overrides!r} changes the shape of {source} (image_size, "
             "patch_size, num_channels, hidden_size); pass --ignore_mismatched_sizes to re-initialise the weights "
@@ -741,16 +841,24 @@ def build_model(model_args: ModelArguments, mjp_args: MJPArguments, label_names:
         model = MJPViTForImageClassification(config)
     else:
         model, info = MJPViTForImageClassification.from_pretrained(
-            source, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-            output_loading_info=True, **hub_kwargs,
+            source,
+            config=config,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            output_loading_info=True,
+            **hub_kwargs,
         )
         # Only MJP's own weights (and a re-initialised head) may be new: anything else means the checkpoint's keys
         # were not understood and the encoder would silently train from scratch.
-        unexpected_new = [key for key in info["missing_keys"] if not any(
-            part in key for part in ("unk_position_embedding", "dalr_head", "classifier"))]
+        unexpected_new = [
+            key
+            for key in info["missing_keys"]
+            if not any(part in key for part in ("unk_position_embedding", "dalr_head", "classifier"))
+        ]
         if unexpected_new:
-            raise ValueError(f"{source} does not hold these weights of the model: {unexpected_new[:5]}...; is it a ViT "
-                             "image classifier or encoder checkpoint?")
+            raise ValueError(
+                f"{source} does not hold these weights of the model: {unexpected_new[:5]}...; is it a ViT "
+                "image classifier or encoder checkpoint?"
+            )
         if info["missing_keys"]:
             logger.info("Newly initialised: %s", sorted(info["missing_keys"]))
 
@@ -769,7 +877,10 @@ def _image_processor(model_args: ModelArguments, config: MJPViTConfig):
     else:
         try:
             image_processor = AutoImageProcessor.from_pretrained(
-                name, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token,
+                name,
+                cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision,
+                token=model_args.token,
                 backend="pil",
             )
         except OSError:
@@ -797,8 +908,16 @@ def _compute_metrics(metric, ks, eval_prediction):
     return metric.compute(predictions=eval_prediction.predictions, references=eval_prediction.label_ids, k=ks)
 
 
-def write_run_files(trainer, training_args, model_args, data_args, hub_id, metrics,
-                    resume: Resume | None = None, eval_split: str | None = None):
+def write_run_files(
+    trainer,
+    training_args,
+    model_args,
+    data_args,
+    hub_id,
+    metrics,
+    resume: Resume | None = None,
+    eval_split: str | None = None,
+):
     """The run folder's model card (describing the folder as it is), the training curves and the arguments, beside
     the saved model (main process only). Returns the card of the publishing layout, for a push."""
     from mjp_hf.hub import build_model_card
@@ -811,16 +930,31 @@ def write_run_files(trainer, training_args, model_args, data_args, hub_id, metri
     if training_args.do_train:
         hyperparameters = {
             key: getattr(training_args, key)
-            for key in ("learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps",
-                        "weight_decay", "lr_scheduler_type", "warmup_steps", "max_grad_norm",
-                        "label_smoothing_factor", "seed")
+            for key in (
+                "learning_rate",
+                "per_device_train_batch_size",
+                "num_train_epochs",
+                "max_steps",
+                "weight_decay",
+                "lr_scheduler_type",
+                "warmup_steps",
+                "max_grad_norm",
+                "label_smoothing_factor",
+                "seed",
+            )
         }
-        hyperparameters["lr_scheduler_type"] = str(getattr(hyperparameters["lr_scheduler_type"], "value",
-                                                           hyperparameters["lr_scheduler_type"]))
+        hyperparameters["lr_scheduler_type"] = str(
+            getattr(hyperparameters["lr_scheduler_type"], "value", hyperparameters["lr_scheduler_type"])
+        )
         hyperparameters["world_size"] = training_args.world_size
         hyperparameters["jigsaw_warmup_epochs"] = next(
-            (callback.warmup_epochs for callback in trainer.callback_handler.callbacks
-             if isinstance(callback, MJPScheduleCallback)), None)
+            (
+                callback.warmup_epochs
+                for callback in trainer.callback_handler.callbacks
+                if isinstance(callback, MJPScheduleCallback)
+            ),
+            None,
+        )
         if resume is not None and resume.changes:
             # The card states the recipe as it ran: the checkpoint's value up to the resume, then the new one.
             for name, old, new in resume.changes:
@@ -854,8 +988,11 @@ def report(output_dir: str, metrics: dict, evaluated: bool, eval_split: str, eva
     """What the user sees at the end of a run at any log level: where it went, its results, what to run next."""
     lines = [f"Saved the run to {output_dir}"]
     if "eval_accuracy" in metrics:
-        scores = ", ".join(f"{name} {metrics[key]:.2%}" for key, name in
-                           (("eval_accuracy", "top-1"), ("eval_top5_accuracy", "top-5")) if key in metrics)
+        scores = ", ".join(
+            f"{name} {metrics[key]:.2%}"
+            for key, name in (("eval_accuracy", "top-1"), ("eval_top5_accuracy", "top-5"))
+            if key in metrics
+        )
         lines.append(f"Evaluated on the {eval_split} split ({eval_size:,} images): {scores}")
     elif evaluated:
         lines.append(f"No accuracy from the {eval_split} split ({eval_size:,} images): no full evaluation batch.")
@@ -866,8 +1003,10 @@ def report(output_dir: str, metrics: dict, evaluated: bool, eval_split: str, eva
         f"  python -m mjp_hf.hub layout --run_dir {output_dir} --output_dir {output_dir}-hub --model_id ORG/NAME"
         "   # the Hub layout, locally",
         f"  python -m mjp_hf.hub push --run_dir {output_dir} --hub_model_id ORG/NAME",
-        *(f"  python -m mjp_hf.evaluation.{name} --model_name_or_path {output_dir} --output_dir {output_dir}-{name}"
-          for name in ("privacy", "robustness", "position")),
+        *(
+            f"  python -m mjp_hf.evaluation.{name} --model_name_or_path {output_dir} --output_dir {output_dir}-{name}"
+            for name in ("privacy", "robustness", "position")
+        ),
     ]
     print("\n".join(lines), flush=True)
 
@@ -877,15 +1016,24 @@ def main(argv: list[str] | None = None) -> dict:
     threads = adaptive_threads()
     model_args, data_args, mjp_args, training_args = parse_arguments(argv)
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     log_level = training_args.get_process_log_level()
     for log in (logger, logging.getLogger("mjp_hf")):
         log.setLevel(log_level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-    logger.info("Process %d of %d, device %s, bf16 %s, fp16 %s", training_args.process_index,
-                training_args.world_size, training_args.device, training_args.bf16, training_args.fp16)
+    logger.info(
+        "Process %d of %d, device %s, bf16 %s, fp16 %s",
+        training_args.process_index,
+        training_args.world_size,
+        training_args.device,
+        training_args.bf16,
+        training_args.fp16,
+    )
 
     resume = prepare_output_dir(training_args, model_args, data_args, mjp_args)
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
@@ -897,25 +1045,45 @@ def main(argv: list[str] | None = None) -> dict:
     dataset, hub_id = load_data(data_args, model_args)
     train_dataset, eval_dataset, label_names, eval_split = prepare_splits(dataset, data_args, training_args.seed)
     model, image_processor = build_model(model_args, mjp_args, label_names)
-    logger.info("MJP-ViT: %s parameters, %dx%d patch grid, jigsaw %s (ratio %s, p %s), DALR %s (weight %s)",
-                f"{model.num_parameters():,}", *model.vit.embeddings.grid_size, model.config.jigsaw_mode,
-                model.config.jigsaw_ratio, model.config.jigsaw_prob, model.config.dalr_head,
-                model.config.dalr_loss_weight)
+    logger.info(
+        "MJP-ViT: %s parameters, %dx%d patch grid, jigsaw %s (ratio %s, p %s), DALR %s (weight %s)",
+        f"{model.num_parameters():,}",
+        *model.vit.embeddings.grid_size,
+        model.config.jigsaw_mode,
+        model.config.jigsaw_ratio,
+        model.config.jigsaw_prob,
+        model.config.dalr_head,
+        model.config.dalr_loss_weight,
+    )
 
-    transform = partial(ImageClassificationTransform, image_processor, num_channels=model.config.num_channels,
-                        image_column=data_args.image_column_name, label_column=data_args.label_column_name)
+    transform = partial(
+        ImageClassificationTransform,
+        image_processor,
+        num_channels=model.config.num_channels,
+        image_column=data_args.image_column_name,
+        label_column=data_args.label_column_name,
+    )
     # Augmentation keyed to (seed, epoch, sample index): a resumed run sees the very crops and flips it would have.
-    train_transform = transform(train=True, crop_scale=(data_args.crop_min_scale, 1.0),
-                                horizontal_flip=data_args.random_flip, index_column=SAMPLE_INDEX_COLUMN,
-                                seed=training_args.seed, random_erasing=data_args.random_erasing_prob,
-                                rand_augment=data_args.rand_augment)
+    train_transform = transform(
+        train=True,
+        crop_scale=(data_args.crop_min_scale, 1.0),
+        horizontal_flip=data_args.random_flip,
+        index_column=SAMPLE_INDEX_COLUMN,
+        seed=training_args.seed,
+        random_erasing=data_args.random_erasing_prob,
+        rand_augment=data_args.rand_augment,
+    )
     collator = collate_image_classification
     if data_args.mixup_alpha > 0 or data_args.cutmix_alpha > 0:
         # Mixing makes label-smoothed soft targets itself; the Trainer's smoother then only touches evaluation.
         collator = MixupCutmixCollator(
-            len(label_names), mixup_alpha=data_args.mixup_alpha, cutmix_alpha=data_args.cutmix_alpha,
-            switch_prob=data_args.mixup_switch_prob, label_smoothing=training_args.label_smoothing_factor,
-            index_key=SAMPLE_INDEX_COLUMN, seed=training_args.seed,
+            len(label_names),
+            mixup_alpha=data_args.mixup_alpha,
+            cutmix_alpha=data_args.cutmix_alpha,
+            switch_prob=data_args.mixup_switch_prob,
+            label_smoothing=training_args.label_smoothing_factor,
+            index_key=SAMPLE_INDEX_COLUMN,
+            seed=training_args.seed,
         )
     # The transform opens the images itself: the embedded default's PGM bytes need no PIL at all.
     image_column = data_args.image_column_name
@@ -926,8 +1094,11 @@ def main(argv: list[str] | None = None) -> dict:
     ks = tuple(k for k in TOP_K if k <= len(label_names))
     warmup_epochs = mjp_args.jigsaw_warmup_epochs
     if training_args.do_train and training_args.max_steps <= 0 and warmup_epochs >= training_args.num_train_epochs:
-        logger.warning("--jigsaw_warmup_epochs %d >= --num_train_epochs %s: the jigsaw never runs in this training.",
-                       warmup_epochs, training_args.num_train_epochs)
+        logger.warning(
+            "--jigsaw_warmup_epochs %d >= --num_train_epochs %s: the jigsaw never runs in this training.",
+            warmup_epochs,
+            training_args.num_train_epochs,
+        )
     trainer = MJPTrainer(
         model=model,
         args=training_args,
@@ -938,7 +1109,8 @@ def main(argv: list[str] | None = None) -> dict:
         processing_class=image_processor,
         data_collator=collator,
         callbacks=[
-            PerProcessSeedCallback(), MJPScheduleCallback(warmup_epochs),
+            PerProcessSeedCallback(),
+            MJPScheduleCallback(warmup_epochs),
             TransformEpochCallback(*[part for part in (train_transform, collator) if hasattr(part, "set_epoch")]),
             AdaptiveThreadsCallback(threads),
         ],
@@ -967,8 +1139,12 @@ def main(argv: list[str] | None = None) -> dict:
             from mjp_hf.hub import push_mjp_model
 
             url = push_mjp_model(
-                trainer.model, image_processor, training_args.hub_model_id or Path(training_args.output_dir).name,
-                card=card, token=hub_token, private=training_args.hub_private_repo,
+                trainer.model,
+                image_processor,
+                training_args.hub_model_id or Path(training_args.output_dir).name,
+                card=card,
+                token=hub_token,
+                private=training_args.hub_private_repo,
                 commit_message="Training run of examples/run_image_classification.py",
             )
             print(f"Pushed to {url}", flush=True)

@@ -21,14 +21,13 @@ from .modeling_mjp_vit import (
     MJPViTPreTrainedModel,
 )
 
+
 __version__ = "0.1.0"
 
 AutoConfig.register(MJPViTConfig.model_type, MJPViTConfig, exist_ok=True)
 AutoModel.register(MJPViTConfig, MJPViTModel, exist_ok=True)
 AutoModelForImageClassification.register(MJPViTConfig, MJPViTForImageClassification, exist_ok=True)
-AutoImageProcessor.register(
-    MJPViTConfig, image_processor_classes={"pil": ViTImageProcessorPil}, exist_ok=True
-)
+AutoImageProcessor.register(MJPViTConfig, image_processor_classes={"pil": ViTImageProcessorPil}, exist_ok=True)
 
 # `save_pretrained` copies the configuration and modeling code beside the weights and writes `auto_map`, so a
 # process without mjp_hf loads the folder with `trust_remote_code=True`.

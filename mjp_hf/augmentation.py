@@ -6,6 +6,7 @@ the random-resized crop boxes of torchvision's `RandomResizedCrop` and the recta
 import numpy as np
 import torch
 
+
 _SPLITMIX_INCREMENT = np.uint64(0x9E3779B97F4A7C15)
 _SPLITMIX_MULTIPLIERS = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
@@ -28,8 +29,9 @@ def keyed_uniform(seed: int, epoch: int, indices, draws: int, stream: int = 0) -
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
         key = splitmix64(splitmix64(np.uint64(seed % 2**64)) ^ np.uint64(epoch % 2**64))
         stream = splitmix64(key ^ np.uint64(stream % 2**64)) if stream else key
-        counters = (np.asarray(indices, dtype=np.uint64).reshape(-1, 1) * np.uint64(draws)
-                    + np.arange(draws, dtype=np.uint64))
+        counters = np.asarray(indices, dtype=np.uint64).reshape(-1, 1) * np.uint64(draws) + np.arange(
+            draws, dtype=np.uint64
+        )
         bits = splitmix64(splitmix64(counters) ^ stream)
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 

@@ -8,6 +8,7 @@ from huggingface_hub.dataclasses import strict, validated_field
 from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
 from transformers import ViTConfig
 
+
 JigsawMode = Literal["mjp", "naive"]
 DALRHead = Literal["nonlinear", "linear", "none"]
 JIGSAW_MODES = get_args(JigsawMode)

@@ -49,6 +49,7 @@ from .hub import (
 )
 from .modeling_mjp_vit import MJPViTForImageClassification
 
+
 logger = logging.getLogger(__name__)
 
 RELEASED_CARD = MODEL_CARDS_DIR / "mjp-vit-small.md"
@@ -207,8 +208,9 @@ def _index_linear_head(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, t
     if "dlocr.layers.weight" not in state_dict:
         return state_dict
     return {
-        ("dlocr.layers.0." + key.rsplit(".", 1)[1] if key in ("dlocr.layers.weight", "dlocr.layers.bias") else key):
-        value
+        (
+            "dlocr.layers.0." + key.rsplit(".", 1)[1] if key in ("dlocr.layers.weight", "dlocr.layers.bias") else key
+        ): value
         for key, value in state_dict.items()
     }
 
@@ -308,8 +310,14 @@ def expected_shapes(shape: ReleasedShape) -> dict[str, tuple[int, ...]]:
         if shape.qkv_bias:
             shapes[block + "attn.qkv.bias"] = (3 * d,)
     if shape.dalr_head == "nonlinear":
-        shapes.update({"dlocr.layers.0.weight": (d, d), "dlocr.layers.0.bias": (d,),
-                       "dlocr.layers.2.weight": (2, d), "dlocr.layers.2.bias": (2,)})
+        shapes.update(
+            {
+                "dlocr.layers.0.weight": (d, d),
+                "dlocr.layers.0.bias": (d,),
+                "dlocr.layers.2.weight": (2, d),
+                "dlocr.layers.2.bias": (2,),
+            }
+        )
     elif shape.dalr_head == "linear":
         shapes.update({"dlocr.layers.0.weight": (2, d), "dlocr.layers.0.bias": (2,)})
     return shapes
@@ -361,7 +369,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], shape: ReleasedSh
         converted[embeddings + "position_embeddings"] = state_dict["pos_embed"]
     for key, value in state_dict.items():
         if key.startswith("dlocr.layers."):
-            converted[embeddings + "dalr_head.regressor." + key[len("dlocr.layers."):]] = value
+            converted[embeddings + "dalr_head.regressor." + key[len("dlocr.layers.") :]] = value
     for i in range(shape.num_hidden_layers):
         old, new = f"blocks.{i}.", f"vit.layers.{i}."
         # timm fuses the projections as rows [query; key; value].
@@ -458,7 +466,13 @@ class ConvertedCheckpoint:
     @property
     def is_released_vit_small(self) -> bool:
         s = self.shape
-        return (s.hidden_size, s.num_hidden_layers, s.patch_size, s.image_size, s.num_labels) == (384, 12, 16, 224, 1000)
+        return (s.hidden_size, s.num_hidden_layers, s.patch_size, s.image_size, s.num_labels) == (
+            384,
+            12,
+            16,
+            224,
+            1000,
+        )
 
 
 def convert_checkpoint(
@@ -485,8 +499,10 @@ def convert_checkpoint(
     shape = infer_shape(state_dict)
     check_state_dict(state_dict, shape)
     config = build_config(
-        shape, released_config=released_config if isinstance(released_config, Mapping) else None,
-        num_attention_heads=num_attention_heads, id2label=id2label,
+        shape,
+        released_config=released_config if isinstance(released_config, Mapping) else None,
+        num_attention_heads=num_attention_heads,
+        id2label=id2label,
     )
     model = MJPViTForImageClassification(config)
     model.load_state_dict(convert_state_dict(state_dict, shape), strict=True)
@@ -501,9 +517,7 @@ def convert_checkpoint(
 def _checkpoint_record_text(converted: ConvertedCheckpoint, checkpoint_name: str) -> str:
     record = converted.record
     if "max_accuracy" not in record:
-        return (
-            f"The converted file (`{checkpoint_name}`) records no `max_accuracy`, so this card reports no accuracy."
-        )
+        return f"The converted file (`{checkpoint_name}`) records no `max_accuracy`, so this card reports no accuracy."
     epoch = f" at epoch {record['epoch']}" if "epoch" in record else ""
     return (
         f"The converted file (`{checkpoint_name}`) records `max_accuracy = {record['max_accuracy']}`{epoch}: the best "
@@ -518,8 +532,11 @@ def released_card(converted: ConvertedCheckpoint, *, model_id: str, checkpoint_n
     card = ModelCard.load(RELEASED_CARD)
     text = str(card).replace("org/mjp-vit-small", model_id)
     text = CHECKPOINT_RECORD_MARKER.sub(
-        lambda _: "<!-- checkpoint-record -->\n" + _checkpoint_record_text(converted, checkpoint_name)
-        + "\n<!-- /checkpoint-record -->",
+        lambda _: (
+            "<!-- checkpoint-record -->\n"
+            + _checkpoint_record_text(converted, checkpoint_name)
+            + "\n<!-- /checkpoint-record -->"
+        ),
         text,
     )
     card = ModelCard(text)
@@ -580,12 +597,19 @@ def _parse_args(argv=None):
     parser.add_argument("--hub_token", default=None)
     parser.add_argument("--hub_private_repo", action="store_true")
     parser.add_argument("--num_attention_heads", type=int, default=None, help="default: hidden_size // 64")
-    parser.add_argument("--id2label", default=None,
-                        help="class names: a JSON list, an id->name object, or a classifier's config.json")
-    parser.add_argument("--model_id", default=None, help="repo id named in the card (default: --push_to_hub or "
-                        "org/<output folder name>)")
-    parser.add_argument("--trust_pickled_config", action="store_true",
-                        help="load the file with full pickle (runs code it names): only for trusted files")
+    parser.add_argument(
+        "--id2label", default=None, help="class names: a JSON list, an id->name object, or a classifier's config.json"
+    )
+    parser.add_argument(
+        "--model_id",
+        default=None,
+        help="repo id named in the card (default: --push_to_hub or org/<output folder name>)",
+    )
+    parser.add_argument(
+        "--trust_pickled_config",
+        action="store_true",
+        help="load the file with full pickle (runs code it names): only for trusted files",
+    )
     parser.add_argument("--overwrite_output_dir", action="store_true", help="replace a non-empty --output_dir")
     return parser.parse_args(argv)
 
@@ -596,9 +620,13 @@ def main(argv=None) -> ConvertedCheckpoint:
     # Before any work: a non-empty folder needs --overwrite_output_dir (which replaces only the layout's own files),
     # and the folder may not hold the checkpoint it is converted from.
     try:
-        output_dir = check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir,
-                                      inputs={"--checkpoint": args.checkpoint}, output_flag="--output_dir",
-                                      overwrite_flag="--overwrite_output_dir")
+        output_dir = check_output_dir(
+            args.output_dir,
+            overwrite=args.overwrite_output_dir,
+            inputs={"--checkpoint": args.checkpoint},
+            output_flag="--output_dir",
+            overwrite_flag="--overwrite_output_dir",
+        )
     except (OSError, ValueError) as error:
         raise SystemExit(str(error)) from error
     converted = convert_checkpoint(
@@ -609,15 +637,20 @@ def main(argv=None) -> ConvertedCheckpoint:
     )
     model = converted.model
     if args.id2label is None and model.config.num_labels == 1000:
-        logger.warning("No --id2label: the classes are named LABEL_0..LABEL_999. Pass the config.json of any "
-                       "ImageNet-1k transformers classifier (same class order) to name them.")
+        logger.warning(
+            "No --id2label: the classes are named LABEL_0..LABEL_999. Pass the config.json of any "
+            "ImageNet-1k transformers classifier (same class order) to name them."
+        )
     model_id = args.model_id or args.push_to_hub or f"org/{output_dir.resolve().name}"
     checkpoint_name = Path(args.checkpoint).name
     if converted.is_released_vit_small:
         card = released_card(converted, model_id=model_id, checkpoint_name=checkpoint_name)
     else:
         card = build_model_card(
-            model, model_id=model_id, metrics={}, summary=f"`{model_id}` is a released MJP checkpoint "
+            model,
+            model_id=model_id,
+            metrics={},
+            summary=f"`{model_id}` is a released MJP checkpoint "
             f"(`{checkpoint_name}`) converted with `mjp_hf.convert_original`.",
             training_text="Trained by the MJP authors with their released code; see the paper for the recipe.",
         )
@@ -634,8 +667,14 @@ def main(argv=None) -> ConvertedCheckpoint:
         print("Recorded in the file: " + ", ".join(f"{key}={value}" for key, value in converted.record.items()))
     print(f"Wrote {folder}: " + ", ".join(layout_files(folder)))
     if args.push_to_hub:
-        url = push_mjp_model(model, image_processor, args.push_to_hub, card=card, token=args.hub_token,
-                             private=args.hub_private_repo or None)
+        url = push_mjp_model(
+            model,
+            image_processor,
+            args.push_to_hub,
+            card=card,
+            token=args.hub_token,
+            private=args.hub_private_repo or None,
+        )
         print(f"Pushed to {args.push_to_hub}: {url}")
     return converted
 

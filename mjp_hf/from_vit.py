@@ -25,6 +25,7 @@ from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig, pair
 from .hub import check_output_dir
 from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
 
+
 # The only parameters an MJP model has beyond a stock ViT: everything else must come from the checkpoint.
 MJP_NEW_PARAMETER_PATTERNS = (".unk_position_embedding", ".dalr_head.")
 
@@ -180,7 +181,9 @@ def main(argv=None) -> MJPViTPreTrainedModel:
 def _convert(args) -> MJPViTPreTrainedModel:
     source = Path(args.model_name_or_path)
     output_dir = check_output_dir(
-        args.output_dir, overwrite=args.overwrite_output_dir, output_flag="--output_dir",
+        args.output_dir,
+        overwrite=args.overwrite_output_dir,
+        output_flag="--output_dir",
         overwrite_flag="--overwrite_output_dir",
         inputs={"--model_name_or_path": source} if source.exists() else None,
     )

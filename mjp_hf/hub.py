@@ -35,6 +35,7 @@ from .configuration_mjp_vit import MJP_CONFIG_FIELDS
 from .data import FASHION_MNIST_LABELS
 from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel, mjp_auto_map
 
+
 logger = logging.getLogger(__name__)
 
 MJP_SUBFOLDER = "mjp"
@@ -45,8 +46,14 @@ LAYOUT_CODE_FILES = ("configuration_mjp_vit.py", "jigsaw.py", "modeling_mjp_vit.
 LAYOUT_FILES = ("README.md", "config.json", "preprocessor_config.json", *LAYOUT_CODE_FILES)
 # The names transformers gives a checkpoint's weights, in any format: a layout holds one checkpoint, so weights of
 # an earlier one under these names would be a second, stale copy of the model.
-WEIGHT_FILE_PATTERNS = ("model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
-                        "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin")
+WEIGHT_FILE_PATTERNS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*-of-*.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "pytorch_model-*-of-*.bin",
+)
 
 
 def layout_file_patterns(widget_titles: Sequence[str] = ()) -> list[str]:
@@ -55,15 +62,23 @@ def layout_file_patterns(widget_titles: Sequence[str] = ()) -> list[str]:
     scripts) is never touched. Widget images are named by their titles: the Fashion-MNIST ones and `widget_titles`."""
     names = [*LAYOUT_FILES, *WEIGHT_FILE_PATTERNS]
     titles = dict.fromkeys([*FASHION_MNIST_WIDGET, *widget_titles])
-    return [*names, *(f"{MJP_SUBFOLDER}/{name}" for name in names),
-            *(f"{WIDGET_FOLDER}/{_widget_file_name(title)}" for title in titles)]
+    return [
+        *names,
+        *(f"{MJP_SUBFOLDER}/{name}" for name in names),
+        *(f"{WIDGET_FOLDER}/{_widget_file_name(title)}" for title in titles),
+    ]
 
 
 # model_cards/ at the root of a checkout, or inside the package when installed from a wheel (see setup.py).
 MODEL_CARDS_DIR = next(
-    (folder for folder in (Path(__file__).resolve().parent.parent / "model_cards",
-                           Path(__file__).resolve().parent / "model_cards")
-     if (folder / "mjp_model_card_template.md").is_file()),
+    (
+        folder
+        for folder in (
+            Path(__file__).resolve().parent.parent / "model_cards",
+            Path(__file__).resolve().parent / "model_cards",
+        )
+        if (folder / "mjp_model_card_template.md").is_file()
+    ),
     Path(__file__).resolve().parent.parent / "model_cards",
 )
 CARD_TEMPLATE = MODEL_CARDS_DIR / "mjp_model_card_template.md"
@@ -176,16 +191,23 @@ def _architecture_rows(model: MJPViTPreTrainedModel, run_folder: bool = False) -
         ("patch size", _format_value(config.patch_size)),
         ("patch grid", "x".join(str(size) for size in model.mjp_embeddings.grid_size)),
         ("channels", str(config.num_channels)),
-        ("hidden size / depth / heads / MLP", f"{config.hidden_size} / {config.num_hidden_layers} / "
-         f"{config.num_attention_heads} / {config.intermediate_size}"),
+        (
+            "hidden size / depth / heads / MLP",
+            f"{config.hidden_size} / {config.num_hidden_layers} / "
+            f"{config.num_attention_heads} / {config.intermediate_size}",
+        ),
         ("layer-norm eps", _format_value(config.layer_norm_eps)),
     ]
     if run_folder:
-        rows += [("parameters (the stock ViT it exports to)", f"{vit_parameters:,}"),
-                 ("parameters (this checkpoint, with the MJP parts)", f"{model.num_parameters():,}")]
+        rows += [
+            ("parameters (the stock ViT it exports to)", f"{vit_parameters:,}"),
+            ("parameters (this checkpoint, with the MJP parts)", f"{model.num_parameters():,}"),
+        ]
     else:
-        rows += [("parameters (root, stock ViT)", f"{vit_parameters:,}"),
-                 (f"parameters (`{MJP_SUBFOLDER}/`, with the MJP parts)", f"{model.num_parameters():,}")]
+        rows += [
+            ("parameters (root, stock ViT)", f"{vit_parameters:,}"),
+            (f"parameters (`{MJP_SUBFOLDER}/`, with the MJP parts)", f"{model.num_parameters():,}"),
+        ]
     if isinstance(model, MJPViTForImageClassification):
         rows.insert(4, ("classes", str(config.num_labels)))
     return rows
@@ -322,7 +344,9 @@ def build_model_card(
     results = [
         (key, _format_metric(key, value))
         for key, value in sorted(metrics.items())
-        if key.startswith("eval_") and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key.startswith("eval_")
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
         and not key.endswith(("_runtime", "_per_second", "_time"))  # timings are not results
     ]
     split = f" ({dataset_split} split)" if dataset_split else ""
@@ -339,8 +363,11 @@ def build_model_card(
             "Trained with `mjp_hf` (the Trainer-based example `examples/run_image_classification.py`)"
             + (f" on `{dataset_name}`" if dataset_name else "")
             + "."
-            + (" The hyper-parameters below are the ones the run recorded." if hyperparameters else
-               " The run recorded no hyper-parameters beside the MJP settings above.")
+            + (
+                " The hyper-parameters below are the ones the run recorded."
+                if hyperparameters
+                else " The run recorded no hyper-parameters beside the MJP settings above."
+            )
         )
     if limitations is None:
         limitations = [
@@ -349,8 +376,11 @@ def build_model_card(
             "attacks; neither property was measured for this checkpoint.",
         ]
         if results:
-            limitations.insert(1, "The results above were measured once, on the data named, with the preprocessing "
-                               "in `preprocessor_config.json`; they say nothing about other data or resolutions.")
+            limitations.insert(
+                1,
+                "The results above were measured once, on the data named, with the preprocessing "
+                "in `preprocessor_config.json`; they say nothing about other data or resolutions.",
+            )
     card = ModelCard.from_template(
         card_data,
         template_path=str(template_path),
@@ -587,7 +617,8 @@ def push_mjp_model(
         commit = api.upload_folder(
             repo_id=getattr(repo_url, "repo_id", None) or repo_id,
             folder_path=folder,
-            commit_message=commit_message or f"Upload MJP-ViT: stock ViT at the root, full MJP model in {MJP_SUBFOLDER}/",
+            commit_message=commit_message
+            or f"Upload MJP-ViT: stock ViT at the root, full MJP model in {MJP_SUBFOLDER}/",
             revision=revision,
             # Files of an earlier push that this layout no longer has (other weights, other widget images) must not
             # linger; files the layout never writes (.gitattributes, a user's own files) are never deleted.
@@ -633,14 +664,19 @@ def read_run_records(run_dir: str | os.PathLike) -> tuple[dict, dict]:
     hyperparameters = {}
     if (run_dir / "training_args.json").is_file():
         args = _read_json(run_dir / "training_args.json")
-        hyperparameters.update({key: args[key] for key in CARD_TRAINING_ARGS if args.get(key) not in (None, -1, 0.0, False)})
+        hyperparameters.update(
+            {key: args[key] for key in CARD_TRAINING_ARGS if args.get(key) not in (None, -1, 0.0, False)}
+        )
         for key in ("num_train_epochs", "learning_rate", "seed"):
             if key in args:
                 hyperparameters.setdefault(key, args[key])
     if (run_dir / "trainer_state.json").is_file():
         state = _read_trainer_state(run_dir / "trainer_state.json")
-        for key, name in (("train_batch_size", "train_batch_size (per device)"), ("global_step", "optimizer steps"),
-                          ("num_train_epochs", "num_train_epochs")):
+        for key, name in (
+            ("train_batch_size", "train_batch_size (per device)"),
+            ("global_step", "optimizer steps"),
+            ("num_train_epochs", "num_train_epochs"),
+        ):
             if getattr(state, key):  # None or 0: the `TrainerState` default, so the run did not record it
                 hyperparameters.setdefault(name, getattr(state, key))
     return metrics, hyperparameters
@@ -657,16 +693,26 @@ def _load_run(run_dir: Path):
             f"{run_dir}/config.json has model_type {config.get('model_type')!r}, not 'mjp_vit'; these tools publish "
             "MJP-ViT checkpoints (convert a stock ViT with `python -m mjp_hf.from_vit`)."
         )
-    model_class = MJPViTForImageClassification if "MJPViTForImageClassification" in config.get(
-        "architectures", ["MJPViTForImageClassification"]) else MJPViTModel
+    model_class = (
+        MJPViTForImageClassification
+        if "MJPViTForImageClassification" in config.get("architectures", ["MJPViTForImageClassification"])
+        else MJPViTModel
+    )
     model, info = model_class.from_pretrained(run_dir, output_loading_info=True)
     # Weights left at their random initialisation would be published as trained ones.
-    problems = [f"{what} {sorted(map(str, info[key]))}" for key, what in (
-        ("missing_keys", "missing tensors"), ("unexpected_keys", "unexpected tensors"),
-        ("mismatched_keys", "tensors of the wrong shape")) if info.get(key)]
+    problems = [
+        f"{what} {sorted(map(str, info[key]))}"
+        for key, what in (
+            ("missing_keys", "missing tensors"),
+            ("unexpected_keys", "unexpected tensors"),
+            ("mismatched_keys", "tensors of the wrong shape"),
+        )
+        if info.get(key)
+    ]
     if problems:
         raise ValueError(
-            f"{run_dir} does not hold a complete {model_class.__name__} checkpoint: " + "; ".join(problems)
+            f"{run_dir} does not hold a complete {model_class.__name__} checkpoint: "
+            + "; ".join(problems)
             + ". Publish the output folder of a finished run, or re-save the model with `save_pretrained`."
         )
     image_processor = AutoImageProcessor.from_pretrained(run_dir)
@@ -728,12 +774,19 @@ def main(argv=None) -> None:
     run_dir = Path(args.run_dir)
     model_id = getattr(args, "hub_model_id", None) or args.model_id
     card_kwargs = dict(
-        dataset_name=args.dataset_name, dataset_split=args.dataset_split, base_model=args.base_model,
+        dataset_name=args.dataset_name,
+        dataset_split=args.dataset_split,
+        base_model=args.base_model,
         license=args.license,
     )
     if args.command == "layout":  # before loading anything
-        check_output_dir(args.output_dir, overwrite=args.overwrite, inputs={"--run_dir": run_dir},
-                         output_flag="--output_dir", overwrite_flag="--overwrite")
+        check_output_dir(
+            args.output_dir,
+            overwrite=args.overwrite,
+            inputs={"--run_dir": run_dir},
+            output_flag="--output_dir",
+            overwrite_flag="--overwrite",
+        )
     if args.command == "card":
         output = Path(args.output)
         if output.exists() and not args.overwrite:

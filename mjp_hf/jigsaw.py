@@ -23,6 +23,7 @@ import math
 
 import torch
 
+
 # The released generator is built for a 14x14 grid with a per-block cap of 75 patches.
 RELEASED_NUM_PATCHES = 196
 RELEASED_MAX_BLOCK = 75

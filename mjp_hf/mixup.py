@@ -6,6 +6,7 @@ import torch
 from .augmentation import keyed_uniform, splitmix64
 from .transforms import collate_image_classification
 
+
 # The `keyed_uniform` stream of Mixup/CutMix (the transforms use 0: crop and flip, 1: erasing, 2: RandAugment).
 MIXUP_STREAM = 3
 
@@ -36,7 +37,9 @@ class MixupCutmixCollator:
             if value < 0:
                 raise ValueError(f"{name}={value} must be >= 0 (0 turns it off; DeiT: mixup 0.8, cutmix 1.0).")
         if mixup_alpha == 0 and cutmix_alpha == 0:
-            raise ValueError("mixup_alpha and cutmix_alpha are both 0: nothing to mix; use collate_image_classification.")
+            raise ValueError(
+                "mixup_alpha and cutmix_alpha are both 0: nothing to mix; use collate_image_classification."
+            )
         for name, value in (("switch_prob", switch_prob), ("label_smoothing", label_smoothing)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{name}={value} must be in [0, 1].")

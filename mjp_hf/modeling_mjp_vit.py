@@ -34,6 +34,7 @@ from .jigsaw import (
     shuffle_tokens,
 )
 
+
 # Checkpoints of stock ViTs on the Hub use the transformers 4 key names; transformers renames them on load only for
 # the classes it knows. Registering our model type gives MJP-ViT the same renaming, so ViT/DeiT weights load.
 for _name in ("mjp_vit", "MJPViTModel", "MJPViTForImageClassification"):
@@ -85,7 +86,8 @@ def _check_permutation(permutation: torch.LongTensor) -> None:
         row = permutation[bad_rows[0]]
         out_of_range = row[(row < 0) | (row >= num_patches)].tolist()
         problem = (
-            f"values out of range {out_of_range[:8]}" if out_of_range
+            f"values out of range {out_of_range[:8]}"
+            if out_of_range
             else f"repeated values {sorted(set(row[row.bincount(minlength=num_patches)[row] > 1].tolist()))[:8]}"
         )
         raise ValueError(
@@ -233,7 +235,9 @@ class MJPViTEmbeddings(ViTEmbeddings):
     def _check_given_jigsaw(self, jigsaw_mask, jigsaw_permutation, batch_size, grid_size):
         num_patches = grid_size[0] * grid_size[1]
         for name, value in (("jigsaw_mask", jigsaw_mask), ("jigsaw_permutation", jigsaw_permutation)):
-            if value is not None and (value.ndim != 2 or value.shape[0] not in (1, batch_size) or value.shape[1] != num_patches):
+            if value is not None and (
+                value.ndim != 2 or value.shape[0] not in (1, batch_size) or value.shape[1] != num_patches
+            ):
                 raise ValueError(
                     f"{name} must have shape (batch_size or 1, num_patches) = ({batch_size} or 1, {num_patches}) for a "
                     f"{grid_size[0]}x{grid_size[1]} patch grid, got {tuple(value.shape)}."

@@ -2,6 +2,7 @@
 
 from .configuration_mjp_vit import MJPViTConfig
 
+
 # DeiT shapes (Touvron et al. 2021): patch 16 at 224, MLP ratio 4, LayerNorm eps 1e-6 as in timm and the release.
 _DEIT = dict(image_size=224, patch_size=16, num_channels=3, layer_norm_eps=1e-6, hidden_act="gelu", qkv_bias=True)
 

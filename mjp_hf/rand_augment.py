@@ -14,6 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+
 MAX_LEVEL = 10.0
 # ImageNet's mean colour (timm's `IMAGENET_DEFAULT_MEAN` x 255), what timm fills uncovered pixels with.
 IMAGENET_FILL = (124, 116, 104)
@@ -24,8 +25,9 @@ def _signed(value: float, sign_draw: float) -> float:
 
 
 def _affine(image: Image.Image, matrix: tuple, fill) -> Image.Image:
-    return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR,
-                           fillcolor=fill)
+    return image.transform(
+        image.size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR, fillcolor=fill
+    )
 
 
 def _posterize(image: Image.Image, bits: int) -> Image.Image:
@@ -44,27 +46,38 @@ OPS = {
     "Equalize": lambda image, level, sign, fill: ImageOps.equalize(image),
     "Invert": lambda image, level, sign, fill: ImageOps.invert(image),
     "Rotate": lambda image, level, sign, fill: image.rotate(
-        _signed(level / MAX_LEVEL * 30.0, sign), resample=Image.Resampling.BILINEAR, fillcolor=fill),
+        _signed(level / MAX_LEVEL * 30.0, sign), resample=Image.Resampling.BILINEAR, fillcolor=fill
+    ),
     # "Increasing" variants: a larger level is always a stronger change.
     "PosterizeIncreasing": lambda image, level, sign, fill: _posterize(image, 4 - int(level / MAX_LEVEL * 4)),
-    "SolarizeIncreasing": lambda image, level, sign, fill: ImageOps.solarize(image, 256 - int(level / MAX_LEVEL * 256)),
+    "SolarizeIncreasing": lambda image, level, sign, fill: ImageOps.solarize(
+        image, 256 - int(level / MAX_LEVEL * 256)
+    ),
     "SolarizeAdd": lambda image, level, sign, fill: _solarize_add(image, int(level / MAX_LEVEL * 110)),
     "ColorIncreasing": lambda image, level, sign, fill: ImageEnhance.Color(image).enhance(
-        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)),
+        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
+    ),
     "ContrastIncreasing": lambda image, level, sign, fill: ImageEnhance.Contrast(image).enhance(
-        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)),
+        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
+    ),
     "BrightnessIncreasing": lambda image, level, sign, fill: ImageEnhance.Brightness(image).enhance(
-        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)),
+        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
+    ),
     "SharpnessIncreasing": lambda image, level, sign, fill: ImageEnhance.Sharpness(image).enhance(
-        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)),
+        1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
+    ),
     "ShearX": lambda image, level, sign, fill: _affine(
-        image, (1, _signed(level / MAX_LEVEL * 0.3, sign), 0, 0, 1, 0), fill),
+        image, (1, _signed(level / MAX_LEVEL * 0.3, sign), 0, 0, 1, 0), fill
+    ),
     "ShearY": lambda image, level, sign, fill: _affine(
-        image, (1, 0, 0, _signed(level / MAX_LEVEL * 0.3, sign), 1, 0), fill),
+        image, (1, 0, 0, _signed(level / MAX_LEVEL * 0.3, sign), 1, 0), fill
+    ),
     "TranslateXRel": lambda image, level, sign, fill: _affine(
-        image, (1, 0, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[0], 0, 1, 0), fill),
+        image, (1, 0, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[0], 0, 1, 0), fill
+    ),
     "TranslateYRel": lambda image, level, sign, fill: _affine(
-        image, (1, 0, 0, 0, 1, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[1]), fill),
+        image, (1, 0, 0, 0, 1, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[1]), fill
+    ),
 }
 
 
@@ -81,10 +94,10 @@ def parse_rand_augment(spec: str) -> dict:
     for part in parts[1:]:
         if part == "inc1":
             continue
-        key = next((key for key in keys if part.startswith(key) and _is_number(part[len(key):])), None)
+        key = next((key for key in keys if part.startswith(key) and _is_number(part[len(key) :])), None)
         if key is None:
             raise ValueError(f"Unknown part {part!r} in RandAugment spec {spec!r}; use m, mstd, n, p and inc1.")
-        value = float(part[len(key):])
+        value = float(part[len(key) :])
         settings[keys[key]] = int(value) if key == "n" else value
     return settings
 
@@ -101,13 +114,21 @@ class RandAugment:
     """`num_ops` random operations per image at magnitude ~ N(`magnitude`, `magnitude_std`) of 10, each applied with
     probability `prob`. `__call__(image, uniform)` takes `draws` uniform numbers in [0, 1) for that image."""
 
-    def __init__(self, magnitude: float = 9.0, magnitude_std: float = 0.5, num_ops: int = 2, prob: float = 0.5,
-                 fill=IMAGENET_FILL):
+    def __init__(
+        self,
+        magnitude: float = 9.0,
+        magnitude_std: float = 0.5,
+        num_ops: int = 2,
+        prob: float = 0.5,
+        fill=IMAGENET_FILL,
+    ):
         if not 0 <= magnitude <= MAX_LEVEL:
             raise ValueError(f"RandAugment magnitude={magnitude} must be in [0, {MAX_LEVEL:g}] (the release: 9).")
         if magnitude_std < 0 or num_ops < 1 or not 0 <= prob <= 1:
-            raise ValueError(f"RandAugment needs magnitude_std >= 0, num_ops >= 1 and prob in [0, 1]; got "
-                             f"{magnitude_std}, {num_ops}, {prob}.")
+            raise ValueError(
+                f"RandAugment needs magnitude_std >= 0, num_ops >= 1 and prob in [0, 1]; got "
+                f"{magnitude_std}, {num_ops}, {prob}."
+            )
         self.magnitude = magnitude
         self.magnitude_std = magnitude_std
         self.num_ops = num_ops

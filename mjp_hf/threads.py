@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from transformers import TrainerCallback
 
+
 logger = logging.getLogger(__name__)
 
 # Environment variables that fix the thread count; when the user sets one, the count is theirs.
@@ -68,8 +69,13 @@ class CpuContention:
     OpenMP barrier as a parked thread does. Child processes (data-loader workers) count as others too, since they
     compete for the same cores as this process's threads."""
 
-    def __init__(self, stat_path: str = "/proc/stat", clock: Callable[[], float] = time.monotonic,
-                 own_cpu_seconds: Callable[[], float] | None = None, cpus: Iterable[int] | None = None):
+    def __init__(
+        self,
+        stat_path: str = "/proc/stat",
+        clock: Callable[[], float] = time.monotonic,
+        own_cpu_seconds: Callable[[], float] | None = None,
+        cpus: Iterable[int] | None = None,
+    ):
         self.stat_path = stat_path
         self.clock = clock
         self.own_cpu_seconds = own_cpu_seconds or _own_cpu_seconds
@@ -131,8 +137,15 @@ class AdaptiveThreads:
             ...                                       # AdaptiveThreadsCallback
     """
 
-    def __init__(self, max_threads: int | None = None, reader: Callable[[], float | None] | None = None,
-                 interval_s: float = 0.5, slack: float = 0.2, cores: int | None = None, environ: dict | None = None):
+    def __init__(
+        self,
+        max_threads: int | None = None,
+        reader: Callable[[], float | None] | None = None,
+        interval_s: float = 0.5,
+        slack: float = 0.2,
+        cores: int | None = None,
+        environ: dict | None = None,
+    ):
         self.max_threads = max_threads or torch.get_num_threads()
         self.interval_s = interval_s
         self.slack = slack
@@ -167,8 +180,9 @@ class AdaptiveThreads:
         if torch.get_num_threads() != self.threads:
             # Someone else set the count (the user, a library): theirs stands from now on.
             self.enabled = False
-            logger.info("The torch thread count was set to %d elsewhere; adaptive threads stand down.",
-                        torch.get_num_threads())
+            logger.info(
+                "The torch thread count was set to %d elsewhere; adaptive threads stand down.", torch.get_num_threads()
+            )
             return torch.get_num_threads()
         wanted = self.target(others)
         if wanted > self.threads:
@@ -178,8 +192,9 @@ class AdaptiveThreads:
         else:
             self._pending_rise = None
         if wanted != self.threads:
-            logger.debug("Others use %.2f of %d cores: torch threads %d -> %d.", others, self.cores, self.threads,
-                         wanted)
+            logger.debug(
+                "Others use %.2f of %d cores: torch threads %d -> %d.", others, self.cores, self.threads, wanted
+            )
             torch.set_num_threads(wanted)
             self.threads = wanted
             self.switches += 1
@@ -253,10 +268,16 @@ class AdaptiveThreadsCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.controller is not None and self.controller.switches:
             # Visible: a run that slowed down because something else used a core should say so.
-            counts = ", ".join(f"{steps} at {threads}" for threads, steps in sorted(self.steps_at.items(), reverse=True))
-            logger.warning("torch threads followed the machine's load: training steps %s thread(s) (%d changes; other "
-                           "processes or the host used a core). The result agrees with a fixed-count run to rounding; "
-                           "set OMP_NUM_THREADS for bit-identical reruns.", counts, self.controller.switches)
+            counts = ", ".join(
+                f"{steps} at {threads}" for threads, steps in sorted(self.steps_at.items(), reverse=True)
+            )
+            logger.warning(
+                "torch threads followed the machine's load: training steps %s thread(s) (%d changes; other "
+                "processes or the host used a core). The result agrees with a fixed-count run to rounding; "
+                "set OMP_NUM_THREADS for bit-identical reruns.",
+                counts,
+                self.controller.switches,
+            )
 
 
 __all__ = ["AdaptiveThreads", "AdaptiveThreadsCallback", "CpuContention", "adaptive_threads", "user_thread_setting"]

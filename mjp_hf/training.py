@@ -24,6 +24,7 @@ from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_N
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
+
 logger = logging.getLogger(__name__)
 
 # Model outputs that are neither the loss nor logits: left out of what evaluation gathers as predictions.
@@ -80,8 +81,11 @@ def checkpoint_folders(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(int(match.group(1)), path) for path in folder.iterdir()
-             if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))]
+    found = [
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))
+    ]
     return [path for _, path in sorted(found, reverse=True)]
 
 
@@ -136,8 +140,10 @@ def mjp_schedule(epoch: int, num_epochs: int, warmup_epochs: int, base_weight: f
     epochs, the per-epoch form of DeiT/BEiT's `cosine_scheduler(w, w / 2, ...)`.
     """
     if epoch < 0 or num_epochs < 1 or warmup_epochs < 0:
-        raise ValueError(f"mjp_schedule needs epoch >= 0, num_epochs >= 1, warmup_epochs >= 0; got {epoch}, "
-                         f"{num_epochs}, {warmup_epochs}.")
+        raise ValueError(
+            f"mjp_schedule needs epoch >= 0, num_epochs >= 1, warmup_epochs >= 0; got {epoch}, "
+            f"{num_epochs}, {warmup_epochs}."
+        )
     if epoch < warmup_epochs:
         weight = base_weight * epoch / (warmup_epochs - 1) if warmup_epochs > 1 else 0.0
         return False, weight
@@ -166,7 +172,9 @@ class MJPScheduleCallback(TrainerCallback):
         schedule = mjp_schedule(epoch, num_epochs, self.warmup_epochs, base_weight)
         model.set_mjp_schedule(jigsaw_enabled=schedule[0], dalr_loss_weight=schedule[1])
         if schedule != self.current:
-            logger.info("Epoch %d: jigsaw %s, DALR loss weight %.5g", epoch, "on" if schedule[0] else "off", schedule[1])
+            logger.info(
+                "Epoch %d: jigsaw %s, DALR loss weight %.5g", epoch, "on" if schedule[0] else "off", schedule[1]
+            )
         self.current = schedule
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -201,8 +209,10 @@ class TransformEpochCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
-            logger.warning("Persistent data-loader workers keep the augmentation of the epoch they started in; "
-                           "drop --dataloader_persistent_workers for new crops and flips every epoch.")
+            logger.warning(
+                "Persistent data-loader workers keep the augmentation of the epoch they started in; "
+                "drop --dataloader_persistent_workers for new crops and flips every epoch."
+            )
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         for transform in self.transforms:
@@ -253,15 +263,20 @@ class MJPTrainer(Trainer):
         if not self.args.should_save:
             return
         if self.run_arguments is not None:
-            (folder / RUN_ARGUMENTS_NAME).write_text(json.dumps(self.run_arguments, indent=2, sort_keys=True,
-                                                                default=str), encoding="utf-8")
+            (folder / RUN_ARGUMENTS_NAME).write_text(
+                json.dumps(self.run_arguments, indent=2, sort_keys=True, default=str), encoding="utf-8"
+            )
         for path in folder.rglob("*"):
             if path.is_file() and path.name != SAVE_IN_PROGRESS_NAME:
                 _fsync(path)
         (folder / SAVE_IN_PROGRESS_NAME).unlink()
         _fsync(folder)
-        rotate_checkpoints(output_dir=str(run_dir), save_total_limit=save_total_limit,
-                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        rotate_checkpoints(
+            output_dir=str(run_dir),
+            save_total_limit=save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
 
     def _save(self, output_dir=None, state_dict=None) -> None:
         # `training_args.bin` pickles the arguments: keep Hub tokens out of it (`training_args.json` masks them too).
@@ -291,8 +306,12 @@ class MJPTrainer(Trainer):
         target.load_state_dict(restored.state_dict(), strict=True)
 
     def _loads_by_from_pretrained(self, folder: str, target) -> bool:
-        return (isinstance(target, PreTrainedModel) and not self.is_fsdp_enabled and not self.is_deepspeed_enabled
-                and os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME)))
+        return (
+            isinstance(target, PreTrainedModel)
+            and not self.is_fsdp_enabled
+            and not self.is_deepspeed_enabled
+            and os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME))
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         problem = checkpoint_problem(resume_from_checkpoint)
@@ -309,16 +328,18 @@ class MJPTrainer(Trainer):
         target = unwrap_model(self.model)
         if not self._loads_by_from_pretrained(best, target):
             return super()._load_best_model()
-        logger.info("Loading the best model from %s (%s %s).", best, self.args.metric_for_best_model,
-                    self.state.best_metric)
+        logger.info(
+            "Loading the best model from %s (%s %s).", best, self.args.metric_for_best_model, self.state.best_metric
+        )
         self._load_weights_strictly(best, target)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         if checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             # The Trainer skips what is missing without a word: the run would restart AdamW's moments or the
             # learning-rate schedule and end elsewhere than the uninterrupted run.
-            missing = [name for name in (OPTIMIZER_NAME, SCHEDULER_NAME)
-                       if not os.path.isfile(os.path.join(checkpoint, name))]
+            missing = [
+                name for name in (OPTIMIZER_NAME, SCHEDULER_NAME) if not os.path.isfile(os.path.join(checkpoint, name))
+            ]
             if missing:
                 raise ValueError(
                     f"Cannot resume from {checkpoint}: it has no {' and no '.join(missing)}, so the optimizer state "
@@ -335,7 +356,9 @@ class MJPTrainer(Trainer):
                 logger.warning(
                     "%s has no %s: the run resumes, but from here on its jigsaw masks, dropout and random "
                     "augmentation draws differ from those of an uninterrupted run, and so will its final weights.",
-                    checkpoint, name)
+                    checkpoint,
+                    name,
+                )
         super()._load_rng_state(checkpoint)
 
     # --- losses ---------------------------------------------------------------------------------------------------
@@ -368,8 +391,12 @@ class MJPTrainer(Trainer):
     def _accumulate_loss_parts(self, classification_loss, localization_loss) -> None:
         # Summed on the device; read once per logging step, so training steps never wait on the host.
         zero = classification_loss.new_zeros(())
-        parts = torch.stack((classification_loss.detach().float(),
-                             (localization_loss.detach().float() if localization_loss is not None else zero)))
+        parts = torch.stack(
+            (
+                classification_loss.detach().float(),
+                (localization_loss.detach().float() if localization_loss is not None else zero),
+            )
+        )
         self._loss_parts_sum = parts if self._loss_parts_sum is None else self._loss_parts_sum + parts
         self._loss_parts_count += 1
         self._has_localization_loss = localization_loss is not None

@@ -60,8 +60,10 @@ def open_image(item) -> PILImage.Image:
         return PILImage.open(io.BytesIO(item["bytes"]))
     if isinstance(item, dict) and item.get("path"):
         return PILImage.open(item["path"])
-    raise ValueError(f"Cannot read an image from a {type(item).__name__} ({item!r:.80}); the image column must hold "
-                     "images (a datasets Image feature).")
+    raise ValueError(
+        f"Cannot read an image from a {type(item).__name__} ({item!r:.80}); the image column must hold "
+        "images (a datasets Image feature)."
+    )
 
 
 def _to_pil(arrays: np.ndarray) -> list[PILImage.Image]:
@@ -152,8 +154,10 @@ class ImageClassificationTransform:
         processor, channels = self.image_processor, len(self.mode)
         if np.size(processor.image_mean) == channels or not getattr(processor, "do_normalize", True):
             return {}
-        return {"image_mean": list(np.reshape(processor.image_mean, -1)[:channels]),
-                "image_std": list(np.reshape(processor.image_std, -1)[:channels])}
+        return {
+            "image_mean": list(np.reshape(processor.image_mean, -1)[:channels]),
+            "image_std": list(np.reshape(processor.image_std, -1)[:channels]),
+        }
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch that keys the training augmentation (see the class docstring)."""
@@ -173,7 +177,8 @@ class ImageClassificationTransform:
             top, left, bottom, right = boxes[index].tolist()
             generator = torch.Generator().manual_seed(int(uniform[index, 1] * 2**53))
             pixel_values[index, :, top:bottom, left:right] = torch.randn(
-                pixel_values.shape[1], bottom - top, right - left, generator=generator)
+                pixel_values.shape[1], bottom - top, right - left, generator=generator
+            )
         return pixel_values
 
     def _is_rescale_normalize(self) -> bool:
@@ -187,8 +192,11 @@ class ImageClassificationTransform:
         if self._is_rescale_normalize() and (
             isinstance(images, np.ndarray) or all(image.size == (width, height) for image in images)
         ):
-            return self._normalise(images if isinstance(images, np.ndarray) else
-                                   np.stack([np.asarray(image).reshape(height, width, -1) for image in images]))
+            return self._normalise(
+                images
+                if isinstance(images, np.ndarray)
+                else np.stack([np.asarray(image).reshape(height, width, -1) for image in images])
+            )
         if isinstance(images, np.ndarray):
             images = _to_pil(images)
         return self.image_processor(images, return_tensors="pt", **self._channel_statistics())["pixel_values"]
@@ -211,15 +219,17 @@ class ImageClassificationTransform:
             return np.repeat(stacked, 3, axis=-1)  # what PIL's "L" -> "RGB" does
         return None  # RGB -> L weights the channels: PIL's job
 
-    def _train_pixels(self, images: list | np.ndarray, uniform: np.ndarray,
-                      augment_uniform: np.ndarray | None) -> torch.Tensor:
+    def _train_pixels(
+        self, images: list | np.ndarray, uniform: np.ndarray, augment_uniform: np.ndarray | None
+    ) -> torch.Tensor:
         height, width = self.size
         if isinstance(images, np.ndarray):
             sizes = np.tile([width, height], (len(images), 1))
         else:
             sizes = np.array([image.size for image in images]).reshape(-1, 2)
-        boxes = sample_resized_crop_boxes(sizes, scale=self.crop_scale, attempts=self.CROP_ATTEMPTS,
-                                          uniform=uniform[:, :-1])
+        boxes = sample_resized_crop_boxes(
+            sizes, scale=self.crop_scale, attempts=self.CROP_ATTEMPTS, uniform=uniform[:, :-1]
+        )
         flips = (uniform[:, -1] < 0.5) & self.horizontal_flip
         if isinstance(images, np.ndarray):
             if self.rand_augment is None and (boxes == [0, 0, width, height]).all():
@@ -249,8 +259,9 @@ class ImageClassificationTransform:
                 name = f"at index {batch[self.index_column][position]} of the dataset"
             else:
                 name = f"number {position} of its batch"
-            raise OSError(f"Cannot read the image {name} (column {self.image_column!r}): {error}. Repair or remove "
-                          "it.") from error
+            raise OSError(
+                f"Cannot read the image {name} (column {self.image_column!r}): {error}. Repair or remove it."
+            ) from error
 
     def __call__(self, batch: dict) -> dict:
         images = self._as_array(batch[self.image_column])

@@ -1,12 +1,16 @@
 import os
 
+
 # Tests never reach the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
 
 torch.set_num_threads(1)
 
@@ -31,3 +35,17 @@ def tiny_config_kwargs(**overrides):
 @pytest.fixture
 def tiny_kwargs():
     return tiny_config_kwargs()
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Three classes of 12 small RGB images, distinguishable by colour."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(("cat", "dog", "owl")):
+        (root / name).mkdir()
+        for i in range(12):
+            pixels = rng.integers(0, 80, size=(30, 26, 3), dtype=np.uint8)
+            pixels[..., index] += 170
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root

@@ -2,7 +2,6 @@
 `mjp_hf.jigsaw.block_mask` is measured against. Slow and sequential on purpose."""
 
 import math
-import random
 
 
 def released_block_mask(grid_h, grid_w, target, rng, min_block=8, max_block=75, min_aspect=0.3, attempts=10):

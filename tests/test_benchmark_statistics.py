@@ -4,6 +4,7 @@ import random
 import sys
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from _timing import interval_verdict, paired_ratio, paired_ratio_interval  # noqa: E402

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,9 +21,14 @@ def test_every_benchmark_runs_and_prints_its_summary():
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    for summary in ("train_step overhead:", "inference throughput vs stock HF ViT:", "jigsaw_op share of a step",
-                    "data_loading speed-up of undecoded bytes:", "busy_machine adaptive threads:",
-                    "main_job_levers time per image vs fp32 eager:"):
+    for summary in (
+        "train_step overhead:",
+        "inference throughput vs stock HF ViT:",
+        "jigsaw_op share of a step",
+        "data_loading speed-up of undecoded bytes:",
+        "busy_machine adaptive threads:",
+        "main_job_levers time per image vs fp32 eager:",
+    ):
         assert summary in result.stdout
 
 
@@ -40,7 +46,8 @@ def test_busy_machine_gives_each_setting_exactly_its_own_thread_variables(monkey
     adaptive = busy_machine.child_environment(busy_machine.SETTINGS[busy_machine.ADAPTIVE])
     assert not set(busy_machine.THREAD_VARIABLES) & set(adaptive)
     assert busy_machine.parse_extra(["spin 10k=GOMP_SPINCOUNT=10000,OMP_WAIT_POLICY=ACTIVE"]) == {
-        "spin 10k": {"GOMP_SPINCOUNT": "10000", "OMP_WAIT_POLICY": "ACTIVE"}}
+        "spin 10k": {"GOMP_SPINCOUNT": "10000", "OMP_WAIT_POLICY": "ACTIVE"}
+    }
     for bad in ("no-assignment", "x=PATH=/tmp"):
         with pytest.raises(SystemExit, match="--extra"):
             busy_machine.parse_extra([bad])

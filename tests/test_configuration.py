@@ -60,8 +60,16 @@ def test_round_trip_through_auto_config(tmp_path):
 
 def test_mjp_fields_are_the_added_ones_not_the_redeclared_vit_ones():
     assert MJP_CONFIG_FIELDS == (
-        "jigsaw_ratio", "jigsaw_prob", "jigsaw_min_block", "jigsaw_max_block", "jigsaw_min_aspect",
-        "jigsaw_per_sample", "jigsaw_mode", "use_unk_position_embedding", "dalr_head", "dalr_loss_weight",
+        "jigsaw_ratio",
+        "jigsaw_prob",
+        "jigsaw_min_block",
+        "jigsaw_max_block",
+        "jigsaw_min_aspect",
+        "jigsaw_per_sample",
+        "jigsaw_mode",
+        "use_unk_position_embedding",
+        "dalr_head",
+        "dalr_loss_weight",
         "dalr_normalize_targets",
     )
     # Re-declared with range checks, still ViT fields: a ViT export keeps them.
@@ -120,8 +128,15 @@ def test_from_pretrained_keyword_arguments_are_checked(tmp_path, field, value, f
 def test_model_from_pretrained_checks_config_keyword_arguments(tmp_path):
     from mjp_hf import MJPViTForImageClassification
 
-    config = MJPViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                          image_size=16, patch_size=4, num_labels=3)
+    config = MJPViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        num_labels=3,
+    )
     MJPViTForImageClassification(config).save_pretrained(tmp_path)
     with pytest.raises(MJPConfigError, match=r"`jigsaw_ratio=3.0` is invalid"):
         MJPViTForImageClassification.from_pretrained(tmp_path, jigsaw_ratio=3.0)
@@ -151,8 +166,17 @@ def test_an_invalid_value_never_reaches_a_config_json(tmp_path):
 
 
 def test_valid_values_still_round_trip(tmp_path):
-    config = MJPViTConfig(jigsaw_ratio=1, jigsaw_prob=0.0, image_size=[32, 48], patch_size=16, jigsaw_max_block=3,
-                          jigsaw_mode="naive", dalr_head="none", dalr_loss_weight=0, layer_norm_eps=1e-6)
+    config = MJPViTConfig(
+        jigsaw_ratio=1,
+        jigsaw_prob=0.0,
+        image_size=[32, 48],
+        patch_size=16,
+        jigsaw_max_block=3,
+        jigsaw_mode="naive",
+        dalr_head="none",
+        dalr_loss_weight=0,
+        layer_norm_eps=1e-6,
+    )
     config.jigsaw_ratio = 0.5
     config.save_pretrained(tmp_path)
     loaded = MJPViTConfig.from_pretrained(tmp_path, jigsaw_prob=1.0)

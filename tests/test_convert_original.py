@@ -33,10 +33,19 @@ from mjp_hf.convert_original import (
     released_card,
 )
 
+
 # A small released-layout ViT: width 64 (so hidden_size // 64 = 1 head by default), depth 2, patch 4, 4x4 grid.
 TINY = ReleasedShape(
-    hidden_size=64, num_hidden_layers=2, intermediate_size=128, patch_size=4, num_channels=3, grid_size=4,
-    num_labels=7, qkv_bias=True, has_unk=True, dalr_head="nonlinear",
+    hidden_size=64,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    patch_size=4,
+    num_channels=3,
+    grid_size=4,
+    num_labels=7,
+    qkv_bias=True,
+    has_unk=True,
+    dalr_head="nonlinear",
 )
 EXECUTED = {"count": 0}  # incremented by any pickled code that runs
 
@@ -89,7 +98,7 @@ def fake_yacs():
     yacs, config, evil = types.ModuleType("yacs"), types.ModuleType("yacs.config"), types.ModuleType("evil_pkg")
     config.CfgNode, evil.boom = CfgNode, _boom
     yacs.config = config
-    saved = {name: (CfgNode.__module__, CfgNode.__qualname__) for name in ("CfgNode",)}
+    saved = dict.fromkeys(("CfgNode",), (CfgNode.__module__, CfgNode.__qualname__))
     CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
     _boom.__module__, _boom.__qualname__ = "evil_pkg", "boom"
     sys.modules.update({"yacs": yacs, "yacs.config": config, "evil_pkg": evil})
@@ -106,8 +115,17 @@ def released_config(**overrides) -> CfgNode:
     sections = {
         "DATA": {"IMG_SIZE": TINY.image_size, "DATASET": "imagenet"},
         "MODEL": {"NUM_CLASSES": TINY.num_labels, "TYPE": "vit", "NAME": "vit_s_16", "DROP_PATH_RATE": 0.1},
-        "TRAIN": {"EPOCHS": 300, "WARMUP_EPOCHS": 20, "USE_JIGSAW": True, "USE_UNK_POS": True, "USE_DLOCR": True,
-                  "LAMBDA_DLOCR": 0.02, "DLOCR_TYPE": "nonlinear", "MASK_RATIO": 0.2, "MASK_TYPE": "mjp"},
+        "TRAIN": {
+            "EPOCHS": 300,
+            "WARMUP_EPOCHS": 20,
+            "USE_JIGSAW": True,
+            "USE_UNK_POS": True,
+            "USE_DLOCR": True,
+            "LAMBDA_DLOCR": 0.02,
+            "DLOCR_TYPE": "nonlinear",
+            "MASK_RATIO": 0.2,
+            "MASK_TYPE": "mjp",
+        },
         "AUG": {"JIGSAW": 0.25, "MIXUP": 0.8},
     }
     for dotted, value in overrides.items():
@@ -117,8 +135,11 @@ def released_config(**overrides) -> CfgNode:
 
 
 def save_released(path, state_dict=None, *, config=True, extra=None, **config_overrides):
-    payload = {"model": state_dict if state_dict is not None else released_state_dict(), "max_accuracy": 81.25,
-               "epoch": 297}
+    payload = {
+        "model": state_dict if state_dict is not None else released_state_dict(),
+        "max_accuracy": 81.25,
+        "epoch": 297,
+    }
     if extra:
         payload.update(extra)
     with fake_yacs():
@@ -156,16 +177,25 @@ def reference_forward(sd, images, heads, unk_mask=None, permutation=None):
         qkv = F.linear(h, block("attn.qkv.weight"), block("attn.qkv.bias"))
         q, k, v = qkv.reshape(batch, -1, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         attention = (q @ k.transpose(-2, -1) * head_dim**-0.5).softmax(-1)
-        x = x + F.linear((attention @ v).transpose(1, 2).reshape(batch, -1, width), block("attn.proj.weight"),
-                         block("attn.proj.bias"))
+        x = x + F.linear(
+            (attention @ v).transpose(1, 2).reshape(batch, -1, width),
+            block("attn.proj.weight"),
+            block("attn.proj.bias"),
+        )
         h = F.layer_norm(x, (width,), block("norm2.weight"), block("norm2.bias"), eps=1e-6)
-        x = x + F.linear(F.gelu(F.linear(h, block("mlp.fc1.weight"), block("mlp.fc1.bias"))),
-                         block("mlp.fc2.weight"), block("mlp.fc2.bias"))
+        x = x + F.linear(
+            F.gelu(F.linear(h, block("mlp.fc1.weight"), block("mlp.fc1.bias"))),
+            block("mlp.fc2.weight"),
+            block("mlp.fc2.bias"),
+        )
     x = F.layer_norm(x, (width,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
     logits = F.linear(x[:, 0], sd["head.weight"], sd["head.bias"])
     patch_table = sd["pos_embed.weight"][1 : num_patches + 1]
-    dalr = F.linear(F.relu(F.linear(patch_table, sd["dlocr.layers.0.weight"], sd["dlocr.layers.0.bias"])),
-                    sd["dlocr.layers.2.weight"], sd["dlocr.layers.2.bias"])
+    dalr = F.linear(
+        F.relu(F.linear(patch_table, sd["dlocr.layers.0.weight"], sd["dlocr.layers.0.bias"])),
+        sd["dlocr.layers.2.weight"],
+        sd["dlocr.layers.2.bias"],
+    )
     return logits, dalr
 
 
@@ -183,7 +213,11 @@ def test_converted_logits_match_reference_forward(checkpoint):
     assert isinstance(model, MJPViTForImageClassification) and not model.training
     config = model.config
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size) == (
-        64, 2, 1, 128)
+        64,
+        2,
+        1,
+        128,
+    )
     assert (config.image_size, config.patch_size, config.num_labels, config.layer_norm_eps) == (16, 4, 7, 1e-6)
     assert config.dalr_head == "nonlinear" and config.use_unk_position_embedding
     assert converted.record == {"max_accuracy": 81.25, "epoch": 297}
@@ -285,9 +319,18 @@ def test_linear_dalr_head_and_no_unk_are_inferred(tmp_path):
 
 
 def test_released_shape_has_the_released_parameter_count():
-    shape = ReleasedShape(hidden_size=384, num_hidden_layers=12, intermediate_size=1536, patch_size=16,
-                          num_channels=3, grid_size=14, num_labels=1000, qkv_bias=True, has_unk=True,
-                          dalr_head="nonlinear")
+    shape = ReleasedShape(
+        hidden_size=384,
+        num_hidden_layers=12,
+        intermediate_size=1536,
+        patch_size=16,
+        num_channels=3,
+        grid_size=14,
+        num_labels=1000,
+        qkv_bias=True,
+        has_unk=True,
+        dalr_head="nonlinear",
+    )
     assert sum(math.prod(size) for size in expected_shapes(shape).values()) == RELEASED_PARAMETERS
     assert expected_shapes(shape)["pos_embed.weight"] == (198, 384)
     config = build_config(shape)
@@ -300,8 +343,10 @@ def test_released_shape_has_the_released_parameter_count():
     [
         (lambda sd: sd.pop("blocks.1.mlp.fc2.bias"), "missing keys ['blocks.1.mlp.fc2.bias']"),
         (lambda sd: sd.update({"head.bias": torch.zeros(9)}), "head.bias: expected (7,), got (9,)"),
-        (lambda sd: sd.update({"blocks.0.attn.qkv.weight": torch.zeros(100, 64)}),
-         "blocks.0.attn.qkv.weight: expected (192, 64), got (100, 64)"),
+        (
+            lambda sd: sd.update({"blocks.0.attn.qkv.weight": torch.zeros(100, 64)}),
+            "blocks.0.attn.qkv.weight: expected (192, 64), got (100, 64)",
+        ),
         (lambda sd: sd.update({"dist_token": torch.zeros(1, 1, 64)}), "unexpected keys ['dist_token']"),
         (lambda sd: sd.update({"pos_embed.weight": torch.zeros(17, 64)}), "not a square patch grid"),
         (lambda sd: sd.pop("cls_token"), "no `cls_token`"),
@@ -385,13 +430,26 @@ def test_command_line_push_goes_through_the_hub_client(checkpoint, tmp_path):
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         uploaded["repo_id"] = repo_id
-        uploaded["files"] = sorted(p.relative_to(folder_path).as_posix() for p in folder_path.rglob("*") if p.is_file())
+        uploaded["files"] = sorted(
+            p.relative_to(folder_path).as_posix() for p in folder_path.rglob("*") if p.is_file()
+        )
         return mock.Mock(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
 
-    with mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="me/mjp-tiny")) as create_repo, \
-            mock.patch.object(HfApi, "upload_folder", upload_folder):
-        main(["--checkpoint", str(checkpoint), "--output_dir", str(tmp_path / "out"), "--push_to_hub", "me/mjp-tiny",
-              "--hub_private_repo"])
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="me/mjp-tiny")) as create_repo,
+        mock.patch.object(HfApi, "upload_folder", upload_folder),
+    ):
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--push_to_hub",
+                "me/mjp-tiny",
+                "--hub_private_repo",
+            ]
+        )
     create_repo.assert_called_once_with("me/mjp-tiny", private=True, exist_ok=True)
     assert uploaded["repo_id"] == "me/mjp-tiny"
     assert "model.safetensors" in uploaded["files"] and "mjp/model.safetensors" in uploaded["files"]
@@ -407,8 +465,9 @@ def test_released_card_gets_the_recorded_figures_and_no_others():
     assert re.findall(r"\d+(?:\.\d+)?\s?%", card.text) == ["10%"]
     assert card.data.widget and all(example["src"].startswith("https://") for example in card.data.widget)
 
-    converted = ConvertedCheckpoint(model=None, shape=TINY, record={"max_accuracy": 80.5, "epoch": 299},
-                                    inert_objects=[])
+    converted = ConvertedCheckpoint(
+        model=None, shape=TINY, record={"max_accuracy": 80.5, "epoch": 299}, inert_objects=[]
+    )
     filled = released_card(converted, model_id="me/mjp-vit-small", checkpoint_name="best_model.pth")
     assert "org/mjp-vit-small" not in str(filled) and 'model="me/mjp-vit-small"' in str(filled)
     assert "`max_accuracy = 80.5` at epoch 299" in filled.text
@@ -439,8 +498,11 @@ def test_released_linear_head_keys_convert(tmp_path):
 @pytest.mark.parametrize("kind", ["empty", "text", "truncated"])
 def test_unreadable_files_get_no_unsafe_loading_hint(checkpoint, tmp_path, kind):
     path = tmp_path / f"{kind}.pth"
-    content = {"empty": b"", "text": b"<html>404 Not Found</html>\n",
-               "truncated": checkpoint.read_bytes()[: checkpoint.stat().st_size // 2]}[kind]
+    content = {
+        "empty": b"",
+        "text": b"<html>404 Not Found</html>\n",
+        "truncated": checkpoint.read_bytes()[: checkpoint.stat().st_size // 2],
+    }[kind]
     path.write_bytes(content)
     with pytest.raises(ReleasedCheckpointError) as error:
         convert_checkpoint(path)
@@ -453,8 +515,10 @@ def test_unsafe_loading_is_suggested_only_where_weights_only_loading_refuses_a_v
     import pickle
 
     refusal = pickle.UnpicklingError("Weights only load failed. Unsupported operand 149")
-    with mock.patch("torch.load", side_effect=refusal), \
-            pytest.raises(ReleasedCheckpointError, match="pass --trust_pickled_config"):
+    with (
+        mock.patch("torch.load", side_effect=refusal),
+        pytest.raises(ReleasedCheckpointError, match="pass --trust_pickled_config"),
+    ):
         convert_checkpoint(checkpoint)
 
 
@@ -463,8 +527,10 @@ def test_output_folder_holding_the_checkpoint_is_refused_before_any_work(checkpo
     (folder / "notes.txt").write_text("mine")
     before = sorted(path.name for path in folder.iterdir())
     monkeypatch.chdir(folder)
-    with mock.patch("mjp_hf.convert_original.convert_checkpoint") as convert, \
-            pytest.raises(SystemExit, match=r"--output_dir \. contains --checkpoint best_model\.pth"):
+    with (
+        mock.patch("mjp_hf.convert_original.convert_checkpoint") as convert,
+        pytest.raises(SystemExit, match=r"--output_dir \. contains --checkpoint best_model\.pth"),
+    ):
         main(["--checkpoint", "best_model.pth", "--output_dir", ".", "--overwrite_output_dir", "--model_id", "org/x"])
     convert.assert_not_called()
     with pytest.raises(SystemExit, match=r"contains --checkpoint"):

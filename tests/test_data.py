@@ -140,12 +140,18 @@ def test_eval_transform_at_the_processor_size_equals_the_processor(channels):
     processor that also crops still runs itself."""
     from transformers import DeiTImageProcessorPil
 
-    processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1])
+    processor = ViTImageProcessorPil(
+        size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1]
+    )
     images = _images(n=6, mode="RGB")
     mode = "RGB" if channels == 3 else "L"
     out = ImageClassificationTransform(processor, num_channels=channels)({"image": images})["pixel_values"]
-    expected = processor([image.convert(mode) for image in images], return_tensors="pt",
-                         image_mean=[0.2, 0.4, 0.6][:channels], image_std=[0.3, 0.2, 0.1][:channels])["pixel_values"]
+    expected = processor(
+        [image.convert(mode) for image in images],
+        return_tensors="pt",
+        image_mean=[0.2, 0.4, 0.6][:channels],
+        image_std=[0.3, 0.2, 0.1][:channels],
+    )["pixel_values"]
     torch.testing.assert_close(out, expected)
     cropping = DeiTImageProcessorPil(size={"height": 28, "width": 28}, crop_size={"height": 20, "width": 20})
     cropped = ImageClassificationTransform(cropping)({"image": images})["pixel_values"]
@@ -199,8 +205,9 @@ def test_keyed_uniform_depends_only_on_seed_epoch_and_index():
 def test_keyed_augmentation_follows_the_sample_not_the_batch():
     processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
     images = _images(n=32)
-    transform = ImageClassificationTransform(processor, train=True, crop_scale=(0.3, 1.0), index_column="index",
-                                             seed=5)
+    transform = ImageClassificationTransform(
+        processor, train=True, crop_scale=(0.3, 1.0), index_column="index", seed=5
+    )
     whole = transform({"image": images, "index": list(range(32))})["pixel_values"]
     torch.manual_seed(123)  # the global generator plays no part
     part = transform({"image": images[20:24][::-1], "index": [23, 22, 21, 20]})["pixel_values"]
@@ -244,22 +251,32 @@ def test_undecoded_netpbm_batches_give_what_pil_images_give(channels, kind):
     arrays = rng.integers(0, 256, shape, dtype=np.uint8)
     raw = {"image": [{"bytes": _netpbm(array), "path": None} for array in arrays], "index": list(range(24))}
     decoded = {"image": [Image.fromarray(array) for array in arrays], "index": list(range(24))}
-    processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1])
-    settings = [dict(train=False), dict(train=True, crop_scale=(1.0, 1.0), random_erasing=0.5),
-                dict(train=True, crop_scale=(0.4, 1.0)), dict(train=True, crop_scale=(1.0, 1.0), rand_augment="rand-m9")]
+    processor = ViTImageProcessorPil(
+        size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1]
+    )
+    settings = [
+        dict(train=False),
+        dict(train=True, crop_scale=(1.0, 1.0), random_erasing=0.5),
+        dict(train=True, crop_scale=(0.4, 1.0)),
+        dict(train=True, crop_scale=(1.0, 1.0), rand_augment="rand-m9"),
+    ]
     for setting in settings:
-        transform = ImageClassificationTransform(processor, num_channels=channels, index_column="index", seed=2,
-                                                 **setting)
-        torch.testing.assert_close(transform(raw)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0,
-                                   msg=str(setting))
+        transform = ImageClassificationTransform(
+            processor, num_channels=channels, index_column="index", seed=2, **setting
+        )
+        torch.testing.assert_close(
+            transform(raw)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0, msg=str(setting)
+        )
 
 
 def test_without_image_decoding_only_touches_image_columns():
     from datasets import Dataset, Features, Value
     from datasets import Image as DatasetImage
 
-    dataset = Dataset.from_dict({"image": [{"bytes": _netpbm(np.zeros((4, 4), np.uint8)), "path": None}], "label": [1]},
-                                features=Features({"image": DatasetImage(), "label": Value("int64")}))
+    dataset = Dataset.from_dict(
+        {"image": [{"bytes": _netpbm(np.zeros((4, 4), np.uint8)), "path": None}], "label": [1]},
+        features=Features({"image": DatasetImage(), "label": Value("int64")}),
+    )
     raw = without_image_decoding(dataset)
     assert raw.features["image"].decode is False and raw[0]["image"]["bytes"].startswith(b"P5")
     assert without_image_decoding(dataset, "label").features == dataset.features
@@ -295,7 +312,7 @@ def test_random_erasing_replaces_one_rectangle_with_noise():
         box = (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1)
         # the changes fill one rectangle (noise equal to the original pixel is vanishingly rare)
         assert int(changed[index].sum()) == (box[1] - box[0]) * (box[3] - box[2])
-        noise = erased[index][:, box[0]:box[1], box[2]:box[3]]
+        noise = erased[index][:, box[0] : box[1], box[2] : box[3]]
         assert abs(float(noise.mean())) < 1.0 and 0.5 < float(noise.std()) < 1.5
     # Keyed: the same image in another batch is erased the same way; crops are not disturbed by the erasing stream.
     again = erasing({"image": images[5:9], "index": [5, 6, 7, 8]})["pixel_values"]
@@ -306,8 +323,14 @@ def test_random_erasing_replaces_one_rectangle_with_noise():
 
 def _mixing_examples(n=8, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [{"pixel_values": torch.rand(3, 8, 8, generator=generator), "labels": torch.tensor(i % 4),
-             "sample_index": torch.tensor(100 + i)} for i in range(n)]
+    return [
+        {
+            "pixel_values": torch.rand(3, 8, 8, generator=generator),
+            "labels": torch.tensor(i % 4),
+            "sample_index": torch.tensor(100 + i),
+        }
+        for i in range(n)
+    ]
 
 
 def test_mixup_mixes_each_image_with_the_reversed_batch():
@@ -345,8 +368,12 @@ def test_mixing_passes_evaluation_batches_and_checks_its_arguments():
     evaluation = [{"pixel_values": torch.zeros(3, 8, 8), "labels": torch.tensor(1)} for _ in range(3)]
     batch = collator(evaluation)
     assert batch["labels"].tolist() == [1, 1, 1] and batch["labels"].dtype == torch.long
-    for kwargs, message in ((dict(mixup_alpha=-1), "mixup_alpha=-1"), (dict(mixup_alpha=0, cutmix_alpha=0), "both 0"),
-                            (dict(switch_prob=2), "switch_prob=2"), (dict(num_labels=1), "num_labels=1")):
+    for kwargs, message in (
+        (dict(mixup_alpha=-1), "mixup_alpha=-1"),
+        (dict(mixup_alpha=0, cutmix_alpha=0), "both 0"),
+        (dict(switch_prob=2), "switch_prob=2"),
+        (dict(num_labels=1), "num_labels=1"),
+    ):
         with pytest.raises(ValueError, match=message):
             MixupCutmixCollator(**{"num_labels": 4, **kwargs})
 

@@ -15,14 +15,26 @@ from PIL import Image
 
 from mjp_hf.training import SAVE_IN_PROGRESS_NAME
 
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
 LAUNCHERS = {
     "torchrun": ["torchrun", "--nproc_per_node", "2"],
     # `--multi_gpu` is accelerate's name for its torch.distributed launcher; the example switches to CPU (gloo)
     # itself when there is no GPU.
-    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+    "accelerate": [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
 }
 PORT_FLAG = {"torchrun": "--master_port", "accelerate": "--main_process_port"}
 
@@ -51,7 +63,9 @@ with open(os.path.join({record_dir!r}, f"masks_{{rank}}.json"), "w") as f:
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_processes_draw_their_own_masks_and_save_once(tmp_path, launcher):
     executable = shutil.which(LAUNCHERS[launcher][0], path=BIN)
-    assert executable is not None, f"{LAUNCHERS[launcher][0]} is missing beside {sys.executable}; reinstall the dev extras"
+    assert executable is not None, (
+        f"{LAUNCHERS[launcher][0]} is missing beside {sys.executable}; reinstall the dev extras"
+    )
     images = tmp_path / "images"
     rng = np.random.default_rng(0)
     for index, name in enumerate(("a", "b")):
@@ -65,13 +79,41 @@ def test_two_processes_draw_their_own_masks_and_save_once(tmp_path, launcher):
     output = tmp_path / "run"
     port = str(29500 + os.getpid() % 1000 + (500 if launcher == "accelerate" else 0))
     command = [
-        executable, *LAUNCHERS[launcher][1:], PORT_FLAG[launcher], port, str(worker),
-        "--train_dir", str(images / "."), "--validation_dir", str(images),
-        "--output_dir", str(output), "--config_overrides",
+        executable,
+        *LAUNCHERS[launcher][1:],
+        PORT_FLAG[launcher],
+        port,
+        str(worker),
+        "--train_dir",
+        str(images / "."),
+        "--validation_dir",
+        str(images),
+        "--output_dir",
+        str(output),
+        "--config_overrides",
         "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
-        "--max_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "5",
-        "--logging_steps", "1", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1", "--jigsaw_ratio", "0.4",
-        "--eval_strategy", "no", "--save_steps", "2", "--disable_tqdm", "true", "--seed", "7",
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "5",
+        "--logging_steps",
+        "1",
+        "--jigsaw_warmup_epochs",
+        "0",
+        "--jigsaw_prob",
+        "1",
+        "--jigsaw_ratio",
+        "0.4",
+        "--eval_strategy",
+        "no",
+        "--save_steps",
+        "2",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "7",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

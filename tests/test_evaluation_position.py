@@ -10,6 +10,7 @@ from mjp_hf import MJPViTForImageClassification
 from mjp_hf.evaluation import position
 from mjp_hf.presets import config_from_preset
 
+
 GRID = (7, 7)
 
 
@@ -77,7 +78,15 @@ def test_dalr_error_is_zero_for_an_exact_head_and_none_without_head():
 def test_evaluate_position_fields():
     report, similarity = position.evaluate_position(tiny_mjp())
     assert report["grid_size"] == [7, 7] and similarity.shape == (49, 49)
-    assert set(report["probe"]) == {"folds", "mae_1d", "mae_2d", "mae_row", "mae_col", "chance_mae_1d", "chance_mae_2d"}
+    assert set(report["probe"]) == {
+        "folds",
+        "mae_1d",
+        "mae_2d",
+        "mae_row",
+        "mae_col",
+        "chance_mae_1d",
+        "chance_mae_2d",
+    }
     assert set(report["dalr"]) == {"mae", "mean_distance", "max_distance"}
 
 

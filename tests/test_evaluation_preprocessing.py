@@ -9,18 +9,20 @@ from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import fashion_mnist_available, load_fashion_mnist_arrays
-from mjp_hf.transforms import ImageClassificationTransform
 from mjp_hf.evaluation import privacy, robustness
 from mjp_hf.evaluation.common import PixelNormalization, load_eval_images, load_image_processor
 from mjp_hf.presets import config_from_preset
+from mjp_hf.transforms import ImageClassificationTransform
+
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def cropping_processor():
     """The release's protocol at the demo size: bicubic resize to 32, centre crop to the model's 28, ImageNet stats."""
-    return DeiTImageProcessorPil(size={"height": 32, "width": 32}, crop_size={"height": 28, "width": 28},
-                                 image_mean=MEAN, image_std=STD)
+    return DeiTImageProcessorPil(
+        size={"height": 32, "width": 32}, crop_size={"height": 28, "width": 28}, image_mean=MEAN, image_std=STD
+    )
 
 
 def demo_model(num_labels=2, **overrides):
@@ -78,10 +80,28 @@ def test_robustness_clean_accuracy_and_privacy_get_the_processors_pixels(croppin
     expected = processor_pixels(cropping_processor(), data_dir)
     seen = []
     predict = robustness.predict
-    monkeypatch.setattr(robustness, "predict", lambda model, pixel_values, *a, **k: (
-        seen.append(pixel_values.clone()), predict(model, pixel_values, *a, **k))[1])
-    report = robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "r"),
-                              "--data_dir", str(data_dir), "--corruptions", "none", "--device", "cpu"])
+    monkeypatch.setattr(
+        robustness,
+        "predict",
+        lambda model, pixel_values, *a, **k: (
+            seen.append(pixel_values.clone()),
+            predict(model, pixel_values, *a, **k),
+        )[1],
+    )
+    report = robustness.main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--output_dir",
+            str(tmp_path / "r"),
+            "--data_dir",
+            str(data_dir),
+            "--corruptions",
+            "none",
+            "--device",
+            "cpu",
+        ]
+    )
     assert torch.equal(seen[0], expected)  # the clean-accuracy pass
     model = demo_model()
     from datasets import load_dataset
@@ -98,8 +118,20 @@ def test_robustness_clean_accuracy_and_privacy_get_the_processors_pixels(croppin
 
     monkeypatch.setattr(privacy, "evaluate_privacy", capture)
     with pytest.raises(Captured) as caught:
-        privacy.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "p"),
-                      "--data_dir", str(data_dir), "--num_images", "6", "--device", "cpu"])
+        privacy.main(
+            [
+                "--model_name_or_path",
+                str(model_dir),
+                "--output_dir",
+                str(tmp_path / "p"),
+                "--data_dir",
+                str(data_dir),
+                "--num_images",
+                "6",
+                "--device",
+                "cpu",
+            ]
+        )
     pixel_values, normalization = caught.value.args
     assert torch.equal(pixel_values, expected)
     # The attacks map reconstructions back to [0, 1] pixels with the processor's statistics.
@@ -110,20 +142,27 @@ def test_normalization_inverts_to_unit_pixels_with_the_processors_statistics():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 28, 28, 3), dtype=np.uint8)
     unit = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    for processor in (cropping_processor(), ViTImageProcessorPil(do_rescale=False, image_mean=[100.0] * 3,
-                                                                  image_std=[50.0] * 3)):
+    for processor in (
+        cropping_processor(),
+        ViTImageProcessorPil(do_rescale=False, image_mean=[100.0] * 3, image_std=[50.0] * 3),
+    ):
         normalization = PixelNormalization.from_processor(processor, 3)
         pixel_values = normalization.from_uint8(images)
-        expected = processor(list(images), do_resize=False, do_center_crop=False, input_data_format="channels_last",
-                             return_tensors="pt")["pixel_values"]
+        expected = processor(
+            list(images), do_resize=False, do_center_crop=False, input_data_format="channels_last", return_tensors="pt"
+        )["pixel_values"]
         assert torch.equal(pixel_values, expected)
         torch.testing.assert_close(normalization.denormalize(pixel_values), unit)
         torch.testing.assert_close(normalization.normalize(unit), pixel_values)
 
 
 def test_a_one_channel_model_uses_the_first_channels_statistics_as_in_training():
-    processor = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6],
-                                     image_std=[0.3, 0.2, 0.1], resample=Image.Resampling.BICUBIC)
+    processor = ViTImageProcessorPil(
+        size={"height": 28, "width": 28},
+        image_mean=[0.2, 0.4, 0.6],
+        image_std=[0.3, 0.2, 0.1],
+        resample=Image.Resampling.BICUBIC,
+    )
     config = demo_model(num_channels=1, num_labels=10).config
     gray = np.random.default_rng(1).integers(0, 256, (5, 30, 33), dtype=np.uint8)
     pil_images = [Image.fromarray(image) for image in gray]
@@ -162,8 +201,9 @@ def test_fashion_mnist_default_keeps_its_pixels(tmp_path):
         processor = load_image_processor(tmp_path / folder, config)
         images, labels = load_eval_images(config, 16, image_processor=processor)
         pixel_values = PixelNormalization.from_processor(processor, 3).from_uint8(images)
-        expected = processor([Image.fromarray(image).convert("RGB") for image in gray[:16]],
-                             return_tensors="pt")["pixel_values"]
+        expected = processor([Image.fromarray(image).convert("RGB") for image in gray[:16]], return_tensors="pt")[
+            "pixel_values"
+        ]
         assert torch.equal(pixel_values, expected) and len(labels) == 16
         torch.testing.assert_close(pixel_values, old)
     torch.testing.assert_close(PixelNormalization().from_uint8(images), old)
@@ -180,9 +220,16 @@ def test_training_transform_fast_paths_give_the_processors_pixels_exactly(channe
     for processor in (vit, cropping_processor()):
         for size in ((28, 28), (35, 31)):
             arrays = rng.integers(0, 256, (5, *size, 3), dtype=np.uint8)
-            raw = {"image": [{"bytes": b"P6\n%d %d\n255\n" % size[::-1] + array.tobytes(), "path": None}
-                             for array in arrays]}
-            expected = processor([Image.fromarray(array).convert(mode) for array in arrays], return_tensors="pt",
-                                 image_mean=MEAN[:channels], image_std=STD[:channels])["pixel_values"]
+            raw = {
+                "image": [
+                    {"bytes": b"P6\n%d %d\n255\n" % size[::-1] + array.tobytes(), "path": None} for array in arrays
+                ]
+            }
+            expected = processor(
+                [Image.fromarray(array).convert(mode) for array in arrays],
+                return_tensors="pt",
+                image_mean=MEAN[:channels],
+                image_std=STD[:channels],
+            )["pixel_values"]
             out = ImageClassificationTransform(processor, num_channels=channels)(raw)["pixel_values"]
             assert out.shape == (5, channels, 28, 28) and torch.equal(out, expected), (type(processor), size)

@@ -14,6 +14,7 @@ from mjp_hf.evaluation import privacy, privacy_attacks
 from mjp_hf.evaluation.common import PixelNormalization
 from mjp_hf.presets import config_from_preset
 
+
 NORMALIZATION = PixelNormalization()
 NUM_PATCHES = 49
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -103,8 +104,12 @@ def test_solver_matches_an_independent_svd_solve_at_every_width(width):
     np.testing.assert_allclose(solved.solution.numpy(), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
     # The null basis spans exactly what the system leaves free.
     null = solved.null_basis
-    torch.testing.assert_close(system.regressors.T @ null, torch.zeros(width, null.shape[1], dtype=torch.float64),
-                               atol=1e-6 * system.regressors.abs().max().item(), rtol=0)
+    torch.testing.assert_close(
+        system.regressors.T @ null,
+        torch.zeros(width, null.shape[1], dtype=torch.float64),
+        atol=1e-6 * system.regressors.abs().max().item(),
+        rtol=0,
+    )
     if solved.unresolved:
         torch.testing.assert_close(null.T @ null, torch.eye(null.shape[1], dtype=torch.float64))
 
@@ -165,8 +170,9 @@ def test_analytic_attack_recovers_stock_vit_input():
 
 def test_cli_audits_a_stock_vit_folder(tmp_path):
     # A published root export (`to_vit()`, model_type vit): the same audit, a plain step.
-    report = run_cli(tmp_path, demo_model().to_vit(), "--attacks", "analytic,analytic_prior,multi_round",
-                     "--num_images", "2")
+    report = run_cli(
+        tmp_path, demo_model().to_vit(), "--attacks", "analytic,analytic_prior,multi_round", "--num_images", "2"
+    )
     assert report["model_class"] == "ViTForImageClassification"
     assert report["step_kinds"] == ["plain"] and report["summary"]["step_weights"] == {"plain": 1.0}
     assert report["summary"]["headline"]["psnr"] >= 30
@@ -192,8 +198,17 @@ def test_analytic_attack_removes_the_dalr_gradient():
 def test_auto_on_a_jigsaw_prob_zero_mjp_model_reports_a_plain_step(tmp_path):
     # The README's baseline: an MJP-class model that never takes a jigsawed step in training.
     for dalr_head in ("none", "nonlinear"):
-        report = run_cli(tmp_path, demo_model(jigsaw_prob=0.0, dalr_head=dalr_head), "--attacks", "analytic",
-                         "--num_images", "2", "--jigsaw", "auto", name=dalr_head)
+        report = run_cli(
+            tmp_path,
+            demo_model(jigsaw_prob=0.0, dalr_head=dalr_head),
+            "--attacks",
+            "analytic",
+            "--num_images",
+            "2",
+            "--jigsaw",
+            "auto",
+            name=dalr_head,
+        )
         assert report["model_class"] == "MJPViTForImageClassification"
         assert report["step_kinds"] == ["plain"] and not report["jigsaw_applied"]
         assert report["summary"]["step_weights"] == {"plain": 1.0}
@@ -201,8 +216,16 @@ def test_auto_on_a_jigsaw_prob_zero_mjp_model_reports_a_plain_step(tmp_path):
 
 
 def test_auto_on_a_default_mjp_model_reports_both_steps_and_the_expected_leak(tmp_path):
-    report = run_cli(tmp_path, demo_model(jigsaw_prob=0.5), "--attacks", "analytic,analytic_prior",
-                     "--num_images", "3", "--jigsaw", "auto")
+    report = run_cli(
+        tmp_path,
+        demo_model(jigsaw_prob=0.5),
+        "--attacks",
+        "analytic,analytic_prior",
+        "--num_images",
+        "3",
+        "--jigsaw",
+        "auto",
+    )
     summary = report["summary"]
     assert report["step_kinds"] == ["jigsawed", "plain"]
     assert summary["step_weights"] == {"jigsawed": 0.5, "plain": 0.5}
@@ -227,7 +250,12 @@ def test_headline_is_the_best_attack_per_image_and_metric():
     model = demo_model()
     pixel_values, labels = images(3)
     report, _ = privacy.evaluate_privacy(
-        model, pixel_values, labels, NORMALIZATION, attacks=("analytic", "analytic_prior"), jigsaw="on",
+        model,
+        pixel_values,
+        labels,
+        NORMALIZATION,
+        attacks=("analytic", "analytic_prior"),
+        jigsaw="on",
         progress=False,
     )
     for entry in report["per_image"]:
@@ -253,8 +281,9 @@ def test_jigsaw_prob_one_jigsaws_every_training_step_and_every_attacked_step(tmp
     # Under "auto" the client's every step is jigsawed too.
     generator = torch.Generator().manual_seed(0)
     for index in range(4):
-        update = privacy.client_gradient(model, pixel_values[index : index + 1], labels[index : index + 1],
-                                         generator=generator)
+        update = privacy.client_gradient(
+            model, pixel_values[index : index + 1], labels[index : index + 1], generator=generator
+        )
         assert update.jigsaw_mask is not None and update.jigsaw_mask.any()
     report = run_cli(tmp_path, model.eval(), "--attacks", "analytic", "--num_images", "2")
     assert report["step_kinds"] == ["jigsawed"] and report["summary"]["step_weights"] == {"jigsawed": 1.0}
@@ -266,7 +295,13 @@ def test_analytic_attack_cannot_place_patches_shuffled_by_mjp():
     model = demo_model()
     pixel_values, labels = images(4)
     report, _ = privacy.evaluate_privacy(
-        model, pixel_values, labels, NORMALIZATION, attacks=("analytic",), jigsaw="on", jigsaw_ratio=0.2,
+        model,
+        pixel_values,
+        labels,
+        NORMALIZATION,
+        attacks=("analytic",),
+        jigsaw="on",
+        jigsaw_ratio=0.2,
         progress=False,
     )
     kept, shuffled = [], []
@@ -312,12 +347,14 @@ def test_attacker_sees_exactly_the_shuffled_positions():
 def test_client_gradient_is_the_training_step_gradient():
     model = demo_model()
     pixel_values, labels = images(1)
-    update = privacy.client_gradient(model, pixel_values, labels, jigsaw="on",
-                                     generator=torch.Generator().manual_seed(0))
+    update = privacy.client_gradient(
+        model, pixel_values, labels, jigsaw="on", generator=torch.Generator().manual_seed(0)
+    )
     model.zero_grad()
     model.train()
-    model(pixel_values, labels=labels, jigsaw_mask=update.jigsaw_mask,
-          jigsaw_permutation=update.jigsaw_permutation).loss.backward()
+    model(
+        pixel_values, labels=labels, jigsaw_mask=update.jigsaw_mask, jigsaw_permutation=update.jigsaw_permutation
+    ).loss.backward()
     for name, param in model.named_parameters():
         if param.grad is not None:
             torch.testing.assert_close(update.gradients[name], param.grad, msg=name)
@@ -326,8 +363,9 @@ def test_client_gradient_is_the_training_step_gradient():
 def test_naive_ablation_step_leaks_the_shuffled_input_not_the_image():
     model = demo_model(jigsaw_mode="naive", jigsaw_prob=1.0)
     pixel_values, labels = images(2)
-    report, _ = privacy.evaluate_privacy(model, pixel_values, labels, NORMALIZATION, attacks=("analytic",),
-                                         progress=False)
+    report, _ = privacy.evaluate_privacy(
+        model, pixel_values, labels, NORMALIZATION, attacks=("analytic",), progress=False
+    )
     assert report["step_kinds"] == ["jigsawed"]
     for entry in report["per_image"]:
         # Every patch is placed (no unknown embedding), but at the wrong place: little is recovered in place.
@@ -353,8 +391,15 @@ def test_multi_round_attacker_at_jigsaw_prob_half_gives_the_image_back_once_a_ro
     model = demo_model(jigsaw_ratio=0.1)
     pixel_values, labels = images(4)
     report, _ = privacy.evaluate_privacy(
-        model, pixel_values, labels, NORMALIZATION, attacks=("analytic", "multi_round"), jigsaw="on",
-        multi_round_probs=(0.5,), progress=False, seed=3,
+        model,
+        pixel_values,
+        labels,
+        NORMALIZATION,
+        attacks=("analytic", "multi_round"),
+        jigsaw="on",
+        multi_round_probs=(0.5,),
+        progress=False,
+        seed=3,
     )
     counts = ["1", "2", "4", "8"]
     plain_trials = 0
@@ -372,9 +417,10 @@ def test_multi_round_attacker_at_jigsaw_prob_half_gives_the_image_back_once_a_ro
     means = [summary[k]["headline"]["recovered_fraction_textured"] for k in counts]
     assert means == sorted(means)
     # The attacker's own choice, without the ground truth, gains from more rounds.
-    assert summary["8"]["best_of_rounds"]["recovered_fraction_textured"] > summary["1"]["best_of_rounds"][
-        "recovered_fraction_textured"
-    ]
+    assert (
+        summary["8"]["best_of_rounds"]["recovered_fraction_textured"]
+        > summary["1"]["best_of_rounds"]["recovered_fraction_textured"]
+    )
 
 
 def test_best_of_rounds_reads_the_rounds_from_the_gradient_only():
@@ -405,7 +451,11 @@ def test_optimization_attack_is_bounded_and_lowers_its_objective():
     pixel_values, labels = images(1)
     update = privacy.client_gradient(vit, pixel_values, labels)
     reconstruction, info = privacy.optimization_attack(
-        vit, update.gradients, pixel_bounds=(-1.0, 1.0), steps=12, generator=torch.Generator().manual_seed(0),
+        vit,
+        update.gradients,
+        pixel_bounds=(-1.0, 1.0),
+        steps=12,
+        generator=torch.Generator().manual_seed(0),
         progress=False,
     )
     assert reconstruction.shape == pixel_values.shape
@@ -421,8 +471,15 @@ def test_optimization_attack_counts_only_when_its_budget_rebuilds_a_plain_step()
     pixel_values, labels = images(2)
     # Two steps from noise rebuild nothing: inconclusive, and left out of the headline.
     report, _ = privacy.evaluate_privacy(
-        model, pixel_values, labels, NORMALIZATION, attacks=("analytic", "optimization"), jigsaw="on", steps=2,
-        optimization_init="random", progress=False,
+        model,
+        pixel_values,
+        labels,
+        NORMALIZATION,
+        attacks=("analytic", "optimization"),
+        jigsaw="on",
+        steps=2,
+        optimization_init="random",
+        progress=False,
     )
     optimization = report["summary"]["optimization"]
     assert optimization["inconclusive"] and optimization["calibration_psnr"] < 20
@@ -430,7 +487,13 @@ def test_optimization_attack_counts_only_when_its_budget_rebuilds_a_plain_step()
     assert all("optimization_calibration" in entry for entry in report["per_image"])
     # From the analytic start (the attacker computes it from the same gradient) the same budget keeps the image.
     report, _ = privacy.evaluate_privacy(
-        model, pixel_values, labels, NORMALIZATION, attacks=("analytic", "optimization"), jigsaw="auto", steps=2,
+        model,
+        pixel_values,
+        labels,
+        NORMALIZATION,
+        attacks=("analytic", "optimization"),
+        jigsaw="auto",
+        steps=2,
         progress=False,
     )
     optimization = report["summary"]["optimization"]
@@ -462,8 +525,22 @@ def test_cli_writes_json_and_png(tmp_path):
     model_dir = tmp_path / "model"
     demo_model().save_pretrained(model_dir)
     out = tmp_path / "out"
-    argv = ["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--num_images", "2", "--steps", "2",
-            "--device", "cpu", "--jigsaw_ratio", "0.3", "--multi_round_counts", "1,2"]
+    argv = [
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--num_images",
+        "2",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--jigsaw_ratio",
+        "0.3",
+        "--multi_round_counts",
+        "1,2",
+    ]
     privacy.main(argv)
     report = json.loads((out / "privacy.json").read_text())
     assert (out / "privacy.png").stat().st_size > 0
@@ -490,9 +567,26 @@ def test_privacy_figures_script_writes_the_tables(tmp_path):
     spec = importlib.util.spec_from_file_location("privacy_figures", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    argv = ["--output_dir", str(tmp_path / "out"), "--work_dir", str(tmp_path / "work"), "--train_steps", "2",
-            "--batch_size", "4", "--num_images", "1", "--optimization_steps", "1", "--ratios", "0.1", "--probs", "1.0",
-            "--multi_round_counts", "1,2"]
+    argv = [
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--work_dir",
+        str(tmp_path / "work"),
+        "--train_steps",
+        "2",
+        "--batch_size",
+        "4",
+        "--num_images",
+        "1",
+        "--optimization_steps",
+        "1",
+        "--ratios",
+        "0.1",
+        "--probs",
+        "1.0",
+        "--multi_round_counts",
+        "1,2",
+    ]
     script.main(argv)
     records = json.loads((tmp_path / "out" / "privacy_figures.json").read_text())
     assert set(records) == {"standard-pe", "mjp-ratio0.1-p1.0"}

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from mjp_hf import MJPViTForImageClassification
-from mjp_hf.evaluation import robustness
 from mjp_hf.data import fashion_mnist_available
+from mjp_hf.evaluation import robustness
 from mjp_hf.evaluation.common import PixelNormalization, check_labels, shuffle_patches
 from mjp_hf.jigsaw import random_jigsaw
 from mjp_hf.presets import config_from_preset
+
 
 NORMALIZATION = PixelNormalization()
 
@@ -57,13 +58,27 @@ def test_corruption_accuracy_fields(tmp_path):
     model = tiny_mjp()
     images, labels = uint8_images(12)
     result = robustness.corruption_accuracy(
-        model, images, labels, NORMALIZATION, corruptions=["gaussian_noise", "pixelate"], severities=(1, 5),
-        batch_size=5, cache_dir=tmp_path, progress=False,
+        model,
+        images,
+        labels,
+        NORMALIZATION,
+        corruptions=["gaussian_noise", "pixelate"],
+        severities=(1, 5),
+        batch_size=5,
+        cache_dir=tmp_path,
+        progress=False,
     )
-    assert set(result) == {"num_images", "clean_accuracy", "clean_error", "per_corruption", "mean_corruption_error",
-                           "relative_mean_corruption_error"}
-    assert result["clean_accuracy"] == pytest.approx(robustness.accuracy(
-        robustness.predict(model, NORMALIZATION.from_uint8(images)), torch.as_tensor(labels)))
+    assert set(result) == {
+        "num_images",
+        "clean_accuracy",
+        "clean_error",
+        "per_corruption",
+        "mean_corruption_error",
+        "relative_mean_corruption_error",
+    }
+    assert result["clean_accuracy"] == pytest.approx(
+        robustness.accuracy(robustness.predict(model, NORMALIZATION.from_uint8(images)), torch.as_tensor(labels))
+    )
     for entry in result["per_corruption"].values():
         assert entry["severities"] == [1, 5] and len(entry["accuracy"]) == 2
         assert entry["mean_error"] == pytest.approx(1 - np.mean(entry["accuracy"]))
@@ -72,8 +87,14 @@ def test_corruption_accuracy_fields(tmp_path):
     # The cache is reused: a second run reads the same corrupted images back.
     assert len(list(tmp_path.glob("*.npy"))) == 4
     again = robustness.corruption_accuracy(
-        model, images, labels, NORMALIZATION, corruptions=["gaussian_noise", "pixelate"], severities=(1, 5),
-        cache_dir=tmp_path, progress=False,
+        model,
+        images,
+        labels,
+        NORMALIZATION,
+        corruptions=["gaussian_noise", "pixelate"],
+        severities=(1, 5),
+        cache_dir=tmp_path,
+        progress=False,
     )
     assert again["per_corruption"] == result["per_corruption"]
 
@@ -93,12 +114,20 @@ def test_jigsaw_accuracy():
     model = tiny_mjp()
     pixel_values, labels = NORMALIZATION.from_uint8(uint8_images(20)[0]), torch.randint(0, 10, (20,))
     result = robustness.jigsaw_accuracy(model, pixel_values, labels, ratio=0.9, batch_size=8, progress=False)
-    assert set(result) == {"ratio", "accuracy", "accuracy_without_unk", "uses_unk_position_embedding",
-                           "mean_shuffled_fraction", "note"}
+    assert set(result) == {
+        "ratio",
+        "accuracy",
+        "accuracy_without_unk",
+        "uses_unk_position_embedding",
+        "mean_shuffled_fraction",
+        "note",
+    }
     assert result["uses_unk_position_embedding"] is True
     assert 0.5 < result["mean_shuffled_fraction"] <= 0.9
     clean = robustness.accuracy(robustness.predict(model, pixel_values), labels)
-    assert robustness.jigsaw_accuracy(model, pixel_values, labels, ratio=0.0, progress=False)["accuracy"] == pytest.approx(clean)
+    assert robustness.jigsaw_accuracy(model, pixel_values, labels, ratio=0.0, progress=False)[
+        "accuracy"
+    ] == pytest.approx(clean)
 
     vit = model.to_vit()
     stock = robustness.jigsaw_accuracy(vit, pixel_values, labels, ratio=0.9, batch_size=8, progress=False)
@@ -125,8 +154,22 @@ def test_cli_writes_json_and_png(tmp_path):
     model_dir = tmp_path / "model"
     tiny_mjp().to_vit().save_pretrained(model_dir)
     out = tmp_path / "out"
-    robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--max_eval_samples", "16",
-                     "--corruptions", "gaussian_noise,fog", "--severities", "1,3", "--device", "cpu"])
+    robustness.main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--output_dir",
+            str(out),
+            "--max_eval_samples",
+            "16",
+            "--corruptions",
+            "gaussian_noise,fog",
+            "--severities",
+            "1,3",
+            "--device",
+            "cpu",
+        ]
+    )
     report = json.loads((out / "robustness.json").read_text())
     assert (out / "robustness.png").stat().st_size > 0
     assert report["model_class"] == "ViTForImageClassification"
@@ -147,13 +190,36 @@ def test_cli_reads_an_image_folder(tmp_path):
         Image.fromarray(image).resize((32, 32)).save(folder / f"{index}.png")
     model_dir = tmp_path / "model"
     tiny_mjp().save_pretrained(model_dir)
-    report = robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out"),
-                              "--data_dir", str(tmp_path / "data"), "--corruptions", "contrast", "--severities", "2",
-                              "--device", "cpu"])
+    report = robustness.main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--corruptions",
+            "contrast",
+            "--severities",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert report["corruption"]["num_images"] == 6
     with pytest.raises(ValueError, match="not both"):
-        robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out2"),
-                         "--data_dir", str(tmp_path / "data"), "--dataset_name", "x"])
+        robustness.main(
+            [
+                "--model_name_or_path",
+                str(model_dir),
+                "--output_dir",
+                str(tmp_path / "out2"),
+                "--data_dir",
+                str(tmp_path / "data"),
+                "--dataset_name",
+                "x",
+            ]
+        )
 
 
 # --- data whose classes are not the model's: refused before any number is computed --------------------------------
@@ -163,7 +229,8 @@ def _two_class_folder(tmp_path, **overrides):
     model_dir = tmp_path / "two-class"
     labels = {0: "cat", 1: "dog"}
     tiny_mjp(num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()}, **overrides).save_pretrained(
-        model_dir)
+        model_dir
+    )
     return model_dir
 
 
@@ -172,14 +239,40 @@ def test_a_two_class_model_is_not_evaluated_on_ten_class_data(tmp_path):
     from mjp_hf.evaluation import privacy
 
     model_dir = _two_class_folder(tmp_path)
-    message = (r"Fashion-MNIST \(test split\) has labels 0..9 \(T-shirt/top, .*\), but the model classifies 2 classes "
-               r"\(cat, dog\)")
+    message = (
+        r"Fashion-MNIST \(test split\) has labels 0..9 \(T-shirt/top, .*\), but the model classifies 2 classes "
+        r"\(cat, dog\)"
+    )
     with pytest.raises(ValueError, match=message):
-        robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "r"),
-                         "--max_eval_samples", "64", "--corruptions", "none", "--device", "cpu"])
+        robustness.main(
+            [
+                "--model_name_or_path",
+                str(model_dir),
+                "--output_dir",
+                str(tmp_path / "r"),
+                "--max_eval_samples",
+                "64",
+                "--corruptions",
+                "none",
+                "--device",
+                "cpu",
+            ]
+        )
     with pytest.raises(ValueError, match="but the model classifies 2 classes"):
-        privacy.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "p"), "--num_images",
-                      "2", "--steps", "1", "--device", "cpu"])
+        privacy.main(
+            [
+                "--model_name_or_path",
+                str(model_dir),
+                "--output_dir",
+                str(tmp_path / "p"),
+                "--num_images",
+                "2",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
     assert not (tmp_path / "r" / "robustness.json").exists() and not (tmp_path / "p" / "privacy.json").exists()
 
 
@@ -193,11 +286,35 @@ def test_class_names_are_checked_where_both_sides_name_them(tmp_path):
         Image.fromarray(image).save(folder / f"{index}.png")
     model_dir = _two_class_folder(tmp_path)
     with pytest.raises(ValueError, match=r"names class 0 'bird', but the model's id2label names it 'cat'"):
-        robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out"),
-                         "--data_dir", str(tmp_path / "data"), "--corruptions", "none", "--device", "cpu"])
+        robustness.main(
+            [
+                "--model_name_or_path",
+                str(model_dir),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--data_dir",
+                str(tmp_path / "data"),
+                "--corruptions",
+                "none",
+                "--device",
+                "cpu",
+            ]
+        )
     (tmp_path / "data" / "test" / "bird").rename(tmp_path / "data" / "test" / "dog_")  # same class, other spelling
-    report = robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out"),
-                              "--data_dir", str(tmp_path / "data"), "--corruptions", "none", "--device", "cpu"])
+    report = robustness.main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--data_dir",
+            str(tmp_path / "data"),
+            "--corruptions",
+            "none",
+            "--device",
+            "cpu",
+        ]
+    )
     assert report["corruption"]["num_images"] == 4
 
 

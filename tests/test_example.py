@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config_kwargs
 from datasets import Dataset, Features, Value
 from datasets import Image as DatasetImage
 from PIL import Image
@@ -23,31 +24,26 @@ from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
 from mjp_hf.training import TrainingDivergedError, unwrap_model
 
-from conftest import tiny_config_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("run_image_classification", ROOT / "examples/run_image_classification.py")
+_spec = importlib.util.spec_from_file_location(
+    "run_image_classification", ROOT / "examples/run_image_classification.py"
+)
 run = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = run  # dataclasses resolve the module of their fields' annotations
 _spec.loader.exec_module(run)
 
 TINY = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
-QUICK = ["--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "32", "--disable_tqdm", "true",
-         "--logging_steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """Three classes of 12 small RGB images, distinguishable by colour."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for index, name in enumerate(("cat", "dog", "owl")):
-        (root / name).mkdir()
-        for i in range(12):
-            pixels = rng.integers(0, 80, size=(30, 26, 3), dtype=np.uint8)
-            pixels[..., index] += 170
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+QUICK = [
+    "--per_device_train_batch_size",
+    "8",
+    "--per_device_eval_batch_size",
+    "32",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "1",
+]
 
 
 def _train(output_dir, *flags):
@@ -69,14 +65,30 @@ def test_no_arguments_means_the_demo_recipe_on_fresh_folder():
         target = mjp_args if hasattr(mjp_args, name) else data_args if hasattr(data_args, name) else training_args
         assert getattr(target, name) == value or str(getattr(getattr(target, name), "value", "")) == value, name
     assert training_args.do_train and training_args.do_eval and not training_args.remove_unused_columns
-    assert Path(training_args.output_dir).parent == Path("runs") and "mjp-demo-fashion-mnist-" in training_args.output_dir
+    assert (
+        Path(training_args.output_dir).parent == Path("runs") and "mjp-demo-fashion-mnist-" in training_args.output_dir
+    )
     assert mjp_args.config_updates() == {}
 
 
 def test_explicit_flags_win_and_only_they_override_the_config():
     model_args, data_args, mjp_args, training_args = run.parse_arguments(
-        ["--num_train_epochs", "5", "--learning_rate=1e-4", "--jigsaw_ratio", "0.25", "--jigsaw_per_sample", "true",
-         "--dalr_head", "linear", "--no_random_flip", "--output_dir", "/tmp/x", "--do_eval"])
+        [
+            "--num_train_epochs",
+            "5",
+            "--learning_rate=1e-4",
+            "--jigsaw_ratio",
+            "0.25",
+            "--jigsaw_per_sample",
+            "true",
+            "--dalr_head",
+            "linear",
+            "--no_random_flip",
+            "--output_dir",
+            "/tmp/x",
+            "--do_eval",
+        ]
+    )
     assert training_args.num_train_epochs == 5 and training_args.learning_rate == 1e-4
     assert training_args.weight_decay == run.DEMO_DEFAULTS["weight_decay"]
     assert training_args.do_train and training_args.do_eval and training_args.output_dir == "/tmp/x"
@@ -89,20 +101,29 @@ def test_explicit_flags_win_and_only_they_override_the_config():
 
 def test_the_released_recipe_config_parses():
     model_args, data_args, mjp_args, training_args = run.parse_arguments(
-        [str(ROOT / "examples/configs/mjp_deit_small_imagenet.json")])
+        [str(ROOT / "examples/configs/mjp_deit_small_imagenet.json")]
+    )
     assert model_args.preset == "small" and training_args.num_train_epochs == 300
     assert training_args.per_device_train_batch_size * 8 == 1024 and training_args.learning_rate == 1e-3
     assert training_args.weight_decay == 0.05 and training_args.max_grad_norm == 5.0
     assert training_args.label_smoothing_factor == 0.1 and mjp_args.jigsaw_warmup_epochs == 20
     assert (data_args.mixup_alpha, data_args.cutmix_alpha, data_args.random_erasing_prob) == (0.8, 1.0, 0.25)
     assert data_args.rand_augment == "rand-m9-mstd0.5-inc1"
-    assert mjp_args.config_updates() == {"jigsaw_ratio": 0.1, "jigsaw_prob": 0.5, "jigsaw_mode": "mjp",
-                                         "jigsaw_per_sample": False, "use_unk_position_embedding": True,
-                                         "dalr_head": "nonlinear", "dalr_loss_weight": 0.01}
+    assert mjp_args.config_updates() == {
+        "jigsaw_ratio": 0.1,
+        "jigsaw_prob": 0.5,
+        "jigsaw_mode": "mjp",
+        "jigsaw_per_sample": False,
+        "use_unk_position_embedding": True,
+        "dalr_head": "nonlinear",
+        "dalr_loss_weight": 0.01,
+    }
 
 
 def test_bad_flags_fail_before_training(tmp_path):
-    with pytest.raises(ValueError, match=r"Unknown --preset 'huge'; choose one of \['base', 'demo', 'small', 'tiny'\]"):
+    with pytest.raises(
+        ValueError, match=r"Unknown --preset 'huge'; choose one of \['base', 'demo', 'small', 'tiny'\]"
+    ):
         run.parse_arguments(["--preset", "huge"])
     with pytest.raises(ValueError, match="--preset builds a model from scratch"):
         run.parse_arguments(["--preset", "tiny", "--model_name_or_path", "google/vit-base-patch16-224"])
@@ -127,12 +148,23 @@ def test_bad_flags_fail_before_training(tmp_path):
 @pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
 def test_default_data_from_scratch_writes_the_full_output_folder(tmp_path):
     output = tmp_path / "run"
-    metrics = _train(output, "--config_overrides", TINY, "--max_steps", "3", "--max_train_samples", "48",
-                     "--max_eval_samples", "40")
+    metrics = _train(
+        output, "--config_overrides", TINY, "--max_steps", "3", "--max_train_samples", "48", "--max_eval_samples", "40"
+    )
     names = {path.name for path in output.iterdir()}
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "all_results.json", "README.md",
-            "training_curves.png", "configuration_mjp_vit.py", "modeling_mjp_vit.py", "jigsaw.py",
-            "training_args.json", "trainer_state.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "all_results.json",
+        "README.md",
+        "training_curves.png",
+        "configuration_mjp_vit.py",
+        "modeling_mjp_vit.py",
+        "jigsaw.py",
+        "training_args.json",
+        "trainer_state.json",
+    } <= names
     config = _saved_config(output)
     assert config["model_type"] == "mjp_vit" and config["hidden_size"] == 32 and "auto_map" in config
     assert [config["id2label"][str(i)] for i in range(10)] == FASHION_MNIST_LABELS
@@ -147,17 +179,45 @@ def test_default_data_from_scratch_writes_the_full_output_folder(tmp_path):
 
 def test_mjp_flags_override_and_an_mjp_checkpoint_keeps_its_own(tmp_path, image_folder):
     first = tmp_path / "first"
-    _train(first, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2",
-           "--jigsaw_ratio", "0.3", "--dalr_head", "linear", "--jigsaw_mode", "naive", "--dalr_loss_weight", "0.05")
+    _train(
+        first,
+        "--train_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--max_steps",
+        "2",
+        "--jigsaw_ratio",
+        "0.3",
+        "--dalr_head",
+        "linear",
+        "--jigsaw_mode",
+        "naive",
+        "--dalr_loss_weight",
+        "0.05",
+    )
     config = _saved_config(first)
     assert (config["jigsaw_ratio"], config["dalr_head"], config["jigsaw_mode"]) == (0.3, "linear", "naive")
     assert config["id2label"] == {"0": "cat", "1": "dog", "2": "owl"}
     second = tmp_path / "second"
-    _train(second, "--train_dir", str(image_folder), "--model_name_or_path", str(first), "--max_steps", "1",
-           "--jigsaw_prob", "0.2")
+    _train(
+        second,
+        "--train_dir",
+        str(image_folder),
+        "--model_name_or_path",
+        str(first),
+        "--max_steps",
+        "1",
+        "--jigsaw_prob",
+        "0.2",
+    )
     config = _saved_config(second)
     assert (config["jigsaw_ratio"], config["dalr_head"], config["jigsaw_mode"], config["dalr_loss_weight"]) == (
-        0.3, "linear", "naive", 0.05)
+        0.3,
+        "linear",
+        "naive",
+        0.05,
+    )
     assert config["jigsaw_prob"] == 0.2 and config["hidden_size"] == 32
 
 
@@ -167,8 +227,11 @@ def stock_vit(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stock_vit")
     labels = ["cat", "dog", "owl"]
     torch.manual_seed(0)
-    config = ViTConfig(**tiny_config_kwargs(num_labels=3, id2label=dict(enumerate(labels)),
-                                            label2id={n: i for i, n in enumerate(labels)}))
+    config = ViTConfig(
+        **tiny_config_kwargs(
+            num_labels=3, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}
+        )
+    )
     ViTForImageClassification(config).save_pretrained(folder)
     ViTImageProcessorPil(size={"height": 28, "width": 28}).save_pretrained(folder)
     return folder
@@ -176,8 +239,9 @@ def stock_vit(tmp_path_factory):
 
 def test_fine_tuning_a_stock_vit_loads_its_weights(tmp_path, image_folder, stock_vit):
     evaluated = tmp_path / "eval_only"
-    metrics = _train(evaluated, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit),
-                     "--do_train", "false")
+    metrics = _train(
+        evaluated, "--train_dir", str(image_folder), "--model_name_or_path", str(stock_vit), "--do_train", "false"
+    )
     stock = ViTForImageClassification.from_pretrained(stock_vit).state_dict()
     ours = MJPViTForImageClassification.from_pretrained(evaluated).state_dict()
     shared = [key for key in ours if "unk_position_embedding" not in key and "dalr_head" not in key]
@@ -197,20 +261,26 @@ def test_checkpoint_mismatches_name_the_fixing_flag(tmp_path, image_folder, stoc
     ViTForImageClassification(ViTConfig(**tiny_config_kwargs(num_labels=5))).save_pretrained(other_labels)
     ViTImageProcessorPil(size={"height": 28, "width": 28}).save_pretrained(other_labels)
     common = ["--train_dir", str(image_folder), "--max_steps", "1"]
-    with pytest.raises(ValueError, match=r"classifies 5 labels .* data has 3 \(cat, dog, owl\).*--ignore_mismatched_sizes"):
+    with pytest.raises(
+        ValueError, match=r"classifies 5 labels .* data has 3 \(cat, dog, owl\).*--ignore_mismatched_sizes"
+    ):
         _train(tmp_path / "a", *common, "--model_name_or_path", str(other_labels))
     _train(tmp_path / "b", *common, "--model_name_or_path", str(other_labels), "--ignore_mismatched_sizes")
     assert _saved_config(tmp_path / "b")["id2label"] == {"0": "cat", "1": "dog", "2": "owl"}
     other_size = tmp_path / "processor_32"
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(other_size)
     with pytest.raises(ValueError, match=r"resizes to 32x32 but the model takes 28x28.*--image_processor_name"):
-        _train(tmp_path / "c", *common, "--model_name_or_path", str(stock_vit), "--image_processor_name", str(other_size))
+        _train(
+            tmp_path / "c", *common, "--model_name_or_path", str(stock_vit), "--image_processor_name", str(other_size)
+        )
     with pytest.raises(ValueError, match="changes the shape of .*--ignore_mismatched_sizes"):
         _train(tmp_path / "d", *common, "--model_name_or_path", str(stock_vit), "--config_overrides", "image_size=32")
 
 
 def test_bad_data_fails_before_training(tmp_path, image_folder):
-    with pytest.raises(ValueError, match=r"no column 'img' \(its columns: \['image', 'label'\]\).*--image_column_name"):
+    with pytest.raises(
+        ValueError, match=r"no column 'img' \(its columns: \['image', 'label'\]\).*--image_column_name"
+    ):
         _train(tmp_path / "a", "--train_dir", str(image_folder), "--image_column_name", "img")
     with pytest.raises(ValueError, match="--label_column_name"):
         _train(tmp_path / "b", "--train_dir", str(image_folder), "--label_column_name", "class")
@@ -223,8 +293,9 @@ def test_bad_data_fails_before_training(tmp_path, image_folder):
     parquet = tmp_path / "one_label"
     parquet.mkdir()
     images = [{"bytes": (one_class / "cat" / f"{i}.png").read_bytes(), "path": None} for i in range(4)]
-    Dataset.from_dict({"image": images, "label": [7] * 4}, features=Features({"image": DatasetImage(),
-                      "label": Value("int64")})).to_parquet(parquet / "train.parquet")
+    Dataset.from_dict(
+        {"image": images, "label": [7] * 4}, features=Features({"image": DatasetImage(), "label": Value("int64")})
+    ).to_parquet(parquet / "train.parquet")
     with pytest.raises(ValueError, match=r"has 1 class \(\['7'\]\); a classifier needs at least 2"):
         _train(tmp_path / "d", "--dataset_name", str(parquet))
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
@@ -244,8 +315,18 @@ def test_a_used_output_folder_is_never_overwritten_unasked(tmp_path, image_folde
     assert (output / "model.safetensors").is_file() and (output / "notes.txt").read_text() == "mine"
 
 
-ALL_AUGMENTATIONS = ["--rand_augment", "rand-m9-mstd0.5-inc1", "--random_erasing_prob", "0.5", "--mixup_alpha", "0.8",
-                     "--cutmix_alpha", "1.0", "--label_smoothing_factor", "0.1"]
+ALL_AUGMENTATIONS = [
+    "--rand_augment",
+    "rand-m9-mstd0.5-inc1",
+    "--random_erasing_prob",
+    "0.5",
+    "--mixup_alpha",
+    "0.8",
+    "--cutmix_alpha",
+    "1.0",
+    "--label_smoothing_factor",
+    "0.1",
+]
 
 
 @pytest.mark.parametrize("augmentation", [[], ALL_AUGMENTATIONS], ids=["crop-flip", "all-augmentations"])
@@ -254,10 +335,35 @@ def test_resume_continues_the_same_run(tmp_path, image_folder, augmentation):
     data order, the same crops, flips, RandAugment ops, erasing and Mixup/CutMix (keyed to the sample, the batch and
     the epoch), the same jigsaw masks (the restored RNG) and the same schedule."""
     # 32 of the 36 images, batches of 8: 4 steps an epoch, and checkpoint-3 falls inside the first.
-    common = ["--train_dir", str(image_folder), "--validation_dir", str(image_folder), "--config_overrides", TINY,
-              "--max_train_samples", "32", "--crop_min_scale", "0.5", *augmentation,
-              "--max_steps", "8", "--save_steps", "3", "--save_total_limit", "5", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1",
-              "--lr_scheduler_type", "constant", "--eval_strategy", "no", "--dataloader_drop_last", "true"]
+    common = [
+        "--train_dir",
+        str(image_folder),
+        "--validation_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--max_train_samples",
+        "32",
+        "--crop_min_scale",
+        "0.5",
+        *augmentation,
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "3",
+        "--save_total_limit",
+        "5",
+        "--jigsaw_warmup_epochs",
+        "0",
+        "--jigsaw_prob",
+        "1",
+        "--lr_scheduler_type",
+        "constant",
+        "--eval_strategy",
+        "no",
+        "--dataloader_drop_last",
+        "true",
+    ]
     full = tmp_path / "full"
     _train(full, *common)
     for checkpoint in ("checkpoint-3", "checkpoint-6"):  # mid-epoch 1, mid-epoch 2
@@ -267,31 +373,63 @@ def test_resume_continues_the_same_run(tmp_path, image_folder, augmentation):
         shutil.copytree(full / checkpoint, interrupted / checkpoint)
         _train(interrupted, *common)  # finds the checkpoint and resumes from it
         state = json.loads((interrupted / "trainer_state.json").read_text())
-        assert state["global_step"] == 8 and [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 9))
+        assert state["global_step"] == 8 and [e["step"] for e in state["log_history"] if "loss" in e] == list(
+            range(1, 9)
+        )
         expected, resumed = load_file(full / "model.safetensors"), load_file(interrupted / "model.safetensors")
         assert expected.keys() == resumed.keys()
         for key in expected:
             torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=f"{checkpoint}: {key}")
     initial = load_file(full / "checkpoint-3" / "model.safetensors")
-    assert not torch.equal(initial["vit.embeddings.unk_position_embedding"], expected["vit.embeddings.unk_position_embedding"])
+    assert not torch.equal(
+        initial["vit.embeddings.unk_position_embedding"], expected["vit.embeddings.unk_position_embedding"]
+    )
 
 
 def test_augmentation_does_not_depend_on_the_number_of_workers(tmp_path, image_folder):
     """Keyed augmentation: data-loader worker processes give the very batches, hence weights, of the main process."""
-    common = ["--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "3", "--crop_min_scale",
-              "0.4", "--jigsaw_warmup_epochs", "0", "--eval_strategy", "no", "--save_strategy", "no",
-              *ALL_AUGMENTATIONS]
+    common = [
+        "--train_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--max_steps",
+        "3",
+        "--crop_min_scale",
+        "0.4",
+        "--jigsaw_warmup_epochs",
+        "0",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        *ALL_AUGMENTATIONS,
+    ]
     _train(tmp_path / "main", *common)
     _train(tmp_path / "workers", *common, "--dataloader_num_workers", "2")
-    expected, with_workers = load_file(tmp_path / "main" / "model.safetensors"), load_file(
-        tmp_path / "workers" / "model.safetensors")
+    expected, with_workers = (
+        load_file(tmp_path / "main" / "model.safetensors"),
+        load_file(tmp_path / "workers" / "model.safetensors"),
+    )
     for key in expected:
         torch.testing.assert_close(with_workers[key], expected[key], rtol=0, atol=0, msg=key)
 
 
 def test_gradient_checkpointing_passes_through(tmp_path, image_folder):
-    metrics = _train(tmp_path / "gc", "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2",
-                     "--gradient_checkpointing", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1")
+    metrics = _train(
+        tmp_path / "gc",
+        "--train_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--max_steps",
+        "2",
+        "--gradient_checkpointing",
+        "--jigsaw_warmup_epochs",
+        "0",
+        "--jigsaw_prob",
+        "1",
+    )
     assert metrics["train_loss"] > 0
 
 
@@ -306,15 +444,30 @@ def test_bf16_autocast_passes_through_to_the_model(tmp_path, image_folder):
 
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        metrics = _train(tmp_path / "bf16", "--train_dir", str(image_folder), "--config_overrides", TINY,
-                         "--max_steps", "2", "--bf16", "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1",
-                         "--eval_strategy", "no")
+        metrics = _train(
+            tmp_path / "bf16",
+            "--train_dir",
+            str(image_folder),
+            "--config_overrides",
+            TINY,
+            "--max_steps",
+            "2",
+            "--bf16",
+            "--jigsaw_warmup_epochs",
+            "0",
+            "--jigsaw_prob",
+            "1",
+            "--eval_strategy",
+            "no",
+        )
     finally:
         handle.remove()
     assert dtypes and set(dtypes) == {torch.bfloat16}
     history = json.loads((tmp_path / "bf16" / "trainer_state.json").read_text())["log_history"]
     logged = [entry for entry in history if "loss" in entry]
-    assert logged and all(np.isfinite(entry["classification_loss"]) and entry["localization_loss"] > 0 for entry in logged)
+    assert logged and all(
+        np.isfinite(entry["classification_loss"]) and entry["localization_loss"] > 0 for entry in logged
+    )
     assert np.isfinite(metrics["train_loss"])
 
 
@@ -325,9 +478,24 @@ def test_torch_compile_passes_through_without_graph_breaks(tmp_path, image_folde
 
     torch._dynamo.reset()
     counters.clear()
-    metrics = _train(tmp_path / "compiled", "--train_dir", str(image_folder), "--config_overrides", TINY,
-                     "--max_steps", "3", "--torch_compile", "--torch_compile_backend", "aot_eager",
-                     "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1", "--eval_strategy", "no")
+    metrics = _train(
+        tmp_path / "compiled",
+        "--train_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--max_steps",
+        "3",
+        "--torch_compile",
+        "--torch_compile_backend",
+        "aot_eager",
+        "--jigsaw_warmup_epochs",
+        "0",
+        "--jigsaw_prob",
+        "1",
+        "--eval_strategy",
+        "no",
+    )
     graph_breaks = dict(counters["graph_break"])
     torch._dynamo.reset()
     assert counters["stats"]["unique_graphs"] >= 1, "the Trainer did not compile the model"
@@ -347,10 +515,29 @@ def test_released_augmentations_train_on_soft_targets(tmp_path, image_folder, mo
         return batch
 
     monkeypatch.setattr(run.MixupCutmixCollator, "__call__", spy)
-    metrics = _train(tmp_path / "mixed", "--train_dir", str(image_folder), "--validation_dir", str(image_folder),
-                     "--config_overrides", TINY, "--max_steps", "3", "--mixup_alpha", "0.8", "--cutmix_alpha", "1.0",
-                     "--random_erasing_prob", "0.5", "--rand_augment", "rand-m9-mstd0.5-inc1",
-                     "--label_smoothing_factor", "0.1", "--eval_strategy", "no")
+    metrics = _train(
+        tmp_path / "mixed",
+        "--train_dir",
+        str(image_folder),
+        "--validation_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--max_steps",
+        "3",
+        "--mixup_alpha",
+        "0.8",
+        "--cutmix_alpha",
+        "1.0",
+        "--random_erasing_prob",
+        "0.5",
+        "--rand_augment",
+        "rand-m9-mstd0.5-inc1",
+        "--label_smoothing_factor",
+        "0.1",
+        "--eval_strategy",
+        "no",
+    )
     assert np.isfinite(metrics["train_loss"]) and 0 <= metrics["eval_accuracy"] <= 1
     history = json.loads((tmp_path / "mixed" / "trainer_state.json").read_text())["log_history"]
     assert len([entry for entry in history if "classification_loss" in entry]) == 3
@@ -384,8 +571,9 @@ def test_overwrite_deletes_only_what_earlier_runs_wrote(tmp_path, image_folder):
     (output / "data").mkdir()
     (output / "data" / "config.json").write_text("{}")
     (output / "checkpoint-1" / "my_analysis.txt").write_text("mine too")
-    _train(output, *common, "--max_steps", "1", "--save_strategy", "no", "--do_eval", "false",
-           "--overwrite_output_dir")
+    _train(
+        output, *common, "--max_steps", "1", "--save_strategy", "no", "--do_eval", "false", "--overwrite_output_dir"
+    )
     names = {path.name for path in output.iterdir()}
     assert "checkpoint-2" not in names and "eval_results.json" not in names  # stale files of the earlier run
     assert (output / "notes.txt").read_text() == "mine" and (output / "data" / "config.json").read_text() == "{}"
@@ -396,9 +584,11 @@ def test_overwrite_deletes_only_what_earlier_runs_wrote(tmp_path, image_folder):
 def test_an_output_folder_holding_an_input_is_refused(tmp_path, image_folder, no_loading):
     project = tmp_path / "project"
     shutil.copytree(image_folder, project / "images")
-    for output, flags in ((project, ["--train_dir", str(project / "images")]),
-                          (project / "images", ["--train_dir", str(project / "images")]),
-                          (project / "images" / "run", ["--train_dir", str(project / "images")])):
+    for output, flags in (
+        (project, ["--train_dir", str(project / "images")]),
+        (project / "images", ["--train_dir", str(project / "images")]),
+        (project / "images" / "run", ["--train_dir", str(project / "images")]),
+    ):
         with pytest.raises(ValueError, match=r"--output_dir .* (is|holds|is inside) the input --train_dir"):
             _train(output, *flags, "--overwrite_output_dir")
     model = tmp_path / "model"
@@ -439,8 +629,17 @@ def test_a_truncated_image_is_named(tmp_path, image_folder):
     damaged = images / "dog" / "3.png"
     damaged.write_bytes(damaged.read_bytes()[:200])
     with pytest.raises(OSError, match=rf"Cannot read the image {damaged} .*truncated"):
-        _train(tmp_path / "run", "--train_dir", str(images), "--config_overrides", TINY, "--max_steps", "8",
-               "--eval_strategy", "no")
+        _train(
+            tmp_path / "run",
+            "--train_dir",
+            str(images),
+            "--config_overrides",
+            TINY,
+            "--max_steps",
+            "8",
+            "--eval_strategy",
+            "no",
+        )
 
 
 def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatch):
@@ -456,10 +655,26 @@ def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatc
 
     monkeypatch.setattr(run.MJPTrainer, "training_step", poisoned)
     output = tmp_path / "nan"
-    with pytest.raises(TrainingDivergedError, match=r"Training diverged by step \d: the training loss is not "
-                                                        r"finite .*--learning_rate"):
-        _train(output, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "6",
-               "--logging_steps", "2", "--save_steps", "3", "--eval_strategy", "no")
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"Training diverged by step \d: the training loss is not "
+        r"finite .*--learning_rate",
+    ):
+        _train(
+            output,
+            "--train_dir",
+            str(image_folder),
+            "--config_overrides",
+            TINY,
+            "--max_steps",
+            "6",
+            "--logging_steps",
+            "2",
+            "--save_steps",
+            "3",
+            "--eval_strategy",
+            "no",
+        )
     assert not (output / "README.md").exists() and not (output / "model.safetensors").exists()
     assert not (output / "checkpoint-3").exists()
 
@@ -470,13 +685,29 @@ def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatc
 def test_the_end_of_a_run_says_where_it_went_and_what_to_run_next(tmp_path, image_folder, capsys, caplog):
     output = tmp_path / "told"
     with caplog.at_level(logging.INFO):
-        _train(output, "--train_dir", str(image_folder), "--validation_dir", str(image_folder), "--config_overrides",
-               TINY, "--max_steps", "1", "--log_level", "info")  # info: to see the level of every line
+        _train(
+            output,
+            "--train_dir",
+            str(image_folder),
+            "--validation_dir",
+            str(image_folder),
+            "--config_overrides",
+            TINY,
+            "--max_steps",
+            "1",
+            "--log_level",
+            "info",
+        )  # info: to see the level of every line
     printed = capsys.readouterr().out
     assert f"Saved the run to {output}" in printed
     assert re.search(r"Evaluated on the validation split \(36 images\): top-1 \d+\.\d\d%\n", printed)
-    for command in ("mjp_hf.hub layout --run_dir", "mjp_hf.hub push --run_dir", "mjp_hf.evaluation.privacy",
-                    "mjp_hf.evaluation.robustness", "mjp_hf.evaluation.position"):
+    for command in (
+        "mjp_hf.hub layout --run_dir",
+        "mjp_hf.hub push --run_dir",
+        "mjp_hf.evaluation.privacy",
+        "mjp_hf.evaluation.robustness",
+        "mjp_hf.evaluation.position",
+    ):
         assert f"python -m {command}" in printed, command
     process_lines = [record for record in caplog.records if record.getMessage().startswith("Process 0 of 1")]
     assert process_lines and all(record.levelno < logging.WARNING for record in process_lines)
@@ -525,8 +756,9 @@ def test_runs_are_named_after_what_they_train(tmp_path):
     assert name("--jigsaw_prob", "0").startswith("mjp-")  # the DALR head still trains the position embeddings
     baseline = tmp_path / "baseline_model"
     baseline.mkdir()
-    (baseline / "config.json").write_text(json.dumps({"model_type": "mjp_vit", "jigsaw_prob": 0.0,
-                                                       "dalr_head": "none"}))
+    (baseline / "config.json").write_text(
+        json.dumps({"model_type": "mjp_vit", "jigsaw_prob": 0.0, "dalr_head": "none"})
+    )
     assert name("--model_name_or_path", str(baseline)).startswith("vit-baseline-model-fashion-mnist-")
 
 
@@ -535,8 +767,11 @@ def test_do_train_and_do_eval_mean_what_they_say():
     assert training_args.do_train and not training_args.do_eval and training_args.eval_strategy == "no"
     _, _, _, training_args = run.parse_arguments(["--do_train"])
     assert training_args.do_train and training_args.do_eval
-    with pytest.raises(ValueError, match=r"--do_train false without --model_name_or_path would evaluate a randomly "
-                                         r"initialised model"):
+    with pytest.raises(
+        ValueError,
+        match=r"--do_train false without --model_name_or_path would evaluate a randomly "
+        r"initialised model",
+    ):
         run.parse_arguments(["--do_train", "false"])
     with pytest.raises(ValueError, match="this run would do nothing"):
         run.parse_arguments(["--do_train", "false", "--do_eval", "false", "--model_name_or_path", "x"])
@@ -546,8 +781,9 @@ def test_do_train_and_do_eval_mean_what_they_say():
 
 def test_a_run_without_evaluation_trains_and_reports_no_results(tmp_path, image_folder):
     output = tmp_path / "no_eval"
-    metrics = _train(output, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2",
-                     "--do_eval", "false")
+    metrics = _train(
+        output, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2", "--do_eval", "false"
+    )
     assert "train_loss" in metrics and not any(key.startswith("eval_") for key in metrics)
     card = (output / "README.md").read_text()
     assert "Trained with" in card and "eval_accuracy" not in card
@@ -562,8 +798,9 @@ def test_the_run_folder_card_describes_the_folder_and_names_the_evaluated_split(
 
     output = tmp_path / "run"
     # The embedded Fashion-MNIST: a dataset with a Hub id, so the card has a model-index.
-    _train(output, "--config_overrides", TINY, "--max_steps", "2", "--max_train_samples", "64",
-           "--max_eval_samples", "64")
+    _train(
+        output, "--config_overrides", TINY, "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "64"
+    )
     card = ModelCard.load(output / "README.md")
     assert RUN_CARD_MARKER in card.text
     assert "trust_remote_code=True" in card.text and "python -m mjp_hf.hub layout" in card.text

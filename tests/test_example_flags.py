@@ -4,6 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,8 +21,24 @@ def _example():
 def test_given_flags_hold_only_what_the_command_line_sets():
     run = _example()
     given = run._given_flags(
-        ["--num_train_epochs", "5", "--learning_rate=1e-4", "--no_random_flip", "--do_eval", "--jigsaw_per_sample",
-         "false", "--weight_dec", "0.1"])  # argparse's prefix matching: a flag it accepts counts as given
-    assert given == {"num_train_epochs": 5.0, "learning_rate": 1e-4, "random_flip": False, "do_eval": True,
-                     "jigsaw_per_sample": False, "weight_decay": 0.1}
+        [
+            "--num_train_epochs",
+            "5",
+            "--learning_rate=1e-4",
+            "--no_random_flip",
+            "--do_eval",
+            "--jigsaw_per_sample",
+            "false",
+            "--weight_dec",
+            "0.1",
+        ]
+    )  # argparse's prefix matching: a flag it accepts counts as given
+    assert given == {
+        "num_train_epochs": 5.0,
+        "learning_rate": 1e-4,
+        "random_flip": False,
+        "do_eval": True,
+        "jigsaw_per_sample": False,
+        "weight_decay": 0.1,
+    }
     assert run._given_flags([]) == {}

@@ -21,16 +21,25 @@ from transformers import (
 from mjp_hf import MJPViTForImageClassification, MJPViTModel
 from mjp_hf.from_vit import NotAViTCheckpointError, main, mjp_from_vit
 
-SHAPE = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-             intermediate_size=96)
+
+SHAPE = dict(
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+    hidden_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    intermediate_size=96,
+)
 
 
 @pytest.fixture
 def vit_folder(tmp_path):
     torch.manual_seed(0)
     labels = {0: "cat", 1: "dog", 2: "bird"}
-    vit = ViTForImageClassification(ViTConfig(**SHAPE, num_labels=3, id2label=labels,
-                                              label2id={v: k for k, v in labels.items()})).eval()
+    vit = ViTForImageClassification(
+        ViTConfig(**SHAPE, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
+    ).eval()
     folder = tmp_path / "vit"
     vit.save_pretrained(folder)  # transformers writes the v4 key names the Hub's ViT checkpoints use
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
@@ -42,8 +51,20 @@ def test_all_vit_weights_kept_and_only_mjp_parts_new(vit_folder, tmp_path, capsy
     with safe_open(folder / "model.safetensors", "pt") as handle:
         assert any(".encoder.layer." in key for key in handle.keys())  # the test really uses v4 names
 
-    model = main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "mjp"), "--jigsaw_ratio", "0.25",
-                  "--jigsaw_per_sample", "true", "--dalr_head", "linear"])
+    model = main(
+        [
+            "--model_name_or_path",
+            str(folder),
+            "--output_dir",
+            str(tmp_path / "mjp"),
+            "--jigsaw_ratio",
+            "0.25",
+            "--jigsaw_per_sample",
+            "true",
+            "--dalr_head",
+            "linear",
+        ]
+    )
     assert "max |eval difference| to the source ViT" in capsys.readouterr().out
     reloaded = MJPViTForImageClassification.from_pretrained(tmp_path / "mjp").eval()
     config = reloaded.config
@@ -129,8 +150,14 @@ def test_incomplete_vit_checkpoint_is_refused(vit_folder, tmp_path):
 
 def _run_from_vit(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-m", "mjp_hf.from_vit", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mjp_hf.from_vit", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one_line(vit_folder, tmp_path):
@@ -139,7 +166,8 @@ def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(
-        "Added the unknown position embedding and the nonlinear DALR head (")
+        "Added the unknown position embedding and the nonlinear DALR head ("
+    )
     assert "max |eval difference| to the source ViT 0.00e+00" in lines[0]
     # transformers' load report would list the very parameters the command creates as MISSING.
     assert "MISSING" not in done.stdout + done.stderr and "Consider training" not in done.stdout + done.stderr
@@ -147,8 +175,10 @@ def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one
     again = _run_from_vit("--model_name_or_path", tmp_path / "mjp", "--output_dir", tmp_path / "again", cwd=tmp_path)
     assert again.returncode != 0 and "Traceback" not in again.stderr
     errors = [line for line in again.stderr.splitlines() if line.strip() and "Loading weights" not in line]
-    assert errors == [f"python -m mjp_hf.from_vit: {tmp_path / 'mjp'} is already an MJP-ViT checkpoint; load it "
-                      "with MJPViTForImageClassification."]
+    assert errors == [
+        f"python -m mjp_hf.from_vit: {tmp_path / 'mjp'} is already an MJP-ViT checkpoint; load it "
+        "with MJPViTForImageClassification."
+    ]
     assert not (tmp_path / "again").exists()
 
 

@@ -35,27 +35,40 @@ from mjp_hf.hub import (
 )
 from mjp_hf.presets import config_from_preset
 
+
 HAS_FASHION_MNIST = fashion_mnist_available()
-HAS_WIDGET_IMAGES = all((FASHION_MNIST_WIDGET_DIR / f"{title.lower()}.png").is_file() for title in FASHION_MNIST_WIDGET)
+HAS_WIDGET_IMAGES = all(
+    (FASHION_MNIST_WIDGET_DIR / f"{title.lower()}.png").is_file() for title in FASHION_MNIST_WIDGET
+)
 CODE_FILES = ["configuration_mjp_vit.py", "jigsaw.py", "modeling_mjp_vit.py"]
 WIDGET_FILES = [f"widget/{title.lower()}.png" for title in FASHION_MNIST_WIDGET] if HAS_WIDGET_IMAGES else []
 # What the layout of the demo model holds, exactly.
 DEMO_LAYOUT = sorted(
     ["README.md", "config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES, *WIDGET_FILES]
-    + [f"{MJP_SUBFOLDER}/{name}" for name in
-       ["config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES]]
+    + [
+        f"{MJP_SUBFOLDER}/{name}"
+        for name in ["config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES]
+    ]
 )
-RUN_METRICS = {"epoch": 3.0, "eval_accuracy": 0.8125, "eval_top5_accuracy": 0.96875, "eval_loss": 0.53,
-               "eval_model_preparation_time": 0.0014,
-               "eval_runtime": 1.5, "eval_samples_per_second": 21.3, "train_loss": 0.61}
+RUN_METRICS = {
+    "epoch": 3.0,
+    "eval_accuracy": 0.8125,
+    "eval_top5_accuracy": 0.96875,
+    "eval_loss": 0.53,
+    "eval_model_preparation_time": 0.0014,
+    "eval_runtime": 1.5,
+    "eval_samples_per_second": 21.3,
+    "train_loss": 0.61,
+}
 
 
 def demo_model(seed=0, **overrides) -> MJPViTForImageClassification:
     """The demo preset as the Fashion-MNIST run builds it (ten named classes), with random weights."""
     torch.manual_seed(seed)
     labels = dict(enumerate(FASHION_MNIST_LABELS))
-    config = config_from_preset("demo", num_labels=10, id2label=labels,
-                                label2id={name: i for i, name in labels.items()}, **overrides)
+    config = config_from_preset(
+        "demo", num_labels=10, id2label=labels, label2id={name: i for i, name in labels.items()}, **overrides
+    )
     return MJPViTForImageClassification(config).eval()
 
 
@@ -77,13 +90,20 @@ def sample_image() -> Image.Image:
 
 def test_card_front_matter_and_body_come_from_the_metrics():
     card = build_model_card(
-        demo_model(), model_id="me/mjp-vit-demo", dataset_name="zalando-datasets/fashion_mnist",
-        dataset_split="test", metrics=RUN_METRICS, hyperparameters={"learning_rate": 0.001, "seed": 42},
+        demo_model(),
+        model_id="me/mjp-vit-demo",
+        dataset_name="zalando-datasets/fashion_mnist",
+        dataset_split="test",
+        metrics=RUN_METRICS,
+        hyperparameters={"learning_rate": 0.001, "seed": 42},
         base_model="me/vit-tiny",
     )
     data = card.data
-    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-classification",
-                                                                     "apache-2.0")
+    assert (data.library_name, data.pipeline_tag, data.license) == (
+        "transformers",
+        "image-classification",
+        "apache-2.0",
+    )
     assert {"vision", "image-classification", "mjp"} <= set(data.tags)
     assert data.datasets == ["zalando-datasets/fashion_mnist"] and data.metrics == ["accuracy"]
     assert data.base_model == "me/vit-tiny"
@@ -166,8 +186,9 @@ def test_widget_examples():
 
 def test_layout_files_and_configs(tmp_path):
     model = demo_model()
-    folder = save_publishing_layout(model, demo_processor(), tmp_path / "layout",
-                                    card=build_model_card(model, model_id="me/x"))
+    folder = save_publishing_layout(
+        model, demo_processor(), tmp_path / "layout", card=build_model_card(model, model_id="me/x")
+    )
     assert layout_files(folder) == DEMO_LAYOUT
     root = json.loads((folder / "config.json").read_text())
     assert root["model_type"] == "vit" and root["architectures"] == ["ViTForImageClassification"]
@@ -200,10 +221,20 @@ def test_layout_never_overwrites_unless_asked(tmp_path):
 
 def test_overwrite_replaces_only_the_layouts_own_files(tmp_path):
     target = tmp_path / "layout"
-    first = save_publishing_layout(demo_model(seed=1), demo_processor(), target,
-                                   widget_images={"Sneaker": sample_image(), "My photo": sample_image()})
-    user_files = {".gitattributes": "*.safetensors filter=lfs", "LICENSE": "mine", "eval.json": "{}",
-                  "train.py": "print()", f"{MJP_SUBFOLDER}/notes.md": "mine", "widget/cat.png": "not a png"}
+    first = save_publishing_layout(
+        demo_model(seed=1),
+        demo_processor(),
+        target,
+        widget_images={"Sneaker": sample_image(), "My photo": sample_image()},
+    )
+    user_files = {
+        ".gitattributes": "*.safetensors filter=lfs",
+        "LICENSE": "mine",
+        "eval.json": "{}",
+        "train.py": "print()",
+        f"{MJP_SUBFOLDER}/notes.md": "mine",
+        "widget/cat.png": "not a png",
+    }
     for name, text in user_files.items():
         (first / name).write_text(text)
     (first / "pytorch_model.bin").write_bytes(b"stale weights of an earlier checkpoint")
@@ -219,7 +250,8 @@ def test_overwrite_replaces_only_the_layouts_own_files(tmp_path):
     assert torch.equal(reloaded.classifier.weight, model.classifier.weight)
     assert sorted(set(layout_files(target)) - set(user_files)) == sorted(
         [name for name in DEMO_LAYOUT if not name.startswith("widget/") and name != "README.md"]
-        + ["widget/my-photo.png"])
+        + ["widget/my-photo.png"]
+    )
 
 
 def test_layout_loads_in_process_with_identical_logits(tmp_path):
@@ -242,8 +274,9 @@ def test_layout_loads_in_process_with_identical_logits(tmp_path):
 def test_layout_of_an_encoder_without_head(tmp_path):
     torch.manual_seed(0)
     encoder = MJPViTModel(config_from_preset("demo")).eval()
-    folder = save_publishing_layout(encoder, demo_processor(), tmp_path / "layout",
-                                    card=build_model_card(encoder, model_id="me/enc"))
+    folder = save_publishing_layout(
+        encoder, demo_processor(), tmp_path / "layout", card=build_model_card(encoder, model_id="me/enc")
+    )
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["ViTModel"]
     assert ModelCard.load(folder / "README.md").data.pipeline_tag == "image-feature-extraction"
     reloaded = MJPViTModel.from_pretrained(folder, subfolder=MJP_SUBFOLDER).eval()
@@ -306,8 +339,14 @@ def load_without_mjp_hf(folder: Path, x: torch.Tensor, image_path: Path, tmp_pat
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, str(script), str(folder), str(inputs), str(outputs), str(image_path)],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(folder), str(inputs), str(outputs), str(image_path)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     return report, torch.load(outputs, weights_only=True)
@@ -340,8 +379,9 @@ class RecordingHub:
 def test_push_uploads_the_layout_and_it_loads_without_mjp_hf(tmp_path):
     model = demo_model(seed=5)
     processor = demo_processor()
-    card = build_model_card(model, model_id="me/mjp-vit-demo", dataset_name="zalando-datasets/fashion_mnist",
-                            metrics=RUN_METRICS)
+    card = build_model_card(
+        model, model_id="me/mjp-vit-demo", dataset_name="zalando-datasets/fashion_mnist", metrics=RUN_METRICS
+    )
     hub = RecordingHub(tmp_path / "uploaded")
     with hub.patch():
         url = push_mjp_model(model, processor, "me/mjp-vit-demo", card=card, token="hf_test", private=True)
@@ -351,13 +391,28 @@ def test_push_uploads_the_layout_and_it_loads_without_mjp_hf(tmp_path):
     assert upload[0:2] == ("upload_folder", "me/mjp-vit-demo") and upload[3] == "hf_test"
     assert "stock ViT at the root" in upload[2]["commit_message"]
     # A re-push removes what an earlier push left and this layout lacks: old weights, old code, the old mjp/ files.
-    stale = ["pytorch_model.bin", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
-             f"{MJP_SUBFOLDER}/pytorch_model.bin", "widget/trouser.png"]
+    stale = [
+        "pytorch_model.bin",
+        "model-00001-of-00002.safetensors",
+        "model.safetensors.index.json",
+        f"{MJP_SUBFOLDER}/pytorch_model.bin",
+        "widget/trouser.png",
+    ]
     # Only what the layout writes is the push's to delete: never .gitattributes, nor a user's files, code or data.
-    kept = [".gitattributes", "LICENSE", "notes/eval.md", "old_module.py", "eval.json", f"{MJP_SUBFOLDER}/extra.json",
-            "widget/my-photo.png"]
-    assert [name for name in stale + kept if any(fnmatch.fnmatch(name, pattern) for pattern in
-                                                  upload[2]["delete_patterns"])] == stale
+    kept = [
+        ".gitattributes",
+        "LICENSE",
+        "notes/eval.md",
+        "old_module.py",
+        "eval.json",
+        f"{MJP_SUBFOLDER}/extra.json",
+        "widget/my-photo.png",
+    ]
+    assert [
+        name
+        for name in stale + kept
+        if any(fnmatch.fnmatch(name, pattern) for pattern in upload[2]["delete_patterns"])
+    ] == stale
 
     uploaded = tmp_path / "uploaded"
     assert layout_files(uploaded) == DEMO_LAYOUT  # exactly these files, safetensors only
@@ -424,14 +479,30 @@ def tiny_run(tmp_path_factory):
     def compute_metrics(prediction):
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         top5 = np.argsort(-logits, -1)[:, :5]
-        return {"accuracy": float((top5[:, 0] == prediction.label_ids).mean()),
-                "top5_accuracy": float((top5 == prediction.label_ids[:, None]).any(-1).mean())}
+        return {
+            "accuracy": float((top5[:, 0] == prediction.label_ids).mean()),
+            "top5_accuracy": float((top5 == prediction.label_ids[:, None]).any(-1).mean()),
+        }
 
-    args = TrainingArguments(output_dir=str(run_dir), max_steps=3, per_device_train_batch_size=16,
-                             per_device_eval_batch_size=32, learning_rate=1e-3, save_strategy="no", report_to=[],
-                             use_cpu=True, seed=7, logging_steps=1)
-    trainer = Trainer(model=demo_model(seed=7).train(), args=args, train_dataset=as_dataset(train_images, train_labels),
-                      eval_dataset=as_dataset(test_images, test_labels), compute_metrics=compute_metrics)
+    args = TrainingArguments(
+        output_dir=str(run_dir),
+        max_steps=3,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=7,
+        logging_steps=1,
+    )
+    trainer = Trainer(
+        model=demo_model(seed=7).train(),
+        args=args,
+        train_dataset=as_dataset(train_images, train_labels),
+        eval_dataset=as_dataset(test_images, test_labels),
+        compute_metrics=compute_metrics,
+    )
     train_metrics = trainer.train().metrics
     eval_metrics = trainer.evaluate(ignore_keys=["classification_loss", "localization_loss", "jigsaw_mask"])
     trainer.save_model()
@@ -453,8 +524,21 @@ def test_run_records_come_from_the_run_files(tiny_run):
 
 def test_card_command_fills_the_card_from_the_run(tiny_run, tmp_path):
     output = tmp_path / "model_cards" / "mjp-vit-demo.md"
-    main(["card", "--run_dir", str(tiny_run), "--model_id", "me/mjp-vit-demo", "--output", str(output),
-          "--dataset_name", "zalando-datasets/fashion_mnist", "--dataset_split", "test"])
+    main(
+        [
+            "card",
+            "--run_dir",
+            str(tiny_run),
+            "--model_id",
+            "me/mjp-vit-demo",
+            "--output",
+            str(output),
+            "--dataset_name",
+            "zalando-datasets/fashion_mnist",
+            "--dataset_split",
+            "test",
+        ]
+    )
     recorded = json.loads((tiny_run / "all_results.json").read_text())
     card = ModelCard.load(output)
     values = {result.metric_name: result.metric_value for result in card.data.eval_results}
@@ -468,8 +552,20 @@ def test_card_command_fills_the_card_from_the_run(tiny_run, tmp_path):
 def test_push_command_uploads_the_run(tiny_run, tmp_path):
     hub = RecordingHub(tmp_path / "uploaded")
     with hub.patch():
-        main(["push", "--run_dir", str(tiny_run), "--hub_model_id", "me/mjp-vit-demo", "--hub_token", "hf_x",
-              "--hub_private_repo", "--dataset_name", "zalando-datasets/fashion_mnist"])
+        main(
+            [
+                "push",
+                "--run_dir",
+                str(tiny_run),
+                "--hub_model_id",
+                "me/mjp-vit-demo",
+                "--hub_token",
+                "hf_x",
+                "--hub_private_repo",
+                "--dataset_name",
+                "zalando-datasets/fashion_mnist",
+            ]
+        )
     assert hub.calls[0][1:] == ("me/mjp-vit-demo", {"private": True, "exist_ok": True}, "hf_x")
     assert layout_files(tmp_path / "uploaded") == DEMO_LAYOUT
     model = MJPViTForImageClassification.from_pretrained(tiny_run).eval()
@@ -492,15 +588,21 @@ def test_local_base_model_stays_out_of_the_front_matter(tmp_path, monkeypatch):
     local.mkdir()
     card = build_model_card(demo_model(), model_id="me/x", base_model=str(local))
     assert card.data.base_model is None and "a local checkpoint (`my-vit`)" in card.text
-    assert build_model_card(demo_model(), model_id="me/x", base_model="google/vit-base-patch16-224").data.base_model \
+    assert (
+        build_model_card(demo_model(), model_id="me/x", base_model="google/vit-base-patch16-224").data.base_model
         == "google/vit-base-patch16-224"
+    )
     monkeypatch.chdir(tmp_path)  # a model id that is also a folder name (the example's default) is still an id
     assert build_model_card(demo_model(), model_id="my-vit").data.model_name == "my-vit"
 
 
 def test_card_command_takes_dataset_and_base_model_from_the_written_card(tiny_run, tmp_path):
-    written = build_model_card(demo_model(), model_id="me/x", dataset_name="zalando-datasets/fashion_mnist",
-                               base_model="google/vit-base-patch16-224")
+    written = build_model_card(
+        demo_model(),
+        model_id="me/x",
+        dataset_name="zalando-datasets/fashion_mnist",
+        base_model="google/vit-base-patch16-224",
+    )
     written.save(tiny_run / "README.md")
     try:
         main(["card", "--run_dir", str(tiny_run), "--model_id", "me/y", "--output", str(tmp_path / "y.md")])
@@ -530,8 +632,18 @@ def test_layout_refuses_an_output_folder_that_is_or_holds_the_run(tiny_run, tmp_
     before = {name: (tiny_run / name).read_bytes() for name in layout_files(tiny_run)}
     for output in (tiny_run, tiny_run.parent):
         with pytest.raises(ValueError, match=r"--output_dir .* (is|contains) --run_dir .*Pass a new folder outside"):
-            main(["layout", "--run_dir", str(tiny_run), "--output_dir", str(output), "--model_id", "me/x",
-                  "--overwrite"])
+            main(
+                [
+                    "layout",
+                    "--run_dir",
+                    str(tiny_run),
+                    "--output_dir",
+                    str(output),
+                    "--model_id",
+                    "me/x",
+                    "--overwrite",
+                ]
+            )
     monkeypatch.chdir(tiny_run)
     with pytest.raises(ValueError, match=r"--output_dir \. is --run_dir \."):
         main(["layout", "--run_dir", ".", "--output_dir", ".", "--model_id", "me/x", "--overwrite"])
@@ -552,8 +664,11 @@ def _without_a_tensor(run_dir: Path, destination: Path) -> str:
 def test_layout_and_push_refuse_a_checkpoint_with_missing_tensors(tiny_run, tmp_path):
     broken = tmp_path / "broken-run"
     _without_a_tensor(tiny_run, broken)
-    with pytest.raises(ValueError, match=r"does not hold a complete MJPViTForImageClassification checkpoint: "
-                                         r"missing tensors \['vit\.layers\.0\..*'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not hold a complete MJPViTForImageClassification checkpoint: "
+        r"missing tensors \['vit\.layers\.0\..*'\]",
+    ):
         main(["layout", "--run_dir", str(broken), "--output_dir", str(tmp_path / "out"), "--model_id", "me/x"])
     assert not (tmp_path / "out").exists()
     hub = RecordingHub(tmp_path / "uploaded")
@@ -590,10 +705,20 @@ def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
     source, script = tmp_path / f"snippets-{tag}.json", tmp_path / "run_snippets.py"
     source.write_text(json.dumps(snippets))
     script.write_text(SNIPPET_RUNNER)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / f"hf_home_{tag}"),
-           "PYTHONPATH": os.pathsep.join(sys.path) if with_mjp_hf else ""}
-    done = subprocess.run([sys.executable, str(script), str(source), f"{tag}-mjp_hf"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / f"hf_home_{tag}"),
+        "PYTHONPATH": os.pathsep.join(sys.path) if with_mjp_hf else "",
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), str(source), f"{tag}-mjp_hf"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
@@ -606,8 +731,14 @@ def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypat
     shutil.copytree(tiny_run, run)
     model = MJPViTForImageClassification.from_pretrained(run)
     metrics = json.loads((run / "all_results.json").read_text())
-    card = build_model_card(model, model_id="mjp-demo", run_dir="runs/mjp-demo", metrics=metrics,
-                            dataset_name="zalando-datasets/fashion_mnist", dataset_split="test")
+    card = build_model_card(
+        model,
+        model_id="mjp-demo",
+        run_dir="runs/mjp-demo",
+        metrics=metrics,
+        dataset_name="zalando-datasets/fashion_mnist",
+        dataset_split="test",
+    )
     card.save(run / "README.md")
     text = card.text
 
@@ -629,13 +760,16 @@ def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypat
     assert len(stock) == 2 and all("trust_remote_code=True" in code for code in stock)
     report = run_snippets(stock, tmp_path, tmp_path, with_mjp_hf=False)
     assert report[-1] == {"modules": []} and {"classifier", "model", "processor"} <= {
-        name for entry in report[:-1] for name in entry["names"]}
+        name for entry in report[:-1] for name in entry["names"]
+    }
     run_snippets([code for code in python if "mjp_hf" in code], tmp_path, tmp_path, with_mjp_hf=True)
 
     # The publishing commands it points to produce the layout (push with the HTTP calls recorded).
     commands = [shlex.split(line) for language, code in blocks if language == "bash" for line in code.splitlines()]
-    assert [command[:4] for command in commands] == [["python", "-m", "mjp_hf.hub", "layout"],
-                                                     ["python", "-m", "mjp_hf.hub", "push"]]
+    assert [command[:4] for command in commands] == [
+        ["python", "-m", "mjp_hf.hub", "layout"],
+        ["python", "-m", "mjp_hf.hub", "push"],
+    ]
     monkeypatch.chdir(tmp_path)
     main(commands[0][3:])
     layout = tmp_path / "runs" / "mjp-demo-hub"

@@ -5,6 +5,7 @@ import statistics
 
 import pytest
 import torch
+from released_masking import released_block_mask
 
 from mjp_hf.jigsaw import (
     block_mask,
@@ -17,7 +18,6 @@ from mjp_hf.jigsaw import (
     random_jigsaw,
     shuffle_tokens,
 )
-from released_masking import released_block_mask
 
 
 def test_released_cap_scales_with_the_grid():

@@ -87,8 +87,12 @@ def test_two_processes_with_evaluate_distributed_mode(tmp_path):
     """)
     path = tmp_path / "worker.py"
     path.write_text(script)
-    workers = [subprocess.Popen([sys.executable, str(path), str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for rank in (0, 1)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(path), str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for rank in (0, 1)
+    ]
     outputs = [worker.communicate(timeout=120) for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), outputs
     assert outputs[0][0].strip().splitlines()[-1] == '{"accuracy": 0.5, "top2_accuracy": 1.0}'

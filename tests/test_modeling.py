@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config_kwargs
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -21,7 +22,6 @@ from transformers import (
     pipeline,
 )
 
-from conftest import tiny_config_kwargs
 from mjp_hf import MJPViTConfig, MJPViTForImageClassification, MJPViTModel
 from mjp_hf.jigsaw import permute_patch_pixels
 
@@ -205,7 +205,10 @@ def test_unknown_embedding_gets_gradient_only_from_jigsawed_steps():
     assert model.vit.embeddings.unk_position_embedding.grad.abs().sum() > 0
     model.zero_grad()
     model(pixels(), labels=labels, jigsaw=False).loss.backward()
-    assert model.vit.embeddings.unk_position_embedding.grad is None or not model.vit.embeddings.unk_position_embedding.grad.any()
+    assert (
+        model.vit.embeddings.unk_position_embedding.grad is None
+        or not model.vit.embeddings.unk_position_embedding.grad.any()
+    )
 
 
 # --- DALR ---------------------------------------------------------------------------------------------------------
@@ -237,7 +240,9 @@ def _reference_dalr_loss(model, kept_positions):
     prediction = embeddings.dalr_head(embeddings.position_embeddings[0, 1:])
     rows, cols = torch.arange(49) // 7, torch.arange(49) % 7
     target = torch.stack((rows, cols), -1).float()
-    return torch.nn.functional.l1_loss(prediction[kept_positions], target[kept_positions]) * model.config.dalr_loss_weight
+    return (
+        torch.nn.functional.l1_loss(prediction[kept_positions], target[kept_positions]) * model.config.dalr_loss_weight
+    )
 
 
 def test_dalr_loss_is_the_weighted_mean_l1_over_kept_positions():
@@ -257,7 +262,10 @@ def test_dalr_loss_with_per_sample_masks_counts_every_kept_pair():
     mask[0, :10] = True
     out = model(pixels(batch=2), labels=torch.tensor([0, 1]), jigsaw_mask=mask)
     # Sample 1 keeps all 49 positions, sample 0 keeps 39: positions 10.. count twice.
-    reference = (_reference_dalr_loss(model, torch.arange(10, 49)) * 39 * 2 + _reference_dalr_loss(model, torch.arange(49)) * 49 * 2)
+    reference = (
+        _reference_dalr_loss(model, torch.arange(10, 49)) * 39 * 2
+        + _reference_dalr_loss(model, torch.arange(49)) * 49 * 2
+    )
     torch.testing.assert_close(out.localization_loss, reference / (88 * 2))
 
 
@@ -385,7 +393,13 @@ def test_save_and_load_round_trip(tmp_path):
     model = tiny_model(jigsaw_ratio=0.2, dalr_head="linear").eval()
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
-    assert {"model.safetensors", "config.json", "modeling_mjp_vit.py", "configuration_mjp_vit.py", "jigsaw.py"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "modeling_mjp_vit.py",
+        "configuration_mjp_vit.py",
+        "jigsaw.py",
+    } <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     reloaded = MJPViTForImageClassification.from_pretrained(tmp_path).eval()
     assert reloaded.config.jigsaw_ratio == 0.2 and reloaded.config.dalr_head == "linear"
@@ -393,7 +407,9 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(reloaded(x).logits, model(x).logits)
     y = torch.tensor([0, 1, 2, 3])
     torch.testing.assert_close(reloaded(x, labels=y).localization_loss, model(x, labels=y).localization_loss)
-    torch.testing.assert_close(reloaded.vit.embeddings.unk_position_embedding, model.vit.embeddings.unk_position_embedding)
+    torch.testing.assert_close(
+        reloaded.vit.embeddings.unk_position_embedding, model.vit.embeddings.unk_position_embedding
+    )
 
 
 def test_auto_classes_and_auto_map(tmp_path):
@@ -409,7 +425,10 @@ def test_auto_classes_and_auto_map(tmp_path):
     # A backbone's folder offers no classifier to load.
     MJPViTModel(MJPViTConfig(**tiny_config_kwargs())).save_pretrained(tmp_path / "base")
     base_map = json.loads((tmp_path / "base" / "config.json").read_text())["auto_map"]
-    assert base_map == {"AutoConfig": "configuration_mjp_vit.MJPViTConfig", "AutoModel": "modeling_mjp_vit.MJPViTModel"}
+    assert base_map == {
+        "AutoConfig": "configuration_mjp_vit.MJPViTConfig",
+        "AutoModel": "modeling_mjp_vit.MJPViTModel",
+    }
 
 
 def test_pipeline_classifies_images(tmp_path):
@@ -514,7 +533,11 @@ def test_loads_a_stock_vit_checkpoint_saved_with_v4_key_names(tmp_path):
 def test_loads_a_stock_vit_checkpoint_with_v5_key_names(tmp_path):
     vit = _stock_vit()
     vit.config.save_pretrained(tmp_path)
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in vit.state_dict().items()},
+        tmp_path / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     assert "vit.layers.0.attention.q_proj.weight" in vit.state_dict()
     _assert_loads_every_vit_weight(tmp_path, vit)
 
@@ -602,8 +625,15 @@ def test_legacy_onnx_export_of_the_mjp_classifier(tmp_path):
     onnx = pytest.importorskip("onnx")  # in the dev extra
     model = tiny_model().eval()
     path = tmp_path / "model.onnx"
-    torch.onnx.export(model, (pixels(batch=2),), str(path), dynamo=False, input_names=["pixel_values"],
-                      output_names=["logits"], dynamic_axes={"pixel_values": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (pixels(batch=2),),
+        str(path),
+        dynamo=False,
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_axes={"pixel_values": {0: "batch"}},
+    )
     graph = onnx.load(str(path)).graph
     assert [output.name for output in graph.output] == ["logits"]
     assert onnx.checker.check_model(onnx.load(str(path))) is None

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,17 +19,34 @@ def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
     for name in ("setup.py", "README.md"):
         shutil.copy(ROOT / name, source / name)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w",
-         str(tmp_path / "dist")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("mjp_hf-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
-    for name in ("mjp_hf/model_cards/mjp_model_card_template.md", "mjp_hf/model_cards/mjp-vit-small.md",
-                 "mjp_hf/metrics/accuracy_topk/accuracy_topk.py", "mjp_hf/model_cards/widget/sneaker.png"):
+    for name in (
+        "mjp_hf/model_cards/mjp_model_card_template.md",
+        "mjp_hf/model_cards/mjp-vit-small.md",
+        "mjp_hf/metrics/accuracy_topk/accuracy_topk.py",
+        "mjp_hf/model_cards/widget/sneaker.png",
+    ):
         assert name in names
     # Installed away from the checkout, the package finds its template and renders a card.
     script = (
@@ -41,6 +59,7 @@ def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
         "assert 'Masked Jigsaw Puzzle' in str(card)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env=env)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
     assert run.returncode == 0, run.stderr[-3000:]

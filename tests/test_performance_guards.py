@@ -13,10 +13,11 @@ mask index, a `.cpu()`, a Python loop over the batch driven by tensor values.
 
 import pytest
 import torch
+from conftest import tiny_config_kwargs
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mjp_hf import MJPViTConfig, MJPViTForImageClassification
-from conftest import tiny_config_kwargs
+
 
 aten = torch.ops.aten
 

@@ -6,15 +6,17 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from mjp_hf.transforms import ImageClassificationTransform
 from mjp_hf.rand_augment import OPS, RandAugment, parse_rand_augment
+from mjp_hf.transforms import ImageClassificationTransform
 
 
 def _image(mode="RGB", size=(32, 24), seed=0):
     rng = np.random.default_rng(seed)
     # a smooth gradient plus texture: every op has something to change
     y, x = np.mgrid[0 : size[1], 0 : size[0]]
-    base = (x * 255 / size[0] * 0.6 + y * 255 / size[1] * 0.3 + rng.integers(0, 25, size=(size[1], size[0]))).astype(np.uint8)
+    base = (x * 255 / size[0] * 0.6 + y * 255 / size[1] * 0.3 + rng.integers(0, 25, size=(size[1], size[0]))).astype(
+        np.uint8
+    )
     array = np.stack([base, base[::-1], 255 - base], -1) if mode == "RGB" else base
     return Image.fromarray(array, mode=mode)
 
@@ -38,8 +40,18 @@ def test_every_op_keeps_size_and_mode_and_level_zero_of_graded_ops_is_identity(m
 
 def test_increasing_ops_change_more_at_higher_levels():
     image = _image()
-    for name in ("Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd", "ContrastIncreasing",
-                 "BrightnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"):
+    for name in (
+        "Rotate",
+        "PosterizeIncreasing",
+        "SolarizeIncreasing",
+        "SolarizeAdd",
+        "ContrastIncreasing",
+        "BrightnessIncreasing",
+        "ShearX",
+        "ShearY",
+        "TranslateXRel",
+        "TranslateYRel",
+    ):
         changes = [_difference(OPS[name](image, level, 0.9, (124, 116, 104)), image) for level in (2.0, 6.0, 10.0)]
         assert changes[0] < changes[1] < changes[2], (name, changes)
     # The sign draw picks the direction: brighter or darker.
@@ -66,8 +78,12 @@ def test_ops_are_drawn_uniformly_at_noisy_magnitudes():
 
 
 def test_spec_parsing_and_bad_values():
-    assert parse_rand_augment("rand-m9-mstd0.5-inc1") == {"magnitude": 9.0, "magnitude_std": 0.5, "num_ops": 2,
-                                                         "prob": 0.5}
+    assert parse_rand_augment("rand-m9-mstd0.5-inc1") == {
+        "magnitude": 9.0,
+        "magnitude_std": 0.5,
+        "num_ops": 2,
+        "prob": 0.5,
+    }
     assert parse_rand_augment("rand-m7-n3-p0.8") == {"magnitude": 7.0, "magnitude_std": 0.0, "num_ops": 3, "prob": 0.8}
     with pytest.raises(ValueError, match="must start with 'rand-'"):
         parse_rand_augment("augmix-m5")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SNIPPETS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.DOTALL | re.MULTILINE)
 

@@ -25,18 +25,32 @@ from mjp_hf.augmentation import sample_erasing_boxes, sample_resized_crop_boxes
 from mjp_hf.mixup import MixupCutmixCollator
 from mjp_hf.rand_augment import OPS, RandAugment, parse_rand_augment
 
+
 # --- timm 0.4.12, auto_augment.py -----------------------------------------------------------------------------------
 
 _MAX_LEVEL = 10.0
 _RAND_INCREASING_TRANSFORMS = [
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
-    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
-    "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 ]
 
 
 def _reference_level_to_arg(name, level, negate):
     """timm's `LEVEL_TO_ARG` for the increasing set (`hparams` translate_pct 0.45, the default)."""
+
     def randomly_negate(value):
         return -value if negate else value
 
@@ -81,8 +95,12 @@ def _reference_op(name, image, args, fill):
     if name == "SolarizeAdd":
         lut = [min(255, value + args[0]) if value < 128 else value for value in range(256)]
         return image.point(lut * len(image.getbands()))
-    enhancers = {"ColorIncreasing": ImageEnhance.Color, "ContrastIncreasing": ImageEnhance.Contrast,
-                 "BrightnessIncreasing": ImageEnhance.Brightness, "SharpnessIncreasing": ImageEnhance.Sharpness}
+    enhancers = {
+        "ColorIncreasing": ImageEnhance.Color,
+        "ContrastIncreasing": ImageEnhance.Contrast,
+        "BrightnessIncreasing": ImageEnhance.Brightness,
+        "SharpnessIncreasing": ImageEnhance.Sharpness,
+    }
     if name in enhancers:
         return enhancers[name](image).enhance(args[0])
     if name == "ShearX":
@@ -105,8 +123,12 @@ def _image(mode, seed=0, size=(24, 20)):
 
 
 def test_the_spec_and_op_table_are_timms_increasing_set():
-    assert parse_rand_augment("rand-m9-mstd0.5-inc1") == {"magnitude": 9.0, "magnitude_std": 0.5, "num_ops": 2,
-                                                         "prob": 0.5}
+    assert parse_rand_augment("rand-m9-mstd0.5-inc1") == {
+        "magnitude": 9.0,
+        "magnitude_std": 0.5,
+        "num_ops": 2,
+        "prob": 0.5,
+    }
     assert list(OPS) == _RAND_INCREASING_TRANSFORMS  # 15 ops, drawn uniformly with replacement
 
 
@@ -151,8 +173,9 @@ def _reference_erasing_box(img_h, img_w, uniform, min_area=0.02, max_area=1 / 3,
     attempts = (len(uniform) - 2) // 2
     for attempt in range(attempts):
         target_area = (min_area + (max_area - min_area) * uniform[attempt]) * area
-        aspect_ratio = math.exp(log_aspect_ratio[0] + (log_aspect_ratio[1] - log_aspect_ratio[0])
-                                * uniform[attempts + attempt])
+        aspect_ratio = math.exp(
+            log_aspect_ratio[0] + (log_aspect_ratio[1] - log_aspect_ratio[0]) * uniform[attempts + attempt]
+        )
         h = int(round(math.sqrt(target_area * aspect_ratio)))
         w = int(round(math.sqrt(target_area / aspect_ratio)))
         if w < img_w and h < img_h:
@@ -254,19 +277,22 @@ class _GivenDraws:
         return value
 
 
-@pytest.mark.parametrize("switch,lam,cy,cx", [(0.7, 0.63, 0, 0), (0.2, 0.63, 5, 3), (0.2, 0.1, 9, 9),
-                                              (0.2, 0.97, 1, 8), (0.9, 0.05, 4, 4)])
+@pytest.mark.parametrize(
+    "switch,lam,cy,cx", [(0.7, 0.63, 0, 0), (0.2, 0.63, 5, 3), (0.2, 0.1, 9, 9), (0.2, 0.97, 1, 8), (0.9, 0.05, 4, 4)]
+)
 def test_mixup_and_cutmix_batches_are_timms(monkeypatch, switch, lam, cy, cx):
     num_classes, smoothing = 5, 0.1
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(6, 3, 10, 10, generator=generator)
     labels = torch.tensor([0, 3, 1, 4, 4, 2])
     examples = [{"pixel_values": pixels[i], "labels": labels[i], "sample_index": torch.tensor(i)} for i in range(6)]
-    collator = MixupCutmixCollator(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5,
-                                   label_smoothing=smoothing)
+    collator = MixupCutmixCollator(
+        num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, label_smoothing=smoothing
+    )
     monkeypatch.setattr(collator, "_rng", lambda indices: _GivenDraws(switch, lam, cy, cx))
     batch = collator(examples)
-    reference_pixels, reference_targets = _reference_mixup(pixels, labels, num_classes, smoothing, lam,
-                                                           use_cutmix=switch < 0.5, cy=cy, cx=cx)
+    reference_pixels, reference_targets = _reference_mixup(
+        pixels, labels, num_classes, smoothing, lam, use_cutmix=switch < 0.5, cy=cy, cx=cx
+    )
     torch.testing.assert_close(batch["pixel_values"], reference_pixels, rtol=0, atol=1e-6)
     torch.testing.assert_close(batch["labels"], reference_targets.float(), rtol=0, atol=1e-6)

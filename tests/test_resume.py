@@ -14,15 +14,30 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_example import QUICK, ROOT, TINY, _train
 
 from mjp_hf.training import SAVE_IN_PROGRESS_NAME, checkpoint_problem, last_complete_checkpoint
 
-from test_example import QUICK, ROOT, TINY, _train, image_folder  # noqa: F401 (image_folder is a fixture)
 
 # 32 of the 36 images in batches of 8: 4 steps an epoch; a checkpoint every 2 steps.
-COMMON = ["--config_overrides", TINY, "--max_train_samples", "32", "--save_steps", "2", "--save_total_limit", "5",
-          "--jigsaw_warmup_epochs", "0", "--jigsaw_prob", "1", "--lr_scheduler_type", "constant",
-          "--eval_strategy", "no"]
+COMMON = [
+    "--config_overrides",
+    TINY,
+    "--max_train_samples",
+    "32",
+    "--save_steps",
+    "2",
+    "--save_total_limit",
+    "5",
+    "--jigsaw_warmup_epochs",
+    "0",
+    "--jigsaw_prob",
+    "1",
+    "--lr_scheduler_type",
+    "constant",
+    "--eval_strategy",
+    "no",
+]
 
 
 def _flags(image_folder, *extra):
@@ -82,16 +97,21 @@ run.main(sys.argv[2:])
 """
 
 
-def test_a_run_killed_while_saving_resumes_from_the_newest_complete_checkpoint(tmp_path, image_folder, finished_run,
-                                                                               caplog):
+def test_a_run_killed_while_saving_resumes_from_the_newest_complete_checkpoint(
+    tmp_path, image_folder, finished_run, caplog
+):
     output = tmp_path / "killed"
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     flags = ["--output_dir", str(output), *QUICK, *_flags(image_folder, "--max_steps", "4")]
     # One thread, as in this test process, so that the steps before the kill compute the very same numbers.
-    process = subprocess.run([sys.executable, str(killer), str(ROOT / "examples/run_image_classification.py"), *flags],
-                             env={**os.environ, "KILL_DURING": "checkpoint-4", "OMP_NUM_THREADS": "1"},
-                             capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, str(killer), str(ROOT / "examples/run_image_classification.py"), *flags],
+        env={**os.environ, "KILL_DURING": "checkpoint-4", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == -signal.SIGKILL, process.stdout[-2000:] + process.stderr[-2000:]
     partial = output / "checkpoint-4"
     assert (partial / SAVE_IN_PROGRESS_NAME).exists() and not (partial / "trainer_state.json").exists()
@@ -115,11 +135,17 @@ def test_a_partial_checkpoint_never_passes_for_complete(tmp_path, finished_run):
         "no_state": lambda folder: (folder / "trainer_state.json").unlink(),
         "short_state": lambda folder: (folder / "trainer_state.json").write_text('{"global_step": 2, "log_hi'),
         "short_weights": lambda folder: (folder / "model.safetensors").write_bytes(
-            (folder / "model.safetensors").read_bytes()[:-100]),
+            (folder / "model.safetensors").read_bytes()[:-100]
+        ),
         "no_weights": lambda folder: (folder / "model.safetensors").unlink(),
     }
-    expected = {"marker": "interrupted", "no_state": "no trainer_state.json", "short_state": "truncated",
-                "short_weights": "model.safetensors is truncated", "no_weights": "no model weights"}
+    expected = {
+        "marker": "interrupted",
+        "no_state": "no trainer_state.json",
+        "short_state": "truncated",
+        "short_weights": "model.safetensors is truncated",
+        "no_weights": "no model weights",
+    }
     for name, damage in cases.items():
         run_dir = tmp_path / name
         shutil.copytree(complete, run_dir / "checkpoint-2")
@@ -128,7 +154,8 @@ def test_a_partial_checkpoint_never_passes_for_complete(tmp_path, finished_run):
         assert expected[name] in checkpoint_problem(run_dir / "checkpoint-4"), name
         newest, skipped = last_complete_checkpoint(run_dir)
         assert newest == str(run_dir / "checkpoint-2") and [path for path, _ in skipped] == [
-            str(run_dir / "checkpoint-4")], name
+            str(run_dir / "checkpoint-4")
+        ], name
 
 
 # --- missing state ------------------------------------------------------------------------------------------------
@@ -141,8 +168,11 @@ def test_a_checkpoint_missing_weights_is_refused(tmp_path, image_folder, finishe
     dropped = sorted(key for key in tensors if "encoder.layer.0.attention" in key)[:2]
     assert dropped
     save_file({key: value for key, value in tensors.items() if key not in dropped}, weights, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"does not hold every weight of the model: missing \[.*attention.*"
-                                         r"re-initialise"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not hold every weight of the model: missing \[.*attention.*"
+        r"re-initialise",
+    ):
         _train(folder, *_flags(image_folder, "--max_steps", "4"))
     assert not (folder / "model.safetensors").exists()
 
@@ -151,8 +181,11 @@ def test_a_checkpoint_missing_weights_is_refused(tmp_path, image_folder, finishe
 def test_a_checkpoint_missing_optimizer_or_scheduler_state_is_refused(tmp_path, image_folder, finished_run, missing):
     folder = _resumable_copy(finished_run, tmp_path)
     (folder / "checkpoint-2" / missing).unlink()
-    with pytest.raises(ValueError, match=rf"has no {missing}, so the optimizer state and learning-rate schedule would "
-                                         "restart"):
+    with pytest.raises(
+        ValueError,
+        match=rf"has no {missing}, so the optimizer state and learning-rate schedule would "
+        "restart",
+    ):
         _train(folder, *_flags(image_folder, "--max_steps", "4"))
     assert not (folder / "model.safetensors").exists()
 
@@ -162,8 +195,12 @@ def test_a_checkpoint_missing_its_rng_state_resumes_with_a_loud_warning(tmp_path
     (folder / "checkpoint-2" / "rng_state.pth").unlink()
     with caplog.at_level(logging.WARNING):
         _train(folder, *_flags(image_folder, "--max_steps", "4"))
-    assert any(record.levelno == logging.WARNING and "has no rng_state.pth" in record.getMessage()
-               and "differ from those of an uninterrupted run" in record.getMessage() for record in caplog.records)
+    assert any(
+        record.levelno == logging.WARNING
+        and "has no rng_state.pth" in record.getMessage()
+        and "differ from those of an uninterrupted run" in record.getMessage()
+        for record in caplog.records
+    )
 
 
 # --- changed flags ------------------------------------------------------------------------------------------------
@@ -172,8 +209,11 @@ def test_a_checkpoint_missing_its_rng_state_resumes_with_a_loud_warning(tmp_path
 def test_a_resume_with_changed_flags_is_refused_or_recorded(tmp_path, image_folder, finished_run, caplog):
     folder = _resumable_copy(finished_run, tmp_path)
     changed = _flags(image_folder, "--max_steps", "4", "--learning_rate", "0.01", "--jigsaw_ratio", "0.3")
-    with pytest.raises(ValueError, match=r"other flags: --jigsaw_ratio 0.1 there, 0.3 now; --learning_rate 0.002 "
-                                         r"there, 0.01 now\. .*--allow_changed_flags"):
+    with pytest.raises(
+        ValueError,
+        match=r"other flags: --jigsaw_ratio 0.1 there, 0.3 now; --learning_rate 0.002 "
+        r"there, 0.01 now\. .*--allow_changed_flags",
+    ):
         _train(folder, *changed)
     assert not (folder / "model.safetensors").exists()
 
@@ -190,8 +230,10 @@ def test_a_resume_with_the_same_flags_says_so_and_continues(tmp_path, image_fold
     folder = _resumable_copy(finished_run, tmp_path)
     # Flags that do not change the trained weights may differ.
     with caplog.at_level(logging.WARNING):
-        _train(folder, *_flags(image_folder, "--max_steps", "4", "--logging_steps", "2",
-                               "--per_device_eval_batch_size", "4"))
+        _train(
+            folder,
+            *_flags(image_folder, "--max_steps", "4", "--logging_steps", "2", "--per_device_eval_batch_size", "4"),
+        )
     assert any("Resuming from" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     _assert_same_weights(finished_run / "model.safetensors", folder / "model.safetensors")
 
@@ -202,10 +244,31 @@ def test_a_resume_with_the_same_flags_says_so_and_continues(tmp_path, image_fold
 def test_load_best_model_at_end_loads_every_tensor_of_the_best_checkpoint(tmp_path, image_folder):
     output = tmp_path / "best"
     # The highest eval loss is "best" here, so that the best checkpoint is an early one, not the last weights.
-    _train(output, "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_train_samples", "32",
-           "--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2",
-           "--load_best_model_at_end", "true", "--metric_for_best_model", "loss", "--greater_is_better", "true",
-           "--learning_rate", "0.01")
+    _train(
+        output,
+        "--train_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--max_train_samples",
+        "32",
+        "--max_steps",
+        "6",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--load_best_model_at_end",
+        "true",
+        "--metric_for_best_model",
+        "loss",
+        "--greater_is_better",
+        "true",
+        "--learning_rate",
+        "0.01",
+    )
     state = json.loads((output / "trainer_state.json").read_text())
     best = Path(state["best_model_checkpoint"])
     assert best.name != "checkpoint-6", "the test needs a best checkpoint other than the last"
@@ -229,10 +292,12 @@ def test_the_hub_token_is_not_saved_with_the_arguments(tmp_path, image_folder):
         assert arguments.hub_token != token
 
 
-@pytest.mark.parametrize("interruption", [OSError(28, "No space left on device"), KeyboardInterrupt()],
-                         ids=["disk-full", "ctrl-c"])
-def test_a_save_that_fails_midway_leaves_a_resumable_run(tmp_path, image_folder, finished_run, monkeypatch,
-                                                         interruption):
+@pytest.mark.parametrize(
+    "interruption", [OSError(28, "No space left on device"), KeyboardInterrupt()], ids=["disk-full", "ctrl-c"]
+)
+def test_a_save_that_fails_midway_leaves_a_resumable_run(
+    tmp_path, image_folder, finished_run, monkeypatch, interruption
+):
     from mjp_hf.training import MJPTrainer
 
     save_rng_state = MJPTrainer._save_rng_state

@@ -14,6 +14,7 @@ import torch
 from mjp_hf.data import fashion_mnist_available
 from mjp_hf.threads import AdaptiveThreads, AdaptiveThreadsCallback, CpuContention, user_thread_setting
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,8 +34,9 @@ def replay(readings):
 
 
 def controller(readings, environ=None, **kwargs):
-    return AdaptiveThreads(max_threads=2, cores=2, reader=replay(readings), interval_s=0.0, environ=environ or {},
-                           **kwargs)
+    return AdaptiveThreads(
+        max_threads=2, cores=2, reader=replay(readings), interval_s=0.0, environ=environ or {}, **kwargs
+    )
 
 
 def test_threads_follow_the_cores_others_leave_idle(two_threads):
@@ -53,8 +55,9 @@ def test_target_on_a_bigger_machine():
     assert AdaptiveThreads(max_threads=4, cores=16, reader=replay([]), environ={}).target(0.0) == 4
 
 
-@pytest.mark.parametrize("environ", [{"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "2"},
-                                     {"MJP_ADAPTIVE_THREADS": "0"}])
+@pytest.mark.parametrize(
+    "environ", [{"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "2"}, {"MJP_ADAPTIVE_THREADS": "0"}]
+)
 def test_a_thread_count_the_user_set_is_never_overridden(two_threads, environ):
     threads = controller([1.5, 1.5], environ=environ)
     assert not threads.enabled and user_thread_setting(environ) == next(iter(environ))
@@ -136,8 +139,9 @@ def test_the_callback_leaves_accelerator_runs_alone(two_threads):
 
 @pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
 def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("run_image_classification",
-                                                  ROOT / "examples" / "run_image_classification.py")
+    spec = importlib.util.spec_from_file_location(
+        "run_image_classification", ROOT / "examples" / "run_image_classification.py"
+    )
     run = sys.modules.get(spec.name)
     if run is None:
         run = importlib.util.module_from_spec(spec)
@@ -152,10 +156,26 @@ def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(AdaptiveThreadsCallback, event, spy)
-    run.main(["--output_dir", str(tmp_path / "run"), "--config_overrides",
-              "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64", "--max_steps", "2",
-              "--max_train_samples", "16", "--max_eval_samples", "8", "--per_device_train_batch_size", "8",
-              "--per_device_eval_batch_size", "8", "--disable_tqdm", "true"])
+    run.main(
+        [
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--config_overrides",
+            "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
+            "--max_steps",
+            "2",
+            "--max_train_samples",
+            "16",
+            "--max_eval_samples",
+            "8",
+            "--per_device_train_batch_size",
+            "8",
+            "--per_device_eval_batch_size",
+            "8",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert events.count("on_step_end") == 2 and "on_prediction_step" in events
 
 
@@ -180,10 +200,9 @@ def test_watch_leaves_accelerator_loops_alone(two_threads):
 def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
     """Robustness's batches and the privacy attacks' images go through `adaptive_threads().watch`, so an evaluation
     adapts its thread count between batches like training does."""
-    from mjp_hf import threads
+    from mjp_hf import MJPViTForImageClassification, threads
     from mjp_hf.evaluation import privacy, robustness
     from mjp_hf.presets import config_from_preset
-    from mjp_hf import MJPViTForImageClassification
 
     updates = []
 
@@ -199,8 +218,13 @@ def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
     assert len(updates) == 3, "one update after each of the 3 batches"
     updates.clear()
     privacy.evaluate_privacy(
-        model, pixel_values[:2], torch.tensor([1, 2]), privacy.PixelNormalization(), attacks=("analytic",),
-        multi_round_counts=(), progress=False,
+        model,
+        pixel_values[:2],
+        torch.tensor([1, 2]),
+        privacy.PixelNormalization(),
+        attacks=("analytic",),
+        multi_round_counts=(),
+        progress=False,
     )
     assert len(updates) >= 2, "one update after each attacked image"
 

@@ -1,10 +1,9 @@
 """The Trainer integration (`mjp_hf.training`): the released schedule, loss logging, evaluation, curves."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config_kwargs
 from datasets import Dataset
 from torch import nn
 from transformers import TrainerState, TrainingArguments
@@ -21,8 +20,6 @@ from mjp_hf.training import (
     top_k_predictions,
     unwrap_model,
 )
-
-from conftest import tiny_config_kwargs
 
 
 def _released_lambda_schedule(base, epochs, warmup):
@@ -147,12 +144,26 @@ def _random_dataset(n=48, num_labels=5, seed=0):
 
 
 def _trainer(tmp_path, model, **args):
-    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=16,
-                    logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-                    optim="adamw_torch", learning_rate=1e-3)
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        optim="adamw_torch",
+        learning_rate=1e-3,
+    )
     dataset = _random_dataset()
-    return MJPTrainer(model=model, args=TrainingArguments(**{**defaults, **args}), train_dataset=dataset,
-                      eval_dataset=dataset, callbacks=[MJPScheduleCallback(warmup_epochs=0)])
+    return MJPTrainer(
+        model=model,
+        args=TrainingArguments(**{**defaults, **args}),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        callbacks=[MJPScheduleCallback(warmup_epochs=0)],
+    )
 
 
 def test_trainer_logs_both_loss_parts_that_sum_to_the_loss(tmp_path):
@@ -166,8 +177,7 @@ def test_trainer_logs_both_loss_parts_that_sum_to_the_loss(tmp_path):
 
 
 def test_trainer_averages_parts_over_logging_steps_and_accumulation(tmp_path):
-    trainer = _trainer(tmp_path, _model(jigsaw_prob=1.0), max_steps=4, logging_steps=2,
-                       gradient_accumulation_steps=2)
+    trainer = _trainer(tmp_path, _model(jigsaw_prob=1.0), max_steps=4, logging_steps=2, gradient_accumulation_steps=2)
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2
@@ -223,8 +233,10 @@ def test_top_k_predictions_and_curves(tmp_path):
     logits = torch.tensor([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]])
     assert top_k_predictions(logits, None, k=2).tolist() == [[1, 2], [0, 2]]
     assert top_k_predictions((logits,), None, k=5).shape == (2, 3)
-    history = [{"step": step, "loss": 1.0 / step, "classification_loss": 0.9 / step, "localization_loss": 0.1 / step}
-               for step in range(1, 6)] + [{"step": 5, "eval_accuracy": 0.8, "eval_top5_accuracy": 0.99}]
+    history = [
+        {"step": step, "loss": 1.0 / step, "classification_loss": 0.9 / step, "localization_loss": 0.1 / step}
+        for step in range(1, 6)
+    ] + [{"step": 5, "eval_accuracy": 0.8, "eval_top5_accuracy": 0.99}]
     path = tmp_path / "curves.png"
     plot_training_curves(history, path, title="run")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

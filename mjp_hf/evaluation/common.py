@@ -15,8 +15,9 @@ from torch.nn import functional as F
 from ..configuration_mjp_vit import pair as _pair
 from ..configuration_mjp_vit import patch_grid  # noqa: F401  (the evaluations import it from here)
 from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays
-from ..transforms import processor_image_size
 from ..modeling_mjp_vit import MJPViTForImageClassification
+from ..transforms import processor_image_size
+
 
 # transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.
 DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -25,8 +26,9 @@ DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
 
 def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu"):
     """A saved image classifier (MJP-ViT or stock ViT folder) in eval mode on `device`."""
-    import mjp_hf  # noqa: F401  (registers the mjp_vit Auto classes)
     from transformers import AutoModelForImageClassification
+
+    import mjp_hf  # noqa: F401  (registers the mjp_vit Auto classes)
 
     path = Path(model_name_or_path)
     looks_local = path.is_absolute() or str(model_name_or_path).startswith((".", "~"))
@@ -159,8 +161,9 @@ class PixelNormalization:
 def _channel_statistics(image_processor, num_channels: int) -> dict:
     # A processor that does not normalise may carry no statistics; they are then unused.
     return {
-        name: _per_channel(0.5 if getattr(image_processor, name, None) is None else getattr(image_processor, name),
-                           num_channels)
+        name: _per_channel(
+            0.5 if getattr(image_processor, name, None) is None else getattr(image_processor, name), num_channels
+        )
         for name in ("image_mean", "image_std")
     }
 
@@ -235,8 +238,12 @@ def load_eval_images(
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     labels = np.asarray(dataset[label_column], dtype=np.int64)
-    check_labels(config, labels, getattr(dataset.features[label_column], "names", None),
-                 source=f"{data_dir or dataset_name} ({split} split)")
+    check_labels(
+        config,
+        labels,
+        getattr(dataset.features[label_column], "names", None),
+        source=f"{data_dir or dataset_name} ({split} split)",
+    )
     return _to_model_images(None, dataset[image_column], config, image_processor), labels
 
 
@@ -338,7 +345,9 @@ def output_path(output_dir: str | Path, name: str, overwrite: bool) -> Path:
     """`output_dir/name`, refusing to replace an existing file unless asked."""
     path = Path(output_dir) / name
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another --output_dir.")
+        raise FileExistsError(
+            f"{path} already exists; pass --overwrite to replace it, or choose another --output_dir."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

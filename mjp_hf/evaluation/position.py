@@ -32,7 +32,9 @@ def grid_coordinates(grid_size: tuple[int, int]) -> np.ndarray:
     return np.stack((index // grid_size[1], index % grid_size[1]), axis=1)
 
 
-def linear_probe(position_embeddings: np.ndarray, grid_size: tuple[int, int], *, folds: int = 5, seed: int = 0) -> dict:
+def linear_probe(
+    position_embeddings: np.ndarray, grid_size: tuple[int, int], *, folds: int = 5, seed: int = 0
+) -> dict:
     """Cross-validated linear regression from PE rows to position.
 
     Returns `mae_1d` (raster index), `mae_2d` (mean over row and col), `mae_row`, `mae_col`, `folds`, and the

@@ -70,6 +70,7 @@ from .common import (
     uses_unk_position_embedding,
     write_json,
 )
+
 # The attacks live in `privacy_attacks`; their names stay importable from here, where they were first published.
 from .privacy_attacks import (  # noqa: F401
     CLASSIFIER_BIAS,
@@ -89,6 +90,7 @@ from .privacy_attacks import (  # noqa: F401
     total_variation,
     truncation_tolerance,
 )
+
 
 JIGSAW_VIEWS = ("auto", "on", "off")
 ATTACKS = ("analytic", "analytic_prior", "analytic_refined", "optimization", "multi_round")
@@ -450,8 +452,14 @@ def evaluate_privacy(
         # Signed Adam moves every pixel by about `lr` per step: large from noise, small from an analytic start.
         lr = 0.01 if optimization_init == "analytic" else 0.1
     optimization_kwargs = dict(
-        pixel_bounds=bounds, steps=steps, lr=lr, tv_weight=tv_weight, max_seconds=max_seconds,
-        init=optimization_init, generator=generator, progress=progress,
+        pixel_bounds=bounds,
+        steps=steps,
+        lr=lr,
+        tv_weight=tv_weight,
+        max_seconds=max_seconds,
+        init=optimization_init,
+        generator=generator,
+        progress=progress,
     )
     attacker = _Attacker(model, normalization, patch_size, psnr_threshold, optimization_kwargs)
     # The calibration of the optimisation attack: the same budget on this model's plain step.
@@ -474,7 +482,11 @@ def evaluate_privacy(
         plain_update = None
         for kind in kinds:
             update = client_gradient(
-                model, x, y, jigsaw="on" if kind == "jigsawed" else "off", jigsaw_ratio=jigsaw_ratio,
+                model,
+                x,
+                y,
+                jigsaw="on" if kind == "jigsawed" else "off",
+                jigsaw_ratio=jigsaw_ratio,
                 generator=generator,
             )
             if kind == "plain":
@@ -500,8 +512,15 @@ def evaluate_privacy(
             entry["multi_round"] = {}
             for probability in round_probs:
                 rounds = multi_round_attack(
-                    model, x, y, jigsaw_prob=probability, counts=multi_round_counts, jigsaw_ratio=jigsaw_ratio,
-                    generator=generator, normalization=normalization, plain_update=plain_update,
+                    model,
+                    x,
+                    y,
+                    jigsaw_prob=probability,
+                    counts=multi_round_counts,
+                    jigsaw_ratio=jigsaw_ratio,
+                    generator=generator,
+                    normalization=normalization,
+                    plain_update=plain_update,
                 )
                 scored = {}
                 for count in multi_round_counts:
@@ -565,9 +584,7 @@ def evaluate_privacy(
     summary["by_step"] = by_step
     summary["step_weights"] = weights
     jigsawed_share = weights.get("jigsawed", 0.0)
-    summary["exposure"] = {
-        str(k): {"plain_step_probability": 1.0 - jigsawed_share**k} for k in MULTI_ROUND_COUNTS
-    }
+    summary["exposure"] = {str(k): {"plain_step_probability": 1.0 - jigsawed_share**k} for k in MULTI_ROUND_COUNTS}
     if run_multi_round and max_rounds:
 
         def over_trials(probability, count) -> dict:
@@ -612,7 +629,11 @@ def evaluate_privacy(
             "truncation": "singular values <= eps(gradient dtype) * s_max * max(shape) are dropped",
         },
         "optimization": {
-            "steps": steps, "lr": lr, "tv_weight": tv_weight, "max_seconds": max_seconds, "init": optimization_init
+            "steps": steps,
+            "lr": lr,
+            "tv_weight": tv_weight,
+            "max_seconds": max_seconds,
+            "init": optimization_init,
         }
         if "optimization" in attacks
         else None,
@@ -680,18 +701,20 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--jigsaw_ratio", type=float, default=None, help="Shuffle ratio of the client's jigsaw (default: the model's)."
     )
-    parser.add_argument(
-        "--attacks", default=",".join(ATTACKS), help=f"Comma-separated subset of {','.join(ATTACKS)}."
-    )
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"Comma-separated subset of {','.join(ATTACKS)}.")
     parser.add_argument("--steps", type=int, default=300, help="Optimisation attack: Adam steps per image.")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="Optimisation attack: time limit per image.")
     parser.add_argument(
-        "--lr", type=float, default=None,
+        "--lr",
+        type=float,
+        default=None,
         help="Optimisation attack: Adam learning rate (default 0.01 from the analytic start, 0.1 from noise).",
     )
     parser.add_argument("--tv_weight", type=float, default=1e-2, help="Optimisation attack: total-variation weight.")
     parser.add_argument(
-        "--optimization_init", choices=OPTIMIZATION_INITS, default="analytic",
+        "--optimization_init",
+        choices=OPTIMIZATION_INITS,
+        default="analytic",
         help="Optimisation attack: start from the analytic_prior reconstruction, or from Gaussian noise.",
     )
     parser.add_argument(
@@ -700,7 +723,8 @@ def main(argv=None) -> dict:
         help="Rounds k of the multi-round attacker.",
     )
     parser.add_argument(
-        "--multi_round_probs", default=",".join(map(str, MULTI_ROUND_PROBS)),
+        "--multi_round_probs",
+        default=",".join(map(str, MULTI_ROUND_PROBS)),
         help="jigsaw_prob values the multi-round attacker is run at (the model's own is added).",
     )
     parser.add_argument(

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..threads import adaptive_threads
 from .common import is_mjp_model, patch_grid, unpatchify, uses_unk_position_embedding
 
+
 POSITION_EMBEDDINGS = "vit.embeddings.position_embeddings"
 PATCH_WEIGHT = "vit.embeddings.patch_embeddings.projection.weight"
 UNK_POSITION_EMBEDDING = "vit.embeddings.unk_position_embedding"
@@ -281,7 +282,11 @@ def minimise_total_variation(
     variables = [v for v in (null_coefficients, error_coefficients, shuffled_patches) if v.numel()]
     if variables:
         optimizer = torch.optim.LBFGS(
-            variables, lr=1, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-10,
+            variables,
+            lr=1,
+            max_iter=max_iter,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-10,
             tolerance_change=1e-12,
         )
 

@@ -46,6 +46,7 @@ from .common import (
     write_json,
 )
 
+
 SEVERITIES = (1, 2, 3, 4, 5)
 # imagecorruptions' smallest accepted side.
 MIN_CORRUPTION_SIZE = 32
@@ -362,8 +363,15 @@ def main(argv=None) -> dict:
         "model_name_or_path": str(args.model_name_or_path),
         "model_class": type(model).__name__,
         "corruption": corruption_accuracy(
-            model, images, labels, normalization, corruptions=corruptions, severities=severities,
-            batch_size=args.batch_size, seed=args.seed, cache_dir=args.corruption_cache,
+            model,
+            images,
+            labels,
+            normalization,
+            corruptions=corruptions,
+            severities=severities,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            cache_dir=args.corruption_cache,
         ),
         "jigsaw": jigsaw_accuracy(
             model, pixel_values, targets, ratio=args.jigsaw_ratio, batch_size=args.batch_size, seed=args.seed

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+
 HELD, NOT_HELD, NOT_SHOWN = "held", "not held", "not shown at this budget"
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+
 METRICS_DIR = Path(__file__).resolve().parent
 ACCURACY_TOPK_PATH = str(METRICS_DIR / "accuracy_topk")
 

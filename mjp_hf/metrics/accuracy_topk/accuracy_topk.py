@@ -8,6 +8,7 @@ import evaluate
 import numpy as np
 from sklearn.metrics import top_k_accuracy_score
 
+
 _DESCRIPTION = """
 Top-k accuracy: the fraction of examples whose reference label is among the k best predicted labels. Top-1 is the
 usual accuracy. Each prediction is either one label or the predicted labels ranked best first (e.g.
@@ -61,7 +62,7 @@ class AccuracyTopk(evaluate.Metric):
                 f"top-{max(ks)} accuracy needs at least {max(ks)} ranked labels per example, got {ranked.shape[1]}; "
                 f"pass k={tuple(value for value in ks if value <= ranked.shape[1])} or rank more labels."
             )
-        hits = {value: 0 for value in ks}
+        hits = dict.fromkeys(ks, 0)
         for start in range(0, len(ranked), _CHUNK):
             scores, labels = _scores_from_ranking(ranked[start : start + _CHUNK], references[start : start + _CHUNK])
             for value in ks:
