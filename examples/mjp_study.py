@@ -17,9 +17,11 @@ Statistics: per variant, the mean and a 95% Student-t interval over seeds; again
 (same seed, same data order) with their intervals; each claim is "held", "not held" or "not shown at this budget"
 from those intervals (`CLAIM_MARGINS` states the lines), never from the means alone.
 
-    python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study
+    python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study --parallel 2
 
-writes `README.md` (tables, verdicts, which setting for which need), `results.json`, `pareto.png` and, per run,
+(`--parallel 2`: two runs at a time, one thread each, which uses two cores better than one run on both; a run's
+evaluations start as soon as its training ends.) `--variants`, `--seeds` and `--seeds_for VARIANT=0,1` select a
+subset; the command then writes tables over that subset. It writes `README.md` (tables, verdicts, which setting for which need), `results.json`, `pareto.png` and, per run,
 every evaluation's JSON (and the images of the first seed) under `per_seed/`.
 """
 
@@ -30,13 +32,16 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mjp_hf.evaluation.statistics import HELD, NOT_HELD, NOT_SHOWN, Interval, paired_difference, verdict  # noqa: E402
+
 
 TRAIN_SCRIPT = REPO / "examples" / "run_image_classification.py"
 BASELINE = "baseline"
@@ -99,7 +104,17 @@ def parse_args(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--max_steps", type=int, default=None, help="Cut every training to this many steps (default: the demo "
+        "--seeds_for",
+        action="append",
+        default=[],
+        metavar="VARIANT=SEEDS",
+        help="Other seeds for one variant, e.g. 'mjp-p1-r0.5=0,1' (repeatable); the others use --seeds.",
+    )
+    parser.add_argument(
+        "--max_steps",
+        type=int,
+        default=None,
+        help="Cut every training to this many steps (default: the demo "
         "preset's full schedule, the main job's budget). For smoke tests: the jigsaw then starts at step 0.",
     )
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Test images for the accuracy (all).")
@@ -107,13 +122,29 @@ def parse_args(argv=None):
     parser.add_argument("--corruptions", default="common", help="Corruptions of the robustness evaluation.")
     parser.add_argument("--severities", default="1,2,3,4,5", help="Corruption severities.")
     parser.add_argument("--privacy_images", type=int, default=8, help="Images attacked per run.")
-    parser.add_argument(
-        "--privacy_args", default="", help="Extra flags for every privacy evaluation, as one string."
-    )
+    parser.add_argument("--privacy_args", default="", help="Extra flags for every privacy evaluation, as one string.")
     parser.add_argument("--train_args", default="", help="Extra flags for every training run, as one string.")
-    parser.add_argument("--parallel", type=int, default=1, help="Trainings run at once (one thread each if > 1).")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="Runs (training, then evaluations) at once; one thread each if > 1."
+    )
     parser.add_argument("--overwrite", action="store_true", help="Replace the tables and plots in --output_dir.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.variant_seeds = variant_seeds(args.variants, args.seeds, args.seeds_for)
+    return args
+
+
+def variant_seeds(variants: list[str], seeds: list[int], overrides: list[str]) -> dict[str, list[int]]:
+    """The seeds of each selected variant: `--seeds`, or the variant's own from `--seeds_for VARIANT=0,1`."""
+    chosen = {variant: list(seeds) for variant in variants}
+    for override in overrides:
+        variant, _, listed = override.partition("=")
+        if variant not in chosen:
+            raise SystemExit(f"--seeds_for {override!r}: {variant!r} is not among --variants {variants}.")
+        try:
+            chosen[variant] = [int(seed) for seed in listed.split(",")]
+        except ValueError:
+            raise SystemExit(f"--seeds_for {override!r}: give whole-number seeds, e.g. '{variant}=0,1'.") from None
+    return chosen
 
 
 def log(message: str) -> None:
@@ -144,10 +175,14 @@ def _write_record(work_dir: Path, name: str, record: dict) -> None:
 
 def training_command(variant: str, seed: int, run_dir: Path, args) -> list[str]:
     command = [
-        sys.executable, str(TRAIN_SCRIPT),
-        "--preset", "demo",
-        "--output_dir", str(run_dir),
-        "--seed", str(seed),
+        sys.executable,
+        str(TRAIN_SCRIPT),
+        "--preset",
+        "demo",
+        "--output_dir",
+        str(run_dir),
+        "--seed",
+        str(seed),
         *VARIANTS[variant].flags,
     ]
     if args.max_eval_samples is not None:
@@ -165,35 +200,49 @@ def _trained(run_dir: Path) -> bool:
     return (run_dir / "all_results.json").is_file() and (run_dir / "model.safetensors").is_file()
 
 
-def train_all(jobs: list[tuple[str, int]], work_dir: Path, args) -> None:
-    """Train every `(variant, seed)` not trained yet, `args.parallel` at a time; an unfinished run resumes from its
-    last checkpoint (the training script does that on its own)."""
-    pending = [(variant, seed) for variant, seed in jobs if not _trained(work_dir / f"{variant}-seed{seed}")]
-    threads = 1 if args.parallel > 1 else None
-    running: list[tuple[str, subprocess.Popen, float, object]] = []
-    while pending or running:
-        while pending and len(running) < args.parallel:
-            variant, seed = pending.pop(0)
-            name = f"{variant}-seed{seed}"
-            command = training_command(variant, seed, work_dir / name, args)
-            log(f"{name}: training ({' '.join(command[2:])})")
-            log_file = open(work_dir / f"{name}.train.log", "a")
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(threads))
-            running.append((name, process, time.perf_counter(), log_file))
-        time.sleep(1)
-        for entry in list(running):
-            name, process, start, log_file = entry
-            if process.poll() is None:
-                continue
-            running.remove(entry)
-            log_file.close()
-            if process.returncode != 0:
-                raise RuntimeError(f"{name}: training failed (exit {process.returncode}); see {log_file.name}")
-            record = _read_record(work_dir, name)
-            # Seconds of this process only: a resumed run adds its earlier share.
-            record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - start
-            _write_record(work_dir, name, record)
-            log(f"{name}: trained")
+def train(variant: str, seed: int, work_dir: Path, args) -> bool:
+    """Train `(variant, seed)` unless it is trained; an unfinished run resumes from its last checkpoint (the
+    training script does that on its own). Returns whether it did any work."""
+    name = f"{variant}-seed{seed}"
+    run_dir = work_dir / name
+    if _trained(run_dir):
+        return False
+    command = training_command(variant, seed, run_dir, args)
+    log(f"{name}: training ({' '.join(command[2:])})")
+    start = time.perf_counter()
+    with open(work_dir / f"{name}.train.log", "a") as log_file:
+        process = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(_threads(args)))
+    if process.returncode != 0:
+        raise RuntimeError(f"{name}: training failed (exit {process.returncode}); see {log_file.name}")
+    record = _read_record(work_dir, name)
+    # Seconds of this process only: a resumed run adds its earlier share.
+    record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - start
+    _write_record(work_dir, name, record)
+    log(f"{name}: trained")
+    return True
+
+
+def _threads(args) -> int | None:
+    # Runs side by side take one core each; alone, the adaptive thread count of the scripts decides.
+    return 1 if args.parallel > 1 else None
+
+
+def run_all(jobs: list[tuple[str, int]], work_dir: Path, args) -> tuple[dict, bool]:
+    """Train and evaluate every `(variant, seed)`, `args.parallel` runs at a time: a run's evaluations start as soon
+    as its training ends, beside the next training. Returns the evaluation reports by job, and whether any work was
+    done (nothing is when every run is cached)."""
+
+    def run_one(job):
+        variant, seed = job
+        name = f"{variant}-seed{seed}"
+        trained = train(variant, seed, work_dir, args)
+        reports, evaluated = evaluate(name, work_dir / name, work_dir / "eval" / name, seed, args)
+        return reports, trained or evaluated
+
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        futures = {job: pool.submit(run_one, job) for job in jobs}
+        outcomes = {job: future.result() for job, future in futures.items()}
+    return {job: reports for job, (reports, _) in outcomes.items()}, any(work for _, work in outcomes.values())
 
 
 def evaluation_jobs(model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
@@ -202,23 +251,40 @@ def evaluation_jobs(model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
         "position": ("position", [*common, "--output_dir", str(eval_dir / "position")]),
         "robustness": (
             "robustness",
-            [*common, "--output_dir", str(eval_dir / "robustness"),
-             "--max_eval_samples", str(args.robustness_samples), "--corruptions", args.corruptions,
-             "--severities", args.severities, "--corruption_cache", str(Path(args.work_dir) / "corruption_cache")],
+            [
+                *common,
+                "--output_dir",
+                str(eval_dir / "robustness"),
+                "--max_eval_samples",
+                str(args.robustness_samples),
+                "--corruptions",
+                args.corruptions,
+                "--severities",
+                args.severities,
+                "--corruption_cache",
+                str(Path(args.work_dir) / "corruption_cache"),
+            ],
         ),
         "privacy": (
             "privacy",
-            [*common, "--output_dir", str(eval_dir / "privacy"), "--num_images", str(args.privacy_images),
-             *PRIVACY_FLAGS, *args.privacy_args.split()],
+            [
+                *common,
+                "--output_dir",
+                str(eval_dir / "privacy"),
+                "--num_images",
+                str(args.privacy_images),
+                *PRIVACY_FLAGS,
+                *args.privacy_args.split(),
+            ],
         ),
     }
 
 
-def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
-    """Run each evaluation's command line unless its JSON exists, and return the reports. Each runs in its own
-    process, as a user would run it, so it loads the model with the code that is there now."""
+def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args) -> tuple[dict, bool]:
+    """Run each evaluation's command line unless its JSON exists; return the reports and whether any ran. Each runs
+    in its own process, as a user would run it, so it loads the model with the code that is there now."""
     work_dir = Path(args.work_dir)
-    reports = {}
+    reports, worked = {}, False
     for key, (module, flags) in evaluation_jobs(model_dir, eval_dir, seed, args).items():
         json_path = eval_dir / key / f"{module}.json"
         if not json_path.is_file():
@@ -227,17 +293,27 @@ def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args) -> dic
             with open(work_dir / f"{name}.{key}.log", "w") as log_file:
                 subprocess.run(
                     [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags],
-                    check=True, stdout=log_file, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
+                    check=True,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=_env(_threads(args)),
+                    cwd=REPO,
                 )
+            worked = True
             record = _read_record(work_dir, name)
             record.setdefault("eval_seconds", {})[key] = time.perf_counter() - start
             _write_record(work_dir, name, record)
         reports[key] = json.loads(json_path.read_text())
-    return reports
+    return reports, worked
 
 
 ARCHITECTURE_FIELDS = (
-    "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
     "intermediate_size",
 )
 
@@ -326,25 +402,38 @@ def claims(summary: dict) -> list[dict]:
     out = []
 
     leak = _interval((variants.get(BASELINE) or {}).get("leak_per_step"), 100)
-    out.append({
-        "claim": "1. Position embeddings leak the input under gradient inversion.",
-        "verdict": verdict([bool(leak) and leak.above(margins["leak"])], [bool(leak) and leak.below(margins["leak"])])
-        if leak else NOT_SHOWN,
-        "evidence": f"ViT: {leak.format()}% of content patches in place per step (line: {margins['leak']:.0f}%)"
-        if leak else "no baseline run",
-    })
+    out.append(
+        {
+            "claim": "1. Position embeddings leak the input under gradient inversion.",
+            "verdict": verdict(
+                [bool(leak) and leak.above(margins["leak"])], [bool(leak) and leak.below(margins["leak"])]
+            )
+            if leak
+            else NOT_SHOWN,
+            "evidence": f"ViT: {leak.format()}% of content patches in place per step (line: {margins['leak']:.0f}%)"
+            if leak
+            else "no baseline run",
+        }
+    )
 
     naive = differences.get("naive")
     if naive and naive["leak_per_step"] and naive["eval_accuracy"]:
         leak_diff, acc_diff = _interval(naive["leak_per_step"], 100), _interval(naive["eval_accuracy"], 100)
-        out.append({
-            "claim": "2. Naive shuffling protects, but costs accuracy.",
-            "verdict": verdict([leak_diff.below(0), acc_diff.below(0)], [leak_diff.above(0), acc_diff.above(0)]),
-            "evidence": f"naive - ViT: leak {leak_diff.format()} points, accuracy {acc_diff.format(2)} points",
-        })
+        out.append(
+            {
+                "claim": "2. Naive shuffling protects, but costs accuracy.",
+                "verdict": verdict([leak_diff.below(0), acc_diff.below(0)], [leak_diff.above(0), acc_diff.above(0)]),
+                "evidence": f"naive - ViT: leak {leak_diff.format()} points, accuracy {acc_diff.format(2)} points",
+            }
+        )
     else:
-        out.append({"claim": "2. Naive shuffling protects, but costs accuracy.", "verdict": NOT_SHOWN,
-                    "evidence": "needs the naive and baseline variants"})
+        out.append(
+            {
+                "claim": "2. Naive shuffling protects, but costs accuracy.",
+                "verdict": NOT_SHOWN,
+                "evidence": "needs the naive and baseline variants",
+            }
+        )
 
     settings = []
     for variant in (v for v in MJP_VARIANTS if v in differences):
@@ -354,27 +443,38 @@ def claims(summary: dict) -> list[dict]:
         acc = _interval(diff["eval_accuracy"], 100)
         error = _interval(diff["mean_corruption_error"], 100)
         leak_diff = _interval(diff["leak_per_step"], 100)
-        settings.append({
-            "variant": variant,
-            "verdict": verdict(
-                [acc.above(-margins["accuracy"]), error.below(margins["corruption_error"]),
-                 leak_diff.below(-margins["protection"])],
-                [acc.below(-margins["accuracy"]), error.above(margins["corruption_error"]),
-                 leak_diff.above(-margins["protection"])],
-            ),
-            "evidence": f"{variant} - ViT: accuracy {acc.format(2)}, corruption error {error.format(2)}, "
-            f"leak per step {leak_diff.format()} points",
-        })
+        settings.append(
+            {
+                "variant": variant,
+                "verdict": verdict(
+                    [
+                        acc.above(-margins["accuracy"]),
+                        error.below(margins["corruption_error"]),
+                        leak_diff.below(-margins["protection"]),
+                    ],
+                    [
+                        acc.below(-margins["accuracy"]),
+                        error.above(margins["corruption_error"]),
+                        leak_diff.above(-margins["protection"]),
+                    ],
+                ),
+                "evidence": f"{variant} - ViT: accuracy {acc.format(2)}, corruption error {error.format(2)}, "
+                f"leak per step {leak_diff.format()} points",
+            }
+        )
     verdicts = [setting["verdict"] for setting in settings]
     overall = HELD if HELD in verdicts else (NOT_HELD if verdicts and set(verdicts) == {NOT_HELD} else NOT_SHOWN)
-    out.append({
-        "claim": "3. Under a certain shuffle ratio, MJP keeps accuracy and robustness and protects privacy by a large "
-        f"margin (accuracy and corruption error within {margins['accuracy']:.0f} point of ViT, "
-        f"at least {margins['protection']:.0f} points fewer content patches in place per step).",
-        "verdict": overall,
-        "evidence": "; ".join(f"{s['evidence']}: {s['verdict']}" for s in settings) or "needs MJP and baseline runs",
-        "settings": settings,
-    })
+    out.append(
+        {
+            "claim": "3. Under a certain shuffle ratio, MJP keeps accuracy and robustness and protects privacy by a large "
+            f"margin (accuracy and corruption error within {margins['accuracy']:.0f} point of ViT, "
+            f"at least {margins['protection']:.0f} points fewer content patches in place per step).",
+            "verdict": overall,
+            "evidence": "; ".join(f"{s['evidence']}: {s['verdict']}" for s in settings)
+            or "needs MJP and baseline runs",
+            "settings": settings,
+        }
+    )
     return out
 
 
@@ -384,15 +484,21 @@ def _cell(entry: dict | None, scale: float, decimals: int) -> str:
 
 
 def markdown_tables(summary: dict, records: dict, variants: list[str]) -> list[str]:
-    lines = ["| model | seeds | " + " | ".join(title for title, *_ in METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        "| model | seeds | " + " | ".join(title for title, *_ in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
     for variant in variants:
         cells = [_cell(summary["variants"][variant][key], scale, decimals) for _, key, scale, decimals in METRICS]
         lines.append(f"| {VARIANTS[variant].title} | {len(records[variant])} | " + " | ".join(cells) + " |")
     if summary["differences"]:
-        lines += ["", "Paired differences against the ViT of the same seed (mean [95% interval]):", "",
-                  "| model | " + " | ".join(title for title, *_ in DIFFERENCES) + " |",
-                  "|---|" + "---|" * len(DIFFERENCES)]
+        lines += [
+            "",
+            "Paired differences against the ViT of the same seed (mean [95% interval]):",
+            "",
+            "| model | " + " | ".join(title for title, *_ in DIFFERENCES) + " |",
+            "|---|" + "---|" * len(DIFFERENCES),
+        ]
         for variant, diff in summary["differences"].items():
             cells = [_cell(diff[key], scale, decimals) for _, key, scale, decimals in DIFFERENCES]
             lines.append(f"| {VARIANTS[variant].title} | " + " | ".join(cells) + " |")
@@ -402,8 +508,10 @@ def markdown_tables(summary: dict, records: dict, variants: list[str]) -> list[s
 def recommendations(summary: dict, variants: list[str]) -> list[str]:
     """'Which setting for which need', each sentence computed from the table's means."""
     figures = {
-        variant: {key: (summary["variants"][variant].get(key) or {}).get("mean")
-                  for key in ("eval_accuracy", "leak_per_step", "exposure_8_rounds")}
+        variant: {
+            key: (summary["variants"][variant].get(key) or {}).get("mean")
+            for key in ("eval_accuracy", "leak_per_step", "exposure_8_rounds")
+        }
         for variant in variants
     }
     scored = {v: f for v, f in figures.items() if f["eval_accuracy"] is not None and f["leak_per_step"] is not None}
@@ -412,21 +520,34 @@ def recommendations(summary: dict, variants: list[str]) -> list[str]:
 
     def describe(variant):
         f = figures[variant]
-        exposure = f" ({100 * f['exposure_8_rounds']:.1f}% over 8 rounds)" if f["exposure_8_rounds"] is not None else ""
-        return (f"{VARIANTS[variant].title}: {100 * f['eval_accuracy']:.1f}% test accuracy, "
-                f"{100 * f['leak_per_step']:.1f}% of content patches in place per step{exposure}")
+        exposure = (
+            f" ({100 * f['exposure_8_rounds']:.1f}% over 8 rounds)" if f["exposure_8_rounds"] is not None else ""
+        )
+        return (
+            f"{VARIANTS[variant].title}: {100 * f['eval_accuracy']:.1f}% test accuracy, "
+            f"{100 * f['leak_per_step']:.1f}% of content patches in place per step{exposure}"
+        )
 
     most_accurate = max(scored, key=lambda v: scored[v]["eval_accuracy"])
     least_leaky = min(scored, key=lambda v: scored[v]["leak_per_step"])
-    lines = [f"- Accuracy first: {describe(most_accurate)}.",
-             f"- Privacy first: {describe(least_leaky)}."]
-    pareto = [v for v in scored if not any(
-        scored[o]["eval_accuracy"] >= scored[v]["eval_accuracy"] and scored[o]["leak_per_step"] <= scored[v][
-            "leak_per_step"] and o != v and (scored[o]["eval_accuracy"], scored[o]["leak_per_step"]) != (
-            scored[v]["eval_accuracy"], scored[v]["leak_per_step"]) for o in scored)]
-    lines.append("- Not beaten on both accuracy and leak by another setting (the Pareto front, by means): "
-                 + ", ".join(VARIANTS[v].title for v in sorted(pareto, key=lambda v: -scored[v]["eval_accuracy"]))
-                 + ".")
+    lines = [f"- Accuracy first: {describe(most_accurate)}.", f"- Privacy first: {describe(least_leaky)}."]
+    pareto = [
+        v
+        for v in scored
+        if not any(
+            scored[o]["eval_accuracy"] >= scored[v]["eval_accuracy"]
+            and scored[o]["leak_per_step"] <= scored[v]["leak_per_step"]
+            and o != v
+            and (scored[o]["eval_accuracy"], scored[o]["leak_per_step"])
+            != (scored[v]["eval_accuracy"], scored[v]["leak_per_step"])
+            for o in scored
+        )
+    ]
+    lines.append(
+        "- Not beaten on both accuracy and leak by another setting (the Pareto front, by means): "
+        + ", ".join(VARIANTS[v].title for v in sorted(pareto, key=lambda v: -scored[v]["eval_accuracy"]))
+        + "."
+    )
     return lines
 
 
@@ -440,8 +561,11 @@ def plot_pareto(summary: dict, variants: list[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (key, scale, label) in zip(
-        axes, [("leak_per_step", 100, "content patches in place per step (%)"),
-               ("psnr_per_step", 1, "reconstruction PSNR per step (dB)")]
+        axes,
+        [
+            ("leak_per_step", 100, "content patches in place per step (%)"),
+            ("psnr_per_step", 1, "reconstruction PSNR per step (dB)"),
+        ],
     ):
         for variant in variants:
             x = _interval(summary["variants"][variant].get(key), scale)
@@ -461,27 +585,49 @@ def plot_pareto(summary: dict, variants: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(records: dict, variants: list[str], args, command: str, seconds: float, shape: dict) -> None:
+def seed_listing(variant_seeds: dict[str, list[int]]) -> str:
+    distinct = {tuple(seeds) for seeds in variant_seeds.values()}
+    if len(distinct) == 1:
+        return ", ".join(map(str, next(iter(distinct))))
+    return "; ".join(f"{variant} {', '.join(map(str, seeds))}" for variant, seeds in variant_seeds.items())
+
+
+def write_outputs(records: dict, variants: list[str], args, command: str, seconds: dict, shape: dict) -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(records, variants)
     verdicts = claims(summary)
     settings = {key: value for key, value in vars(args).items() if key not in ("output_dir", "work_dir", "overwrite")}
-    (output_dir / "results.json").write_text(json.dumps(
-        {"command": command, "settings": settings, "architecture": shape, "wall_seconds": round(seconds),
-         "margins": CLAIM_MARGINS, "claims": verdicts, "summary": summary, "runs": records},
-        indent=2, sort_keys=True) + "\n")
+    (output_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "settings": settings,
+                "architecture": shape,
+                "wall_seconds": round(seconds["wall"]),
+                "process_seconds": round(seconds["process"]),
+                "margins": CLAIM_MARGINS,
+                "claims": verdicts,
+                "summary": summary,
+                "runs": records,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
     plot_pareto(summary, variants, output_dir / "pareto.png")
     budget = "the demo preset's full schedule (the main job)" if args.max_steps is None else f"{args.max_steps} steps"
     text = [
         "# Which MJP setting? The paper's claims at the main job's budget",
         "",
-        f"Made by `{command}`: {seconds / 60:.0f} minutes of training and evaluation on the 2-core CPU (the sum over "
-        "the cached runs).",
+        f"Made by `{command}`: {seconds['wall'] / 60:.0f} minutes of wall time on the 2-core CPU, {args.parallel} "
+        f"run(s) at a time ({seconds['process'] / 60:.0f} minutes of training and evaluation processes, summed over "
+        "the runs).",
         "",
         f"Demo preset ({shape['image_size']}x{shape['image_size']} Fashion-MNIST images, patch {shape['patch_size']}, "
         f"width {shape['hidden_size']}, depth {shape['num_hidden_layers']}), trained for {budget}; seeds "
-        f"{args.seeds}. Privacy: `mjp_hf.evaluation.privacy {' '.join(PRIVACY_FLAGS + args.privacy_args.split())}` on "
+        f"{seed_listing(args.variant_seeds)}. Privacy: `mjp_hf.evaluation.privacy {' '.join(PRIVACY_FLAGS + args.privacy_args.split())}` on "
         f"{args.privacy_images} test images per run; robustness on {args.robustness_samples}. Each cell: mean [95% "
         "Student-t interval over seeds].",
         "",
@@ -521,23 +667,29 @@ def main(argv=None) -> dict:
     )
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(variant, seed) for variant in args.variants for seed in args.seeds]
-    train_all(jobs, work_dir, args)
+    jobs = [(variant, seed) for variant in args.variants for seed in args.variant_seeds[variant]]
+    start = time.perf_counter()
+    all_reports, worked = run_all(jobs, work_dir, args)
+    # The wall time of every invocation that trained or evaluated something: with everything cached it stays put.
+    wall = _read_record(work_dir, "_study")
+    if worked:
+        wall["wall_seconds"] = wall.get("wall_seconds", 0.0) + time.perf_counter() - start
+        _write_record(work_dir, "_study", wall)
 
     per_seed = Path(args.output_dir) / "per_seed"
-    records, architectures, seconds = {}, {}, 0.0
+    records, architectures, seconds = {}, {}, {"process": 0.0, "wall": wall.get("wall_seconds", 0.0)}
     for variant, seed in jobs:
         name = f"{variant}-seed{seed}"
         run_dir = work_dir / name
         eval_dir = work_dir / "eval" / name
         architectures[name] = architecture(run_dir)
-        reports = evaluate(name, run_dir, eval_dir, seed, args)
         train_results = json.loads((run_dir / "all_results.json").read_text())
-        records.setdefault(variant, {})[seed] = collect_metrics(train_results, reports)
+        records.setdefault(variant, {})[seed] = collect_metrics(train_results, all_reports[(variant, seed)])
         timing = _read_record(work_dir, name)
-        seconds += timing.get("train_seconds", 0.0) + sum(timing.get("eval_seconds", {}).values())
+        seconds["process"] += timing.get("train_seconds", 0.0) + sum(timing.get("eval_seconds", {}).values())
+        first_seed = seed == args.variant_seeds[variant][0]
         for path in sorted(eval_dir.rglob("*")):
-            if path.suffix == ".json" or (path.suffix == ".png" and seed == args.seeds[0]):
+            if path.suffix == ".json" or (path.suffix == ".png" and first_seed):
                 target = per_seed / name / path.relative_to(eval_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(path, target)

@@ -2,7 +2,6 @@
 its cached runs."""
 
 import importlib.util
-import json
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from scipy import stats
 
 from mjp_hf.evaluation.statistics import HELD, NOT_HELD, NOT_SHOWN, Interval, paired_difference, verdict
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,13 @@ def test_verdict_comes_from_the_intervals():
 def _records(study, accuracies, leaks, errors):
     return {
         variant: {
-            seed: {"eval_accuracy": acc, "leak_per_step": leak, "mean_corruption_error": err,
-                   "exposure_8_rounds": leak, "psnr_per_step": 10 + 30 * leak}
+            seed: {
+                "eval_accuracy": acc,
+                "leak_per_step": leak,
+                "mean_corruption_error": err,
+                "exposure_8_rounds": leak,
+                "psnr_per_step": 10 + 30 * leak,
+            }
             for seed, (acc, leak, err) in enumerate(zip(accuracies[variant], leaks[variant], errors[variant]))
         }
         for variant in accuracies
@@ -65,12 +70,24 @@ def _records(study, accuracies, leaks, errors):
 
 def test_claims_on_synthetic_seeds():
     study = _study()
-    accuracies = {"baseline": [0.86, 0.85, 0.87], "naive": [0.80, 0.79, 0.815],
-                  "mjp": [0.862, 0.853, 0.868], "mjp-p1-r0.5": [0.80, 0.79, 0.81]}
-    leaks = {"baseline": [1.0, 0.99, 1.0], "naive": [0.03, 0.04, 0.02],
-             "mjp": [0.6, 0.62, 0.59], "mjp-p1-r0.5": [0.1, 0.12, 0.09]}
-    errors = {"baseline": [0.4, 0.41, 0.39], "naive": [0.45, 0.46, 0.44],
-              "mjp": [0.4, 0.41, 0.39], "mjp-p1-r0.5": [0.42, 0.43, 0.41]}
+    accuracies = {
+        "baseline": [0.86, 0.85, 0.87],
+        "naive": [0.80, 0.79, 0.815],
+        "mjp": [0.862, 0.853, 0.868],
+        "mjp-p1-r0.5": [0.80, 0.79, 0.81],
+    }
+    leaks = {
+        "baseline": [1.0, 0.99, 1.0],
+        "naive": [0.03, 0.04, 0.02],
+        "mjp": [0.6, 0.62, 0.59],
+        "mjp-p1-r0.5": [0.1, 0.12, 0.09],
+    }
+    errors = {
+        "baseline": [0.4, 0.41, 0.39],
+        "naive": [0.45, 0.46, 0.44],
+        "mjp": [0.4, 0.41, 0.39],
+        "mjp-p1-r0.5": [0.42, 0.43, 0.41],
+    }
     records = _records(study, accuracies, leaks, errors)
     summary = study.summarise(records, list(records))
     verdicts = {c["claim"][0]: c for c in study.claims(summary)}
@@ -97,17 +114,51 @@ def test_claims_need_the_intervals_not_the_means():
     assert claim3["verdict"] == NOT_SHOWN
 
 
+def test_seeds_for_gives_one_variant_its_own_seeds():
+    study = _study()
+    args = study.parse_args(["--variants", "baseline", "mjp", "--seeds", "0", "1", "2", "--seeds_for", "mjp=0,1"])
+    assert args.variant_seeds == {"baseline": [0, 1, 2], "mjp": [0, 1]}
+    assert study.seed_listing(args.variant_seeds) == "baseline 0, 1, 2; mjp 0, 1"
+    assert study.seed_listing({"baseline": [0, 1], "mjp": [0, 1]}) == "0, 1"
+    with pytest.raises(SystemExit, match="'naive' is not among --variants"):
+        study.parse_args(["--variants", "baseline", "--seeds_for", "naive=0"])
+    with pytest.raises(SystemExit, match="whole-number seeds"):
+        study.parse_args(["--variants", "mjp", "--seeds_for", "mjp=zero"])
+
+
 def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path):
     """2 variants, 1 seed, a few steps: every stage really runs (training and the three evaluations as
     subprocesses); the second run finds everything cached and writes the same tables."""
     study = _study()
     output, work = tmp_path / "study", tmp_path / "work"
     argv = [
-        "--output_dir", str(output), "--work_dir", str(work), "--variants", "baseline", "mjp-p1-r0.25",
-        "--seeds", "0", "--max_steps", "3", "--max_eval_samples", "64", "--robustness_samples", "16",
-        "--corruptions", "gaussian_noise", "--severities", "1", "--privacy_images", "1",
-        "--privacy_args", "--attacks analytic,analytic_prior --multi_round_counts 1,2 --multi_round_probs 1",
-        "--train_args", "--max_train_samples 256 --per_device_train_batch_size 16",
+        "--output_dir",
+        str(output),
+        "--work_dir",
+        str(work),
+        "--variants",
+        "baseline",
+        "mjp-p1-r0.25",
+        "--seeds",
+        "0",
+        "--parallel",
+        "2",
+        "--max_steps",
+        "3",
+        "--max_eval_samples",
+        "64",
+        "--robustness_samples",
+        "16",
+        "--corruptions",
+        "gaussian_noise",
+        "--severities",
+        "1",
+        "--privacy_images",
+        "1",
+        "--privacy_args",
+        "--attacks analytic,analytic_prior --multi_round_counts 1,2 --multi_round_probs 1",
+        "--train_args",
+        "--max_train_samples 256 --per_device_train_batch_size 16",
     ]
     records = study.main(argv)
     readme, results = (output / "README.md").read_text(), (output / "results.json").read_text()
