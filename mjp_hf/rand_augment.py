@@ -3,8 +3,9 @@ train with, so that neither timm nor torchvision is needed.
 
 Each image gets `num_ops` operations drawn uniformly from the 15 of timm's "increasing" set; each is applied with
 probability `prob` at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10] (of 10). Geometric ops
-fill with the dataset's mean colour. The randomness is given as uniform numbers (`RandAugment.draws` per image), so
-the caller keys it (see `augmentation.keyed_uniform`).
+fill with the dataset's mean colour and resample with the training interpolation (timm's `interpolation` hparam,
+bicubic in DeiT's recipe; here the image processor's `resample`). The randomness is given as uniform numbers
+(`RandAugment.draws` per image), so the caller keys it (see `augmentation.keyed_uniform`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ def _signed(value: float, sign_draw: float) -> float:
     return -value if sign_draw < 0.5 else value
 
 
-def _affine(image: Image.Image, matrix: tuple, fill) -> Image.Image:
-    return image.transform(
-        image.size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR, fillcolor=fill
-    )
+def _affine(image: Image.Image, matrix: tuple, fill, resample) -> Image.Image:
+    return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=resample, fillcolor=fill)
 
 
 def _posterize(image: Image.Image, bits: int) -> Image.Image:
@@ -40,43 +39,45 @@ def _solarize_add(image: Image.Image, addition: int, threshold: int = 128) -> Im
     return image.point(table * len(image.getbands()))
 
 
-# name -> function(image, level in [0, 10], sign draw in [0, 1), fill colour, image size) -> image
+# name -> function(image, level in [0, 10], sign draw in [0, 1), fill colour, resampling filter) -> image
 OPS = {
-    "AutoContrast": lambda image, level, sign, fill: ImageOps.autocontrast(image),
-    "Equalize": lambda image, level, sign, fill: ImageOps.equalize(image),
-    "Invert": lambda image, level, sign, fill: ImageOps.invert(image),
-    "Rotate": lambda image, level, sign, fill: image.rotate(
-        _signed(level / MAX_LEVEL * 30.0, sign), resample=Image.Resampling.BILINEAR, fillcolor=fill
+    "AutoContrast": lambda image, level, sign, fill, resample: ImageOps.autocontrast(image),
+    "Equalize": lambda image, level, sign, fill, resample: ImageOps.equalize(image),
+    "Invert": lambda image, level, sign, fill, resample: ImageOps.invert(image),
+    "Rotate": lambda image, level, sign, fill, resample: image.rotate(
+        _signed(level / MAX_LEVEL * 30.0, sign), resample=resample, fillcolor=fill
     ),
     # "Increasing" variants: a larger level is always a stronger change.
-    "PosterizeIncreasing": lambda image, level, sign, fill: _posterize(image, 4 - int(level / MAX_LEVEL * 4)),
-    "SolarizeIncreasing": lambda image, level, sign, fill: ImageOps.solarize(
+    "PosterizeIncreasing": lambda image, level, sign, fill, resample: _posterize(
+        image, 4 - int(level / MAX_LEVEL * 4)
+    ),
+    "SolarizeIncreasing": lambda image, level, sign, fill, resample: ImageOps.solarize(
         image, 256 - int(level / MAX_LEVEL * 256)
     ),
-    "SolarizeAdd": lambda image, level, sign, fill: _solarize_add(image, int(level / MAX_LEVEL * 110)),
-    "ColorIncreasing": lambda image, level, sign, fill: ImageEnhance.Color(image).enhance(
+    "SolarizeAdd": lambda image, level, sign, fill, resample: _solarize_add(image, int(level / MAX_LEVEL * 110)),
+    "ColorIncreasing": lambda image, level, sign, fill, resample: ImageEnhance.Color(image).enhance(
         1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
     ),
-    "ContrastIncreasing": lambda image, level, sign, fill: ImageEnhance.Contrast(image).enhance(
+    "ContrastIncreasing": lambda image, level, sign, fill, resample: ImageEnhance.Contrast(image).enhance(
         1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
     ),
-    "BrightnessIncreasing": lambda image, level, sign, fill: ImageEnhance.Brightness(image).enhance(
+    "BrightnessIncreasing": lambda image, level, sign, fill, resample: ImageEnhance.Brightness(image).enhance(
         1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
     ),
-    "SharpnessIncreasing": lambda image, level, sign, fill: ImageEnhance.Sharpness(image).enhance(
+    "SharpnessIncreasing": lambda image, level, sign, fill, resample: ImageEnhance.Sharpness(image).enhance(
         1.0 + _signed(level / MAX_LEVEL * 0.9, sign)
     ),
-    "ShearX": lambda image, level, sign, fill: _affine(
-        image, (1, _signed(level / MAX_LEVEL * 0.3, sign), 0, 0, 1, 0), fill
+    "ShearX": lambda image, level, sign, fill, resample: _affine(
+        image, (1, _signed(level / MAX_LEVEL * 0.3, sign), 0, 0, 1, 0), fill, resample
     ),
-    "ShearY": lambda image, level, sign, fill: _affine(
-        image, (1, 0, 0, _signed(level / MAX_LEVEL * 0.3, sign), 1, 0), fill
+    "ShearY": lambda image, level, sign, fill, resample: _affine(
+        image, (1, 0, 0, _signed(level / MAX_LEVEL * 0.3, sign), 1, 0), fill, resample
     ),
-    "TranslateXRel": lambda image, level, sign, fill: _affine(
-        image, (1, 0, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[0], 0, 1, 0), fill
+    "TranslateXRel": lambda image, level, sign, fill, resample: _affine(
+        image, (1, 0, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[0], 0, 1, 0), fill, resample
     ),
-    "TranslateYRel": lambda image, level, sign, fill: _affine(
-        image, (1, 0, 0, 0, 1, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[1]), fill
+    "TranslateYRel": lambda image, level, sign, fill, resample: _affine(
+        image, (1, 0, 0, 0, 1, _signed(level / MAX_LEVEL * 0.45, sign) * image.size[1]), fill, resample
     ),
 }
 
@@ -121,6 +122,7 @@ class RandAugment:
         num_ops: int = 2,
         prob: float = 0.5,
         fill=IMAGENET_FILL,
+        resample: Image.Resampling = Image.Resampling.BICUBIC,
     ):
         if not 0 <= magnitude <= MAX_LEVEL:
             raise ValueError(f"RandAugment magnitude={magnitude} must be in [0, {MAX_LEVEL:g}] (the release: 9).")
@@ -134,6 +136,7 @@ class RandAugment:
         self.num_ops = num_ops
         self.prob = prob
         self.fill = tuple(fill)
+        self.resample = Image.Resampling(int(resample))
         self.names = list(OPS)
         self.draws = 5 * num_ops  # per op: which, whether, two for the magnitude noise, the sign
 
@@ -155,5 +158,5 @@ class RandAugment:
             if whether >= self.prob:
                 continue
             name = self.names[min(int(which * len(self.names)), len(self.names) - 1)]
-            image = OPS[name](image, self.level(noise_a, noise_b), sign, fill)
+            image = OPS[name](image, self.level(noise_a, noise_b), sign, fill, self.resample)
         return image

@@ -132,9 +132,13 @@ class ImageClassificationTransform:
             # Geometric ops fill with the mean colour the processor normalises by, as timm derives it.
             mean = np.reshape(getattr(image_processor, "image_mean", 0.5), -1)
             fill = tuple(int(min(255, round(255 * float(mean[index % len(mean)])))) for index in range(3))
-            self.rand_augment = RandAugment.from_spec(rand_augment, fill=fill)
+            # ... and resample with the processor's filter, as timm passes the training interpolation to the ops.
+            self.rand_augment = RandAugment.from_spec(rand_augment, fill=fill, resample=self._resample())
         if train:
             sample_resized_crop_boxes(np.ones((0, 2)), scale=self.crop_scale)  # validates the scale early
+
+    def _resample(self) -> PILImage.Resampling:
+        return PILImage.Resampling(int(getattr(self.image_processor, "resample", PILImage.Resampling.BILINEAR)))
 
     def _normalise(self, arrays: np.ndarray) -> torch.Tensor:
         processor = self.image_processor
@@ -236,7 +240,7 @@ class ImageClassificationTransform:
                 # Whole images at the model's size: the crop is the identity, the flip an index.
                 return self._normalise(np.where(flips[:, None, None, None], images[:, :, ::-1], images))
             images = _to_pil(images)
-        resample = PILImage.Resampling(int(getattr(self.image_processor, "resample", PILImage.Resampling.BILINEAR)))
+        resample = self._resample()
         arrays = np.empty((len(images), height, width, len(self.mode)), dtype=np.uint8)
         for index, (image, box, flip) in enumerate(zip(images, boxes, flips)):
             # PIL decodes lazily and crops + resizes in one call; no torchvision needed.

@@ -9,9 +9,9 @@ The references below are plain transcriptions of those library functions (`timm/
 `randint(0, n)` -> `floor(u * (n + 1))`, `_randomly_negate(v)` -> `-v` with probability 1/2. What they pin is the
 semantics (op table, magnitude -> parameter maps, box areas, lambda correction, targets), not the random stream.
 
-One known difference is recorded, not hidden: under DeiT's `--train-interpolation bicubic` timm resamples the
-geometric RandAugment ops (rotate, shear, translate) bicubically; `mjp_hf.rand_augment` resamples them bilinearly.
-The geometric ops are compared here at bilinear, so the test pins their parameters and fill, not that filter.
+The geometric ops (rotate, shear, translate) resample with the training interpolation, which timm takes from its
+`interpolation` hparam (bicubic under DeiT's `--train-interpolation bicubic`) and `mjp_hf` from the image processor's
+`resample`: they are compared at both filters.
 """
 
 import math
@@ -73,9 +73,9 @@ def _reference_level_to_arg(name, level, negate):
     raise KeyError(name)
 
 
-def _reference_op(name, image, args, fill):
-    """timm's op functions (`NAME_TO_OP`), with `fillcolor=fill` and bilinear resampling (see the module docstring)."""
-    kwargs = dict(resample=Image.Resampling.BILINEAR, fillcolor=fill)
+def _reference_op(name, image, args, fill, resample):
+    """timm's op functions (`NAME_TO_OP`), with `fillcolor=fill` and `resample` (timm's `_interpolation(kwargs)`)."""
+    kwargs = dict(resample=resample, fillcolor=fill)
     if name == "AutoContrast":
         return ImageOps.autocontrast(image)
     if name == "Equalize":
@@ -134,13 +134,14 @@ def test_the_spec_and_op_table_are_timms_increasing_set():
 
 @pytest.mark.parametrize("name", _RAND_INCREASING_TRANSFORMS)
 @pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_each_op_maps_magnitude_to_timms_parameter(name, mode):
+@pytest.mark.parametrize("resample", [Image.Resampling.BICUBIC, Image.Resampling.BILINEAR])
+def test_each_op_maps_magnitude_to_timms_parameter(name, mode, resample):
     fill = (124, 116, 104) if mode == "RGB" else 124
     for level in (0.0, 2.5, 5.0, 9.0, 9.7, 10.0):
         for sign_draw, negate in ((0.2, True), (0.8, False)):
             image = _image(mode, seed=int(level * 10))
-            ours = OPS[name](image, level, sign_draw, fill)
-            reference = _reference_op(name, image, _reference_level_to_arg(name, level, negate), fill)
+            ours = OPS[name](image, level, sign_draw, fill, resample)
+            reference = _reference_op(name, image, _reference_level_to_arg(name, level, negate), fill, resample)
             np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference), err_msg=f"{name} at {level}")
 
 
@@ -296,3 +297,26 @@ def test_mixup_and_cutmix_batches_are_timms(monkeypatch, switch, lam, cy, cx):
     )
     torch.testing.assert_close(batch["pixel_values"], reference_pixels, rtol=0, atol=1e-6)
     torch.testing.assert_close(batch["labels"], reference_targets.float(), rtol=0, atol=1e-6)
+
+
+def test_the_geometric_ops_resample_with_the_processors_filter():
+    """A DeiT processor (bicubic) gives bicubic rotations, a ViT processor (bilinear) bilinear ones, like timm's
+    `interpolation` hparam; a filter that differs changes the pixels, so the choice is visible."""
+    from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
+
+    from mjp_hf.transforms import ImageClassificationTransform
+
+    bicubic = ImageClassificationTransform(DeiTImageProcessorPil(), train=True, rand_augment="rand-m9-mstd0.5-inc1")
+    bilinear = ImageClassificationTransform(ViTImageProcessorPil(), train=True, rand_augment="rand-m9-mstd0.5-inc1")
+    assert bicubic.rand_augment.resample == Image.Resampling.BICUBIC
+    assert bilinear.rand_augment.resample == Image.Resampling.BILINEAR
+    image = _image("RGB", size=(40, 40))
+    # One op, Rotate (the `which` draw), applied (0.0 < prob) at a noisy level with a positive sign; the second skipped.
+    which = (_RAND_INCREASING_TRANSFORMS.index("Rotate") + 0.5) / len(_RAND_INCREASING_TRANSFORMS)
+    draws = np.array([which, 0.0, 0.3, 0.3, 0.9, 0.0, 0.9, 0.0, 0.0, 0.0])
+    cubic, linear = (np.asarray(t.rand_augment(image, draws)) for t in (bicubic, bilinear))
+    assert not np.array_equal(cubic, linear)
+    angle = bicubic.rand_augment.level(0.3, 0.3) / _MAX_LEVEL * 30.0
+    fill = bicubic.rand_augment.fill
+    reference = _reference_op("Rotate", image, (angle,), fill, Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(cubic, np.asarray(reference))
