@@ -32,10 +32,10 @@ def test_every_op_keeps_size_and_mode_and_level_zero_of_graded_ops_is_identity(m
     assert len(OPS) == 15
     for name, op in OPS.items():
         for level in (0.0, 5.0, 10.0):
-            out = op(image, level, 0.7, fill)
+            out = op(image, level, 0.7, fill, Image.Resampling.BICUBIC)
             assert out.size == image.size and out.mode == image.mode, name
         if name not in ("AutoContrast", "Equalize", "Invert", "PosterizeIncreasing", "SolarizeIncreasing"):
-            assert _difference(op(image, 0.0, 0.7, fill), image) == 0, name
+            assert _difference(op(image, 0.0, 0.7, fill, Image.Resampling.BICUBIC), image) == 0, name
 
 
 def test_increasing_ops_change_more_at_higher_levels():
@@ -52,11 +52,14 @@ def test_increasing_ops_change_more_at_higher_levels():
         "TranslateXRel",
         "TranslateYRel",
     ):
-        changes = [_difference(OPS[name](image, level, 0.9, (124, 116, 104)), image) for level in (2.0, 6.0, 10.0)]
+        changes = [
+            _difference(OPS[name](image, level, 0.9, (124, 116, 104), Image.Resampling.BICUBIC), image)
+            for level in (2.0, 6.0, 10.0)
+        ]
         assert changes[0] < changes[1] < changes[2], (name, changes)
     # The sign draw picks the direction: brighter or darker.
-    brighter = np.asarray(OPS["BrightnessIncreasing"](image, 9.0, 0.9, None), dtype=float).mean()
-    darker = np.asarray(OPS["BrightnessIncreasing"](image, 9.0, 0.1, None), dtype=float).mean()
+    brighter = np.asarray(OPS["BrightnessIncreasing"](image, 9.0, 0.9, None, None), dtype=float).mean()
+    darker = np.asarray(OPS["BrightnessIncreasing"](image, 9.0, 0.1, None, None), dtype=float).mean()
     assert darker < np.asarray(image, dtype=float).mean() < brighter
 
 
