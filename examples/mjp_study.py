@@ -667,7 +667,14 @@ def main(argv=None) -> dict:
     )
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(variant, seed) for variant in args.variants for seed in args.variant_seeds[variant]]
+    # Seed by seed: a study stopped midway has every variant at (about) the same number of seeds.
+    seed_lists = [args.variant_seeds[variant] for variant in args.variants]
+    jobs = [
+        (variant, seeds[index])
+        for index in range(max(map(len, seed_lists)))
+        for variant, seeds in zip(args.variants, seed_lists)
+        if index < len(seeds)
+    ]
     start = time.perf_counter()
     all_reports, worked = run_all(jobs, work_dir, args)
     # The wall time of every invocation that trained or evaluated something: with everything cached it stays put.
