@@ -597,3 +597,55 @@ def test_privacy_figures_script_writes_the_tables(tmp_path):
     assert "| standard-pe |" in table and "| mjp-ratio0.1-p1.0 (p 1.0) |" in table
     # A second run reuses the trained models and the audits.
     script.main(argv)
+
+
+def test_exposure_bound_is_below_a_brute_force_best_of_k_rounds():
+    """`exposure_lower_bound` against a simulation: images whose plain and jigsawed steps leak given shares, k
+    rounds each drawn plain with probability 1 - p, the best round per image by ground truth. The bound is the
+    simulated mean when every image leaks the same per kind, and below it when jigsawed rounds vary."""
+    rng = np.random.default_rng(0)
+    for p, k in ((0.5, 1), (0.5, 8), (0.9, 4), (1.0, 8), (0.0, 2)):
+        plain_leak, jigsawed_leak = 1.0, rng.uniform(0, 0.6, size=(4000, k))  # per image and round
+        plain_rounds = rng.random((4000, k)) >= p
+        simulated = np.where(plain_rounds, plain_leak, jigsawed_leak).max(axis=1).mean()
+        constant = np.where(plain_rounds, plain_leak, 0.3).max(axis=1).mean()
+        by_step = {
+            "plain": {"headline": {"recovered_fraction_textured": plain_leak}},
+            "jigsawed": {"headline": {"recovered_fraction_textured": jigsawed_leak[:, 0].mean()}},
+        }
+        bound = privacy.exposure_lower_bound(by_step, 1 - p**k)["recovered_fraction_textured"]
+        assert bound <= simulated + 0.01, (p, k)
+        by_step["jigsawed"]["headline"]["recovered_fraction_textured"] = 0.3
+        bound = privacy.exposure_lower_bound(by_step, 1 - p**k)["recovered_fraction_textured"]
+        assert bound == pytest.approx(constant, abs=0.02), (p, k)
+    # One kind of step only: its own figure, whatever the probability says.
+    only_plain = {"plain": {"headline": {"recovered_fraction_textured": 0.9}}}
+    assert privacy.exposure_lower_bound(only_plain, 1.0) == {"recovered_fraction_textured": 0.9}
+
+
+def test_a_naive_model_at_jigsaw_prob_half_is_exposed_over_rounds(tmp_path):
+    """The naive ablation has no unknown PE, so the multi-round attacker cannot run; its exposure over k rounds is
+    still reported, from the single-step figures, and over 8 rounds it is about the plain step's: whole images."""
+    report = run_cli(
+        tmp_path,
+        demo_model(jigsaw_mode="naive", jigsaw_prob=0.5),
+        "--attacks",
+        "analytic,analytic_prior,multi_round",
+        "--num_images",
+        "2",
+    )
+    summary = report["summary"]
+    assert "skipped" in summary["multi_round"]
+    plain = summary["by_step"]["plain"]["headline"]["recovered_fraction_textured"]
+    jigsawed = summary["by_step"]["jigsawed"]["headline"]["recovered_fraction_textured"]
+    assert plain >= 0.95 and jigsawed < 0.5
+    for k in ("1", "2", "4", "8"):
+        exposure = summary["exposure"][k]
+        share = exposure["plain_step_probability"]
+        assert exposure["single_step_bound"]["recovered_fraction_textured"] == pytest.approx(
+            share * plain + (1 - share) * jigsawed
+        )
+    assert summary["exposure"]["8"]["single_step_bound"]["recovered_fraction_textured"] >= 0.99 * plain
+    assert summary["exposure"]["1"]["single_step_bound"]["recovered_fraction_textured"] == pytest.approx(
+        summary["headline"]["recovered_fraction_textured"]
+    )

@@ -114,6 +114,35 @@ def test_claims_need_the_intervals_not_the_means():
     assert claim3["verdict"] == NOT_SHOWN
 
 
+def _privacy_report(plain, jigsawed, plain_probability_8, multi_round=None):
+    by_step = {}
+    if plain is not None:
+        by_step["plain"] = {"headline": {"recovered_fraction_textured": plain, "psnr": 70.0}}
+    if jigsawed is not None:
+        by_step["jigsawed"] = {"headline": {"recovered_fraction_textured": jigsawed, "psnr": 10.0}}
+    exposure = {"plain_step_probability": plain_probability_8}
+    if multi_round is not None:
+        exposure["multi_round_headline"] = {"recovered_fraction_textured": multi_round}
+    headline = {"recovered_fraction_textured": 0.5, "psnr": 40.0}
+    return {"summary": {"headline": headline, "by_step": by_step, "exposure": {"8": exposure}}}
+
+
+def test_exposure_over_rounds_never_falls_below_the_single_step_bound():
+    """A model without the unknown PE (naive at p 0.5) has no multi-round figure: its 8-round exposure is the bound
+    from its plain and jigsawed steps, ~the plain step's, not the per-step mean. Where the multi-round attacker ran,
+    the larger of its figure and the bound counts."""
+    study = _study()
+    naive = study.privacy_figures(_privacy_report(1.0, 0.04, 1 - 0.5**8))
+    assert naive["exposure_8_rounds"] == pytest.approx((1 - 0.5**8) * 1.0 + 0.5**8 * 0.04)
+    assert naive["leak_per_step"] == 0.5
+    measured_lower = study.privacy_figures(_privacy_report(None, 0.10, 0.0, multi_round=0.08))
+    assert measured_lower["exposure_8_rounds"] == pytest.approx(0.10)
+    measured_higher = study.privacy_figures(_privacy_report(None, 0.44, 0.0, multi_round=0.89))
+    assert measured_higher["exposure_8_rounds"] == pytest.approx(0.89)
+    vit = study.privacy_figures(_privacy_report(1.0, None, 1.0))
+    assert vit["exposure_8_rounds"] == 1.0 and vit["leak_jigsawed_step"] is None
+
+
 def test_seeds_for_gives_one_variant_its_own_seeds():
     study = _study()
     args = study.parse_args(["--variants", "baseline", "mjp", "--seeds", "0", "1", "2", "--seeds_for", "mjp=0,1"])
