@@ -543,6 +543,19 @@ def recommendations(summary: dict, variants: list[str]) -> list[str]:
     most_accurate = max(scored, key=lambda v: scored[v]["eval_accuracy"])
     least_leaky = min(scored, key=lambda v: scored[v]["leak_per_step"])
     lines = [f"- Accuracy first: {describe(most_accurate)}.", f"- Privacy first: {describe(least_leaky)}."]
+    exposed = {v: f for v, f in scored.items() if f["exposure_8_rounds"] is not None}
+    if exposed:
+        least_exposed = min(exposed, key=lambda v: exposed[v]["exposure_8_rounds"])
+        lines.append(f"- A client that sends the same image in many rounds: {describe(least_exposed)}.")
+    if BASELINE in scored:
+        line = scored[BASELINE]["eval_accuracy"] - CLAIM_MARGINS["accuracy"] / 100
+        close = [v for v in scored if v != BASELINE and scored[v]["eval_accuracy"] >= line]
+        if close:
+            balanced = min(close, key=lambda v: scored[v]["leak_per_step"])
+            lines.append(
+                f"- The least leak within {CLAIM_MARGINS['accuracy']:.0f} point of the ViT's accuracy (by means; the "
+                f"verdicts above use the intervals): {describe(balanced)}."
+            )
     pareto = [
         v
         for v in scored
