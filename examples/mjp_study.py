@@ -604,7 +604,10 @@ def plot_pareto(summary: dict, variants: list[str], path: Path) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle("Accuracy against privacy leak (mean and 95% interval over seeds; lower left leaks less)", fontsize=9)
+    fig.suptitle(
+        "Accuracy against privacy leak (mean and 95% interval over seeds): left leaks less, up is more accurate",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
