@@ -351,9 +351,8 @@ def privacy_figures(report: dict) -> dict:
     headline = summary["headline"]
     jigsawed = summary["by_step"].get("jigsawed")
     exposure = summary["exposure"]["8"]
-    bound = exposure.get("single_step_bound") or exposure_lower_bound(
-        summary["by_step"], exposure["plain_step_probability"]
-    )
+    # Recomputed rather than read: reports written before `single_step_bound` existed give the same figure.
+    bound = exposure_lower_bound(summary["by_step"], exposure["plain_step_probability"])
     rounds = [
         figures["recovered_fraction_textured"]
         for figures in (exposure.get("multi_round_headline"), bound)

@@ -285,36 +285,12 @@ def test_class_names_are_checked_where_both_sides_name_them(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{index}.png")
     model_dir = _two_class_folder(tmp_path)
+    argv = ["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--data_dir", str(tmp_path / "data"), "--corruptions", "none", "--device", "cpu"]
     with pytest.raises(ValueError, match=r"names class 0 'bird', but the model's id2label names it 'cat'"):
-        robustness.main(
-            [
-                "--model_name_or_path",
-                str(model_dir),
-                "--output_dir",
-                str(tmp_path / "out"),
-                "--data_dir",
-                str(tmp_path / "data"),
-                "--corruptions",
-                "none",
-                "--device",
-                "cpu",
-            ]
-        )
+        robustness.main(argv)
     (tmp_path / "data" / "test" / "bird").rename(tmp_path / "data" / "test" / "dog_")  # same class, other spelling
-    report = robustness.main(
-        [
-            "--model_name_or_path",
-            str(model_dir),
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--data_dir",
-            str(tmp_path / "data"),
-            "--corruptions",
-            "none",
-            "--device",
-            "cpu",
-        ]
-    )
+    report = robustness.main(argv)
     assert report["corruption"]["num_images"] == 4
 
 
