@@ -12,10 +12,13 @@ Timing rules, because these machines are shared and noisy:
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -213,3 +216,26 @@ def verdict(value: float, limit: float, *, at_most: bool = True, quick: bool = F
         return "quick run on toy shapes, not checked"
     met = value <= limit if at_most else value >= limit
     return "met" if met else "MISSED"
+
+
+def module_at_revision(path: str, revision: str):
+    """The repository's module at `path` (e.g. `mjp_hf/jigsaw.py`) as it was at a git revision, imported beside
+    today's, for a `--baseline` column. Relative imports in a file of `mjp_hf` resolve against today's package."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{revision}:{path}"], cwd=root, check=True, capture_output=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = error.stderr.strip() if isinstance(error, subprocess.CalledProcessError) else str(error)
+        raise SystemExit(f"--baseline {revision}: git cannot show {path} there: {detail}")
+    package, stem = os.path.dirname(path).replace("/", "."), os.path.splitext(os.path.basename(path))[0]
+    name = f"{package}.{stem}_at_{revision}".replace("-", "_") if package else f"{stem}_at_{revision}"
+    file_path = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+    with open(file_path, "w") as file:
+        file.write(source)
+    spec = importlib.util.spec_from_file_location(name, file_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

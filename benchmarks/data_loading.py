@@ -1,9 +1,11 @@
 """Data loading of the main job: a training batch (keyed crop and flip) and an evaluation batch of Fashion-MNIST
 through `ImageClassificationTransform`, from PIL images (`datasets` decodes the column) against undecoded PGM bytes
-(`without_image_decoding`, what the example uses), interleaved, same pixels checked.
+(`without_image_decoding`, what the example uses), interleaved, same pixels checked. `--baseline REV` also times the
+undecoded bytes through `mjp_hf/transforms.py` as it was at a git revision, its pixels checked too.
 
-    python benchmarks/data_loading.py            # batches of 128 (train) and 500 (eval), ~20 s
-    python benchmarks/data_loading.py --quick    # smoke run, synthetic images, a few seconds
+    python benchmarks/data_loading.py                      # batches of 128 (train) and 500 (eval), ~20 s
+    python benchmarks/data_loading.py --baseline 3b6ae46   # with the transform of that revision alongside
+    python benchmarks/data_loading.py --quick              # smoke run, synthetic images, a few seconds
 
 Needs the Debian package `dataset-fashion-mnist` except with `--quick`.
 """
@@ -25,6 +27,7 @@ from _timing import (  # noqa: E402
     load_average,
     markdown_table,
     median,
+    module_at_revision,
     paired_ratio,
     paired_ratio_interval,
     setup,
@@ -69,7 +72,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--baseline", default=None, help="git revision whose transform is timed alongside")
     args = parser.parse_args(argv)
+    baseline = module_at_revision("mjp_hf/transforms.py", args.baseline) if args.baseline else None
     device = setup(args)
     clock = Clock(device, args.clock)
     if args.quick or not fashion_mnist_available():
@@ -85,45 +90,54 @@ def main(argv=None) -> None:
     print("# data_loading: ms per batch through ImageClassificationTransform, PIL images vs undecoded PGM bytes")
     print("\n".join(describe_machine(device, clock)))
     print()
-    rows, ratios = [], {}
+    rows, ratios, baseline_ratios = [], {}, {}
     for split, data, batch_size, train_mode in (
         ("train", train, train_batch, True),
         ("eval", test, eval_batch, False),
     ):
-        transform = ImageClassificationTransform(
-            processor, num_channels=3, train=train_mode, crop_scale=(1.0, 1.0), index_column="sample_index"
-        )
+        options = dict(num_channels=3, train=train_mode, crop_scale=(1.0, 1.0), index_column="sample_index")
+        transform = ImageClassificationTransform(processor, **options)
         variants = {
             "PIL images": with_sample_index(data).with_transform(transform),
             "undecoded bytes": with_sample_index(without_image_decoding(data)).with_transform(transform),
         }
+        if baseline is not None:
+            variants["baseline"] = with_sample_index(without_image_decoding(data)).with_transform(
+                baseline.ImageClassificationTransform(processor, **options)
+            )
         calls = {name: next_batches(dataset, batch_size) for name, dataset in variants.items()}
         times = time_interleaved(calls, rounds=rounds, warmup=1, clock=clock)
         first = {name: dataset[:batch_size]["pixel_values"] for name, dataset in variants.items()}
-        same = torch.equal(first["PIL images"], first["undecoded bytes"])
+        same = all(torch.equal(first["PIL images"], pixels) for pixels in first.values())
         ratio = paired_ratio(times["PIL images"], times["undecoded bytes"])
         low, high = paired_ratio_interval(times["PIL images"], times["undecoded bytes"], seed=args.seed)
         ratios[split] = ratio
-        rows.append(
-            [
-                split,
-                batch_size,
-                rounds,
-                f"{median(times['PIL images']) * 1e3:.2f}",
-                f"{median(times['undecoded bytes']) * 1e3:.2f}",
-                f"{ratio:.2f} [{low:.2f}, {high:.2f}]",
-                "yes" if same else "NO",
-            ]
-        )
-    print(
-        markdown_table(
-            ["split", "batch", "rounds", "PIL images ms", "undecoded bytes ms", "speed-up [95%]", "same pixels"], rows
-        )
-    )
+        row = [
+            split,
+            batch_size,
+            rounds,
+            f"{median(times['PIL images']) * 1e3:.2f}",
+            f"{median(times['undecoded bytes']) * 1e3:.2f}",
+            f"{ratio:.2f} [{low:.2f}, {high:.2f}]",
+        ]
+        if baseline is not None:
+            baseline_ratios[split] = paired_ratio(times["baseline"], times["undecoded bytes"])
+            low, high = paired_ratio_interval(times["baseline"], times["undecoded bytes"], seed=args.seed)
+            row += [f"{median(times['baseline']) * 1e3:.2f}", f"{baseline_ratios[split]:.2f} [{low:.2f}, {high:.2f}]"]
+        rows.append(row + ["yes" if same else "NO"])
+    headers = ["split", "batch", "rounds", "PIL images ms", "undecoded bytes ms", "speed-up [95%]"]
+    if baseline is not None:
+        headers += [f"bytes at {args.baseline} ms", f"speed-up over {args.baseline} [95%]"]
+    print(markdown_table(headers + ["same pixels"], rows))
     print()
     print(f"load average at end: {load_average()}")
     print(
         f"data_loading speed-up of undecoded bytes: train {ratios['train']:.2f}x, eval {ratios['eval']:.2f}x"
+        + (
+            f"; over {args.baseline}: train {baseline_ratios['train']:.2f}x, eval {baseline_ratios['eval']:.2f}x"
+            if baseline is not None
+            else ""
+        )
         + (" (quick run on synthetic images)" if args.quick else "")
     )
 

@@ -14,11 +14,8 @@ masks x patches. The shuffle is one gather, linear in batch x patches x width.
 """
 
 import argparse
-import importlib.util
 import os
-import subprocess
 import sys
-import tempfile
 
 import torch
 
@@ -32,6 +29,7 @@ from _timing import (  # noqa: E402
     load_average,
     markdown_table,
     median,
+    module_at_revision,
     setup,
     time_interleaved,
     verdict,
@@ -46,24 +44,6 @@ TARGET_SHARE = 0.005
 RATIO = 0.1
 WIDTH = 384  # ViT-S/16
 MAX_TOKEN_BYTES = 256 * 2**20  # the shuffle is skipped where the token tensor would be larger
-
-
-def load_baseline(revision: str):
-    """`mjp_hf/jigsaw.py` as it was at a git revision, imported as a standalone module."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        source = subprocess.run(
-            ["git", "show", f"{revision}:mjp_hf/jigsaw.py"], cwd=root, check=True, capture_output=True, text=True
-        ).stdout
-    except subprocess.CalledProcessError as error:
-        raise SystemExit(f"--baseline {revision}: git cannot show mjp_hf/jigsaw.py there: {error.stderr.strip()}")
-    path = os.path.join(tempfile.mkdtemp(), "jigsaw_baseline.py")
-    with open(path, "w") as file:
-        file.write(source)
-    spec = importlib.util.spec_from_file_location("jigsaw_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def vit_s_step_ms(device: torch.device, clock: Clock, batch_size: int, quick: bool) -> tuple[float, str]:
@@ -100,7 +80,7 @@ def main(argv=None) -> None:
     clock = Clock(device, args.clock)
     grids = args.grids or ([7, 14] if args.quick else [7, 14, 16, 32])
     batch_sizes = args.batch_sizes or ([1, 64] if args.quick else [1, 8, 64, 256, 1024])
-    baseline = load_baseline(args.baseline) if args.baseline else None
+    baseline = module_at_revision("mjp_hf/jigsaw.py", args.baseline) if args.baseline else None
 
     print("# jigsaw_op: block mask + permutation, and token shuffle, alone")
     print("\n".join(describe_machine(device, clock)))

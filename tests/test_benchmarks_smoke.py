@@ -51,3 +51,30 @@ def test_busy_machine_gives_each_setting_exactly_its_own_thread_variables(monkey
     for bad in ("no-assignment", "x=PATH=/tmp"):
         with pytest.raises(SystemExit, match="--extra"):
             busy_machine.parse_extra([bad])
+
+
+def test_a_baseline_revision_is_timed_beside_todays_code_with_the_same_pixels():
+    """`--baseline REV` imports the module as git has it at REV next to today's: the data-loading benchmark then times
+    both transforms and checks that they give the same pixels."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.fail("the benchmarks' --baseline needs the repository's git history")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data_loading.py"), "--quick", "--baseline", "HEAD"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith(("| train", "| eval"))]
+    assert len(table) == 2 and all(line.rstrip().endswith("| yes         |") for line in table), result.stdout
+    assert "; over HEAD: train " in result.stdout
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data_loading.py"), "--quick", "--baseline", "no-such-rev"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "--baseline no-such-rev: git cannot show mjp_hf/transforms.py" in bad.stderr

@@ -144,6 +144,8 @@ def test_eval_transform_at_the_processor_size_equals_the_processor(channels):
         size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1]
     )
     images = _images(n=6, mode="RGB")
+    every_value = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3).repeat(2, 0).repeat(2, 1)[:28, :28]
+    images[0] = Image.fromarray(np.ascontiguousarray(every_value))  # each of the 256 values in each channel
     mode = "RGB" if channels == 3 else "L"
     out = ImageClassificationTransform(processor, num_channels=channels)({"image": images})["pixel_values"]
     expected = processor(
@@ -152,7 +154,7 @@ def test_eval_transform_at_the_processor_size_equals_the_processor(channels):
         image_mean=[0.2, 0.4, 0.6][:channels],
         image_std=[0.3, 0.2, 0.1][:channels],
     )["pixel_values"]
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)  # the same float32 values, to the bit
     cropping = DeiTImageProcessorPil(size={"height": 28, "width": 28}, crop_size={"height": 20, "width": 20})
     cropped = ImageClassificationTransform(cropping)({"image": images})["pixel_values"]
     assert cropped.shape == (6, 3, 20, 20) and processor_image_size(cropping) == (20, 20)
