@@ -1126,7 +1126,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_state()
         metrics.update(train_result.metrics)
     if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
+        eval_metrics = trainer.evaluate_final_weights()  # the last epoch's evaluation, when it was at the last step
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)

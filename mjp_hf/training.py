@@ -237,6 +237,8 @@ class MJPTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._loss_parts_sum: torch.Tensor | None = None
         self._loss_parts_count = 0
+        # (global step, metrics) of the last evaluation on `eval_dataset`, while the weights are still those it saw.
+        self._last_evaluation: tuple[int, dict] | None = None
 
     # --- checkpoints: written so that a partial one never passes for complete, loaded strictly ------------------
 
@@ -314,6 +316,7 @@ class MJPTrainer(Trainer):
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._last_evaluation = None
         problem = checkpoint_problem(resume_from_checkpoint)
         if problem is not None:
             raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")
@@ -324,6 +327,7 @@ class MJPTrainer(Trainer):
         self._load_weights_strictly(resume_from_checkpoint, target)
 
     def _load_best_model(self) -> None:
+        self._last_evaluation = None
         best = self.state.best_model_checkpoint
         target = unwrap_model(self.model)
         if not self._loads_by_from_pretrained(best, target):
@@ -360,6 +364,30 @@ class MJPTrainer(Trainer):
                     name,
                 )
         super()._load_rng_state(checkpoint)
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+
+    def train(self, *args, **kwargs):
+        self._last_evaluation = None
+        return super().train(*args, **kwargs)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        if eval_dataset is None and metric_key_prefix == "eval":
+            self._last_evaluation = (self.state.global_step, dict(metrics))
+        return metrics
+
+    def evaluate_final_weights(self) -> dict[str, float]:
+        """`evaluate()` of the weights training ended with. When the last training step ended with an evaluation on
+        the same data (the last epoch's, say) and no weights were loaded since, its metrics are returned: evaluation
+        is deterministic, so a second pass would repeat them at the cost of a pass over the eval set."""
+        if self._last_evaluation is not None and self._last_evaluation[0] == self.state.global_step:
+            logger.info(
+                "The final weights were evaluated at the last step (%d); reusing those metrics.",
+                self._last_evaluation[0],
+            )
+            return dict(self._last_evaluation[1])
+        return self.evaluate()
 
     # --- losses ---------------------------------------------------------------------------------------------------
 

@@ -808,3 +808,45 @@ def test_the_run_folder_card_describes_the_folder_and_names_the_evaluated_split(
     results = card.data.eval_results
     assert {result.metric_name for result in results} == {"Top-1 accuracy", "Top-5 accuracy"}
     assert all(result.dataset_split == "test" for result in results)
+
+
+@pytest.mark.parametrize(
+    "schedule, passes",
+    [
+        (["--eval_strategy", "epoch"], 2),  # the last epoch's evaluation is the final one
+        (["--eval_strategy", "steps", "--eval_steps", "4"], 3),  # 4, 8 and the Trainer's own at the end (10)
+        (["--eval_strategy", "no"], 1),  # the final weights only
+        (["--eval_strategy", "epoch", "--save_strategy", "epoch", "--load_best_model_at_end", "true"], 3),
+    ],
+)
+def test_the_final_weights_are_evaluated_once(tmp_path, image_folder, monkeypatch, schedule, passes):
+    """An evaluation at the last step already measured the final weights: the run reports it rather than evaluating
+    them again. Any other schedule, or loading the best checkpoint afterwards, evaluates the final weights anew."""
+    evaluated = []
+    loop = run.MJPTrainer.evaluation_loop
+
+    def counting_loop(trainer, *args, **kwargs):
+        output = loop(trainer, *args, **kwargs)
+        evaluated.append((trainer.state.global_step, output.metrics["eval_accuracy"]))
+        return output
+
+    monkeypatch.setattr(run.MJPTrainer, "evaluation_loop", counting_loop)
+    output = tmp_path / "run"
+    metrics = _train(
+        output,
+        "--train_dir",
+        str(image_folder),
+        "--validation_dir",
+        str(image_folder),
+        "--config_overrides",
+        TINY,
+        "--num_train_epochs",
+        "2",
+        "--learning_rate",
+        "0.01",
+        *schedule,
+    )  # 36 images at batch 8: 5 steps an epoch, 10 in all
+    assert len(evaluated) == passes
+    assert evaluated[-1][0] == 10 and metrics["eval_accuracy"] == evaluated[-1][1]
+    results = json.loads((output / "all_results.json").read_text())
+    assert results["eval_accuracy"] == evaluated[-1][1]

@@ -229,6 +229,28 @@ def test_evaluation_is_deterministic_and_unshuffled(tmp_path):
     assert first.metrics["test_loss"] > 0
 
 
+def test_the_final_weights_evaluation_reuses_only_an_evaluation_of_those_very_weights(tmp_path):
+    trainer = _trainer(tmp_path, _model(jigsaw_prob=1.0), num_train_epochs=2, eval_strategy="epoch")
+    trainer.train()  # 48 examples at batch 8: 6 steps an epoch, evaluated at steps 6 and 12
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [6, 12]
+    reused = trainer.evaluate_final_weights()
+    assert reused["eval_loss"] == evaluations[-1]["eval_loss"]
+    assert len([entry for entry in trainer.state.log_history if "eval_loss" in entry]) == 2  # no pass was made
+    fresh = trainer.evaluate()  # an independent pass over the same data gives what was reused
+    assert fresh["eval_loss"] == pytest.approx(reused["eval_loss"], rel=1e-6)
+    trainer.evaluate(_random_dataset(seed=3), metric_key_prefix="other")  # other data: reuse stays on the eval set
+    assert trainer.evaluate_final_weights()["eval_loss"] == pytest.approx(reused["eval_loss"], rel=1e-6)
+    moved = _trainer(tmp_path, _model(jigsaw_prob=1.0), max_steps=3, eval_strategy="steps", eval_steps=2)
+    moved.train()
+    moved.evaluate_final_weights()
+    steps = [entry["step"] for entry in moved.state.log_history if "eval_loss" in entry]
+    assert steps[-1] == 3 and steps.count(3) == 1 and 2 in steps  # the final weights are evaluated exactly once
+    moved.state.global_step += 1  # as if the weights had moved on since
+    moved.evaluate_final_weights()
+    assert [entry["step"] for entry in moved.state.log_history if "eval_loss" in entry] == [*steps, 4]
+
+
 def test_top_k_predictions_and_curves(tmp_path):
     logits = torch.tensor([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]])
     assert top_k_predictions(logits, None, k=2).tolist() == [[1, 2], [0, 2]]
