@@ -147,11 +147,13 @@ class ImageClassificationTransform:
 
     def _normalise(self, arrays: np.ndarray) -> torch.Tensor:
         """uint8 `[B, H, W, C]` -> the processor's rescaled and normalised float32 `[B, C, H, W]`, through a table of
-        the 256 values per channel: the same arithmetic as the processor's, once per value instead of per pixel."""
-        table = self._value_table(arrays.shape[-1])
-        pixels = np.empty((arrays.shape[0], arrays.shape[-1], *arrays.shape[1:3]), dtype=np.float32)
-        for channel in range(arrays.shape[-1]):
-            np.take(table[channel], arrays[..., channel], out=pixels[:, channel])
+        the 256 values per channel: the same arithmetic as the processor's, once per value instead of per pixel.
+        A grayscale batch (`C` = 1) for an RGB model fills the three channels from its one, as PIL's "L" -> "RGB"."""
+        channels = len(self.mode) if arrays.shape[-1] == 1 else arrays.shape[-1]
+        table = self._value_table(channels)
+        pixels = np.empty((arrays.shape[0], channels, *arrays.shape[1:3]), dtype=np.float32)
+        for channel in range(channels):
+            pixels[:, channel] = table[channel][arrays[..., min(channel, arrays.shape[-1] - 1)]]
         return torch.from_numpy(pixels)
 
     def _value_table(self, channels: int) -> np.ndarray:
@@ -242,10 +244,8 @@ class ImageClassificationTransform:
                 return None
             arrays.append(array)
         stacked = np.stack(arrays).reshape(len(arrays), height, width, -1)
-        if stacked.shape[-1] == len(self.mode):
-            return stacked
-        if stacked.shape[-1] == 1:
-            return np.repeat(stacked, 3, axis=-1)  # what PIL's "L" -> "RGB" does
+        if stacked.shape[-1] == len(self.mode) or stacked.shape[-1] == 1:
+            return stacked  # grayscale stays one channel: `_normalise` and `_to_pil` make RGB of it
         return None  # RGB -> L weights the channels: PIL's job
 
     def _train_pixels(
