@@ -1,4 +1,4 @@
-"""Run every benchmark with `--quick` in this one process (`busy_machine` in its own subprocesses), so that CI knows
+"""Run every benchmark with `--quick` in this one process (`busy_machine` and the main job in their own subprocesses), so that CI knows
 they still run.
 
     python benchmarks/smoke.py
@@ -21,6 +21,7 @@ import data_loading  # noqa: E402
 import inference  # noqa: E402
 import jigsaw_op  # noqa: E402
 import main_job_levers  # noqa: E402
+import main_job_time  # noqa: E402
 import train_step  # noqa: E402
 
 
@@ -31,6 +32,7 @@ SUMMARY_LINES = {
     "data_loading": (data_loading, "data_loading speed-up of undecoded bytes: "),
     "busy_machine": (busy_machine, "busy_machine adaptive threads: "),
     "main_job_levers": (main_job_levers, "main_job_levers time per image vs fp32 eager: "),
+    "main_job_time": (main_job_time, "main_job_time: "),
 }
 
 

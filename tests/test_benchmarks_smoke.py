@@ -28,6 +28,7 @@ def test_every_benchmark_runs_and_prints_its_summary():
         "data_loading speed-up of undecoded bytes:",
         "busy_machine adaptive threads:",
         "main_job_levers time per image vs fp32 eager:",
+        "main_job_time: top-1 ",
     ):
         assert summary in result.stdout
 
