@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -40,6 +41,17 @@ EXAMPLE = ROOT / "examples" / "run_image_classification.py"
 GOAL_SECONDS = 240
 GOAL_ACCURACY = 0.85
 QUICK_FLAGS = ["--max_steps", "3", "--max_train_samples", "256", "--max_eval_samples", "200"]
+# What `mjp_hf.threads.AdaptiveThreadsCallback` logs at the end of a run whose thread count followed the load.
+THREADS_FOLLOWED = re.compile(r"torch threads followed the machine's load: training steps (.+?) thread\(s\)")
+
+
+def thread_counts(log: str) -> str:
+    """The thread counts the run's training steps ran at, as the run reported them."""
+    user = [name for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(name, "").strip()]
+    if user:
+        return f"{user[0]}={os.environ[user[0]]}"
+    followed = THREADS_FOLLOWED.search(log)
+    return followed.group(1) if followed else f"{torch.get_num_threads()} throughout"
 
 
 def probe_ms(seconds: float, batch_size: int = 128) -> float:
@@ -80,6 +92,7 @@ def run_main_job(flags: list[str]) -> dict:
         if process.returncode != 0:
             tail = log_path.read_text(errors="replace")[-3000:]
             raise SystemExit(f"The main job failed (exit {process.returncode}); the end of its output:\n{tail}")
+        threads = thread_counts(log_path.read_text(errors="replace"))
         results = json.loads((output_dir / "all_results.json").read_text())
         steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
         return {
@@ -89,6 +102,7 @@ def run_main_job(flags: list[str]) -> dict:
             "steps": steps,
             "top1": results["eval_accuracy"],
             "top5": results.get("eval_top5_accuracy"),
+            "threads": threads,
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # the temporary folder this script made, nothing else
@@ -123,11 +137,12 @@ def main(argv=None) -> None:
                 minutes(run["wall_s"]),
                 f"{run['train_s']:.0f} s",
                 f"{1e3 * run['train_s'] / run['steps']:.0f} ms",
+                run["threads"],
             ]
         )
         probe = after
     headers = ["started (UTC)", "probe before / after, ms", "test top-1", "top-5", "wall", "of it training"]
-    print(markdown_table([*headers, "training time per step"], rows))
+    print(markdown_table([*headers, "training time per step", "threads (steps at each count)"], rows))
     print()
     print("probe: the demo training step alone at batch 128, median over chunks of 5 steps, torch's thread count.")
     print(f"load average at end: {load_average()}")
