@@ -11,15 +11,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_benchmark_runs_and_prints_its_summary():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "smoke.py")],
+def _run_script(name: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+def test_every_benchmark_runs_and_prints_its_summary():
+    result = _run_script("smoke.py", timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for summary in (
         "train_step overhead:",
@@ -59,25 +63,12 @@ def test_a_baseline_revision_is_timed_beside_todays_code_with_the_same_pixels():
     both transforms and checks that they give the same pixels."""
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
         pytest.fail("the benchmarks' --baseline needs the repository's git history")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "data_loading.py"), "--quick", "--baseline", "HEAD"],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run_script("data_loading.py", "--quick", "--baseline", "HEAD", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = [line for line in result.stdout.splitlines() if line.startswith(("| train", "| eval"))]
     assert len(table) == 2 and all(line.rstrip().endswith("| yes         |") for line in table), result.stdout
     assert "; over HEAD: train " in result.stdout
-    bad = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "data_loading.py"), "--quick", "--baseline", "no-such-rev"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = _run_script("data_loading.py", "--quick", "--baseline", "no-such-rev", timeout=120)
     assert bad.returncode != 0 and "--baseline no-such-rev: git cannot show mjp_hf/transforms.py" in bad.stderr
 
 
