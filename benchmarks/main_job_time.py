@@ -35,6 +35,8 @@ import torch  # noqa: E402
 from _timing import Clock, describe_machine, load_average, markdown_table  # noqa: E402
 from main_job_levers import build_step  # noqa: E402
 
+from mjp_hf.threads import user_thread_setting  # noqa: E402
+
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "run_image_classification.py"
@@ -47,9 +49,9 @@ THREADS_FOLLOWED = re.compile(r"torch threads followed the machine's load: train
 
 def thread_counts(log: str) -> str:
     """The thread counts the run's training steps ran at, as the run reported them."""
-    user = [name for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(name, "").strip()]
-    if user:
-        return f"{user[0]}={os.environ[user[0]]}"
+    setting = user_thread_setting()
+    if setting is not None:
+        return f"{setting}={os.environ[setting]}"
     followed = THREADS_FOLLOWED.search(log)
     return followed.group(1) if followed else f"{torch.get_num_threads()} throughout"
 
@@ -69,7 +71,8 @@ def probe_ms(seconds: float, batch_size: int = 128) -> float:
 
 
 def minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {round(seconds % 60):02d} s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s"
 
 
 def run_main_job(flags: list[str]) -> dict:

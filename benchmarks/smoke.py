@@ -1,5 +1,5 @@
-"""Run every benchmark with `--quick` in this one process (`busy_machine` and the main job in their own subprocesses), so that CI knows
-they still run.
+"""Run every benchmark with `--quick` in this one process (`busy_machine` and the main job in their own
+subprocesses), so that CI knows they still run.
 
     python benchmarks/smoke.py
 

@@ -316,7 +316,6 @@ class MJPTrainer(Trainer):
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        self._last_evaluation = None
         problem = checkpoint_problem(resume_from_checkpoint)
         if problem is not None:
             raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")

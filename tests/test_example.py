@@ -50,6 +50,11 @@ def _train(output_dir, *flags):
     return run.main(["--output_dir", str(output_dir), *QUICK, *flags])
 
 
+def _on_folder(image_folder) -> list[str]:
+    """Train and evaluate the tiny model on the test image folder."""
+    return ["--train_dir", str(image_folder), "--validation_dir", str(image_folder), "--config_overrides", TINY]
+
+
 def _saved_config(folder):
     return json.loads((Path(folder) / "config.json").read_text())
 
@@ -336,12 +341,7 @@ def test_resume_continues_the_same_run(tmp_path, image_folder, augmentation):
     the epoch), the same jigsaw masks (the restored RNG) and the same schedule."""
     # 32 of the 36 images, batches of 8: 4 steps an epoch, and checkpoint-3 falls inside the first.
     common = [
-        "--train_dir",
-        str(image_folder),
-        "--validation_dir",
-        str(image_folder),
-        "--config_overrides",
-        TINY,
+        *_on_folder(image_folder),
         "--max_train_samples",
         "32",
         "--crop_min_scale",
@@ -517,12 +517,7 @@ def test_released_augmentations_train_on_soft_targets(tmp_path, image_folder, mo
     monkeypatch.setattr(run.MixupCutmixCollator, "__call__", spy)
     metrics = _train(
         tmp_path / "mixed",
-        "--train_dir",
-        str(image_folder),
-        "--validation_dir",
-        str(image_folder),
-        "--config_overrides",
-        TINY,
+        *_on_folder(image_folder),
         "--max_steps",
         "3",
         "--mixup_alpha",
@@ -687,12 +682,7 @@ def test_the_end_of_a_run_says_where_it_went_and_what_to_run_next(tmp_path, imag
     with caplog.at_level(logging.INFO):
         _train(
             output,
-            "--train_dir",
-            str(image_folder),
-            "--validation_dir",
-            str(image_folder),
-            "--config_overrides",
-            TINY,
+            *_on_folder(image_folder),
             "--max_steps",
             "1",
             "--log_level",
@@ -834,12 +824,7 @@ def test_the_final_weights_are_evaluated_once(tmp_path, image_folder, monkeypatc
     output = tmp_path / "run"
     metrics = _train(
         output,
-        "--train_dir",
-        str(image_folder),
-        "--validation_dir",
-        str(image_folder),
-        "--config_overrides",
-        TINY,
+        *_on_folder(image_folder),
         "--num_train_epochs",
         "2",
         "--learning_rate",
