@@ -217,6 +217,8 @@ def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
     robustness.predict(model, pixel_values, batch_size=2)
     assert len(updates) == 3, "one update after each of the 3 batches"
     updates.clear()
+    # The privacy audit takes the controller's `watch` as a hook, which its CLI passes (a library function leaves the
+    # process-wide thread count alone).
     privacy.evaluate_privacy(
         model,
         pixel_values[:2],
@@ -225,6 +227,7 @@ def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
         attacks=("analytic",),
         multi_round_counts=(),
         progress=False,
+        watch=lambda images: threads.adaptive_threads().watch(images, "cpu"),
     )
     assert len(updates) >= 2, "one update after each attacked image"
 
