@@ -22,6 +22,7 @@ import inference  # noqa: E402
 import jigsaw_op  # noqa: E402
 import main_job_levers  # noqa: E402
 import main_job_time  # noqa: E402
+import privacy_audit  # noqa: E402
 import train_step  # noqa: E402
 
 
@@ -33,6 +34,7 @@ SUMMARY_LINES = {
     "busy_machine": (busy_machine, "busy_machine adaptive threads: "),
     "main_job_levers": (main_job_levers, "main_job_levers time per image vs fp32 eager: "),
     "main_job_time": (main_job_time, "main_job_time: "),
+    "privacy_audit": (privacy_audit, "privacy_audit time per image: "),
 }
 
 

@@ -778,6 +778,8 @@ def test_privacy_figures_script_writes_the_tables(tmp_path):
         "--num_images",
         "1",
         "--optimization_steps",
+        "2",
+        "--optimization_seconds",
         "1",
         "--ratios",
         "0.1",
@@ -789,13 +791,22 @@ def test_privacy_figures_script_writes_the_tables(tmp_path):
     script.main(argv)
     records = json.loads((tmp_path / "out" / "privacy_figures.json").read_text())
     assert set(records) == {"standard-pe", "mjp-ratio0.1-p1.0"}
-    assert records["mjp-ratio0.1-p1.0"]["audit"]["step_kinds"] == ["jigsawed"]
-    assert records["standard-pe"]["audit"]["step_kinds"] == ["plain"]
-    assert records["standard-pe"]["audit"]["summary"]["headline"]["psnr"] >= 30
+    p1, standard = records["mjp-ratio0.1-p1.0"]["audit"], records["standard-pe"]["audit"]
+    assert p1["step_kinds"] == ["jigsawed"] and standard["step_kinds"] == ["plain"]
+    assert standard["summary"]["headline"]["psnr"] >= 30
+    # Both are on the default from-scratch list: calibrated (two iterations cannot invert), and refined apart.
+    for audit in (p1, standard):
+        assert audit["summary"]["optimization"]["inconclusive"] and "optimization_refined" in audit["summary"]
     table = (tmp_path / "out" / "privacy_figures.md").read_text()
     assert "| standard-pe |" in table and "| mjp-ratio0.1-p1.0 (p 1.0) |" in table
-    # A second run reuses the trained models and the audits.
+    assert ": inconclusive |" in table and "2 L-BFGS iterations or 1 s" in table
+    audited = (tmp_path / "work" / "audits" / "standard-pe" / "privacy.json").stat().st_mtime_ns
+    # A second run reuses the trained models and the audits; other audit flags redo the audits.
     script.main(argv)
+    assert (tmp_path / "work" / "audits" / "standard-pe" / "privacy.json").stat().st_mtime_ns == audited
+    script.main([*argv[:-2], "--multi_round_counts", "1"])
+    assert (tmp_path / "work" / "audits" / "standard-pe" / "privacy.json").stat().st_mtime_ns == audited
+    assert (tmp_path / "work" / "audits" / "mjp-ratio0.1-p1.0" / "privacy.json").stat().st_mtime_ns > audited
 
 
 def test_exposure_bound_is_below_a_brute_force_best_of_k_rounds():

@@ -656,8 +656,9 @@ def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[di
         plain = attacker.attack(update, "plain", ("optimization",), keep_prior=False)
         results, _ = attacker.scored(plain, original, None)
         entry["optimization_calibration"] = {**_summary_keys(results["optimization"]), "seconds": plain.seconds}
-    entry["multi_round"], entry["multi_round_rounds"] = {}, {}
+    entry["multi_round"], entry["multi_round_rounds"], entry["multi_round_seconds"] = {}, {}, {}
     for probability in plan.round_probs:
+        started = time.perf_counter()
         trial = multi_round_attack(
             model,
             x,
@@ -671,6 +672,7 @@ def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[di
         )
         by_count, rounds = _multi_round_entry(attacker, trial, original)
         entry["multi_round"][str(probability)], entry["multi_round_rounds"][str(probability)] = by_count, rounds
+        entry["multi_round_seconds"][str(probability)] = time.perf_counter() - started
     entry["seconds"] = time.perf_counter() - start
     return entry, pictures
 
@@ -796,7 +798,8 @@ def evaluate_privacy(
     `reconstruction_metrics` (plus `unplaced_positions`, its `seconds`, for the analytic attacks
     `unresolved_dimensions`, the null space of the linear system, and for the optimisation its run) and the
     `headline` (best per image); `multi_round.<p>.<k>`, the combinations' figures and the headline, and
-    `multi_round_rounds.<p>`, the kinds of the rounds (ground truth) and each round's figures per attack. `report["summary"]` has, per attack and for the headline, the mean of each of
+    `multi_round_rounds.<p>`, the kinds of the rounds (ground truth) and each round's figures per attack, and
+    `multi_round_seconds.<p>`. `report["summary"]` has, per attack and for the headline, the mean of each of
     `SUMMARY_KEYS` as the expected figure per training step (`summary.<attack>`), per kind of step
     (`summary.by_step`), the `step_weights`, the `exposure` over k rounds, and the `multi_round` attacker.
     `images` maps `original`, `<kind> view` (the patch order the network saw; the naive ablation's in-patch pixel
