@@ -487,6 +487,40 @@ def multi_round_probabilities(model, requested) -> tuple[list[float], dict[str, 
     return run, not_run
 
 
+class RoundSource:
+    """The steps a client sends of one image over the rounds, attacked once each and shared by the multi-round
+    trials at every probability (common random numbers: the trials differ only in which rounds are plain). Round
+    `r`'s jigsawed step is the `r`-th drawn, the first being the audited jigsawed step when there is one; the plain
+    step, the same gradient in every round, is the audited one or attacked once."""
+
+    def __init__(self, model, pixel_values, labels, *, jigsaw_ratio, generator, normalization, audited=None):
+        audited = audited or {}
+        self.model, self.pixel_values, self.labels = model, pixel_values, labels
+        self.jigsaw_ratio, self.generator = jigsaw_ratio, generator
+        self.attacker = _Attacker(model, normalization, 20.0, None, None, generator, None, False)
+        self.jigsawed = [audited["jigsawed"]] if "jigsawed" in audited else []
+        self.plain = audited.get("plain")
+
+    def _attack(self, kind: str) -> StepAttack:
+        update = client_gradient(
+            self.model,
+            self.pixel_values,
+            self.labels,
+            jigsaw="on" if kind == "jigsawed" else "off",
+            jigsaw_ratio=self.jigsaw_ratio,
+            generator=self.generator,
+        )
+        return self.attacker.attack(update, kind, ANALYTIC_ATTACKS)
+
+    def step(self, index: int, kind: str) -> StepAttack:
+        if kind == "plain":
+            self.plain = self.plain or self._attack("plain")
+            return self.plain
+        while len(self.jigsawed) <= index:
+            self.jigsawed.append(self._attack("jigsawed"))
+        return self.jigsawed[index]
+
+
 def multi_round_attack(
     model,
     pixel_values: torch.Tensor,
@@ -498,6 +532,7 @@ def multi_round_attack(
     generator: torch.Generator | None = None,
     normalization: PixelNormalization | None = None,
     audited: dict[str, StepAttack] | None = None,
+    source: RoundSource | None = None,
 ) -> dict:
     """The multi-round attacker on one image `[1, C, H, W]`: the client sends its gradient in `max(counts)` rounds,
     each jigsawed with probability `jigsaw_prob` with a fresh mask (same weights, as in federated SGD where the
@@ -505,7 +540,8 @@ def multi_round_attack(
 
     `audited` maps a kind of step to the single-step attack of that kind already made on this image: the first
     round, when of a kind found there, *is* that step, so the k-round attacker holds everything the single-step
-    attacker had. A plain step's gradient is the same in every round: it is attacked once.
+    attacker had. `source` (a `RoundSource`, made from `audited` by default) shares the rounds' steps with the
+    trials at other probabilities.
 
     Returns `rounds` (a `StepAttack` per round: its analytic attacks' images, the prior reconstruction) and
     `combined`, `{k: {"plain_rounds", "best_of_rounds", "joint"}}`: per patch the best estimate over the first k
@@ -517,29 +553,21 @@ def multi_round_attack(
             f"the unknown position embedding; {type(model).__name__} (jigsaw_mode="
             f"{getattr(model.config, 'jigsaw_mode', None)!r}) has none."
         )
-    audited = audited or {}
-    attacker = _Attacker(model, normalization, 20.0, None, None, generator, None, False)
+    if source is None:
+        source = RoundSource(
+            model,
+            pixel_values,
+            labels,
+            jigsaw_ratio=jigsaw_ratio,
+            generator=generator,
+            normalization=normalization,
+            audited=audited,
+        )
     gen_device = generator.device if generator is not None else None
-    plain_round = audited.get("plain")
     rounds, combined = [], {}
     for count in range(1, max(counts) + 1):
-        kind = "jigsawed" if torch.rand(1, generator=generator, device=gen_device).item() < jigsaw_prob else "plain"
-        if count == 1 and kind in audited:
-            step = audited[kind]
-        elif kind == "plain" and plain_round is not None:
-            step = plain_round
-        else:
-            update = client_gradient(
-                model,
-                pixel_values,
-                labels,
-                jigsaw="on" if kind == "jigsawed" else "off",
-                jigsaw_ratio=jigsaw_ratio,
-                generator=generator,
-            )
-            step = attacker.attack(update, kind, ANALYTIC_ATTACKS)
-            plain_round = step if kind == "plain" else plain_round
-        rounds.append(step)
+        jigsawed = torch.rand(1, generator=generator, device=gen_device).item() < jigsaw_prob
+        rounds.append(source.step(count - 1, "jigsawed" if jigsawed else "plain"))
         if count in counts:
             best = best_of_rounds([r.prior for r in rounds])
             joint = joint_attack(model, [r.update.gradients for r in rounds], best, normalization=normalization)
@@ -657,6 +685,9 @@ def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[di
         results, _ = attacker.scored(plain, original, None)
         entry["optimization_calibration"] = {**_summary_keys(results["optimization"]), "seconds": plain.seconds}
     entry["multi_round"], entry["multi_round_rounds"], entry["multi_round_seconds"] = {}, {}, {}
+    source = RoundSource(
+        model, x, y, jigsaw_ratio=plan.jigsaw_ratio, generator=generator, normalization=normalization, audited=audited
+    )
     for probability in plan.round_probs:
         started = time.perf_counter()
         trial = multi_round_attack(
@@ -665,10 +696,9 @@ def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[di
             y,
             jigsaw_prob=probability,
             counts=plan.counts,
-            jigsaw_ratio=plan.jigsaw_ratio,
             generator=generator,
             normalization=normalization,
-            audited=audited,
+            source=source,
         )
         by_count, rounds = _multi_round_entry(attacker, trial, original)
         entry["multi_round"][str(probability)], entry["multi_round_rounds"][str(probability)] = by_count, rounds

@@ -234,6 +234,15 @@ def _residual_directions(system: PatchSystem, solution: torch.Tensor, num_shuffl
     return vh[: min(keep, num_shuffled - 1)].T
 
 
+def _patches_to_image(patches: torch.Tensor, grid_size, patch_size) -> torch.Tensor:
+    """`[N, C * ph * pw]` -> `[C, H, W]`: `unpatchify` by a reshape (the same values, several times faster
+    through autograd than `fold` on a 224x224 image)."""
+    (rows, cols), (height, width) = grid_size, patch_size
+    channels = patches.shape[-1] // (height * width)
+    grid = patches.reshape(rows, cols, channels, height, width).permute(2, 0, 3, 1, 4)
+    return grid.reshape(channels, rows * height, cols * width)
+
+
 def minimise_total_variation(
     config,
     kept: torch.Tensor,
@@ -257,7 +266,6 @@ def minimise_total_variation(
         fill: `[P]` the start of the unplaced patches, which the prior inpaints (zeros by default).
     """
     grid_size, patch_size = patch_grid(config)
-    image_size = (grid_size[0] * patch_size[0], grid_size[1] * patch_size[1])
     num_placed, width = kept.shape
     dtype, device = torch.float64, kept.device
     kept = kept.double()
@@ -293,7 +301,7 @@ def minimise_total_variation(
 
         def closure():
             optimizer.zero_grad()
-            loss = smooth_total_variation(unpatchify((assemble() * scale)[None], patch_size, image_size))
+            loss = smooth_total_variation(_patches_to_image(assemble() * scale, grid_size, patch_size))
             loss.backward()
             return loss
 
@@ -559,12 +567,19 @@ def _lbfgs_stage(matching, variables, render, *, iterations, deadline, low, high
         variables.grad = grad.contiguous()
         return objective.detach()
 
-    run = 0
-    for _ in watch(range(-(-iterations // LBFGS_CHUNK))):
-        optimizer.param_groups[0]["max_iter"] = min(LBFGS_CHUNK, iterations - run)
+    run, start = 0, time.perf_counter()
+    for _ in watch(range(iterations)):
+        # As many iterations per call as fit a quarter of the time left (at least one, at most `LBFGS_CHUNK`): a
+        # large model's iteration takes seconds, and the deadline is only checked between calls. Splitting the
+        # iterations among calls leaves L-BFGS's iterates as they are (its state persists between calls).
+        per_iteration = (time.perf_counter() - start) / run if run else None
+        left = deadline - time.perf_counter()
+        fit = LBFGS_CHUNK if per_iteration is None or left == float("inf") else int(left / 4 / per_iteration)
+        chunk = min(iterations - run, LBFGS_CHUNK, max(1, fit)) if run else 1
+        optimizer.param_groups[0]["max_iter"] = chunk
         optimizer.step(closure)
-        run += optimizer.param_groups[0]["max_iter"]
-        if time.perf_counter() > deadline or not torch.isfinite(variables).all():
+        run += chunk
+        if run >= iterations or time.perf_counter() > deadline or not torch.isfinite(variables).all():
             break
     return run
 
