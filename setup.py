@@ -35,7 +35,10 @@ setup(
     # The card template and the released model's card live at the repository root, in model_cards/; a wheel carries
     # them inside the package (mjp_hf/model_cards/), where `mjp_hf.hub` looks when there is no checkout around it.
     package_dir={"mjp_hf.model_cards": "model_cards"},
-    package_data={"mjp_hf": ["metrics/*/*.py", "metrics/*/*.md"], "mjp_hf.model_cards": ["*.md", "widget/*.png"]},
+    package_data={
+        "mjp_hf.evaluation": ["metrics/*/*.py", "metrics/*/*.md"],
+        "mjp_hf.model_cards": ["*.md", "widget/*.png"],
+    },
     install_requires=["torch>=2.4", "transformers>=5.20,<6", "safetensors>=0.4", "huggingface-hub>=1.0", "numpy"],
     extras_require=EXTRAS,
     classifiers=[

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from mjp_hf.threads import THREAD_COUNT_VARIABLES
+from mjp_hf.training.threads import THREAD_COUNT_VARIABLES
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -218,17 +218,18 @@ def verdict(value: float, limit: float, *, at_most: bool = True, quick: bool = F
     return "met" if met else "MISSED"
 
 
-def module_at_revision(path: str, revision: str):
+def module_at_revision(path: str, revision: str, former_paths: tuple[str, ...] = ()):
     """The repository's module at `path` (e.g. `mjp_hf/jigsaw.py`) as it was at a git revision, imported beside
-    today's, for a `--baseline` column. Relative imports in a file of `mjp_hf` resolve against today's package."""
+    today's, for a `--baseline` column; at a revision before the module moved, the first of `former_paths` git has.
+    Relative imports in a file of `mjp_hf` resolve against today's package."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        source = subprocess.run(
-            ["git", "show", f"{revision}:{path}"], cwd=root, check=True, capture_output=True, text=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = error.stderr.strip() if isinstance(error, subprocess.CalledProcessError) else str(error)
-        raise SystemExit(f"--baseline {revision}: git cannot show {path} there: {detail}")
+    for candidate in (path, *former_paths):
+        shown = subprocess.run(["git", "show", f"{revision}:{candidate}"], cwd=root, capture_output=True, text=True)
+        if shown.returncode == 0:
+            source, path = shown.stdout, candidate
+            break
+    else:
+        raise SystemExit(f"--baseline {revision}: git cannot show {path} there: {shown.stderr.strip()}")
     package, stem = os.path.dirname(path).replace("/", "."), os.path.splitext(os.path.basename(path))[0]
     name = f"{package}.{stem}_at_{revision}".replace("-", "_") if package else f"{stem}_at_{revision}"
     file_path = os.path.join(tempfile.mkdtemp(), os.path.basename(path))

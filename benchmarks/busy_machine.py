@@ -1,5 +1,5 @@
 """The main job's training step on a machine that is not idle: torch's thread settings against mjp_hf's adaptive
-threads (`mjp_hf.threads`), each beside 0, 1 and 2 busy processes, in one run.
+threads (`mjp_hf.training.threads`), each beside 0, 1 and 2 busy processes, in one run.
 
 torch's OpenMP threads spin while they wait for each other; when another process takes a core, every operator waits
 for a thread the scheduler has parked. Each setting runs in a fresh subprocess (OpenMP reads its environment once,
@@ -12,7 +12,7 @@ the figures are steady-state steps. The settings:
 * `torch default`: as torch starts, one thread per core, libgomp's default wait policy;
 * `ACTIVE`, `PASSIVE`: one thread per core with `OMP_WAIT_POLICY` set;
 * `1 thread`: `OMP_NUM_THREADS=1`;
-* `adaptive`: `mjp_hf.threads.AdaptiveThreads` updated after every step, as `AdaptiveThreadsCallback` does in the
+* `adaptive`: `mjp_hf.training.threads.AdaptiveThreads` updated after every step, as `AdaptiveThreadsCallback` does in the
   example's Trainer.
 
 Every round runs the settings in a rotating order, and each setting the three conditions in a rotating order; the
@@ -76,8 +76,8 @@ def measure(args) -> dict:
     from train_step import make_step
 
     from mjp_hf import MJPViTForImageClassification
-    from mjp_hf.presets import config_from_preset
-    from mjp_hf.threads import AdaptiveThreads
+    from mjp_hf.training.presets import config_from_preset
+    from mjp_hf.training.threads import AdaptiveThreads
 
     # Created where the example creates it: before the model and data, so its first reading has a window.
     threads = AdaptiveThreads() if args.child == ADAPTIVE else None

@@ -1,7 +1,7 @@
 """Data loading of the main job: a training batch (keyed crop and flip) and an evaluation batch of Fashion-MNIST
 through `ImageClassificationTransform`, from PIL images (`datasets` decodes the column) against undecoded PGM bytes
 (`without_image_decoding`, what the example uses), interleaved, same pixels checked. `--baseline REV` also times the
-undecoded bytes through `mjp_hf/transforms.py` as it was at a git revision, its pixels checked too.
+undecoded bytes through `mjp_hf/data/transforms.py` as it was at a git revision, its pixels checked too.
 
     python benchmarks/data_loading.py                      # batches of 128 (train) and 500 (eval), ~20 s
     python benchmarks/data_loading.py --baseline 3b6ae46   # with the transform of that revision alongside
@@ -41,14 +41,14 @@ from mjp_hf.data import (  # noqa: E402
     with_sample_index,
     without_image_decoding,
 )
-from mjp_hf.transforms import ImageClassificationTransform  # noqa: E402
+from mjp_hf.data.transforms import ImageClassificationTransform  # noqa: E402
 
 
 def synthetic_dataset(n: int):
     """Fashion-MNIST-shaped random images in the loader's own PGM encoding (for `--quick` without the package)."""
     from datasets import ClassLabel, Dataset, Features, Image
 
-    from mjp_hf.data import _encode_pgm
+    from mjp_hf.data.fashion_mnist import _encode_pgm
 
     images = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
     features = Features({"image": Image(), "label": ClassLabel(num_classes=10)})
@@ -74,7 +74,11 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--baseline", default=None, help="git revision whose transform is timed alongside")
     args = parser.parse_args(argv)
-    baseline = module_at_revision("mjp_hf/transforms.py", args.baseline) if args.baseline else None
+    baseline = (
+        module_at_revision("mjp_hf/data/transforms.py", args.baseline, former_paths=("mjp_hf/transforms.py",))
+        if args.baseline
+        else None
+    )
     device = setup(args)
     clock = Clock(device, args.clock)
     if args.quick or not fashion_mnist_available():

@@ -39,7 +39,7 @@ from _timing import (  # noqa: E402
 from transformers import ViTForImageClassification  # noqa: E402
 
 from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
+from mjp_hf.training.presets import config_from_preset  # noqa: E402
 
 
 TARGET = 0.99

@@ -37,7 +37,7 @@ from _timing import (  # noqa: E402
 
 from mjp_hf import MJPViTForImageClassification  # noqa: E402
 from mjp_hf.jigsaw import num_masked_patches, random_jigsaw, shuffle_tokens  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
+from mjp_hf.training.presets import config_from_preset  # noqa: E402
 
 
 TARGET_SHARE = 0.005

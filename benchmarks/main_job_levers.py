@@ -35,7 +35,7 @@ from _timing import (  # noqa: E402
 from train_step import make_step  # noqa: E402
 
 from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
+from mjp_hf.training.presets import config_from_preset  # noqa: E402
 
 
 def cpu_flags() -> set[str]:

@@ -11,7 +11,7 @@ hour, a slow row with fast probes is slow code.
     python benchmarks/main_job_time.py --runs 2
     python benchmarks/main_job_time.py --quick     # smoke run: 3 steps on a few hundred images
 
-The run sets no thread count: like the README's command it picks its own (`mjp_hf.threads`), and a count you set with
+The run sets no thread count: like the README's command it picks its own (`mjp_hf.training.threads`), and a count you set with
 `OMP_NUM_THREADS` reaches it and the probe alike. Needs the Debian package `dataset-fashion-mnist`.
 """
 
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from _timing import Clock, describe_machine, load_average, markdown_table  # noqa: E402
 from main_job_levers import build_step  # noqa: E402
 
-from mjp_hf.threads import user_thread_setting  # noqa: E402
+from mjp_hf.training.threads import user_thread_setting  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ EXAMPLE = ROOT / "examples" / "run_image_classification.py"
 GOAL_SECONDS = 240
 GOAL_ACCURACY = 0.85
 QUICK_FLAGS = ["--max_steps", "3", "--max_train_samples", "256", "--max_eval_samples", "200"]
-# What `mjp_hf.threads.AdaptiveThreadsCallback` logs at the end of a run whose thread count followed the load.
+# What `mjp_hf.training.threads.AdaptiveThreadsCallback` logs at the end of a run whose thread count followed the load.
 THREADS_FOLLOWED = re.compile(r"torch threads followed the machine's load: training steps (.+?) thread\(s\)")
 
 

@@ -44,7 +44,7 @@ from _timing import (  # noqa: E402
 )
 
 from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
+from mjp_hf.training.presets import config_from_preset  # noqa: E402
 
 
 TARGET_PER_BATCH = 1.02

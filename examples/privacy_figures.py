@@ -26,7 +26,7 @@ from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import load_fashion_mnist_arrays
 from mjp_hf.evaluation import privacy
 from mjp_hf.evaluation.common import PixelNormalization
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 STANDARD = "standard-pe"

@@ -63,11 +63,10 @@ from mjp_hf.data import (
     with_sample_index,
     without_image_decoding,
 )
-from mjp_hf.metrics import load_accuracy_topk
-from mjp_hf.mixup import MixupCutmixCollator
-from mjp_hf.presets import PRESETS, config_from_preset
-from mjp_hf.rand_augment import parse_rand_augment
-from mjp_hf.threads import AdaptiveThreadsCallback, adaptive_threads
+from mjp_hf.data.mixup import MixupCutmixCollator
+from mjp_hf.data.rand_augment import parse_rand_augment
+from mjp_hf.data.transforms import ImageClassificationTransform, collate_image_classification, processor_image_size
+from mjp_hf.evaluation.metrics import load_accuracy_topk
 from mjp_hf.training import (
     RUN_ARGUMENTS_NAME,
     SAVE_IN_PROGRESS_NAME,
@@ -80,7 +79,8 @@ from mjp_hf.training import (
     plot_training_curves,
     top_k_predictions,
 )
-from mjp_hf.transforms import ImageClassificationTransform, collate_image_classification, processor_image_size
+from mjp_hf.training.presets import PRESETS, config_from_preset
+from mjp_hf.training.threads import AdaptiveThreadsCallback, adaptive_threads
 
 
 logger = logging.getLogger(__name__)

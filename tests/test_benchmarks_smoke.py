@@ -69,7 +69,7 @@ def test_a_baseline_revision_is_timed_beside_todays_code_with_the_same_pixels():
     assert len(table) == 2 and all(line.rstrip().endswith("| yes         |") for line in table), result.stdout
     assert "; over HEAD: train " in result.stdout
     bad = _run_script("data_loading.py", "--quick", "--baseline", "no-such-rev", timeout=120)
-    assert bad.returncode != 0 and "--baseline no-such-rev: git cannot show mjp_hf/transforms.py" in bad.stderr
+    assert bad.returncode != 0 and "--baseline no-such-rev: git cannot show mjp_hf/data/transforms.py" in bad.stderr
 
 
 def test_main_job_time_reads_the_thread_counts_the_run_reports(caplog, monkeypatch):
@@ -81,13 +81,13 @@ def test_main_job_time_reads_the_thread_counts_the_run_reports(caplog, monkeypat
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import main_job_time
 
-    from mjp_hf.threads import AdaptiveThreadsCallback
+    from mjp_hf.training.threads import AdaptiveThreadsCallback
 
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     callback = AdaptiveThreadsCallback(SimpleNamespace(switches=3))
     callback.steps_at = {2: 2212, 1: 133}
-    with caplog.at_level(logging.WARNING, logger="mjp_hf.threads"):
+    with caplog.at_level(logging.WARNING, logger="mjp_hf.training.threads"):
         callback.on_train_end(None, None, None)
     assert main_job_time.thread_counts(caplog.text) == "2212 at 2, 133 at 1"
     assert main_job_time.thread_counts("no such line").endswith(" throughout")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from huggingface_hub import HfApi, ModelCard
 
 from mjp_hf import MJPViTForImageClassification
-from mjp_hf.convert_original import (
+from mjp_hf.conversion.original import (
     RELEASED_CARD,
     RELEASED_PARAMETERS,
     ConvertedCheckpoint,
@@ -368,7 +368,7 @@ def test_stock_timm_vit_is_refused_as_non_mjp(tmp_path):
         del state_dict[key]
     path = tmp_path / "deit_small.pth"
     torch.save({"model": state_dict}, path)
-    with pytest.raises(ReleasedCheckpointError, match="not an MJP checkpoint.*mjp_hf.from_vit"):
+    with pytest.raises(ReleasedCheckpointError, match="not an MJP checkpoint.*mjp_hf.conversion.from_vit"):
         convert_checkpoint(path)
 
 
@@ -528,7 +528,7 @@ def test_output_folder_holding_the_checkpoint_is_refused_before_any_work(checkpo
     before = sorted(path.name for path in folder.iterdir())
     monkeypatch.chdir(folder)
     with (
-        mock.patch("mjp_hf.convert_original.convert_checkpoint") as convert,
+        mock.patch("mjp_hf.conversion.original.convert_checkpoint") as convert,
         pytest.raises(SystemExit, match=r"--output_dir \. contains --checkpoint best_model\.pth"),
     ):
         main(["--checkpoint", "best_model.pth", "--output_dir", ".", "--overwrite_output_dir", "--model_id", "org/x"])

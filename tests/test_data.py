@@ -1,6 +1,6 @@
-"""The embedded default dataset loader (`mjp_hf.data`), the torchvision-free transforms (`mjp_hf.transforms`) and
-Mixup/CutMix (`mjp_hf.mixup`), with the keyed augmentation randomness and geometry they draw on
-(`mjp_hf.augmentation`)."""
+"""The embedded default dataset loader (`mjp_hf.data`), the torchvision-free transforms (`mjp_hf.data.transforms`) and
+Mixup/CutMix (`mjp_hf.data.mixup`), with the keyed augmentation randomness and geometry they draw on
+(`mjp_hf.data.augmentation`)."""
 
 import gzip
 
@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from mjp_hf.augmentation import keyed_uniform, sample_erasing_boxes, sample_resized_crop_boxes
 from mjp_hf.data import (
     FASHION_MNIST_LABELS,
     fashion_mnist_available,
@@ -19,8 +18,9 @@ from mjp_hf.data import (
     with_sample_index,
     without_image_decoding,
 )
-from mjp_hf.mixup import MixupCutmixCollator
-from mjp_hf.transforms import (
+from mjp_hf.data.augmentation import keyed_uniform, sample_erasing_boxes, sample_resized_crop_boxes
+from mjp_hf.data.mixup import MixupCutmixCollator
+from mjp_hf.data.transforms import (
     ImageClassificationTransform,
     collate_image_classification,
     decode_netpbm,

@@ -8,7 +8,7 @@ import torch
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.evaluation import position
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 GRID = (7, 7)

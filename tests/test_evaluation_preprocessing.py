@@ -9,10 +9,10 @@ from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import fashion_mnist_available, load_fashion_mnist_arrays
+from mjp_hf.data.transforms import ImageClassificationTransform
 from mjp_hf.evaluation import privacy, robustness
 from mjp_hf.evaluation.common import PixelNormalization, load_eval_images, load_image_processor
-from mjp_hf.presets import config_from_preset
-from mjp_hf.transforms import ImageClassificationTransform
+from mjp_hf.training.presets import config_from_preset
 
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -12,7 +12,7 @@ from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import load_fashion_mnist_arrays
 from mjp_hf.evaluation import privacy, privacy_attacks
 from mjp_hf.evaluation.common import PixelNormalization
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 NORMALIZATION = PixelNormalization()

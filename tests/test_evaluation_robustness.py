@@ -11,7 +11,7 @@ from mjp_hf.data import fashion_mnist_available
 from mjp_hf.evaluation import robustness
 from mjp_hf.evaluation.common import PixelNormalization, check_labels, shuffle_patches
 from mjp_hf.jigsaw import random_jigsaw
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 NORMALIZATION = PixelNormalization()

@@ -784,7 +784,7 @@ def test_the_run_folder_card_describes_the_folder_and_names_the_evaluated_split(
     `hub layout` command for the publishing layout), and its results name the split they were measured on."""
     from huggingface_hub import ModelCard
 
-    from mjp_hf.hub import RUN_CARD_MARKER
+    from mjp_hf.hub.publish import RUN_CARD_MARKER
 
     output = tmp_path / "run"
     # The embedded Fashion-MNIST: a dataset with a Hub id, so the card has a model-index.

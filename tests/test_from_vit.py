@@ -1,4 +1,4 @@
-"""`python -m mjp_hf.from_vit`: an MJP model initialised from a stock ViT checkpoint."""
+"""`python -m mjp_hf.conversion.from_vit`: an MJP model initialised from a stock ViT checkpoint."""
 
 import json
 import os
@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from mjp_hf import MJPViTForImageClassification, MJPViTModel
-from mjp_hf.from_vit import NotAViTCheckpointError, main, mjp_from_vit
+from mjp_hf.conversion.from_vit import NotAViTCheckpointError, main, mjp_from_vit
 
 
 SHAPE = dict(
@@ -151,7 +151,7 @@ def test_incomplete_vit_checkpoint_is_refused(vit_folder, tmp_path):
 def _run_from_vit(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(
-        [sys.executable, "-m", "mjp_hf.from_vit", *map(str, args)],
+        [sys.executable, "-m", "mjp_hf.conversion.from_vit", *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -176,7 +176,7 @@ def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one
     assert again.returncode != 0 and "Traceback" not in again.stderr
     errors = [line for line in again.stderr.splitlines() if line.strip() and "Loading weights" not in line]
     assert errors == [
-        f"python -m mjp_hf.from_vit: {tmp_path / 'mjp'} is already an MJP-ViT checkpoint; load it "
+        f"python -m mjp_hf.conversion.from_vit: {tmp_path / 'mjp'} is already an MJP-ViT checkpoint; load it "
         "with MJPViTForImageClassification."
     ]
     assert not (tmp_path / "again").exists()

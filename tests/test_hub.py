@@ -20,7 +20,7 @@ from transformers import AutoModelForImageClassification, ViTForImageClassificat
 
 from mjp_hf import MJPViTForImageClassification, MJPViTModel
 from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
-from mjp_hf.hub import (
+from mjp_hf.hub.publish import (
     FASHION_MNIST_WIDGET,
     FASHION_MNIST_WIDGET_DIR,
     IMAGENET_WIDGET,
@@ -33,7 +33,7 @@ from mjp_hf.hub import (
     read_run_records,
     save_publishing_layout,
 )
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 HAS_FASHION_MNIST = fashion_mnist_available()
@@ -143,7 +143,7 @@ def test_card_and_layout_refuse_stock_models(tmp_path):
     vit = demo_model().to_vit()
     with pytest.raises(TypeError, match="MJP-ViT model"):
         build_model_card(vit, model_id="me/x")
-    with pytest.raises(TypeError, match="mjp_hf.from_vit"):
+    with pytest.raises(TypeError, match="mjp_hf.conversion.from_vit"):
         save_publishing_layout(vit, demo_processor(), tmp_path / "out")
     with pytest.raises(TypeError, match="image processor"):
         save_publishing_layout(demo_model(), None, tmp_path / "out")

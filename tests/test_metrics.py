@@ -8,7 +8,7 @@ import evaluate
 import numpy as np
 import pytest
 
-from mjp_hf.metrics import ACCURACY_TOPK_PATH, load_accuracy_topk
+from mjp_hf.evaluation.metrics import ACCURACY_TOPK_PATH, load_accuracy_topk
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_two_processes_with_evaluate_distributed_mode(tmp_path):
     """`num_process`/`process_id`: each process adds its shard, process 0 computes over both."""
     script = textwrap.dedent(f"""
         import json, sys
-        from mjp_hf.metrics import load_accuracy_topk
+        from mjp_hf.evaluation.metrics import load_accuracy_topk
         rank = int(sys.argv[1])
         metric = load_accuracy_topk(num_process=2, process_id=rank, experiment_id="mjp-test",
                                     cache_dir={str(tmp_path)!r})

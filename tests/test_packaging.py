@@ -44,13 +44,13 @@ def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
     for name in (
         "mjp_hf/model_cards/mjp_model_card_template.md",
         "mjp_hf/model_cards/mjp-vit-small.md",
-        "mjp_hf/metrics/accuracy_topk/accuracy_topk.py",
+        "mjp_hf/evaluation/metrics/accuracy_topk/accuracy_topk.py",
         "mjp_hf/model_cards/widget/sneaker.png",
     ):
         assert name in names
     # Installed away from the checkout, the package finds its template and renders a card.
     script = (
-        "import mjp_hf.hub as hub, transformers\n"
+        "import mjp_hf.hub.publish as hub, transformers\n"
         "assert hub.CARD_TEMPLATE.is_file() and 'site' in str(hub.CARD_TEMPLATE), hub.CARD_TEMPLATE\n"
         "from mjp_hf import MJPViTConfig, MJPViTForImageClassification\n"
         "config = MJPViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,\n"

@@ -1,4 +1,4 @@
-"""mjp_hf.threads: the thread count follows the cores other processes leave idle, never against the user's setting.
+"""mjp_hf.training.threads: the thread count follows the cores other processes leave idle, never against the user's setting.
 
 Readings are injected (no timing here: benchmarks/busy_machine.py measures the speed)."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mjp_hf.data import fashion_mnist_available
-from mjp_hf.threads import AdaptiveThreads, AdaptiveThreadsCallback, CpuContention, user_thread_setting
+from mjp_hf.training.threads import AdaptiveThreads, AdaptiveThreadsCallback, CpuContention, user_thread_setting
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,7 @@ def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
 
 
 def test_one_controller_per_process_and_it_can_stand_down(two_threads):
-    from mjp_hf import threads as module
+    from mjp_hf.training import threads as module
 
     shared = module.adaptive_threads()
     assert module.adaptive_threads() is shared
@@ -202,7 +202,7 @@ def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
     adapts its thread count between batches like training does."""
     from mjp_hf import MJPViTForImageClassification, threads
     from mjp_hf.evaluation import privacy, robustness
-    from mjp_hf.presets import config_from_preset
+    from mjp_hf.training.presets import config_from_preset
 
     updates = []
 
@@ -236,7 +236,7 @@ def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):
     callback = AdaptiveThreadsCallback(controller([0.0, 0.0, 1.0, 1.0, 1.0]))
     for _ in range(4):
         callback.on_step_end(cpu, None, None)
-    with caplog.at_level("WARNING", logger="mjp_hf.threads"):
+    with caplog.at_level("WARNING", logger="mjp_hf.training.threads"):
         callback.on_train_end(cpu, None, None)
     assert callback.steps_at == {2: 3, 1: 1}, "the third reading finds a core taken: the fourth step runs at 1"
     assert "training steps 3 at 2, 1 at 1 thread(s) (1 changes" in caplog.text
@@ -246,6 +246,6 @@ def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):
     steady = AdaptiveThreadsCallback(controller([0.0] * 5))
     for _ in range(4):
         steady.on_step_end(cpu, None, None)
-    with caplog.at_level("WARNING", logger="mjp_hf.threads"):
+    with caplog.at_level("WARNING", logger="mjp_hf.training.threads"):
         steady.on_train_end(cpu, None, None)
     assert steady.steps_at == {2: 4} and caplog.text == ""

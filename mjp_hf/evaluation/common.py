@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from ..configuration_mjp_vit import pair as _pair
 from ..configuration_mjp_vit import patch_grid  # noqa: F401  (the evaluations import it from here)
 from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays
+from ..data.transforms import processor_image_size
 from ..modeling_mjp_vit import MJPViTForImageClassification
-from ..transforms import processor_image_size
 
 
 # transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.

@@ -57,7 +57,7 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 from tqdm.auto import tqdm
 
 from ..jigsaw import draw_jigsaw
-from ..threads import adaptive_threads
+from ..training.threads import adaptive_threads
 from .common import (
     PixelNormalization,
     base_parser,

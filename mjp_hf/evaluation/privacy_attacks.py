@@ -14,7 +14,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from ..threads import adaptive_threads
+from ..training.threads import adaptive_threads
 from .common import is_mjp_model, patch_grid, unpatchify, uses_unk_position_embedding
 
 

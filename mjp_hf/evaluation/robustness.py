@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..configuration_mjp_vit import MJPViTConfig
 from ..jigsaw import draw_jigsaw
-from ..threads import adaptive_threads
+from ..training.threads import adaptive_threads
 from .common import (
     PixelNormalization,
     base_parser,

@@ -31,9 +31,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import TrainerState
 
-from .configuration_mjp_vit import MJP_CONFIG_FIELDS
-from .data import FASHION_MNIST_LABELS
-from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel, mjp_auto_map
+from ..configuration_mjp_vit import MJP_CONFIG_FIELDS
+from ..data import FASHION_MNIST_LABELS
+from ..modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel, mjp_auto_map
 
 
 logger = logging.getLogger(__name__)
@@ -70,16 +70,14 @@ def layout_file_patterns(widget_titles: Sequence[str] = ()) -> list[str]:
 
 
 # model_cards/ at the root of a checkout, or inside the package when installed from a wheel (see setup.py).
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MODEL_CARDS_DIR = next(
     (
         folder
-        for folder in (
-            Path(__file__).resolve().parent.parent / "model_cards",
-            Path(__file__).resolve().parent / "model_cards",
-        )
+        for folder in (_PACKAGE_DIR.parent / "model_cards", _PACKAGE_DIR / "model_cards")
         if (folder / "mjp_model_card_template.md").is_file()
     ),
-    Path(__file__).resolve().parent.parent / "model_cards",
+    _PACKAGE_DIR.parent / "model_cards",
 )
 CARD_TEMPLATE = MODEL_CARDS_DIR / "mjp_model_card_template.md"
 DEFAULT_LICENSE = "apache-2.0"
@@ -527,7 +525,7 @@ def save_publishing_layout(
     if not isinstance(model, MJPViTPreTrainedModel):
         raise TypeError(
             f"save_publishing_layout expects an MJP-ViT model, got {type(model).__name__}. A stock ViT needs no "
-            "layout: use its own save_pretrained, or build an MJP model from it with `python -m mjp_hf.from_vit`."
+            "layout: use its own save_pretrained, or build an MJP model from it with `python -m mjp_hf.conversion.from_vit`."
         )
     if image_processor is None or not hasattr(image_processor, "save_pretrained"):
         raise TypeError(
@@ -691,7 +689,7 @@ def _load_run(run_dir: Path):
     if config.get("model_type") != "mjp_vit":
         raise ValueError(
             f"{run_dir}/config.json has model_type {config.get('model_type')!r}, not 'mjp_vit'; these tools publish "
-            "MJP-ViT checkpoints (convert a stock ViT with `python -m mjp_hf.from_vit`)."
+            "MJP-ViT checkpoints (convert a stock ViT with `python -m mjp_hf.conversion.from_vit`)."
         )
     model_class = (
         MJPViTForImageClassification
@@ -809,7 +807,3 @@ def main(argv=None) -> None:
         model, image_processor, model_id, card=card, token=args.hub_token, private=args.hub_private_repo or None
     )
     print(f"Pushed {run_dir} to {model_id}: {url}")
-
-
-if __name__ == "__main__":
-    main()

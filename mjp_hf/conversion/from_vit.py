@@ -1,6 +1,6 @@
 """Start MJP training from a stock transformers ViT (or a non-distilled DeiT) checkpoint.
 
-    python -m mjp_hf.from_vit --model_name_or_path ./vit-folder --output_dir ./mjp-vit [--jigsaw_ratio 0.1 ...]
+    python -m mjp_hf.conversion.from_vit --model_name_or_path ./vit-folder --output_dir ./mjp-vit [--jigsaw_ratio 0.1 ...]
 
 Every ViT weight is kept (patch and position embeddings, encoder, classifier); only the parts MJP adds are new and
 initialised as a fresh MJP model would be: the unknown position embedding and the DALR head. In eval mode the result
@@ -21,9 +21,9 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, ViTConfig
 from transformers.utils import logging as transformers_logging
 
-from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig, pair
-from .hub import check_output_dir
-from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
+from ..configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig, pair
+from ..hub.publish import check_output_dir
+from ..modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
 
 
 # The only parameters an MJP model has beyond a stock ViT: everything else must come from the checkpoint.
@@ -153,7 +153,7 @@ def _bool(value: str) -> bool:
 
 
 def _parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mjp_hf.from_vit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mjp_hf.conversion.from_vit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True, help="a transformers ViT or non-distilled DeiT folder")
     parser.add_argument("--output_dir", required=True, help="new or empty folder for the MJP checkpoint")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="write into a non-empty --output_dir")
@@ -175,7 +175,7 @@ def main(argv=None) -> MJPViTPreTrainedModel:
     try:
         return _convert(args)
     except (NotAViTCheckpointError, ValueError, FileExistsError, NotADirectoryError) as error:
-        raise SystemExit(f"python -m mjp_hf.from_vit: {error}") from error
+        raise SystemExit(f"python -m mjp_hf.conversion.from_vit: {error}") from error
 
 
 def _convert(args) -> MJPViTPreTrainedModel:

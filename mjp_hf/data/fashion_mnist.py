@@ -1,6 +1,6 @@
 """Data for the training example: the embedded default (Fashion-MNIST, read offline from Debian's
 `dataset-fashion-mnist` package) and the dataset preparation the transforms rely on (a sample index that keys the
-augmentation, undecoded images). The transforms are in `mjp_hf.transforms`, Mixup/CutMix in `mjp_hf.mixup`."""
+augmentation, undecoded images). The transforms are in `mjp_hf.data.transforms`, Mixup/CutMix in `mjp_hf.data.mixup`."""
 
 import gzip
 import os

@@ -1,6 +1,6 @@
 """Convert the authors' released MJP checkpoints (`yhlleo/MJP`, timm ViT layout) to `mjp_hf`.
 
-    python -m mjp_hf.convert_original --checkpoint best_model.pth --output_dir DIR [--push_to_hub ORG/NAME]
+    python -m mjp_hf.conversion.original --checkpoint best_model.pth --output_dir DIR [--push_to_hub ORG/NAME]
 
 The released `best_model.pth` is a `torch.save` dict `{model, max_accuracy, epoch, config}`: `model` holds timm
 `VisionTransformer` keys, except that the position embeddings are an `nn.Embedding` (`pos_embed.weight`, rows
@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from .configuration_mjp_vit import MJPViTConfig
-from .hub import (
+from ..configuration_mjp_vit import MJPViTConfig
+from ..hub.publish import (
     MODEL_CARDS_DIR,
     ModelCard,
     build_model_card,
@@ -47,7 +47,7 @@ from .hub import (
     push_mjp_model,
     save_publishing_layout,
 )
-from .modeling_mjp_vit import MJPViTForImageClassification
+from ..modeling_mjp_vit import MJPViTForImageClassification
 
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def infer_shape(state_dict: Mapping[str, torch.Tensor]) -> ReleasedShape:
             "UNK row) nor the DALR head `dlocr.*`"
             + (
                 ". It looks like a stock timm ViT/DeiT; build an MJP model from a transformers ViT/DeiT with "
-                "`python -m mjp_hf.from_vit` instead."
+                "`python -m mjp_hf.conversion.from_vit` instead."
                 if timm_like
                 else f" (its keys start with {sorted({key.split('.')[0] for key in state_dict})[:8]})."
             )
@@ -522,7 +522,7 @@ def _checkpoint_record_text(converted: ConvertedCheckpoint, checkpoint_name: str
     return (
         f"The converted file (`{checkpoint_name}`) records `max_accuracy = {record['max_accuracy']}`{epoch}: the best "
         "top-1 accuracy (%) of the authors' own validation run (ImageNet-1k val, resize 256, center crop 224, clean "
-        "images), as computed by the released `main.py`. It was copied from the file by `mjp_hf.convert_original`, "
+        "images), as computed by the released `main.py`. It was copied from the file by `mjp_hf.conversion.original`, "
         "not re-measured here."
     )
 
@@ -590,7 +590,7 @@ def _read_id2label(path: str | None) -> dict[int, str] | None:
 
 
 def _parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mjp_hf.convert_original", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mjp_hf.conversion.original", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the released best_model.pth (or a state dict file)")
     parser.add_argument("--output_dir", required=True, help="new or empty folder for the converted layout")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="also push the layout to this repo")
@@ -651,7 +651,7 @@ def main(argv=None) -> ConvertedCheckpoint:
             model_id=model_id,
             metrics={},
             summary=f"`{model_id}` is a released MJP checkpoint "
-            f"(`{checkpoint_name}`) converted with `mjp_hf.convert_original`.",
+            f"(`{checkpoint_name}`) converted with `mjp_hf.conversion.original`.",
             training_text="Trained by the MJP authors with their released code; see the paper for the recipe.",
         )
     image_processor = released_image_processor(model.config.image_size)

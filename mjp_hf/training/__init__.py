@@ -1,0 +1,46 @@
+"""Training MJP-ViT with the transformers `Trainer`: the trainer and its callbacks (`trainer`), the thread count
+adapted to the machine's load (`threads`) and the named model shapes (`presets`).
+
+The names are loaded on first use, so that `mjp_hf.training.presets` or `mjp_hf.training.threads` does not import
+the `Trainer` (and accelerate) with them.
+"""
+
+import importlib
+
+
+_NAMES = {
+    "trainer": (
+        "MJPScheduleCallback",
+        "MJPTrainer",
+        "NON_LOGIT_OUTPUTS",
+        "PerProcessSeedCallback",
+        "RUN_ARGUMENTS_NAME",
+        "SAVE_IN_PROGRESS_NAME",
+        "TrainingDivergedError",
+        "TransformEpochCallback",
+        "checkpoint_folders",
+        "checkpoint_problem",
+        "last_complete_checkpoint",
+        "mjp_schedule",
+        "plot_training_curves",
+        "soft_target_cross_entropy",
+        "top_k_predictions",
+        "unwrap_model",
+    ),
+    "threads": ("AdaptiveThreads", "AdaptiveThreadsCallback", "adaptive_threads", "user_thread_setting"),
+    "presets": ("PRESETS", "config_from_preset"),
+}
+_MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
+
+
+def __getattr__(name):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_MODULE_OF])
+
+
+__all__ = sorted(_MODULE_OF)
