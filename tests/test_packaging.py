@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,3 +65,19 @@ def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
     )
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_ci_tests_the_lowest_transformers_setup_py_declares():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from declared_range import install_requires, lowest_version
+    finally:
+        sys.path.pop(0)
+    requirements = install_requires(ROOT / "setup.py")
+    lowest = lowest_version(requirements, "transformers")
+    assert any(requirement.startswith(f"transformers>={lowest},") for requirement in requirements)
+    assert "declared_range.py transformers --lowest" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit, match="declares no lower bound"):
+        lowest_version(["transformers<6"], "transformers")
+    with pytest.raises(SystemExit, match="does not declare"):
+        lowest_version(["torch>=2.4"], "transformers")
