@@ -698,6 +698,50 @@ def _without_a_tensor(run_dir: Path, destination: Path) -> str:
     return dropped
 
 
+@pytest.mark.parametrize("edit", ["unexpected", "mis-shaped"])
+def test_layout_and_push_refuse_a_checkpoint_with_unexpected_or_mis_shaped_tensors(tiny_run, tmp_path, edit):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken-run"
+    shutil.copytree(tiny_run, broken)
+    weights = load_file(broken / "model.safetensors")
+    if edit == "unexpected":
+        weights["vit.dist_token"] = torch.zeros(1, 1, 48)
+        expected = r"unexpected tensors \['vit\.dist_token'\]"
+    else:
+        key = next(key for key in sorted(weights) if key.endswith("classifier.weight"))
+        weights[key] = torch.zeros(weights[key].shape[0] + 1, weights[key].shape[1])
+        expected = r"tensors of the wrong shape \[.*classifier\.weight"
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=expected):
+        main(["layout", "--run_dir", str(broken), "--output_dir", str(tmp_path / "out"), "--model_id", "me/x"])
+    assert not (tmp_path / "out").exists()
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match=expected):
+        main(["push", "--run_dir", str(broken), "--hub_model_id", "me/x"])
+    assert hub.calls == []
+
+
+def test_the_card_command_never_unpickles_training_args_bin(tiny_run, tmp_path):
+    """`training_args.bin` is a pickle: loading it could run any code. A booby-trapped one stays untouched."""
+    import pickle
+
+    trap = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self):
+            return (Path.touch, (trap,))
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "training_args.bin").write_bytes(pickle.dumps(Trap()))
+    main(["card", "--run_dir", str(run), "--model_id", "me/x", "--output", str(tmp_path / "card.md")])
+    main(["layout", "--run_dir", str(run), "--model_id", "me/x", "--output_dir", str(tmp_path / "layout")])
+    assert (tmp_path / "card.md").is_file() and not trap.exists()
+    pickle.loads((run / "training_args.bin").read_bytes())  # the trap works: it is the commands that never load it
+    assert trap.exists()
+
+
 def test_layout_and_push_refuse_a_checkpoint_with_missing_tensors(tiny_run, tmp_path):
     broken = tmp_path / "broken-run"
     _without_a_tensor(tiny_run, broken)

@@ -103,7 +103,8 @@ def load_run(run_dir: str | os.PathLike):
         if "MJPViTForImageClassification" in config.get("architectures", ["MJPViTForImageClassification"])
         else MJPViTModel
     )
-    model, info = model_class.from_pretrained(run_dir, output_loading_info=True)
+    # Mis-shaped tensors are reported (then refused below, by name) rather than raised on without their names.
+    model, info = model_class.from_pretrained(run_dir, output_loading_info=True, ignore_mismatched_sizes=True)
     problems = [
         f"{what} {sorted(map(str, info[key]))}"
         for key, what in (
