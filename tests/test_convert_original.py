@@ -25,6 +25,7 @@ from mjp_hf.conversion.original import (
     ConvertedCheckpoint,
     ReleasedCheckpointError,
     ReleasedShape,
+    _read_id2label,
     build_config,
     convert_checkpoint,
     expected_shapes,
@@ -581,3 +582,16 @@ def test_an_output_folder_of_any_name_gets_a_valid_placeholder_id(checkpoint, tm
     main(["--checkpoint", str(checkpoint), "--output_dir", str(output_dir)])
     card = ModelCard.load(output_dir / "README.md")
     assert 'model="org/my-converted-run-u"' in card.text
+
+
+@pytest.mark.parametrize("form", ["list", "object", "config.json"])
+def test_id2label_is_read_from_a_list_an_object_or_a_classifiers_config(tmp_path, form):
+    names = [f"class {i}" for i in range(7)]
+    data = {
+        "list": names,
+        "object": {str(i): name for i, name in enumerate(names)},
+        "config.json": {"model_type": "vit", "id2label": {str(i): name for i, name in enumerate(names)}},
+    }[form]
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    assert _read_id2label(str(path)) == dict(enumerate(names))

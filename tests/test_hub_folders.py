@@ -177,15 +177,41 @@ def test_a_layout_killed_at_any_write_leaves_no_debris_and_the_same_command_comp
         assert_user_files_kept(output)
 
 
-def test_sigterm_and_ctrl_c_clean_up_at_once(tmp_path, saved_runs):
-    _, run = saved_runs
-    for number, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
-        output = tmp_path / f"out-{number}" / "layout"
-        process, _ = start_paused(tmp_path, "save", 2, *layout_command(run, output))
-        process.send_signal(sig)
-        _, stderr = process.communicate(timeout=60)
-        assert process.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
+STOPS = [(signal.SIGTERM, "save", 2, False), (signal.SIGINT, "save", 2, False), (signal.SIGTERM, "replace", 3, True)]
+
+
+@pytest.mark.parametrize("sig, what, count, existing", STOPS, ids=["sigterm", "ctrl-c", "sigterm-mid-swap"])
+def test_sigterm_and_ctrl_c_stop_at_once_leaving_the_folder_as_it_was(
+    tmp_path, saved_runs, sig, what, count, existing
+):
+    old_run, run = saved_runs
+    output = tmp_path / "out" / "layout"
+    if existing:
+        main(layout_command(old_run, output))
+        add_user_files(output)
+    before = {name: (output / name).read_bytes() for name in layout_files(output)} if existing else None
+    process, _ = start_paused(tmp_path, what, count, *layout_command(run, output, *(["--overwrite"] * existing)))
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + sig and "Traceback" not in stderr, stderr[-3000:]
+    assert f"stopped by {signal.Signals(sig).name}" in stderr
+    if existing:  # the files moved in so far were taken out again, the earlier ones put back
+        assert {name: (output / name).read_bytes() for name in layout_files(output)} == before
+        assert os.listdir(output.parent) == ["layout"]
+    else:
         assert os.listdir(output.parent) == [], "the interrupted command left its staging folder"
+
+
+def test_a_card_command_killed_while_writing_leaves_no_card_and_no_debris(tmp_path, saved_runs):
+    _, run = saved_runs
+    card = tmp_path / "cards" / "my card.md"
+    command = ["card", "--run_dir", str(run), "--model_id", "me/x", "--output", str(card)]
+    process, _ = start_paused(tmp_path, "link", 1, *command)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert not card.exists()
+    main(command)  # the same command again: no "exists", no leftovers
+    assert os.listdir(card.parent) == [card.name] and "Masked Jigsaw Puzzle" in card.read_text()
 
 
 def test_staging_of_other_folders_and_of_live_processes_is_left_alone(tmp_path, saved_runs):
@@ -193,20 +219,20 @@ def test_staging_of_other_folders_and_of_live_processes_is_left_alone(tmp_path, 
     _, run = saved_runs
     parent = tmp_path / "layouts"
     parent.mkdir()
-    look_alike = parent / ".out.mjp-staging-notmine"  # no marker inside: a user's folder
+    look_alike = parent / ".out.mjp-staging-notmine"  # not named as the hub names them: a user's folder
     look_alike.mkdir()
     (look_alike / "data.txt").write_text("mine")
     paused, go = start_paused(tmp_path, "save", 2, *layout_command(run, parent / "out"))
     try:
         (live,) = [path for path in parent.iterdir() if path != look_alike]  # the paused process's staging
-        main(layout_command(run, parent / "other"))
-        main(layout_command(run, parent / "out-2"))
+        main(layout_command(run, parent / "other"))  # another folder's write never looks at it
+        main(layout_command(run, parent / "out"))  # nor does a write of the same folder, while its process lives
         assert live.is_dir() and (look_alike / "data.txt").read_text() == "mine"
     finally:
         go.touch()
-        paused.communicate(timeout=120)
-    assert paused.returncode == 0
-    assert sorted(os.listdir(parent)) == sorted(["out", "other", "out-2", look_alike.name])
+        _, stderr = paused.communicate(timeout=120)
+    assert paused.returncode != 0 and "was filled by another process meanwhile" in stderr
+    assert sorted(os.listdir(parent)) == sorted(["out", "other", look_alike.name])
 
 
 def test_two_processes_writing_one_new_folder_one_wins_whole_the_other_refuses(tmp_path, saved_runs):
@@ -291,6 +317,8 @@ def test_overwrite_never_writes_or_deletes_through_links_inside_the_folder(tmp_p
     own = tmp_path / "my-weights.bin"
     own.write_bytes(b"mine too")
     (output / "pytorch_model.bin").symlink_to(own)  # a stale-weights name: the layout deletes this entry
+    (output / "README.md").unlink()
+    (output / "README.md").symlink_to(own)  # a layout file: the layout replaces this entry
     saved = tmp_path / "saved-mjp"
     (output / "mjp").rename(saved)
     (output / "mjp").symlink_to(elsewhere)
@@ -304,6 +332,7 @@ def test_overwrite_never_writes_or_deletes_through_links_inside_the_folder(tmp_p
     saved.rename(output / "mjp")
     main(layout_command(run, output, "--overwrite"))
     assert not os.path.lexists(output / "pytorch_model.bin") and own.read_bytes() == b"mine too"
+    assert not (output / "README.md").is_symlink() and "## Repository layout" in (output / "README.md").read_text()
 
 
 # --- names ----------------------------------------------------------------------------------------------------

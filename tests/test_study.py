@@ -156,6 +156,21 @@ def test_seeds_for_gives_one_variant_its_own_seeds(capsys):
     assert "argument --seeds_for: 'mjp=zero': expected a whole number" in capsys.readouterr().err
 
 
+def test_an_interrupted_training_resumes_from_its_checkpoint_and_one_without_starts_over(tmp_path):
+    """The study's part of "an interrupted training resumes": it never passes --overwrite_output_dir to a run folder
+    that holds a checkpoint (the training script then resumes from it), and passes it to one that holds none (all
+    its files are the study's own run, killed before its first checkpoint)."""
+    study = _study()
+    args = study.parse_args(["--variants", "mjp", "--seeds", "0"])
+    run_dir = tmp_path / "mjp-seed0"
+    assert "--overwrite_output_dir" not in study.training_command("mjp", 0, run_dir, args)  # a new run
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    assert "--overwrite_output_dir" in study.training_command("mjp", 0, run_dir, args)
+    (run_dir / "checkpoint-40").mkdir()
+    assert "--overwrite_output_dir" not in study.training_command("mjp", 0, run_dir, args)
+
+
 def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path):
     """2 variants, 1 seed, a few steps: every stage really runs (training and the three evaluations as
     subprocesses); the second run finds everything cached and writes the same tables."""
