@@ -25,6 +25,7 @@ from mjp_hf.conversion.original import (
     ConvertedCheckpoint,
     ReleasedCheckpointError,
     ReleasedShape,
+    _read_id2label,
     build_config,
     convert_checkpoint,
     expected_shapes,
@@ -549,3 +550,48 @@ def test_overwrite_output_dir_replaces_only_the_converted_files(checkpoint, tmp_
     assert (output_dir / "my_eval.py").read_text() == "print('mine')"
     assert (output_dir / "mjp" / "results.json").read_text() == "{}"
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "mjp" / "model.safetensors").is_file()
+
+
+def test_the_token_is_never_written_or_printed(checkpoint, tmp_path, capsys, caplog):
+    import logging
+
+    token = "hf_SECRETtokenNeverWritten0123456789"
+    tokens_seen = []
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        tokens_seen.append(self.token)
+        return mock.Mock(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+    output_dir = tmp_path / "converted"
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="me/mjp-tiny")),
+        mock.patch.object(HfApi, "upload_folder", upload_folder),
+        caplog.at_level(logging.DEBUG),
+    ):
+        main(["--checkpoint", str(checkpoint), "--output_dir", str(output_dir), "--push_to_hub", "me/mjp-tiny",
+              "--hub_token", token])  # fmt: skip
+    assert tokens_seen == [token]
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err + caplog.text
+    for path in output_dir.rglob("*"):
+        assert path.is_dir() or token.encode() not in path.read_bytes(), path
+
+
+def test_an_output_folder_of_any_name_gets_a_valid_placeholder_id(checkpoint, tmp_path):
+    output_dir = tmp_path / "my converted run, ü"
+    main(["--checkpoint", str(checkpoint), "--output_dir", str(output_dir)])
+    card = ModelCard.load(output_dir / "README.md")
+    assert 'model="org/my-converted-run-u"' in card.text
+
+
+@pytest.mark.parametrize("form", ["list", "object", "config.json"])
+def test_id2label_is_read_from_a_list_an_object_or_a_classifiers_config(tmp_path, form):
+    names = [f"class {i}" for i in range(7)]
+    data = {
+        "list": names,
+        "object": {str(i): name for i, name in enumerate(names)},
+        "config.json": {"model_type": "vit", "id2label": {str(i): name for i, name in enumerate(names)}},
+    }[form]
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    assert _read_id2label(str(path)) == dict(enumerate(names))

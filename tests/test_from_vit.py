@@ -188,3 +188,33 @@ def test_output_folder_may_not_be_the_source(vit_folder):
     with pytest.raises(SystemExit, match=r"--output_dir .* is --model_name_or_path"):
         main(["--model_name_or_path", str(folder), "--output_dir", str(folder), "--overwrite_output_dir"])
     assert (folder / "model.safetensors").read_bytes() == before
+
+
+def test_overwrite_replaces_only_a_checkpoints_files_and_a_failed_write_changes_nothing(vit_folder, tmp_path):
+    from unittest import mock
+
+    folder, _ = vit_folder
+    output = tmp_path / "mjp init ü"
+    main(["--model_name_or_path", str(folder), "--output_dir", str(output)])
+    mine = {"notes.md": "mine", "old/model.safetensors": "mine", "model-v2/a-of-b.safetensors": "mine"}
+    for name, text in mine.items():
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_text(text)
+    (output / "pytorch_model.bin").write_bytes(b"stale weights of an earlier checkpoint")
+    main(["--model_name_or_path", str(folder), "--output_dir", str(output), "--overwrite_output_dir",
+          "--jigsaw_ratio", "0.25"])  # fmt: skip
+    assert all((output / name).read_text() == text for name, text in mine.items())
+    assert not (output / "pytorch_model.bin").exists(), "stale weights of an earlier checkpoint stayed"
+    assert json.loads((output / "config.json").read_text())["jigsaw_ratio"] == 0.25
+
+    # The image processor's save fails after the model's: the folder keeps the earlier checkpoint, whole.
+    before = {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    failing = mock.patch(
+        "transformers.image_processing_base.ImageProcessingMixin.save_pretrained",
+        side_effect=OSError(28, "No space left on device"),
+    )
+    with failing, pytest.raises(OSError, match="No space left"):
+        main(["--model_name_or_path", str(folder), "--output_dir", str(output), "--overwrite_output_dir",
+              "--jigsaw_ratio", "0.5"])  # fmt: skip
+    assert {path: path.read_bytes() for path in output.rglob("*") if path.is_file()} == before
+    assert sorted(os.listdir(tmp_path)) == sorted(["vit", output.name]), "a staging folder was left behind"

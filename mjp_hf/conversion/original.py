@@ -36,17 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 
 from ..configuration_mjp_vit import MJPViTConfig
-from ..hub.publish import (
-    MODEL_CARDS_DIR,
-    ModelCard,
-    build_model_card,
-    check_output_dir,
-    layout_files,
-    push_mjp_model,
-    save_publishing_layout,
-)
+from ..hub.card import MODEL_CARDS_DIR, build_model_card, placeholder_repo_id, repo_id_argument
+from ..hub.files import check_output_dir, layout_files
+from ..hub.layout import push_mjp_model, save_publishing_layout
 from ..modeling_mjp_vit import MJPViTForImageClassification
 
 
@@ -425,7 +420,7 @@ def build_config(
     num_attention_heads: int | None = None,
     id2label: Mapping[int, str] | None = None,
 ) -> MJPViTConfig:
-    heads = num_attention_heads or shape.hidden_size // 64
+    heads = shape.hidden_size // 64 if num_attention_heads is None else num_attention_heads
     if heads < 1 or shape.hidden_size % heads:
         raise ReleasedCheckpointError(
             f"{heads} attention heads do not divide the width {shape.hidden_size}; pass --num_attention_heads with a "
@@ -589,19 +584,36 @@ def _read_id2label(path: str | None) -> dict[int, str] | None:
     raise ValueError(f"--id2label {path}: expected a JSON list of names, an id->name object or a config.json.")
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is invalid; pass a whole number >= 1")
+    return number
+
+
 def _parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mjp_hf.conversion.original", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the released best_model.pth (or a state dict file)")
     parser.add_argument("--output_dir", required=True, help="new or empty folder for the converted layout")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="also push the layout to this repo")
+    parser.add_argument(
+        "--push_to_hub",
+        metavar="REPO_ID",
+        type=repo_id_argument,
+        default=None,
+        help="also push the layout to this repo",
+    )
     parser.add_argument("--hub_token", default=None)
     parser.add_argument("--hub_private_repo", action="store_true")
-    parser.add_argument("--num_attention_heads", type=int, default=None, help="default: hidden_size // 64")
+    parser.add_argument("--num_attention_heads", type=_positive_int, default=None, help="default: hidden_size // 64")
     parser.add_argument(
         "--id2label", default=None, help="class names: a JSON list, an id->name object, or a classifier's config.json"
     )
     parser.add_argument(
         "--model_id",
+        type=repo_id_argument,
         default=None,
         help="repo id named in the card (default: --push_to_hub or org/<output folder name>)",
     )
@@ -641,7 +653,7 @@ def main(argv=None) -> ConvertedCheckpoint:
             "No --id2label: the classes are named LABEL_0..LABEL_999. Pass the config.json of any "
             "ImageNet-1k transformers classifier (same class order) to name them."
         )
-    model_id = args.model_id or args.push_to_hub or f"org/{output_dir.resolve().name}"
+    model_id = args.model_id or args.push_to_hub or placeholder_repo_id(output_dir.resolve().name, namespace="org")
     checkpoint_name = Path(args.checkpoint).name
     if converted.is_released_vit_small:
         card = released_card(converted, model_id=model_id, checkpoint_name=checkpoint_name)

@@ -1,18 +1,12 @@
-"""Publishing MJP-ViT on the Hugging Face Hub (`publish`): the two-checkpoint repository layout (a stock ViT at the
-root, the full MJP checkpoint under `mjp/`), model cards, and the push. `python -m mjp_hf.hub --help` lists the
-command-line tools."""
+"""Publishing MJP-ViT on the Hugging Face Hub: the two-checkpoint repository layout (a stock ViT at the root, the
+full MJP checkpoint under `mjp/`) and its push (`layout`), model cards (`card`), a training run's folder (`runs`),
+the files and how a folder of them is written safely (`files`). `python -m mjp_hf.hub --help` lists the
+command-line tools (`cli`)."""
 
-from .publish import (
-    MJP_SUBFOLDER,
-    MODEL_CARDS_DIR,
-    build_model_card,
-    card_for_run,
-    check_output_dir,
-    layout_files,
-    push_mjp_model,
-    read_run_records,
-    save_publishing_layout,
-)
+from .card import MODEL_CARDS_DIR, build_model_card, check_repo_id, placeholder_repo_id, push_repo_id
+from .files import MJP_SUBFOLDER, check_output_dir, layout_files
+from .layout import push_mjp_model, save_publishing_layout
+from .runs import card_for_run, read_run_records
 
 
 __all__ = [
@@ -21,8 +15,11 @@ __all__ = [
     "build_model_card",
     "card_for_run",
     "check_output_dir",
+    "check_repo_id",
     "layout_files",
+    "placeholder_repo_id",
     "push_mjp_model",
+    "push_repo_id",
     "read_run_records",
     "save_publishing_layout",
 ]

@@ -1,6 +1,6 @@
-"""`python -m mjp_hf.hub card|layout|push ...`: the command-line tools of `mjp_hf.hub.publish`."""
+"""`python -m mjp_hf.hub card|layout|push ...`: the command-line tools of `mjp_hf.hub.cli`."""
 
-from .publish import main
+from .cli import run_command
 
 
-main()
+run_command()
