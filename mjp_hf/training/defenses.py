@@ -24,10 +24,14 @@ updates from the server.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from ..data.augmentation import splitmix64
 
 
 Gradients = Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
@@ -116,6 +120,19 @@ def _rebuild(gradients: Gradients, items: list[tuple[object, torch.Tensor]]) -> 
 def _work_dtype(tensor: torch.Tensor) -> torch.dtype:
     """float32 for half-precision gradients (their norms and noise lose too much in 16 bits), else their own."""
     return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def keyed_generator(seed: int, stream: str, *counters: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A `torch.Generator` whose state depends only on `(seed, stream, *counters)`: e.g. `(run seed, "dp_sgd_noise",
+    global step)`, so that a resumed run draws what the uninterrupted one did without saving any generator state.
+
+    The noise is then as secret as the seed: a server that knows a client's seed can subtract its noise. Runs meant
+    to protect real clients keep their seed private (or draw it from `secrets.randbits(63)`)."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+        key = splitmix64(np.uint64(int(seed) % 2**64))
+        for part in (zlib.crc32(stream.encode("utf-8")), *counters):
+            key = splitmix64(key ^ np.uint64(int(part) % 2**64))
+    return torch.Generator(device=device).manual_seed(int(key))
 
 
 def gaussian_noise(reference: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -468,6 +485,7 @@ __all__ = [
     "gaussian_mechanism_noise_multiplier",
     "global_norm",
     "history_epsilon",
+    "keyed_generator",
     "noise_multiplier_for_epsilon",
     "prune",
     "pruned_count",
