@@ -183,6 +183,16 @@ def test_dp_sgd_clips_every_example_then_averages():
     )
 
 
+def test_dp_sgd_without_noise_and_with_a_norm_no_example_reaches_is_the_batch_mean():
+    """What makes an attack on a DP-SGD gradient at σ = 0 and a large C the undefended attack."""
+    per_sample = _per_sample()
+    defended = dp_sgd(per_sample, max_norm=1e6, noise_multiplier=0.0)
+    for name, tensor in per_sample.items():
+        torch.testing.assert_close(defended[name], tensor.mean(dim=0), rtol=1e-6, atol=1e-7)
+    local = clip_and_noise({name: tensor.mean(dim=0) for name, tensor in per_sample.items()}, 1e6, 0.0)
+    assert all(torch.equal(local[name], per_sample[name].mean(dim=0)) for name in per_sample)
+
+
 def test_dp_sgd_noise_has_std_sigma_c_over_the_batch_size():
     sigma, max_norm, batch = 1.3, 0.5, 4
     per_sample = {"a": torch.zeros(batch, 120, 100), "b": torch.zeros(batch, 3000)}

@@ -342,6 +342,7 @@ def test_the_dp_trained_model_saves_and_loads_as_a_plain_transformers_model(unin
     [
         (dict(max_grad_norm=1.0), "set max_grad_norm=0"),
         (dict(gradient_accumulation_steps=2), "gradient_accumulation_steps=2 .*set it to 1"),
+        (dict(auto_find_batch_size=True), "auto_find_batch_size would change the batch"),
         (
             {
                 "activation_checkpointing"

@@ -240,13 +240,19 @@ class DPSGDMixin:
                 "Poisson batches, which the accountant does not describe: set it to 1 and raise "
                 "per_device_train_batch_size instead"
             )
+        if args.auto_find_batch_size:
+            problems.append(
+                "auto_find_batch_size would change the batch, and with it the sampling rate the accounting uses: "
+                "turn it off and set per_device_train_batch_size"
+            )
         if (
             args.world_size > 1
+            or args.n_gpu > 1
             or getattr(self, "is_deepspeed_enabled", False)
             or getattr(self, "is_fsdp_enabled", False)
         ):
             problems.append(
-                f"training in {args.world_size} processes (or with DeepSpeed/FSDP) needs Opacus' distributed optimizer "
+                f"training in {args.world_size} processes on {args.n_gpu} device(s) (or with DeepSpeed/FSDP) needs Opacus' distributed optimizer "
                 "and sampler, which this trainer does not host: train in one process"
             )
         if args.fp16:
