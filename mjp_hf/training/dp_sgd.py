@@ -207,6 +207,18 @@ class DPSGDCallback(TrainerCallback, ExportableState):
             optimizer.zero_grad(set_to_none=True)
 
 
+def _modules_with_buffers(model: torch.nn.Module, limit: int = 4) -> str:
+    """`name (Class: buffer, ...)` for the modules with their own trainable parameters that hold buffers."""
+    from opacus.utils.module_utils import trainable_modules
+
+    found = [
+        f"{name or type(module).__name__} ({type(module).__name__}: {', '.join(n for n, _ in module.named_buffers())})"
+        for name, module in trainable_modules(model)
+        if any(True for _ in module.buffers())
+    ]
+    return "; ".join(found[:limit]) + (f"; ... ({len(found)} in all)" if len(found) > limit else "")
+
+
 class DPSGDMixin:
     """DP-SGD training for a `Trainer` subclass; put it first: `class T(DPSGDMixin, MJPTrainer)`. Takes
     `dp_sgd=DPSGDSettings(...)`; see the module's docstring for what it changes and refuses."""
@@ -252,8 +264,9 @@ class DPSGDMixin:
             or getattr(self, "is_fsdp_enabled", False)
         ):
             problems.append(
-                f"training in {args.world_size} processes on {args.n_gpu} device(s) (or with DeepSpeed/FSDP) needs Opacus' distributed optimizer "
-                "and sampler, which this trainer does not host: train in one process"
+                f"training in {args.world_size} processes on {args.n_gpu} device(s) (or with DeepSpeed/FSDP) needs "
+                "Opacus' distributed optimizer and sampler, which this trainer does not host: train in one process "
+                "on one device"
             )
         if args.fp16:
             problems.append("fp16 scales the loss, and with it every per-example norm: use bf16 or fp32")
@@ -264,12 +277,11 @@ class DPSGDMixin:
             problems.append("a compiled model hides its layers from Opacus' hooks: turn torch_compile off")
         if self.train_dataset is not None and not hasattr(self.train_dataset, "__len__"):
             problems.append("Poisson sampling needs a training set with a length (not an IterableDataset)")
-        errors = GradSampleHooks.validate(self.model, strict=False)
-        if errors:
+        if GradSampleHooks.validate(self.model, strict=False):
             problems.append(
-                "Opacus cannot compute per-example gradients for this model: "
-                + "; ".join(str(error).split("(")[0].strip() for error in errors)
-                + f" ({len(errors)} module(s), e.g. {str(errors[0])[:300]})"
+                "Opacus cannot compute per-example gradients for this model: it refuses trainable modules that hold "
+                "buffers (state per-example clipping does not cover, such as BatchNorm's running statistics), and "
+                f"this model has {_modules_with_buffers(self.model)}"
             )
         if problems:
             raise ValueError("DP-SGD cannot run this training: " + "; ".join(problems) + ".")
