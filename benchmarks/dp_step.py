@@ -176,6 +176,9 @@ def main(argv=None) -> None:
         f"main job's {MAIN_JOB_STEPS} training steps take {plain_minutes:.1f} min plain and "
         f"{plain_minutes * ratios['DP-SGD, Opacus hooks']:.1f} min with DP-SGD (hooks), steps alone, one thread."
     )
+    if "MJP-ViT DP-SGD, hooks" in times:
+        mjp_ratio = paired_ratio(times["MJP-ViT DP-SGD, hooks"], times["MJP-ViT plain"])
+        print(f"MJP-ViT: a DP-SGD step (hooks) costs {mjp_ratio:.2f}x its own plain step.")
     if mjp_note:
         print(mjp_note)
     print(f"load average at end: {load_average()}")
