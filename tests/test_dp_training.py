@@ -27,8 +27,6 @@ from mjp_hf.training.dp_sgd import (
 )
 
 
-pytest.importorskip("opacus", reason="DP-SGD training needs Opacus (pip install -e '.[dev]')")
-
 NUM_SAMPLES, BATCH = 32, 8
 NUM_LABELS = 3
 
