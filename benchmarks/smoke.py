@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import busy_machine  # noqa: E402
 import data_loading  # noqa: E402
+import dp_step  # noqa: E402
 import inference  # noqa: E402
 import jigsaw_op  # noqa: E402
 import main_job_levers  # noqa: E402
@@ -33,6 +34,7 @@ SUMMARY_LINES = {
     "busy_machine": (busy_machine, "busy_machine adaptive threads: "),
     "main_job_levers": (main_job_levers, "main_job_levers time per image vs fp32 eager: "),
     "main_job_time": (main_job_time, "main_job_time: "),
+    "dp_step": (dp_step, "dp_step cost vs a plain step "),
 }
 
 
