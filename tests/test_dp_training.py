@@ -250,7 +250,7 @@ def test_poisson_batches_include_each_example_at_the_sample_rate_and_are_keyed_t
 class _StrictResumeDPSGDTrainer(DPSGDMixin, MJPTrainer):
     """DP-SGD on `MJPTrainer`, for its strict checkpoint loading: the plain Trainer's resume reads a transformers-5 ViT
     checkpoint (written under the v4 names) with strict=False and silently keeps the fresh encoder
-    (huggingface/transformers#48805). A stock ViT has no MJP loss parts: the Trainer's own loss."""
+    (docs/UPSTREAM_ISSUES.md has the issue text to file). A stock ViT has no MJP loss parts: the Trainer's own loss."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
