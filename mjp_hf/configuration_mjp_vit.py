@@ -2,17 +2,12 @@
 
 import dataclasses
 import math
-from typing import Literal, get_args
+from typing import Literal
 
-from huggingface_hub.dataclasses import strict, validated_field
-from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
+from huggingface_hub.dataclasses import as_validated_field, strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import ViTConfig
 
-
-JigsawMode = Literal["mjp", "naive"]
-DALRHead = Literal["nonlinear", "linear", "none"]
-JIGSAW_MODES = get_args(JigsawMode)
-DALR_HEADS = get_args(DALRHead)
 
 # What a saved config.json records about its model class and writer rather than the model: never carried across a
 # ViT <-> MJP conversion.
@@ -20,62 +15,72 @@ _CLASS_KEYS = ("model_type", "architectures", "auto_map", "transformers_version"
 
 
 class MJPConfigError(StrictDataclassError, ValueError):
-    """An invalid `MJPViTConfig` value. `@strict` reports a failed check as a `StrictDataclassError`, which is no
-    `ValueError`; this is both, so that `except ValueError` (the Python convention for a bad value) catches it too."""
+    """An invalid `MJPViTConfig` value; the message names the field, the value and the fix."""
 
 
-# Field validators: each raises `ValueError(<the fix>)`; `MJPViTConfig.__setattr__` adds the field and the value.
-# `@strict` runs them at construction, on every assignment (so `from_pretrained(dir, jigsaw_ratio=3.0)` too) and
-# before `save_pretrained` writes a config.json.
+def _checked(condition, fix: str):
+    """A `huggingface_hub` validated field for finite values meeting `condition`; a failure says `fix`."""
+
+    @as_validated_field
+    def check(value) -> None:
+        if any(isinstance(v, float) and not math.isfinite(v) for v in pair(value)):
+            raise ValueError("pass a finite number")
+        if not condition(value):
+            raise ValueError(fix)
+
+    return check
 
 
-def _finite(value) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("pass a finite number")
-
-
-def _fraction(value) -> None:
-    _finite(value)
-    if not 0 <= value <= 1:
-        raise ValueError("pass a fraction in [0, 1]")
-
-
-def _block_area(value) -> None:
-    if value < 1:
-        raise ValueError("pass a block area of at least 1 patch")
-
-
-def _optional_block_area(value) -> None:
-    if value is not None and value < 1:
-        raise ValueError("pass a block area of at least 1 patch, or None")
-
-
-def _aspect(value) -> None:
-    _finite(value)
-    if not 0 < value <= 1:
-        raise ValueError("pass an aspect ratio in (0, 1]; 0.3 as released")
-
-
-def _loss_weight(value) -> None:
-    _finite(value)
-    if value < 0:
-        raise ValueError("pass a weight >= 0 (0 keeps the head but adds no loss)")
-
-
-def _positive(value) -> None:
-    _finite(value)
-    if not value > 0:
-        raise ValueError("pass a number > 0")
-
-
-def _pixels(value) -> None:
-    sizes = value if isinstance(value, (list, tuple)) else (value,)
-    if len(sizes) not in (1, 2) or any(isinstance(size, bool) or size < 1 for size in sizes):
-        raise ValueError("pass a whole number of pixels >= 1, or a (height, width) pair of them")
+_fraction = _checked(lambda v: 0 <= v <= 1, "pass a fraction in [0, 1]")
+_finite = _checked(lambda v: True, "")
+_positive = _checked(lambda v: v > 0, "pass a number > 0")
+_pixels = _checked(
+    lambda v: len(pair(v)) == 2 and all(not isinstance(s, bool) and s >= 1 for s in pair(v)),
+    "pass a whole number of pixels >= 1, or a (height, width) pair of them",
+)
+_block_area = _checked(lambda v: v is None or v >= 1, "pass a block area of at least 1 patch")
+_aspect = _checked(lambda v: 0 < v <= 1, "pass an aspect ratio in (0, 1]; 0.3 as released")
+_loss_weight = _checked(lambda v: v >= 0, "pass a weight >= 0 (0 keeps the head but adds no loss)")
 
 
 @strict
-class MJPViTConfig(ViTConfig):
+class _MJPViTFields(ViTConfig):
+    # ViT fields re-declared with their defaults, only to add range checks (finite floats, at least one pixel).
+    hidden_dropout_prob: float | int = _fraction(default=0.0)
+    attention_probs_dropout_prob: float | int = _fraction(default=0.0)
+    initializer_range: float = _finite(default=0.02)
+    layer_norm_eps: float = _positive(default=1e-12)
+    image_size: int | list[int] | tuple[int, int] = _pixels(default=224)
+    patch_size: int | list[int] | tuple[int, int] = _pixels(default=16)
+
+    jigsaw_ratio: float | int = _fraction(default=0.1)
+    jigsaw_prob: float | int = _fraction(default=0.5)
+    jigsaw_min_block: int = _block_area(default=8)
+    jigsaw_max_block: int | None = _block_area(default=None)
+    jigsaw_min_aspect: float | int = _aspect(default=0.3)
+    jigsaw_per_sample: bool = False
+    jigsaw_mode: Literal["mjp", "naive"] = "mjp"
+    use_unk_position_embedding: bool = True
+    dalr_head: Literal["nonlinear", "linear", "none"] = "nonlinear"
+    dalr_loss_weight: float | int = _loss_weight(default=0.01)
+    dalr_normalize_targets: bool = False
+
+    def validate_patch_grid(self) -> None:
+        """The image holds at least one patch in each direction."""
+        image_size, patch_size = pair(self.image_size), pair(self.patch_size)
+        if image_size[0] < patch_size[0] or image_size[1] < patch_size[1]:
+            raise MJPConfigError(
+                f"MJPViTConfig: `image_size={self.image_size!r}` is smaller than one patch (`patch_size="
+                f"{self.patch_size!r}`); pass an image_size of at least the patch size."
+            )
+
+    def validate_checked_fields(self) -> None:
+        """The checks of assignment, again: a value that bypassed them never reaches a config.json."""
+        for name in _MJPViTFields.__annotations__:
+            setattr(self, name, getattr(self, name))
+
+
+class MJPViTConfig(_MJPViTFields):
     r"""
     Configuration of a Vision Transformer trained with Masked Jigsaw Puzzle position embeddings
     (Ren et al., "Masked Jigsaw Puzzle: A Versatile Position Embedding for Vision Transformers", CVPR 2023).
@@ -83,8 +88,8 @@ class MJPViTConfig(ViTConfig):
     Every `ViTConfig` argument keeps its meaning. The defaults of the added arguments are the authors' released
     recipe (ViT-S/16, `train.sh`).
 
-    Every value is checked when it is set (at construction, by assignment, and by `from_pretrained(...,
-    **kwargs)`), and all of them again by `validate()` and `save_pretrained`: an invalid value raises an
+    `@strict` checks every value when it is set (at construction, by assignment, and by `from_pretrained(...,
+    **kwargs)`), and all of them again in `validate()`, which `save_pretrained` runs: an invalid value raises an
     `MJPConfigError` (a `ValueError`) naming the field, the value and the fix. Floats must be finite.
 
     Args:
@@ -127,58 +132,36 @@ class MJPViTConfig(ViTConfig):
     >>> model = MJPViTForImageClassification(config)
     ```"""
 
+    # `@strict` (on the parent, which declares the fields) reports a failed check as a `StrictDataclassError`, no
+    # `ValueError`; this class raises it again as an `MJPConfigError`, which is both, naming the field and value.
     model_type = "mjp_vit"
 
-    # ViT fields re-declared with their defaults, only to add range checks (finite floats, at least one pixel).
-    hidden_dropout_prob: float | int = validated_field(_fraction, default=0.0)
-    attention_probs_dropout_prob: float | int = validated_field(_fraction, default=0.0)
-    initializer_range: float = validated_field(_finite, default=0.02)
-    layer_norm_eps: float = validated_field(_positive, default=1e-12)
-    image_size: int | list[int] | tuple[int, int] = validated_field(_pixels, default=224)
-    patch_size: int | list[int] | tuple[int, int] = validated_field(_pixels, default=16)
+    def __setattr__(self, name, value):
+        try:
+            super().__setattr__(name, value)
+        except StrictDataclassError as error:
+            raise MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {error.__cause__}.") from error
 
-    jigsaw_ratio: float | int = validated_field(_fraction, default=0.1)
-    jigsaw_prob: float | int = validated_field(_fraction, default=0.5)
-    jigsaw_min_block: int = validated_field(_block_area, default=8)
-    jigsaw_max_block: int | None = validated_field(_optional_block_area, default=None)
-    jigsaw_min_aspect: float | int = validated_field(_aspect, default=0.3)
-    jigsaw_per_sample: bool = False
-    jigsaw_mode: JigsawMode = "mjp"
-    use_unk_position_embedding: bool = True
-    dalr_head: DALRHead = "nonlinear"
-    dalr_loss_weight: float | int = validated_field(_loss_weight, default=0.01)
-    dalr_normalize_targets: bool = False
+    def validate(self) -> None:
+        try:
+            super().validate()
+        except StrictDataclassError as error:
+            cause = error.__cause__
+            raise cause if isinstance(cause, MJPConfigError) else MJPConfigError(str(cause)) from error
+
+    def check_mjp_fields(self) -> None:
+        """Same as `validate()`."""
+        self.validate()
 
     def __post_init__(self, **kwargs):
         # A config read from a stock ViT folder (to fine-tune it with MJP) carries `model_type: vit`.
         kwargs.pop("model_type", None)
         super().__post_init__(**kwargs)
-
-    def validate_patch_grid(self) -> None:
-        """Part of `@strict`'s `validate()`: the image holds at least one patch in each direction."""
-        image_size, patch_size = pair(self.image_size), pair(self.patch_size)
-        if image_size[0] < patch_size[0] or image_size[1] < patch_size[1]:
-            raise ValueError(
-                f"MJPViTConfig: `image_size={self.image_size!r}` is smaller than one patch (`patch_size="
-                f"{self.patch_size!r}`); pass an image_size of at least the patch size."
-            )
-
-    def validate_checked_fields(self) -> None:
-        """Part of `@strict`'s `validate()`, which `save_pretrained` runs: the fields checked on assignment are
-        checked again, so a value that bypassed `__setattr__` never reaches a config.json."""
-        for name in MJPViTConfig.__annotations__:
-            for validator in self.__validators__.get(name, []):
-                _raise_for(name, getattr(self, name), validator)
-
-    def check_mjp_fields(self) -> None:
-        """Raise an `MJPConfigError` naming the first invalid field or combination (the same checks as
-        `validate()`; assignments are checked as they happen)."""
         self.validate()
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        # Keyword arguments are assigned one by one after construction (each checked by its field validator);
-        # check their combination too.
+        # Keyword arguments are assigned one by one after construction, each checked: check their combination too.
         result = super().from_dict(config_dict, **kwargs)
         (result[0] if isinstance(result, tuple) else result).validate()
         return result
@@ -195,12 +178,8 @@ class MJPViTConfig(ViTConfig):
 
     def to_vit_config(self) -> ViTConfig:
         """The stock `ViTConfig` of this model without the MJP fields (what `to_vit()` exports)."""
-        fields = {
-            key: value
-            for key, value in self.to_dict().items()
-            if key not in MJP_CONFIG_FIELDS and key not in _CLASS_KEYS
-        }
-        vit_config = ViTConfig(**fields)
+        dropped = set(MJP_CONFIG_FIELDS) | set(_CLASS_KEYS)
+        vit_config = ViTConfig(**{key: value for key, value in self.to_dict().items() if key not in dropped})
         vit_config._attn_implementation = self._attn_implementation
         return vit_config
 
@@ -221,48 +200,9 @@ def patch_grid(config) -> tuple[tuple[int, int], tuple[int, int]]:
     return (image_h // patch_h, image_w // patch_w), (patch_h, patch_w)
 
 
-# The typed `Literal` fields: their type check is the whole check, so name the choices.
-_CHOICES = {"jigsaw_mode": JIGSAW_MODES, "dalr_head": DALR_HEADS}
-
-
-def _invalid(name: str, value, cause: Exception) -> MJPConfigError:
-    reason = f"choose one of {_CHOICES[name]}" if name in _CHOICES else cause
-    return MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {reason}.")
-
-
-def _raise_for(name: str, value, validator) -> None:
-    try:
-        validator(value)
-    except (ValueError, TypeError) as error:
-        raise _invalid(name, value, error) from error
-
-
-def _with_plain_errors(cls):
-    """Re-raise `@strict`'s errors as `MJPConfigError`s with the message `` `field=value` is invalid; <fix>``."""
-    strict_setattr, strict_validate = cls.__setattr__, cls.validate
-
-    def __setattr__(self, name, value):
-        try:
-            strict_setattr(self, name, value)
-        except StrictDataclassFieldValidationError as error:
-            raise _invalid(name, value, error.__cause__) from error
-
-    def validate(self):
-        try:
-            strict_validate(self)
-        except StrictDataclassError as error:
-            raise MJPConfigError(str(error.__cause__ or error)) from error
-
-    # A subclass decorated with `@strict` again may replace it, as it replaces the one `@strict` made.
-    validate.__is_defined_by_strict_decorator__ = True
-    cls.__setattr__, cls.validate = __setattr__, validate
-    return cls
-
-
-MJPViTConfig = _with_plain_errors(MJPViTConfig)
-
 # The fields this config adds to `ViTConfig` (not those it re-declares to check them); `to_vit_config()` drops these.
-_VIT_FIELDS = {field.name for field in dataclasses.fields(ViTConfig)}
-MJP_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(MJPViTConfig) if field.name not in _VIT_FIELDS)
+MJP_CONFIG_FIELDS = tuple(
+    field.name for field in dataclasses.fields(MJPViTConfig) if field.name not in ViTConfig.__dataclass_fields__
+)
 
 __all__ = ["MJPConfigError", "MJPViTConfig"]
