@@ -285,3 +285,54 @@ def random_pixel_permutation(
     if generator is not None:
         device = generator.device
     return torch.randperm(patch_size[0] * patch_size[1], generator=generator, device=device)
+
+
+def complete_given_jigsaw(
+    jigsaw_mask: torch.BoolTensor | None,
+    jigsaw_permutation: torch.LongTensor | None,
+    batch_size: int,
+    grid_size: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> tuple[torch.BoolTensor, torch.LongTensor]:
+    """A caller's jigsaw, checked and completed: a mask alone gets a random permutation within it, a permutation
+    alone the mask of the positions it moves. Raises a `ValueError` naming the argument for a wrong shape or dtype,
+    or a permutation row that is not one (a check that reads the tensor on the host, skipped while compiling)."""
+    num_patches = grid_size[0] * grid_size[1]
+    for name, value in (("jigsaw_mask", jigsaw_mask), ("jigsaw_permutation", jigsaw_permutation)):
+        if value is not None and (
+            value.ndim != 2 or value.shape[0] not in (1, batch_size) or value.shape[1] != num_patches
+        ):
+            raise ValueError(
+                f"{name} must have shape (batch_size or 1, num_patches) = ({batch_size} or 1, {num_patches}) for a "
+                f"{grid_size[0]}x{grid_size[1]} patch grid, got {tuple(value.shape)}."
+            )
+    if jigsaw_mask is not None and jigsaw_mask.dtype != torch.bool:
+        raise ValueError(f"jigsaw_mask must be a bool tensor, got {jigsaw_mask.dtype}.")
+    if jigsaw_permutation is not None and jigsaw_permutation.dtype != torch.long:
+        raise ValueError(f"jigsaw_permutation must be a long (int64) tensor, got {jigsaw_permutation.dtype}.")
+    if jigsaw_permutation is None:
+        jigsaw_permutation = permutation_within_mask(jigsaw_mask, generator)
+    elif not torch.compiler.is_compiling():  # a compiled step must not leave its graph to read the tensor
+        check_permutation(jigsaw_permutation)
+    if jigsaw_mask is None:
+        jigsaw_mask = jigsaw_permutation != torch.arange(num_patches, device=jigsaw_permutation.device)
+    return jigsaw_mask, jigsaw_permutation
+
+
+def check_permutation(permutation: torch.LongTensor) -> None:
+    """Raise if a row of a gather index is not a permutation of `0 .. num_patches - 1`."""
+    num_patches = permutation.shape[-1]
+    expected = torch.arange(num_patches, device=permutation.device)
+    bad_rows = (permutation.sort(dim=-1).values != expected).any(-1).nonzero().flatten().tolist()
+    if bad_rows:
+        row = permutation[bad_rows[0]]
+        out_of_range = row[(row < 0) | (row >= num_patches)].tolist()
+        problem = (
+            f"values out of range {out_of_range[:8]}"
+            if out_of_range
+            else f"repeated values {sorted(set(row[row.bincount(minlength=num_patches)[row] > 1].tolist()))[:8]}"
+        )
+        raise ValueError(
+            f"jigsaw_permutation row {bad_rows[0]} is not a permutation of 0..{num_patches - 1} ({problem}); pass "
+            "each position exactly once, e.g. `torch.randperm(num_patches)` or the identity outside the mask."
+        )
