@@ -65,6 +65,7 @@ from mjp_hf.data import (
 )
 from mjp_hf.metrics import load_accuracy_topk
 from mjp_hf.mixup import MixupCutmixCollator
+from mjp_hf.modeling_mjp_vit import is_mjp_only_parameter
 from mjp_hf.presets import PRESETS, config_from_preset
 from mjp_hf.rand_augment import parse_rand_augment
 from mjp_hf.threads import AdaptiveThreadsCallback, adaptive_threads
@@ -850,9 +851,7 @@ def build_model(model_args: ModelArguments, mjp_args: MJPArguments, label_names:
         # Only MJP's own weights (and a re-initialised head) may be new: anything else means the checkpoint's keys
         # were not understood and the encoder would silently train from scratch.
         unexpected_new = [
-            key
-            for key in info["missing_keys"]
-            if not any(part in key for part in ("unk_position_embedding", "dalr_head", "classifier"))
+            key for key in info["missing_keys"] if not (is_mjp_only_parameter(key) or "classifier" in key)
         ]
         if unexpected_new:
             raise ValueError(

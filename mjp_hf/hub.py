@@ -33,7 +33,13 @@ from transformers import TrainerState
 
 from .configuration_mjp_vit import MJP_CONFIG_FIELDS
 from .data import FASHION_MNIST_LABELS
-from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel, mjp_auto_map
+from .modeling_mjp_vit import (
+    MJPViTForImageClassification,
+    MJPViTModel,
+    MJPViTPreTrainedModel,
+    is_mjp_only_parameter,
+    mjp_auto_map,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -182,9 +188,7 @@ def _eval_results(metrics: Mapping, *, dataset_name: str | None, dataset_split: 
 def _architecture_rows(model: MJPViTPreTrainedModel, run_folder: bool = False) -> list[tuple[str, str]]:
     config = model.config
     vit_parameters = sum(
-        parameter.numel()
-        for name, parameter in model.named_parameters()
-        if ".unk_position_embedding" not in name and ".dalr_head." not in name
+        parameter.numel() for name, parameter in model.named_parameters() if not is_mjp_only_parameter(name)
     )
     rows = [
         ("image size", _format_value(config.image_size)),
