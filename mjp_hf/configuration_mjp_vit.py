@@ -9,8 +9,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import ViTConfig
 
 
-# What a saved config.json records about its model class and writer rather than the model: never carried across a
-# ViT <-> MJP conversion.
+# What a config.json records about the class and the writer, not the model: never carried across ViT <-> MJP.
 _CLASS_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
 
 
@@ -32,7 +31,6 @@ def _checked(condition, fix: str):
 
 
 _fraction = _checked(lambda v: 0 <= v <= 1, "pass a fraction in [0, 1]")
-_finite = _checked(lambda v: True, "")
 _positive = _checked(lambda v: v > 0, "pass a number > 0")
 _pixels = _checked(
     lambda v: len(pair(v)) == 2 and all(not isinstance(s, bool) and s >= 1 for s in pair(v)),
@@ -48,7 +46,7 @@ class _MJPViTFields(ViTConfig):
     # ViT fields re-declared with their defaults, only to add range checks (finite floats, at least one pixel).
     hidden_dropout_prob: float | int = _fraction(default=0.0)
     attention_probs_dropout_prob: float | int = _fraction(default=0.0)
-    initializer_range: float = _finite(default=0.02)
+    initializer_range: float = _checked(lambda v: True, "")(default=0.02)  # finite
     layer_norm_eps: float = _positive(default=1e-12)
     image_size: int | list[int] | tuple[int, int] = _pixels(default=224)
     patch_size: int | list[int] | tuple[int, int] = _pixels(default=16)
@@ -67,8 +65,7 @@ class _MJPViTFields(ViTConfig):
 
     def validate_patch_grid(self) -> None:
         """The image holds at least one patch in each direction."""
-        image_size, patch_size = pair(self.image_size), pair(self.patch_size)
-        if image_size[0] < patch_size[0] or image_size[1] < patch_size[1]:
+        if any(image < patch for image, patch in zip(pair(self.image_size), pair(self.patch_size))):
             raise MJPConfigError(
                 f"MJPViTConfig: `image_size={self.image_size!r}` is smaller than one patch (`patch_size="
                 f"{self.patch_size!r}`); pass an image_size of at least the patch size."
@@ -82,58 +79,41 @@ class _MJPViTFields(ViTConfig):
 
 class MJPViTConfig(_MJPViTFields):
     r"""
-    Configuration of a Vision Transformer trained with Masked Jigsaw Puzzle position embeddings
-    (Ren et al., "Masked Jigsaw Puzzle: A Versatile Position Embedding for Vision Transformers", CVPR 2023).
-
-    Every `ViTConfig` argument keeps its meaning. The defaults of the added arguments are the authors' released
-    recipe (ViT-S/16, `train.sh`).
-
-    `@strict` checks every value when it is set (at construction, by assignment, and by `from_pretrained(...,
-    **kwargs)`), and all of them again in `validate()`, which `save_pretrained` runs: an invalid value raises an
+    A `ViTConfig` plus the switches of Masked Jigsaw Puzzle position embeddings (Ren et al., "Masked Jigsaw Puzzle: A
+    Versatile Position Embedding for Vision Transformers", CVPR 2023); the added arguments default to the authors'
+    released recipe (ViT-S/16, `train.sh`). Every value is checked when set (at construction, by assignment, by
+    `from_pretrained(..., **kwargs)`) and again by `validate()`, which `save_pretrained` runs: an invalid one raises an
     `MJPConfigError` (a `ValueError`) naming the field, the value and the fix. Floats must be finite.
 
     Args:
         jigsaw_ratio (`float`, *optional*, defaults to 0.1):
-            Fraction of the patch grid selected for the jigsaw (the paper's shuffle ratio gamma); `int(num_patches *
-            jigsaw_ratio)` patches are targeted, in [0, 1].
+            The paper's shuffle ratio gamma, in [0, 1]: `int(num_patches * jigsaw_ratio)` patches are targeted.
         jigsaw_prob (`float`, *optional*, defaults to 0.5):
             Chance that a training step is jigsawed, in [0, 1].
         jigsaw_min_block (`int`, *optional*, defaults to 8):
             Smallest area, in patches, of one rectangular block of the block-wise mask.
         jigsaw_max_block (`int`, *optional*):
-            Largest area of one block. `None` keeps the released cap of 75 patches on a 14x14 grid, scaled to the
-            grid in use (`round(num_patches * 75 / 196)`).
+            Largest area of one block; `None`: the released cap of 75 of 196 patches, scaled to the grid in use.
         jigsaw_min_aspect (`float`, *optional*, defaults to 0.3):
-            Smallest aspect ratio of a block; the largest is its inverse. Aspects are drawn log-uniformly.
+            Smallest aspect ratio of a block (the largest is its inverse); aspects are drawn log-uniformly.
         jigsaw_per_sample (`bool`, *optional*, defaults to `False`):
-            `False`: one mask and one permutation for the whole batch, as released. `True`: an independent mask,
-            permutation and jigsaw decision for every sample.
+            A mask, permutation and jigsaw decision per sample, instead of one for the whole batch as released.
         jigsaw_mode (`str`, *optional*, defaults to `"mjp"`):
-            `"mjp"`: block-wise jigsaw of the selected patches. `"naive"`: the paper's naive-shuffle ablation, every
-            patch shuffled and the pixels inside every patch permuted by one shared permutation, with no unknown
-            position embedding and the localization loss over all positions.
+            `"mjp"`: the block-wise jigsaw. `"naive"`: the paper's naive-shuffle ablation, every patch shuffled and
+            the pixels in every patch permuted alike, with no unknown position embedding and the DALR over all.
         use_unk_position_embedding (`bool`, *optional*, defaults to `True`):
-            Replace the position embedding of every shuffled patch by one learnable "unknown" position embedding
-            (the masked position embedding of MJP). Used in `"mjp"` mode only.
+            Give every shuffled patch one learnable "unknown" position embedding instead of its own (`"mjp"` only).
         dalr_head (`str`, *optional*, defaults to `"nonlinear"`):
-            The dense absolute localization regressor (DALR) that maps each position embedding to its (row, col):
-            `"nonlinear"` (Linear-ReLU-Linear, as released), `"linear"`, or `"none"` (no head, no loss).
+            The dense absolute localization regressor from a position embedding to its (row, col): `"nonlinear"`
+            (Linear-ReLU-Linear, as released), `"linear"`, or `"none"` (no head, no loss).
         dalr_loss_weight (`float`, *optional*, defaults to 0.01):
             Weight of the DALR L1 loss added to the classification loss, >= 0.
         dalr_normalize_targets (`bool`, *optional*, defaults to `False`):
-            `False`: regress raw grid coordinates (0 .. grid - 1), as released. `True`: divide them by the grid size.
+            Regress coordinates divided by the grid size, instead of the raw 0 .. grid - 1 as released.
+    """
 
-    Example:
-
-    ```python
-    >>> from mjp_hf import MJPViTConfig, MJPViTForImageClassification
-
-    >>> config = MJPViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
-    >>> model = MJPViTForImageClassification(config)
-    ```"""
-
-    # `@strict` (on the parent, which declares the fields) reports a failed check as a `StrictDataclassError`, no
-    # `ValueError`; this class raises it again as an `MJPConfigError`, which is both, naming the field and value.
+    # `@strict` (on the parent, which declares the fields) reports a failed check as a `StrictDataclassError`, not a
+    # `ValueError`: this class raises an `MJPConfigError`, both, naming the field and the value.
     model_type = "mjp_vit"
 
     def __setattr__(self, name, value):
@@ -149,9 +129,7 @@ class MJPViTConfig(_MJPViTFields):
             cause = error.__cause__
             raise cause if isinstance(cause, MJPConfigError) else MJPConfigError(str(cause)) from error
 
-    def check_mjp_fields(self) -> None:
-        """Same as `validate()`."""
-        self.validate()
+    check_mjp_fields = validate  # its name before the checks moved into `@strict`
 
     def __post_init__(self, **kwargs):
         # A config read from a stock ViT folder (to fine-tune it with MJP) carries `model_type: vit`.
@@ -168,18 +146,15 @@ class MJPViTConfig(_MJPViTFields):
 
     @classmethod
     def from_vit_config(cls, vit_config: ViTConfig, **mjp_settings) -> "MJPViTConfig":
-        """An `MJPViTConfig` with every field of `vit_config` and the given MJP settings (`None` or absent: the
-        release's defaults)."""
-        unknown = sorted(set(mjp_settings) - set(MJP_CONFIG_FIELDS))
-        if unknown:
+        """`vit_config`'s fields and the given MJP settings (`None` or absent: the release's defaults)."""
+        if unknown := sorted(set(mjp_settings) - set(MJP_CONFIG_FIELDS)):
             raise ValueError(f"Unknown MJP settings {unknown}; choose from {list(MJP_CONFIG_FIELDS)}.")
         fields = {key: value for key, value in vit_config.to_dict().items() if key not in _CLASS_KEYS}
         return cls(**fields, **{key: value for key, value in mjp_settings.items() if value is not None})
 
     def to_vit_config(self) -> ViTConfig:
         """The stock `ViTConfig` of this model without the MJP fields (what `to_vit()` exports)."""
-        dropped = set(MJP_CONFIG_FIELDS) | set(_CLASS_KEYS)
-        vit_config = ViTConfig(**{key: value for key, value in self.to_dict().items() if key not in dropped})
+        vit_config = ViTConfig(**{k: v for k, v in self.to_dict().items() if k not in MJP_CONFIG_FIELDS + _CLASS_KEYS})
         vit_config._attn_implementation = self._attn_implementation
         return vit_config
 

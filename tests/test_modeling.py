@@ -674,7 +674,7 @@ def test_a_given_permutation_must_be_a_permutation(row, problem):
 
 
 def test_an_empty_batch_is_refused():
-    with pytest.raises(ValueError, match=r"pixel_values holds no image \(shape \(0, 3, 28, 28\)\).*at least one"):
+    with pytest.raises(ValueError, match=r"pixel_values must be a batch of at least one image .*got \(0, 3, 28, 28\)"):
         tiny_model()(pixels(batch=0))
 
 
@@ -756,7 +756,7 @@ def test_the_dalr_head_lives_in_the_base_model_and_moved_names_say_where():
         with pytest.raises(AttributeError, match=re.escape(f"use `model.vit.{replacement}`")):
             getattr(model.vit.embeddings, name)
     with pytest.raises(
-        AttributeError, match=re.escape("returns no loss; use `model.localization_loss(outputs.jigsaw_mask)`")
+        AttributeError, match=re.escape("returns no loss: use `model.localization_loss(outputs.jigsaw_mask)`")
     ):
         model.vit(pixels()).localization_loss
 
