@@ -15,11 +15,11 @@ EXTRAS = {
     ],
     "evaluation": ["scikit-image>=0.22", "scikit-learn>=1.3", "imagecorruptions-imaug>=1.1.5", "matplotlib", "tqdm"],
 }
-# setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model. ruff: the house
-# style (ruff.toml), checked in CI.
+# setuptools: tests/test_packaging.py builds the wheel. onnx: tests/test_modeling.py exports the model. opacus:
+# tests/test_opacus.py trains the model with DP-SGD. ruff: the house style (ruff.toml), checked in CI.
 EXTRAS["dev"] = sorted(
     {dep for deps in EXTRAS.values() for dep in deps}
-    | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64", "onnx>=1.16", "ruff>=0.6"}
+    | {"pytest>=8", "pytest-xdist>=3", "setuptools>=64", "onnx>=1.16", "opacus>=1.5", "ruff>=0.6"}
 )
 EXTRAS["all"] = EXTRAS["dev"]
 

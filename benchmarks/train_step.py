@@ -96,8 +96,9 @@ def embedding_variants(mjp, stock, pixel_values, autocast_dtype):
 
     def mjp_call():
         with autocast():
-            out, jigsaw_mask = mjp_embeddings(pixel_values, jigsaw=True)
-            loss = mjp_embeddings.localization_loss(jigsaw_mask)
+            jigsaw_mask, permutation = mjp_embeddings.jigsaw(pixel_values, jigsaw=True)
+            out = mjp_embeddings.embed(pixel_values, jigsaw_mask, permutation)
+            loss = mjp.vit.localization_loss(jigsaw_mask, batch_size=pixel_values.shape[0])
         (out.float().sum() + loss).backward()
 
     return {

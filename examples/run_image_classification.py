@@ -67,6 +67,7 @@ from mjp_hf.data.mixup import MixupCutmixCollator
 from mjp_hf.data.rand_augment import parse_rand_augment
 from mjp_hf.data.transforms import ImageClassificationTransform, collate_image_classification, processor_image_size
 from mjp_hf.evaluation.metrics import load_accuracy_topk
+from mjp_hf.modeling_mjp_vit import is_mjp_only_parameter
 from mjp_hf.training import (
     RUN_ARGUMENTS_NAME,
     SAVE_IN_PROGRESS_NAME,
@@ -850,9 +851,7 @@ def build_model(model_args: ModelArguments, mjp_args: MJPArguments, label_names:
         # Only MJP's own weights (and a re-initialised head) may be new: anything else means the checkpoint's keys
         # were not understood and the encoder would silently train from scratch.
         unexpected_new = [
-            key
-            for key in info["missing_keys"]
-            if not any(part in key for part in ("unk_position_embedding", "dalr_head", "classifier"))
+            key for key in info["missing_keys"] if not (is_mjp_only_parameter(key) or "classifier" in key)
         ]
         if unexpected_new:
             raise ValueError(

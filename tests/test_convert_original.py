@@ -491,7 +491,7 @@ def test_released_linear_head_keys_convert(tmp_path):
     path = save_released(tmp_path / "linear.pth", state_dict, **{"TRAIN.DLOCR_TYPE": "linear"})
     model = convert_checkpoint(path).model
     assert model.config.dalr_head == "linear"
-    regressor = model.vit.embeddings.dalr_head.regressor
+    regressor = model.vit.dalr_head.regressor
     assert torch.equal(regressor[0].weight, state_dict["dlocr.layers.weight"])
     assert torch.equal(regressor[0].bias, state_dict["dlocr.layers.bias"])
 

@@ -44,13 +44,13 @@ import json, os, sys
 import torch
 sys.path.insert(0, {examples!r})
 import run_image_classification as run
-from mjp_hf.modeling_mjp_vit import MJPViTEmbeddings
+from mjp_hf.modeling_mjp_vit import MJPViTModel
 
 masks = []
 
 def record(module, args, output):
-    if isinstance(module, MJPViTEmbeddings) and module.training and output[1] is not None:
-        masks.append(output[1].flatten().tolist())
+    if isinstance(module, MJPViTModel) and module.training and output.jigsaw_mask is not None:
+        masks.append(output.jigsaw_mask.flatten().tolist())
 
 torch.nn.modules.module.register_module_forward_hook(record)
 run.main(sys.argv[1:])

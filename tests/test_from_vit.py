@@ -82,7 +82,7 @@ def test_all_vit_weights_kept_and_only_mjp_parts_new(vit_folder, tmp_path, capsy
     # The new parts are initialised like a fresh MJP model's, not left empty.
     unk = reloaded.vit.embeddings.unk_position_embedding
     assert torch.isfinite(unk).all() and 0.005 < unk.std().item() < 0.05
-    assert reloaded.vit.embeddings.dalr_head.regressor[0].weight.abs().sum() > 0
+    assert reloaded.vit.dalr_head.regressor[0].weight.abs().sum() > 0
 
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_all_vit_weights_kept_and_only_mjp_parts_new(vit_folder, tmp_path, capsy
     out = reloaded(x, labels=torch.tensor([0, 2]), jigsaw=True)
     assert out.jigsaw_mask.shape == (2, 16) and out.localization_loss > 0
     out.loss.backward()
-    assert reloaded.vit.embeddings.dalr_head.regressor[0].weight.grad is not None
+    assert reloaded.vit.dalr_head.regressor[0].weight.grad is not None
     assert model.config.jigsaw_ratio == 0.25
 
 

@@ -303,7 +303,7 @@ def test_layout_loads_in_process_with_identical_logits(tmp_path):
     # The subfolder keeps what training needs: the UNK embedding and the DALR head, bit for bit.
     embeddings, reloaded = model.vit.embeddings, full.vit.embeddings
     assert torch.equal(reloaded.unk_position_embedding, embeddings.unk_position_embedding)
-    assert torch.equal(reloaded.dalr_head.regressor[2].weight, embeddings.dalr_head.regressor[2].weight)
+    assert torch.equal(full.vit.dalr_head.regressor[2].weight, model.vit.dalr_head.regressor[2].weight)
 
 
 def test_layout_of_an_encoder_without_head(tmp_path):

@@ -110,15 +110,15 @@ def test_callback_sets_the_schedule_through_wrappers_and_on_resume():
     callback = MJPScheduleCallback(warmup_epochs=3)
     state = TrainerState(epoch=0.0, num_train_epochs=10)
     callback.on_train_begin(None, state, None, model=wrapped)
-    embeddings = model.vit.embeddings
-    assert embeddings.jigsaw_enabled is False and float(embeddings.dalr_loss_weight) == 0.0
+    embeddings, dalr_loss = model.vit.embeddings, model.vit.dalr_loss
+    assert embeddings.jigsaw_enabled is False and float(dalr_loss.weight) == 0.0
     state.epoch = 1.0
     callback.on_epoch_begin(None, state, None, model=wrapped)
-    assert float(embeddings.dalr_loss_weight) == pytest.approx(0.02)
+    assert float(dalr_loss.weight) == pytest.approx(0.02)
     state.epoch = 4.6  # resumed in the middle of epoch 4
     callback.on_train_begin(None, state, None, model=wrapped)
     expected = mjp_schedule(4, 10, 3, 0.04)
-    assert embeddings.jigsaw_enabled is True and float(embeddings.dalr_loss_weight) == pytest.approx(expected[1])
+    assert embeddings.jigsaw_enabled is True and float(dalr_loss.weight) == pytest.approx(expected[1])
     assert model.config.dalr_loss_weight == 0.04  # the config keeps the base value
 
 

@@ -25,11 +25,12 @@ from transformers.utils import logging as transformers_logging
 
 from ..configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig, pair
 from ..hub.files import CHECKPOINT_FILE_PATTERNS, check_output_dir, staged_folder
-from ..modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
-
-
-# The only parameters an MJP model has beyond a stock ViT: everything else must come from the checkpoint.
-MJP_NEW_PARAMETER_PATTERNS = (".unk_position_embedding", ".dalr_head.")
+from ..modeling_mjp_vit import (
+    MJPViTForImageClassification,
+    MJPViTModel,
+    MJPViTPreTrainedModel,
+    is_mjp_only_parameter,
+)
 
 
 class NotAViTCheckpointError(ValueError):
@@ -82,7 +83,7 @@ def mjp_from_vit(model_name_or_path: str | Path, **mjp_settings) -> MJPViTPreTra
         model, info = model_class.from_pretrained(
             model_name_or_path, config=config, output_loading_info=True, **kwargs
         )
-    not_new = [key for key in info["missing_keys"] if not any(p in f".{key}" for p in MJP_NEW_PARAMETER_PATTERNS)]
+    not_new = [key for key in info["missing_keys"] if not is_mjp_only_parameter(key)]
     problems = []
     if not_new:
         problems.append(f"ViT weights missing from the checkpoint: {sorted(not_new)}")
@@ -233,7 +234,7 @@ def _convert(args) -> MJPViTPreTrainedModel:
         model.save_pretrained(staging)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
-    new = sum(p.numel() for n, p in model.named_parameters() if any(s in f".{n}" for s in MJP_NEW_PARAMETER_PATTERNS))
+    new = sum(p.numel() for n, p in model.named_parameters() if is_mjp_only_parameter(n))
     print(
         f"Added {_added_parts(model)} ({new:,} new parameters, every ViT weight kept) and wrote "
         f"{type(model).__name__} to {output_dir}; max |eval difference| to the source ViT {difference:.2e}; MJP "

@@ -9,7 +9,7 @@ The released `best_model.pth` is a `torch.save` dict `{model, max_accuracy, epoc
 
 Names: the release calls the DALR head and its loss both `dlocr` (`DenseLocRegress`, `--use-dlocr`,
 `--lambda_dlocr`, `TRAIN.USE_DLOCR`, `TRAIN.LAMBDA_DLOCR`, `TRAIN.DLOCR_TYPE`). Here, as in the paper, the head is
-the DALR (`config.dalr_head`, `embeddings.dalr_head`, its weight `config.dalr_loss_weight`) and its weighted L1
+the DALR (`config.dalr_head`, `model.vit.dalr_head`, its weight `config.dalr_loss_weight`) and its weighted L1
 loss is the localization loss (`localization_loss` in the outputs and the training logs).
 
 The file is read with `torch.load(weights_only=True)`: no code it names is imported or run. Objects of classes the
@@ -364,7 +364,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], shape: ReleasedSh
         converted[embeddings + "position_embeddings"] = state_dict["pos_embed"]
     for key, value in state_dict.items():
         if key.startswith("dlocr.layers."):
-            converted[embeddings + "dalr_head.regressor." + key[len("dlocr.layers.") :]] = value
+            converted["vit.dalr_head.regressor." + key[len("dlocr.layers.") :]] = value
     for i in range(shape.num_hidden_layers):
         old, new = f"blocks.{i}.", f"vit.layers.{i}."
         # timm fuses the projections as rows [query; key; value].

@@ -79,15 +79,15 @@ def dalr_error(model) -> dict | None:
     Returns `mae` (mean over positions and both coordinates), `mean_distance` (Euclidean, per position) and
     `max_distance`.
     """
-    embeddings = model.vit.embeddings
-    head = getattr(embeddings, "dalr_head", None)
+    base = model.base_model
+    head = getattr(base, "dalr_head", None)  # a stock ViT has none
     if head is None:
         return None
-    predictions = head(embeddings.position_embeddings[0, 1:]).double()
-    targets = embeddings.dalr_targets().double()
+    predictions = head(base.embeddings.position_embeddings[0, 1:]).double()
+    targets = base.dalr_loss.targets(predictions.device).double()
     if model.config.dalr_normalize_targets:
         # Back to grid units, so that heads trained either way compare.
-        scale = torch.tensor(embeddings.grid_size, dtype=torch.float64, device=targets.device)
+        scale = torch.tensor(base.dalr_loss.grid_size, dtype=torch.float64, device=targets.device)
         predictions, targets = predictions * scale, targets * scale
     errors = predictions - targets
     distances = errors.norm(dim=-1)

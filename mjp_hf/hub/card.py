@@ -19,7 +19,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..configuration_mjp_vit import MJP_CONFIG_FIELDS
 from ..data import FASHION_MNIST_LABELS
-from ..modeling_mjp_vit import MJPViTForImageClassification, MJPViTPreTrainedModel
+from ..modeling_mjp_vit import MJPViTForImageClassification, MJPViTPreTrainedModel, is_mjp_only_parameter
 from .files import FASHION_MNIST_WIDGET, LAYOUT_CODE_FILES, MJP_SUBFOLDER, WIDGET_FOLDER, widget_file_name
 
 
@@ -274,9 +274,7 @@ def _result_rows(metrics: Mapping) -> list[tuple[str, str]]:
 def _architecture_rows(model: MJPViTPreTrainedModel, run_folder: bool = False) -> list[tuple[str, str]]:
     config = model.config
     vit_parameters = sum(
-        parameter.numel()
-        for name, parameter in model.named_parameters()
-        if ".unk_position_embedding" not in name and ".dalr_head." not in name
+        parameter.numel() for name, parameter in model.named_parameters() if not is_mjp_only_parameter(name)
     )
     rows = [
         ("image size", _format_value(config.image_size)),

@@ -465,7 +465,7 @@ class MJPTrainer(Trainer):
             logs["classification_loss"] = classification / count
             if self._has_localization_loss:
                 logs["localization_loss"] = localization / count
-                logs["dalr_loss_weight"] = float(unwrap_model(self.model).mjp_embeddings.dalr_loss_weight)
+                logs["dalr_loss_weight"] = float(unwrap_model(self.model).base_model.dalr_loss.weight)
             self._loss_parts_sum, self._loss_parts_count = None, 0
         elif "train_loss" in logs:  # the end of training: the steps since the last log, and the final weights
             self._check_finite(check_weights=True)
