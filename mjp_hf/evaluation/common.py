@@ -14,9 +14,10 @@ from torch.nn import functional as F
 
 from ..configuration_mjp_vit import pair as _pair
 from ..configuration_mjp_vit import patch_grid  # noqa: F401  (the evaluations import it from here)
-from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays
-from ..data.transforms import processor_image_size
+from ..data.pixels import channel_statistics, model_images, pixel_values, processor_image_size
+from ..data.sources import load_labelled_images
 from ..modeling_mjp_vit import MJPViTForImageClassification
+from ..utils import listed
 
 
 # transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.
@@ -92,28 +93,26 @@ class PixelNormalization:
     the model's `pixel_values`, whose inverse maps reconstructions back to pixels and whose image of `[0, 1]` bounds
     them.
 
-    `from_uint8` gives exactly the processor's `pixel_values` for uint8 images already at the model's size: it looks
-    each value up in `uint8_table`, the processor's own output for the 256 uint8 values of each channel (rescale and
-    normalise act on each pixel alone), so no arithmetic of the processor is written again here. Without a table (the
-    default), it is that of transformers' default ViT processor (mean and std 0.5).
+    `from_uint8` gives exactly the processor's `pixel_values` for uint8 images already at the model's size, through
+    `mjp_hf.data.pixels.pixel_values`, the one path from images to pixels. Without a processor (the default), it is
+    transformers' default ViT processor with `mean` and `std` (0.5).
     """
 
     mean: tuple[float, ...] = DEFAULT_IMAGE_MEAN
     std: tuple[float, ...] = DEFAULT_IMAGE_STD
-    uint8_table: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 [C, 256]
+    image_processor: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.uint8_table is None:
+        if self.image_processor is None:
             from transformers import ViTImageProcessorPil
 
-            statistics = {"image_mean": list(self.mean), "image_std": list(self.std)}
-            self.uint8_table = _uint8_table(ViTImageProcessorPil(), statistics, len(self.mean))
+            self.image_processor = ViTImageProcessorPil(image_mean=list(self.mean), image_std=list(self.std))
 
     @classmethod
     def from_processor(cls, image_processor, num_channels: int = 3) -> "PixelNormalization":
         """The normalisation of `image_processor`, for a model with `num_channels` channels."""
         # A 1-channel model with an RGB processor: its first channel's statistics, as the training transform uses.
-        statistics = _channel_statistics(image_processor, num_channels)
+        statistics = channel_statistics(image_processor, num_channels)
         # [0, 1] pixels are rescaled to `255 * rescale_factor` units before the processor normalises them.
         rescale = float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", True) else 1.0
         scale = 255.0 * rescale
@@ -124,7 +123,7 @@ class PixelNormalization:
         return cls(
             mean=tuple(value / scale for value in mean),
             std=tuple(value / scale for value in std),
-            uint8_table=_uint8_table(image_processor, statistics, num_channels),
+            image_processor=image_processor,
         )
 
     @classmethod
@@ -151,44 +150,7 @@ class PixelNormalization:
 
     def from_uint8(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """`[B, H, W, C]` uint8 images at the model's size -> the processor's `pixel_values` `[B, C, H, W]`."""
-        table = torch.as_tensor(self.uint8_table, device=device)
-        if images.shape[-1] != len(table):
-            raise ValueError(f"The images have {images.shape[-1]} channels but the normalisation {len(table)}.")
-        values = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).long()
-        return table[torch.arange(len(table), device=device).view(1, -1, 1, 1), values]
-
-
-def _channel_statistics(image_processor, num_channels: int) -> dict:
-    # A processor that does not normalise may carry no statistics; they are then unused.
-    return {
-        name: _per_channel(
-            0.5 if getattr(image_processor, name, None) is None else getattr(image_processor, name), num_channels
-        )
-        for name in ("image_mean", "image_std")
-    }
-
-
-def _uint8_table(image_processor, statistics: dict | None = None, num_channels: int = 3) -> np.ndarray:
-    """`[C, 256]`: the processor's `pixel_values` for each uint8 value of each channel."""
-    values = np.broadcast_to(np.arange(256, dtype=np.uint8), (num_channels, 1, 256)).copy()
-    statistics = statistics if statistics is not None else _channel_statistics(image_processor, num_channels)
-    table = image_processor(
-        values, do_resize=False, do_center_crop=False, input_data_format="channels_first", **statistics
-    )["pixel_values"][0]
-    return np.asarray(table, dtype=np.float32).reshape(num_channels, 256)
-
-
-def _per_channel(values, num_channels: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
-    if len(values) == 1:
-        values = values * num_channels
-    if num_channels == 1:
-        return values[:1]
-    if len(values) != num_channels:
-        raise ValueError(
-            f"The image processor has {len(values)} normalisation channels but the model expects {num_channels}."
-        )
-    return values
+        return pixel_values(images, self.image_processor, len(self.mean), resize=False, device=device)
 
 
 def load_eval_images(
@@ -203,48 +165,32 @@ def load_eval_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evaluation images as uint8 `[n, H, W, C]` at the model's resolution and channel count, and int64 labels.
 
-    The images are resized and centre-cropped by `image_processor` (the model's, from `load_image_processor`; the
-    stock ViT processor at the model's size when `None`) with its resampling filter; its rescale and normalisation
-    are left to `PixelNormalization.from_uint8`, so that corruptions can act on the uint8 images the model sees.
-
-    The default is the embedded Fashion-MNIST test split (its first `max_samples` images, which are already mixed
-    across classes). `data_dir` reads an image folder (one sub-folder per class) and `dataset_name` any dataset
-    `datasets.load_dataset` can open (a local folder or, when online, the Hub), with `datasets` instead.
+    The images (`mjp_hf.data.sources.load_labelled_images`: the embedded default, `data_dir` or `dataset_name`) are
+    resized and centre-cropped by `image_processor` (the model's, from `load_image_processor`; the stock ViT
+    processor at the model's size when `None`) with its resampling filter; its rescale and normalisation are left to
+    `PixelNormalization.from_uint8`, so that corruptions can act on the uint8 images the model sees.
 
     The labels are checked against the model's classes (`check_labels`) before anything is evaluated.
     """
-    if data_dir is not None and dataset_name is not None:
-        raise ValueError("Pass either --data_dir (an image folder) or --dataset_name, not both.")
-    if data_dir is None and dataset_name is None:
-        images, labels = load_fashion_mnist_arrays(split)
-        if max_samples is not None:
-            images, labels = images[:max_samples], labels[:max_samples]
-        check_labels(config, labels, FASHION_MNIST_LABELS, source=f"Fashion-MNIST ({split} split)")
-        return _to_model_images(images, None, config, image_processor), labels
-
-    from datasets import load_dataset
-
-    dataset = (
-        load_dataset("imagefolder", data_dir=data_dir, split=split)
-        if data_dir is not None
-        else load_dataset(dataset_name, split=split)
+    data = load_labelled_images(
+        data_dir=data_dir,
+        dataset_name=dataset_name,
+        split=split,
+        image_column=image_column,
+        label_column=label_column,
+        max_samples=max_samples,
     )
-    missing = [column for column in (image_column, label_column) if column not in dataset.column_names]
-    if missing:
+    check_labels(config, data.labels, data.class_names, source=data.source)
+    if config.num_channels not in (1, 3):
         raise ValueError(
-            f"The dataset has no column {missing}; its columns are {dataset.column_names}. Pass "
-            "--image_column_name / --label_column_name."
+            f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}."
         )
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    labels = np.asarray(dataset[label_column], dtype=np.int64)
-    check_labels(
-        config,
-        labels,
-        getattr(dataset.features[label_column], "names", None),
-        source=f"{data_dir or dataset_name} ({split} split)",
-    )
-    return _to_model_images(None, dataset[image_column], config, image_processor), labels
+    if image_processor is None:
+        image_processor = load_image_processor(None, config)
+    images = model_images(data.images, image_processor, config.num_channels)
+    if images.shape[-1] != config.num_channels:  # grayscale for an RGB model: corruptions see its three channels
+        images = np.repeat(images, config.num_channels, axis=-1)
+    return images, data.labels
 
 
 def _name_key(name) -> str:
@@ -263,10 +209,10 @@ def check_labels(config, labels: np.ndarray, class_names=None, *, source: str = 
         raise ValueError(f"{source} holds no images to evaluate; check the data flags and --split.")
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_labels:
-        data_names = f" ({_short(class_names)})" if class_names else ""
+        data_names = f" ({listed(class_names)})" if class_names else ""
         raise ValueError(
             f"{source} has labels {low}..{high}{data_names}, but the model classifies {num_labels} classes "
-            f"({_short(model_names)}): its accuracy on this data would be meaningless. Evaluate it on data with the "
+            f"({listed(model_names)}): its accuracy on this data would be meaningless. Evaluate it on data with the "
             "model's classes (--data_dir / --dataset_name, --label_column_name)."
         )
     named = not all(name == f"LABEL_{index}" for index, name in enumerate(model_names))
@@ -283,34 +229,6 @@ def check_labels(config, labels: np.ndarray, class_names=None, *, source: str = 
                 f"({len(mismatched)} classes differ): the labels would be compared with the wrong classes. Evaluate "
                 "on data whose classes are the model's, in the model's order."
             )
-
-
-def _short(names, limit: int = 4) -> str:
-    names = list(names)
-    return ", ".join(map(str, names[:limit])) + (", ..." if len(names) > limit else "")
-
-
-def _to_model_images(images, pil_images, config, image_processor=None) -> np.ndarray:
-    from PIL import Image
-
-    mode = {1: "L", 3: "RGB"}.get(config.num_channels)
-    if mode is None:
-        raise ValueError(
-            f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}."
-        )
-    if image_processor is None:
-        image_processor = load_image_processor(None, config)
-    if pil_images is None:
-        pil_images = [Image.fromarray(image) for image in images]
-    # The processor's geometry only. Its PIL backend resizes and crops uint8 images in uint8, so the rounding is a
-    # no-op there; it keeps the images uint8 for a backend that would return floats.
-    resized = image_processor(
-        [image.convert(mode) for image in pil_images], do_rescale=False, do_normalize=False, return_tensors="np"
-    )["pixel_values"]
-    resized = np.asarray(resized)
-    if resized.dtype != np.uint8:
-        resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(resized.transpose(0, 2, 3, 1))
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
