@@ -38,7 +38,8 @@ import time
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+if not __package__:  # run as a file, `python benchmarks/busy_machine.py`: see _package.py
+    __package__ = __import__("_package").package()
 
 # Variables that change torch's threads; the parent strips them so that each setting gets exactly its own.
 THREAD_VARIABLES = (
@@ -73,11 +74,12 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 def measure(args) -> dict:
     import torch
-    from train_step import make_step
 
     from mjp_hf import MJPViTForImageClassification
     from mjp_hf.training.presets import config_from_preset
     from mjp_hf.training.threads import AdaptiveThreads
+
+    from .train_step import make_step
 
     # Created where the example creates it: before the model and data, so its first reading has a window.
     threads = AdaptiveThreads() if args.child == ADAPTIVE else None
@@ -199,7 +201,8 @@ def parse_extra(specs: list[str]) -> dict:
 def describe(args, settings: dict) -> list[str]:
     import torch
     import transformers
-    from _timing import _cpu_model, load_average
+
+    from ._timing import _cpu_model, load_average
 
     parallel = torch.__config__.parallel_info()
     backend = next(
@@ -275,7 +278,7 @@ def main(argv=None) -> None:
                 threads_at_end[(int(condition), name)].append(measured["threads"])
             print(f"round {round_index + 1}/{args.rounds}: {name} done", flush=True)
 
-    from _timing import load_average, markdown_table
+    from ._timing import load_average, markdown_table
 
     rows = []
     for name in names:

@@ -12,15 +12,18 @@ MLP over the position-embedding table, independent of the batch). The export is 
 
 import argparse
 import importlib.util
-import os
-import sys
 
 import torch
+from transformers import ViTForImageClassification
+
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.training.presets import config_from_preset
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file, `python benchmarks/inference.py`: see _package.py
+    __package__ = __import__("_package").package()
 
-from _timing import (  # noqa: E402
+from ._timing import (
     Clock,
     add_common_arguments,
     describe_machine,
@@ -36,10 +39,6 @@ from _timing import (  # noqa: E402
     spread,
     time_interleaved,
 )
-from transformers import ViTForImageClassification  # noqa: E402
-
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.training.presets import config_from_preset  # noqa: E402
 
 
 TARGET = 0.99

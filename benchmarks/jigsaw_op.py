@@ -14,15 +14,18 @@ masks x patches. The shuffle is one gather, linear in batch x patches x width.
 """
 
 import argparse
-import os
-import sys
 
 import torch
 
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.jigsaw import num_masked_patches, random_jigsaw, shuffle_tokens
+from mjp_hf.training.presets import config_from_preset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import (  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/jigsaw_op.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import (
     Clock,
     add_common_arguments,
     describe_machine,
@@ -34,10 +37,6 @@ from _timing import (  # noqa: E402
     time_interleaved,
     verdict,
 )
-
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.jigsaw import num_masked_patches, random_jigsaw, shuffle_tokens  # noqa: E402
-from mjp_hf.training.presets import config_from_preset  # noqa: E402
 
 
 TARGET_SHARE = 0.005

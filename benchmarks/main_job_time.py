@@ -28,14 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mjp_hf.training.threads import user_thread_setting
 
-import torch  # noqa: E402
-from _timing import Clock, describe_machine, load_average, markdown_table  # noqa: E402
-from main_job_levers import build_step  # noqa: E402
 
-from mjp_hf.training.threads import user_thread_setting  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/main_job_time.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import Clock, describe_machine, load_average, markdown_table
+from .main_job_levers import build_step
 
 
 ROOT = Path(__file__).resolve().parent.parent
