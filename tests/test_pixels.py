@@ -88,6 +88,10 @@ def test_a_processor_changed_after_use_gets_a_new_table_and_an_empty_batch_is_em
     second = pixel_table(processor, 3)
     assert not np.array_equal(first, second)
     np.testing.assert_array_equal(second[:, 0], (0 - np.float32([0.1, 0.2, 0.3])) / np.float32(0.5))
+    processor.image_mean = np.array([0.1, 0.2, 0.3])
+    pixel_table(processor, 3)
+    processor.image_mean[0] = 0.4  # changed in place
+    assert pixel_table(processor, 3)[0, 0] == (0 - np.float32(0.4)) / np.float32(0.5)
     assert pixel_values(np.zeros((0, 28, 28, 3), np.uint8), processor).shape == (0, 3, 28, 28)
     assert pixel_values([], processor).shape == (0, 3, 28, 28)
     with pytest.raises(ValueError, match="uint8 images"):

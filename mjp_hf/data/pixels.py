@@ -7,6 +7,7 @@ the 256 uint8 values of each channel (`pixel_table`) and every image is a lookup
 float32 values, to the bit, at the cost of an index. Nothing of the processor's arithmetic is written again here.
 """
 
+import copy
 import weakref
 
 import numpy as np
@@ -61,17 +62,23 @@ def channel_statistics(image_processor, num_channels: int) -> dict:
 
 
 # Per processor object (weakly held), per state of its attributes: the tables and geometry probes computed for it.
-_CACHE: "weakref.WeakKeyDictionary[object, tuple[str, dict]]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[object, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
+
+
+def _same_state(state: dict, processor) -> bool:
+    try:
+        return bool(state == vars(processor))
+    except (TypeError, ValueError):  # attributes that do not compare plainly (arrays): by their text
+        return repr(state) == repr(vars(processor))
 
 
 def _cached(image_processor, key, compute):
-    state = repr(sorted(vars(image_processor).items()))
     try:
         entry = _CACHE.get(image_processor)
     except TypeError:  # a processor that cannot be held weakly or hashed: computed each time
         return compute()
-    if entry is None or entry[0] != state:  # a processor whose settings changed starts afresh
-        entry = (state, {})
+    if entry is None or not _same_state(entry[0], image_processor):  # its settings changed: start afresh
+        entry = (copy.deepcopy(vars(image_processor)), {})
         _CACHE[image_processor] = entry
     if key not in entry[1]:
         entry[1][key] = compute()
