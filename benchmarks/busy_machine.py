@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from mjp_hf.utils import bounded
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if not __package__:  # run as a file, `python benchmarks/busy_machine.py`: see _package.py
@@ -230,17 +232,36 @@ def median(values):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of every condition x setting (default 2)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5, help="warm-up steps per condition")
-    parser.add_argument("--warmup-s", type=float, default=3.0, help="warm-up time per condition, at least (seconds)")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--min-steps", type=int, default=5, help="timed steps even past --budget-s")
-    parser.add_argument("--budget-s", type=float, default=20.0, help="time cap of the timed steps of one measurement")
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="a setting's subprocess is killed after this")
+    parser.add_argument(
+        "--rounds", type=bounded(int, minimum=1), default=2, help="rounds of every condition x setting (default 2)"
+    )
+    parser.add_argument("--batch-size", type=bounded(int, minimum=1), default=128)
+    parser.add_argument("--warmup", type=bounded(int, minimum=0), default=5, help="warm-up steps per condition")
+    parser.add_argument(
+        "--warmup-s",
+        type=bounded(float, minimum=0),
+        default=3.0,
+        help="warm-up time per condition, at least (seconds)",
+    )
+    parser.add_argument("--steps", type=bounded(int, minimum=1), default=40)
+    parser.add_argument(
+        "--min-steps", type=bounded(int, minimum=1), default=5, help="timed steps even past --budget-s"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=20.0,
+        help="time cap of the timed steps of one measurement",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=600.0,
+        help="a setting's subprocess is killed after this",
+    )
     parser.add_argument("--extra", action="append", default=[], help="another setting: 'label=VAR=VALUE[,VAR=VALUE]'")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, adaptive only, 1 round, 2 steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded(int, minimum=0, maximum=2**31 - 1), default=0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--conditions", default="0,1,2", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

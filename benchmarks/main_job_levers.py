@@ -18,6 +18,7 @@ import torch
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.training.presets import config_from_preset
+from mjp_hf.utils import bounded
 
 
 if not __package__:  # run as a file, `python benchmarks/main_job_levers.py`: see _package.py
@@ -60,8 +61,8 @@ def build_step(batch_size: int, dtype: torch.dtype, seed: int, device: torch.dev
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=bounded(int, minimum=1), default=12)
+    parser.add_argument("--batch-size", type=bounded(int, minimum=1), default=128)
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     args = parser.parse_args(argv)
     device = setup(args)

@@ -133,3 +133,54 @@ def test_main_job_time_reads_the_thread_counts_the_run_reports(caplog, monkeypat
     assert main_job_time.thread_counts("no such line").endswith(" throughout")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert main_job_time.thread_counts(caplog.text) == "OMP_NUM_THREADS=2"
+
+
+BAD_FLAGS = [
+    ("data_loading", ["--rounds", "0"]),
+    ("data_loading", ["--threads", "0"]),
+    ("data_loading", ["--seed", "-1"]),
+    ("inference", ["--batch-sizes", "8", "0"]),
+    ("inference", ["--demo-batch-sizes", "-8"]),
+    ("inference", ["--budget-s", "0"]),
+    ("inference", ["--min-rounds", "0"]),
+    ("train_step", ["--batch-sizes", "0"]),
+    ("train_step", ["--budget-s", "-1"]),
+    ("train_step", ["--min-rounds", "0"]),
+    ("jigsaw_op", ["--grids", "0"]),
+    ("jigsaw_op", ["--batch-sizes", "-1"]),
+    ("jigsaw_op", ["--budget-s", "nan"]),
+    ("jigsaw_op", ["--step-ms", "0"]),
+    ("main_job_levers", ["--rounds", "0"]),
+    ("main_job_levers", ["--batch-size", "0"]),
+    ("main_job_time", ["--runs", "0"]),
+    ("main_job_time", ["--probe-s", "0"]),
+    ("busy_machine", ["--rounds", "0"]),
+    ("busy_machine", ["--batch-size", "0"]),
+    ("busy_machine", ["--warmup", "-1"]),
+    ("busy_machine", ["--warmup-s", "-1"]),
+    ("busy_machine", ["--steps", "0"]),
+    ("busy_machine", ["--min-steps", "0"]),
+    ("busy_machine", ["--budget-s", "0"]),
+    ("busy_machine", ["--timeout-s", "inf"]),
+    ("busy_machine", ["--seed", "-1"]),
+]
+
+
+@pytest.mark.parametrize("script, argv", BAD_FLAGS, ids=[f"{s}{a[0]}" for s, a in BAD_FLAGS])
+def test_every_numeric_benchmark_flag_is_range_checked_at_parse_time(script, argv, capsys):
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{script}")
+    with pytest.raises(SystemExit) as stopped:
+        module.main(argv)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {argv[0]}:" in error and repr(argv[-1]) in error, error
+
+
+def test_the_round_limits_of_the_inference_benchmark_are_ordered(capsys):
+    from benchmarks import inference
+
+    with pytest.raises(SystemExit):
+        inference.main(["--min-rounds", "5", "--max-rounds", "2"])
+    assert "--max-rounds 2 is below --min-rounds 5" in capsys.readouterr().err
