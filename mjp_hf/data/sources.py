@@ -20,6 +20,19 @@ class LabelledImages:
     source: str
 
 
+def check_data_arguments(data_dir: str | Path | None, dataset_name: str | None, split: str) -> None:
+    """Refuse, before anything is read, data arguments that cannot work: both sources, a `data_dir` that is not a
+    folder, a split the embedded default does not have. The errors name the evaluations' flags."""
+    if data_dir is not None and dataset_name is not None:
+        raise ValueError("Pass either --data_dir (an image folder) or --dataset_name, not both.")
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"--data_dir {str(data_dir)!r} is not a folder; pass an image folder with one sub-folder per class."
+        )
+    if data_dir is None and dataset_name is None and split not in FASHION_MNIST_SPLITS:
+        raise ValueError(f"--split {split!r}: the embedded Fashion-MNIST has the splits 'train' and 'test'.")
+
+
 def load_labelled_images(
     *,
     data_dir: str | Path | None = None,
@@ -37,11 +50,8 @@ def load_labelled_images(
     errors name the command-line flags of the evaluations (`--data_dir`, `--split`, ...)."""
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples={max_samples}: pass at least 1 image, or None for all.")
-    if data_dir is not None and dataset_name is not None:
-        raise ValueError("Pass either --data_dir (an image folder) or --dataset_name, not both.")
+    check_data_arguments(data_dir, dataset_name, split)
     if data_dir is None and dataset_name is None:
-        if split not in FASHION_MNIST_SPLITS:
-            raise ValueError(f"--split {split!r}: the embedded Fashion-MNIST has the splits 'train' and 'test'.")
         images, labels = load_fashion_mnist_arrays(split)
         if max_samples is not None:
             images, labels = images[:max_samples], labels[:max_samples]
@@ -50,11 +60,7 @@ def load_labelled_images(
     from datasets import load_dataset
 
     if data_dir is not None:
-        if not Path(data_dir).is_dir():
-            raise FileNotFoundError(
-                f"--data_dir {str(data_dir)!r} is not a folder; pass an image folder with one sub-folder per class."
-            )
-        dataset = load_dataset("imagefolder", data_dir=str(data_dir), split=split)
+        dataset = load_dataset("imagefolder", data_dir=str(Path(data_dir).expanduser()), split=split)
     else:
         dataset = load_dataset(dataset_name, split=split)
     missing = [column for column in (image_column, label_column) if column not in dataset.column_names]
@@ -65,7 +71,13 @@ def load_labelled_images(
         )
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
-    labels = np.asarray(dataset[label_column], dtype=np.int64)
+    try:
+        labels = np.asarray(dataset[label_column], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"--label_column_name {label_column!r}: the column holds {dataset.features[label_column]} values, not "
+            "class indices; pass the column of integer labels (a ClassLabel)."
+        ) from None
     images = dataset[image_column]
     if len(images) and all(is_array_image(item) for item in images):
         images = read_array_images(images)
@@ -77,4 +89,4 @@ def load_labelled_images(
     )
 
 
-__all__ = ["LabelledImages", "load_labelled_images"]
+__all__ = ["LabelledImages", "check_data_arguments", "load_labelled_images"]

@@ -5,6 +5,7 @@ takes."""
 import argparse
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from torch.nn import functional as F
 from ..configuration_mjp_vit import pair as _pair
 from ..configuration_mjp_vit import patch_grid  # noqa: F401  (the evaluations import it from here)
 from ..data.pixels import channel_statistics, model_images, pixel_values, processor_image_size
-from ..data.sources import load_labelled_images
+from ..data.sources import check_data_arguments, load_labelled_images
 from ..modeling_mjp_vit import MJPViTForImageClassification
-from ..utils import listed
+from ..utils import bounded, listed
 
 
 # transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.
@@ -25,26 +26,166 @@ DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
 
 
+MODEL_FLAG = "--model_name_or_path"
+# The model types every evaluation reads: MJP-ViT and stock ViT image classifiers.
+MODEL_TYPES = ("mjp_vit", "vit")
+_SAVED_MODEL = (
+    "pass the output_dir of a training run or a folder written by `save_pretrained` (config.json and "
+    "model.safetensors)"
+)
+
+
+def _refuse(value, problem: str, fix: str = _SAVED_MODEL) -> ValueError:
+    return ValueError(f"{MODEL_FLAG} {str(value)!r} {problem}; {fix}.")
+
+
+def _check_safetensors(value, files: list[Path]) -> None:
+    from safetensors import safe_open
+
+    for file in files:
+        if not file.is_file():
+            raise _refuse(value, f"lists the weight file {file.name}, which is missing", "copy the whole folder again")
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as error:  # SafetensorError, OSError: a damaged or incomplete file
+            raise _refuse(
+                value,
+                f"holds a weight file that cannot be read, {file} ({error})",
+                "it is damaged or incomplete (an interrupted save or copy?): save or copy the model again",
+            ) from None
+
+
+def check_model_source(model_name_or_path) -> str:
+    """What `--model_name_or_path` names, checked before anything is loaded: a saved MJP-ViT or ViT image
+    classifier folder whose weights can be read, or (online) a Hub model id. Raises a `ValueError` or
+    `FileNotFoundError` naming the value, the flag and the fix; returns the value for `from_pretrained`."""
+    from huggingface_hub import is_offline_mode
+    from huggingface_hub.utils import validate_repo_id
+
+    text = str(model_name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        raise _refuse(
+            text,
+            "is a file, not a model folder",
+            _SAVED_MODEL + "; a released MJP checkpoint (.pth) converts with `python -m mjp_hf.conversion.original`",
+        )
+    if not path.exists():
+        try:
+            validate_repo_id(text)
+            hub_id = not text.startswith((".", "~", "/")) and text.count("/") <= 1
+        except Exception:  # HFValidationError: not a Hub id
+            hub_id = False
+        where = f"no such folder (looked in {Path.cwd()})" if not path.is_absolute() else "no such folder"
+        if not hub_id or is_offline_mode():
+            reason = " and the Hub is offline (HF_HUB_OFFLINE)" if hub_id else ""
+            raise FileNotFoundError(f"{MODEL_FLAG} {text!r}: {where}{reason}; {_SAVED_MODEL}.")
+        return text  # a Hub id, for transformers to fetch
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{MODEL_FLAG} {text!r} is not a saved model folder (no config.json); {_SAVED_MODEL}.")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _refuse(text, f"has a config.json that is not readable JSON ({error})", "save the model again") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_TYPES:
+        architectures = ", ".join(config.get("architectures") or []) if isinstance(config, dict) else ""
+        raise _refuse(
+            text,
+            f"is a {model_type!r} model{f' ({architectures})' if architectures else ''}",
+            "the evaluations read MJP-ViT and ViT image classifiers (model_type 'mjp_vit' or 'vit'): " + _SAVED_MODEL,
+        )
+    architectures = config.get("architectures") or []
+    if architectures and not any(str(name).endswith("ForImageClassification") for name in architectures):
+        raise _refuse(
+            text,
+            f"has no classification head (it holds a {', '.join(architectures)}): it is a bare encoder",
+            "the evaluations need an image classifier (ViTForImageClassification or MJPViTForImageClassification)",
+        )
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").exists():
+        _check_safetensors(text, [path / "model.safetensors"])
+    elif index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise _refuse(text, f"has an unreadable {index.name} ({error})", "save the model again") from None
+        _check_safetensors(text, [path / shard for shard in shards])
+    elif (path / "pytorch_model.bin").is_file():
+        _check_pickle(text, path / "pytorch_model.bin")
+    elif not (path / "pytorch_model.bin.index.json").is_file():
+        raise _refuse(text, "holds no weights (no model.safetensors)", _SAVED_MODEL)
+    return text
+
+
+def _check_pickle(value, file: Path) -> None:
+    """Refuse a `pytorch_model.bin` that `torch.load(weights_only=True)` would refuse, without loading it."""
+    import torch.serialization
+
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if find is None:
+        return  # `load_model` refuses it when loading
+    try:
+        unsafe = find(str(file))
+    except Exception as error:
+        raise _refuse(
+            value, f"has a {file.name} that cannot be read ({type(error).__name__})", "save or copy the model again"
+        ) from None
+    if unsafe:
+        raise _unsafe_pickle(value, unsafe)
+
+
+def _unsafe_pickle(value, names=()) -> ValueError:
+    listed_names = f" ({listed(names)})" if names else ""
+    return _refuse(
+        value,
+        f"has a pytorch_model.bin that holds more than tensors{listed_names}, which this package does not unpickle",
+        "load it where you trust it and save it with `save_pretrained` (safetensors)",
+    )
+
+
+def _mentions_unsafe_loading(error: BaseException) -> bool:
+    while error is not None:
+        if "weights_only" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu"):
-    """A saved image classifier (MJP-ViT or stock ViT folder) in eval mode on `device`."""
+    """A saved image classifier (MJP-ViT or stock ViT folder, see `check_model_source`) in eval mode on `device`.
+
+    Weights load from safetensors, or from a `pytorch_model.bin` with `torch.load(weights_only=True)`; one that needs
+    more than that is refused, and no advice to load it unsafely is passed on."""
     from transformers import AutoModelForImageClassification
 
     import mjp_hf  # noqa: F401  (registers the mjp_vit Auto classes)
 
-    path = Path(model_name_or_path)
-    looks_local = path.is_absolute() or str(model_name_or_path).startswith((".", "~"))
-    if (path.is_dir() or looks_local) and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--model_name_or_path {str(path)!r} is not a saved model folder (no config.json); pass the output_dir "
-            "of a training run or a folder written by `save_pretrained`."
-        )
-    # Anything else is handed to transformers: a Hub id (when online) or its own error for a missing folder.
-    model, info = AutoModelForImageClassification.from_pretrained(str(model_name_or_path), output_loading_info=True)
-    if info["missing_keys"]:
+    source = check_model_source(model_name_or_path)
+    try:
+        model, info = AutoModelForImageClassification.from_pretrained(source, output_loading_info=True)
+    except Exception as error:
+        if _mentions_unsafe_loading(error):
+            raise _unsafe_pickle(source) from None
+        if not Path(source).expanduser().exists():
+            raise OSError(
+                f"{MODEL_FLAG} {source!r}: no such folder, and the Hub has no such model ({error})"
+            ) from None
+        raise
+    missing = sorted(info["missing_keys"])
+    if missing:
         # Weights left at their random initialisation would make every evaluation meaningless.
+        if all(key.startswith("classifier.") for key in missing):
+            raise _refuse(
+                source,
+                f"has no classification head (it lacks {missing}): it is a bare encoder",
+                "the evaluations need an image classifier (ViTForImageClassification or MJPViTForImageClassification)",
+            )
         raise ValueError(
-            f"{model_name_or_path} lacks weights for {sorted(info['missing_keys'])}: it was saved by a version of "
-            "mjp_hf with other parameter names. Load it with that version, or re-save it with this one."
+            f"{model_name_or_path} lacks weights for {missing}: it was saved by a version of mjp_hf with other "
+            "parameter names. Load it with that version, or re-save it with this one."
         )
     return model.to(device).eval()
 
@@ -260,13 +401,28 @@ def batches(num_items: int, batch_size: int):
 
 
 def output_path(output_dir: str | Path, name: str, overwrite: bool) -> Path:
-    """`output_dir/name`, refusing to replace an existing file unless asked."""
-    path = Path(output_dir) / name
+    """`output_dir/name`, checked before any work: an existing file is replaced only with `overwrite`, never through
+    a symbolic link (whose target may be anything, the evaluated model's weights included) nor when it is a folder,
+    and the folder must be writable. Nothing is created here: `write_json` makes the folder when there is a result, so
+    that a failed evaluation leaves no empty folder behind."""
+    folder = Path(output_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--output_dir {str(output_dir)!r} is a file; pass a folder (new or existing).")
+    path = folder / name
+    if path.is_symlink():
+        raise FileExistsError(
+            f"{path} is a symbolic link (to {os.readlink(path)}): the evaluation neither writes through it nor replaces "
+            "it, even with --overwrite. Remove it, or choose another --output_dir."
+        )
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; choose another --output_dir.")
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"{path} already exists; pass --overwrite to replace it, or choose another --output_dir."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output_dir {str(output_dir)!r} cannot be written ({existing} is not writable).")
     return path
 
 
@@ -277,18 +433,79 @@ def finite(value: float, cap: float = 100.0) -> float:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    """Write `payload` to `path` whole or not at all (a temporary file renamed over it), making its folder first."""
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """The torch device of `--device`: 'auto' (CUDA when available), or a device this machine has."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; pass auto, cpu, cuda or cuda:N.") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ValueError(f"--device {device!r}: this machine has {have}; pass auto or cpu.")
+    elif resolved.type not in ("cpu", "meta"):
+        module = getattr(torch, resolved.type, None)
+        if module is None or not getattr(module, "is_available", lambda: False)():
+            raise ValueError(f"--device {device!r}: this machine has no {resolved.type} device; pass auto or cpu.")
+    return resolved
+
+
+class EvaluationArgumentParser(argparse.ArgumentParser):
+    """An `ArgumentParser` that checks the shared flags of `base_parser` when it parses, before any work: an
+    unusable `--output_dir`, `--model_name_or_path`, `--device`, data flags. A problem stops the command with argparse's
+    usage and a message naming the flag, the value and the fix."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        try:
+            check_shared_arguments(parsed)
+        except (ValueError, OSError) as error:
+            self.error(str(error))
+        return parsed, extras
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
+def check_shared_arguments(args) -> None:
+    """The checks `EvaluationArgumentParser` runs on the flags of `base_parser`."""
+    resolve_device(args.device)
+    check_data_arguments(args.data_dir, args.dataset_name, args.split)
+    if args.data_dir is not None:
+        if _inside(Path(args.output_dir), Path(args.data_dir)):
+            raise ValueError(
+                f"--output_dir {args.output_dir!r} is inside --data_dir {args.data_dir!r}: its PNG would become an "
+                "image of the data set the next time it is read. Choose an --output_dir outside it."
+            )
+    for name in (args.image_column_name, args.label_column_name):
+        if not name.strip():
+            raise ValueError("--image_column_name and --label_column_name name columns: pass non-empty names.")
+    folder = Path(args.output_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--output_dir {args.output_dir!r} is a file; pass a folder (new or existing).")
+    check_model_source(args.model_name_or_path)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """Flags every evaluation takes (the data flags are ignored by the position probes, which read only weights)."""
-    parser = argparse.ArgumentParser(description=description)
+    """Flags every evaluation takes (the data flags are ignored by the position probes, which read only weights),
+    checked when parsed (`EvaluationArgumentParser`)."""
+    parser = EvaluationArgumentParser(description=description)
     parser.add_argument("--model_name_or_path", required=True, help="A saved MJP-ViT or stock ViT model folder.")
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON and PNG outputs.")
     parser.add_argument(
@@ -300,7 +517,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--image_column_name", default="image", help="Image column of --data_dir/--dataset_name.")
     parser.add_argument("--label_column_name", default="label", help="Label column of --data_dir/--dataset_name.")
     parser.add_argument("--split", default="test", help="Split of the data to use (default: test).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (jigsaws, corruptions).")
+    parser.add_argument(
+        "--seed",
+        type=bounded(int, minimum=0, maximum=2**31 - 1),
+        default=0,
+        help="Seed of every random draw (jigsaws, corruptions).",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
     return parser
