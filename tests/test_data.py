@@ -410,3 +410,44 @@ def test_collate_stacks_examples():
     examples = [{"pixel_values": torch.full((3, 2, 2), float(i)), "labels": torch.tensor(i)} for i in range(3)]
     batch = collate_image_classification(examples)
     assert batch["pixel_values"].shape == (3, 3, 2, 2) and batch["labels"].tolist() == [0, 1, 2]
+
+
+def test_keyed_augmentation_is_the_same_whatever_the_batches_and_loader_workers():
+    """docs/TRAINING.md: a sample gets the same augmentation in a given epoch whatever the batch it lands in and the
+    number of data-loader workers (here: batches of 8 in order, and of 5 shuffled over 2 worker processes)."""
+    from datasets import Dataset, Features, Value
+    from torch.utils.data import DataLoader
+
+    images = np.random.default_rng(4).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    features = Features({"image": array_image_feature(), "label": Value("int64")})
+    dataset = with_sample_index(
+        Dataset.from_dict({"image": array_image_items(images), "label": [0] * 20}, features=features)
+    )
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    transform = ImageClassificationTransform(
+        processor, train=True, crop_scale=(0.3, 1.0), index_column="sample_index", seed=3, random_erasing=0.5
+    )
+    transform.set_epoch(2)
+    dataset = dataset.with_transform(transform)
+
+    def by_sample(batch_size, workers, shuffle):
+        collate = lambda rows: (torch.stack([r["pixel_values"] for r in rows]), [int(r["sample_index"]) for r in rows])  # noqa: E731
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(0),
+        )
+        out = {}
+        for pixels, indices in loader:
+            out.update(zip(indices, pixels))
+        return out
+
+    plain, other = by_sample(8, 0, False), by_sample(5, 2, True)
+    assert sorted(plain) == sorted(other) == list(range(20))
+    for index in range(20):
+        assert torch.equal(plain[index], other[index]), index
+    transform.set_epoch(3)  # another epoch, other draws: the comparison can fail
+    assert not all(torch.equal(plain[i], dataset[i : i + 1]["pixel_values"][0]) for i in range(20))
