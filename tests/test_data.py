@@ -272,9 +272,11 @@ def test_array_batches_give_what_pil_images_give(channels, kind):
             transform(raw)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0, msg=str(setting)
         )
         as_array = {"image": arrays, "index": list(range(24))}  # a numpy-formatted column: one array
-        torch.testing.assert_close(
-            transform(as_array)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0, msg=str(setting)
-        )
+        as_lists = {"image": arrays.tolist(), "index": list(range(24))}  # an Array2D/Array3D column
+        for batch in (as_array, as_lists):
+            torch.testing.assert_close(
+                transform(batch)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0, msg=str(setting)
+            )
 
 
 def test_without_image_decoding_only_touches_image_columns():

@@ -13,6 +13,17 @@ from .pixels import image_mode, pixel_values, processor_image_size, uint8_batch
 from .rand_augment import RandAugment
 
 
+def _uint8(array: np.ndarray) -> np.ndarray:
+    if (
+        array.dtype != np.uint8
+        and np.issubdtype(array.dtype, np.integer)
+        and array.size
+        and 0 <= array.min() <= array.max() <= 255
+    ):
+        return array.astype(np.uint8)
+    return array
+
+
 def open_image(item) -> PILImage.Image:
     """A PIL image from a `datasets` image value: decoded already, a `{"bytes", "path"}` dict (`decode=False`), or a
     uint8 array (`arrays.array_image_items`, or an array itself)."""
@@ -20,6 +31,8 @@ def open_image(item) -> PILImage.Image:
         return item
     if is_array_image(item):
         item = read_array_images([item])[0]
+    if isinstance(item, list):  # an `Array2D`/`Array3D` value as `datasets` hands it over: nested lists
+        item = _uint8(np.asarray(item))
     if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim in (2, 3):
         return PILImage.fromarray(item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item)
     if isinstance(item, dict) and item.get("bytes"):
@@ -133,6 +146,11 @@ class ImageClassificationTransform:
             return uint8_batch(read_array_images(items), self.num_channels)
         if len(items) and all(isinstance(item, np.ndarray) for item in items):
             return uint8_batch(items, self.num_channels)
+        if len(items) and all(isinstance(item, list) for item in items):  # `Array2D`/`Array3D` columns
+            try:
+                return uint8_batch(_uint8(np.asarray(items)), self.num_channels)
+            except ValueError:  # ragged: images of several sizes
+                return None
         return None
 
     def _train_pixels(
