@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from mjp_hf.training.threads import THREAD_COUNT_VARIABLES
+from mjp_hf.utils import bounded
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,7 +35,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=bounded(int, minimum=1),
         default=None,
         help="CPU threads for torch (default 1, or the count OMP_NUM_THREADS/MKL_NUM_THREADS set: on a shared "
         "machine, OpenMP with every core busy elsewhere is several times slower and far noisier; a fixed count keeps "
@@ -47,7 +48,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: process CPU time on a CPU with one thread, else wall time after synchronising the device",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds: tiny shapes, few steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded(int, minimum=0, maximum=2**31 - 1), default=0)
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -59,8 +60,6 @@ def setup(args: argparse.Namespace) -> torch.device:
         # The count the user fixed in the environment stands; else one thread (see --threads).
         user_count = any(os.environ.get(name, "").strip() for name in THREAD_COUNT_VARIABLES)
         args.threads = torch.get_num_threads() if user_count else 1
-    if args.threads < 1:
-        raise SystemExit(f"--threads {args.threads}: pass at least 1.")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return device

@@ -20,16 +20,20 @@ is the median of per-round ratios to the plain step, with a bootstrap 95% interv
 
 import argparse
 import copy
-import os
-import sys
 import warnings
 
 import torch
 
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.training.defenses import clip_and_noise, keyed_generator, prune, require_opacus
+from mjp_hf.training.presets import config_from_preset
+from mjp_hf.utils import bounded
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import (  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/dp_step.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import (  # noqa: E402
     Clock,
     add_common_arguments,
     describe_machine,
@@ -42,10 +46,6 @@ from _timing import (  # noqa: E402
     spread,
     time_interleaved,
 )
-
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.training.defenses import clip_and_noise, keyed_generator, prune, require_opacus  # noqa: E402
-from mjp_hf.training.presets import config_from_preset  # noqa: E402
 
 
 NUM_LABELS = 10
@@ -115,8 +115,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--preset", default="demo", help="model shape (default: demo, the main job's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 128 (the main job's); 8 with --quick")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 12; 3 with --quick)")
+    parser.add_argument(
+        "--batch-size", type=bounded(int, minimum=1), default=None, help="default 128 (the main job's); 8 with --quick"
+    )
+    parser.add_argument(
+        "--rounds", type=bounded(int, minimum=1), default=None, help="timed rounds (default 12; 3 with --quick)"
+    )
     parser.add_argument("--mjp", action="store_true", help="also MJP-ViT's plain and DP-SGD steps, if Opacus takes it")
     args = parser.parse_args(argv)
     require_opacus()

@@ -28,14 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mjp_hf.training.threads import user_thread_setting
+from mjp_hf.utils import bounded
 
-import torch  # noqa: E402
-from _timing import Clock, describe_machine, load_average, markdown_table  # noqa: E402
-from main_job_levers import build_step  # noqa: E402
 
-from mjp_hf.training.threads import user_thread_setting  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/main_job_time.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import Clock, describe_machine, load_average, markdown_table
+from .main_job_levers import build_step
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,12 +116,17 @@ def run_main_job(flags: list[str]) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=1, help="how many times to run the main job (default 1)")
-    parser.add_argument("--probe-s", type=float, default=10.0, help="seconds of each speed probe (default 10)")
+    parser.add_argument(
+        "--runs", type=bounded(int, minimum=1), default=1, help="how many times to run the main job (default 1)"
+    )
+    parser.add_argument(
+        "--probe-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=10.0,
+        help="seconds of each speed probe (default 10)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 training steps, short probes")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        raise SystemExit(f"--runs {args.runs}: pass at least 1.")
     flags, probe_seconds = (QUICK_FLAGS, 0.5) if args.quick else ([], args.probe_s)
 
     print("# main_job_time: the README's training command, timed between probes of the machine's speed")

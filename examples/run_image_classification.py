@@ -1084,7 +1084,7 @@ def main(argv: list[str] | None = None) -> dict:
             index_key=SAMPLE_INDEX_COLUMN,
             seed=training_args.seed,
         )
-    # The transform opens the images itself: the embedded default's PGM bytes need no PIL at all.
+    # The transform opens the images itself: the embedded default's uint8 arrays need no PIL at all.
     image_column = data_args.image_column_name
     train_dataset = with_sample_index(without_image_decoding(train_dataset, image_column), SAMPLE_INDEX_COLUMN)
     train_dataset = train_dataset.with_transform(train_transform)

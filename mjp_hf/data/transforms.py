@@ -1,81 +1,48 @@
-"""Torchvision-free image transforms applied on the fly: PIL for the geometry, numpy/torch for the arithmetic, and a
-fast path that reads binary Netpbm bytes (the embedded default's encoding) without PIL."""
+"""Torchvision-free image transforms applied on the fly: PIL for the geometry of training crops, and the image
+processor's own arithmetic (`pixels.pixel_values`) for every image."""
 
 import io
-import re
 
 import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from .arrays import is_array_image, read_array_images
 from .augmentation import keyed_uniform, sample_erasing_boxes, sample_resized_crop_boxes
+from .pixels import image_mode, pixel_values, processor_image_size, uint8_batch
 from .rand_augment import RandAugment
 
 
-def processor_image_size(image_processor) -> tuple[int, int]:
-    """`(height, width)` of the images the processor outputs: its `crop_size` when it centre-crops (DeiT), else its
-    `size` (`{"height", "width"}` or `{"shortest_edge"}`)."""
-    size = image_processor.size
-    if getattr(image_processor, "do_center_crop", False) and getattr(image_processor, "crop_size", None) is not None:
-        size = image_processor.crop_size
-    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
-    if get("height") is not None and get("width") is not None:
-        return int(get("height")), int(get("width"))
-    if get("shortest_edge") is not None:
-        return int(get("shortest_edge")), int(get("shortest_edge"))
-    raise ValueError(
-        f"Cannot tell the output size of the image processor (size={size!r}); give it `size={{'height': H, 'width': W}}`."
-    )
-
-
-def _image_mode(num_channels: int) -> str:
-    if num_channels not in (1, 3):
-        raise ValueError(f"Images can be converted to 1 or 3 channels, not num_channels={num_channels}.")
-    return "RGB" if num_channels == 3 else "L"
-
-
-_NETPBM_HEADER = re.compile(rb"\A(P[56])\s+(\d+)\s+(\d+)\s+255\s")
-
-
-def decode_netpbm(data: bytes) -> np.ndarray | None:
-    """The pixels of a binary 8-bit PGM (`P5`, `[H, W]`) or PPM (`P6`, `[H, W, 3]`) file, or `None` for anything else.
-
-    The embedded default stores its images so; reading them here skips PIL's format detection and image objects."""
-    match = _NETPBM_HEADER.match(data)
-    if match is None:
-        return None
-    width, height = int(match[2]), int(match[3])
-    channels = 1 if match[1] == b"P5" else 3
-    if len(data) - match.end() < width * height * channels:
-        return None
-    pixels = np.frombuffer(data, dtype=np.uint8, count=width * height * channels, offset=match.end())
-    return pixels.reshape(height, width, channels) if channels == 3 else pixels.reshape(height, width)
+def _uint8(array: np.ndarray) -> np.ndarray:
+    if (
+        array.dtype != np.uint8
+        and np.issubdtype(array.dtype, np.integer)
+        and array.size
+        and 0 <= array.min() <= array.max() <= 255
+    ):
+        return array.astype(np.uint8)
+    return array
 
 
 def open_image(item) -> PILImage.Image:
-    """A PIL image from a `datasets` Image value: decoded already, or a `{"bytes", "path"}` dict (`decode=False`)."""
+    """A PIL image from a `datasets` image value: decoded already, a `{"bytes", "path"}` dict (`decode=False`), or a
+    uint8 array (`arrays.array_image_items`, or an array itself)."""
     if isinstance(item, PILImage.Image):
         return item
+    if is_array_image(item):
+        item = read_array_images([item])[0]
+    if isinstance(item, list):  # an `Array2D`/`Array3D` value as `datasets` hands it over: nested lists
+        item = _uint8(np.asarray(item))
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim in (2, 3):
+        return PILImage.fromarray(item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item)
     if isinstance(item, dict) and item.get("bytes"):
         return PILImage.open(io.BytesIO(item["bytes"]))
     if isinstance(item, dict) and item.get("path"):
         return PILImage.open(item["path"])
     raise ValueError(
         f"Cannot read an image from a {type(item).__name__} ({item!r:.80}); the image column must hold "
-        "images (a datasets Image feature)."
+        "images (a datasets Image feature) or uint8 arrays."
     )
-
-
-def _to_pil(arrays: np.ndarray, mode: str) -> list[PILImage.Image]:
-    """uint8 `[B, H, W, C]` -> PIL images of `mode` ("L" to "RGB" copies the channel; the reverse is not asked)."""
-    return [
-        PILImage.fromarray(array.squeeze(-1)).convert(mode) if array.shape[-1] == 1 else PILImage.fromarray(array)
-        for array in arrays
-    ]
-
-
-# Image processors whose whole pipeline is resize, rescale, normalise.
-_RESIZE_RESCALE_NORMALIZE_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast")
 
 
 class ImageClassificationTransform:
@@ -84,7 +51,9 @@ class ImageClassificationTransform:
     Use it with `dataset.with_transform(...)` / `set_transform(...)`. Training (`train=True`): a random-resized crop
     straight to the model's size (one PIL resize per image over the crop box), an optional horizontal flip, then
     the image processor's rescale and normalisation. Evaluation: the image processor itself (resize, rescale,
-    normalise), deterministic. Grayscale images become RGB when the model has 3 channels, and back.
+    normalise), deterministic. Both through `pixels.pixel_values`, the processor's own arithmetic to the bit.
+    Grayscale images become RGB when the model has 3 channels, and back. The images may be PIL images, undecoded
+    image files (`without_image_decoding`) or uint8 arrays (`arrays.array_image_items`, the embedded default's).
 
     `rand_augment` (a timm spec such as `rand-m9-mstd0.5-inc1`, see `rand_augment.RandAugment`) runs after the crop
     and flip; `random_erasing` (a probability; DeiT uses 0.25) adds timm-style random erasing after normalisation.
@@ -120,7 +89,8 @@ class ImageClassificationTransform:
         if not 0 <= random_erasing <= 1:
             raise ValueError(f"random_erasing={random_erasing} is a probability: give a value in [0, 1] (DeiT: 0.25).")
         self.image_processor = image_processor
-        self.mode = _image_mode(num_channels)
+        self.mode = image_mode(num_channels)
+        self.num_channels = num_channels
         self.train = train
         self.image_column = image_column
         self.label_column = label_column
@@ -132,7 +102,6 @@ class ImageClassificationTransform:
         self.epoch = 0
         self.random_erasing = random_erasing
         self.rand_augment = None
-        self._tables: dict[tuple, np.ndarray] = {}  # per channel count and processor statistics
         if rand_augment:
             # Geometric ops fill with the mean colour the processor normalises by, as timm derives it.
             mean = np.reshape(getattr(image_processor, "image_mean", 0.5), -1)
@@ -145,51 +114,6 @@ class ImageClassificationTransform:
     def _resample(self) -> PILImage.Resampling:
         return PILImage.Resampling(int(getattr(self.image_processor, "resample", PILImage.Resampling.BILINEAR)))
 
-    def _normalise(self, arrays: np.ndarray) -> torch.Tensor:
-        """uint8 `[B, H, W, C]` -> the processor's rescaled and normalised float32 `[B, C, H, W]`, through a table of
-        the 256 values per channel: the same arithmetic as the processor's, once per value instead of per pixel.
-        A grayscale batch (`C` = 1) for an RGB model fills the three channels from its one, as PIL's "L" -> "RGB"."""
-        channels = len(self.mode) if arrays.shape[-1] == 1 else arrays.shape[-1]
-        table = self._value_table(channels)
-        pixels = np.empty((arrays.shape[0], channels, *arrays.shape[1:3]), dtype=np.float32)
-        for channel in range(channels):
-            pixels[:, channel] = table[channel][arrays[..., min(channel, arrays.shape[-1] - 1)]]
-        return torch.from_numpy(pixels)
-
-    def _value_table(self, channels: int) -> np.ndarray:
-        """float32 `[channels, 256]`: what the processor makes of each uint8 value in each channel."""
-        processor = self.image_processor
-        key = (
-            channels,
-            getattr(processor, "do_rescale", True),
-            float(getattr(processor, "rescale_factor", 1.0)),
-            getattr(processor, "do_normalize", True),
-            tuple(np.reshape(getattr(processor, "image_mean", ()), -1).tolist()),
-            tuple(np.reshape(getattr(processor, "image_std", ()), -1).tolist()),
-        )
-        if key not in self._tables:
-            values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, channels))
-            pixels = values.astype(np.float32)
-            if getattr(processor, "do_rescale", True):
-                # In float64 and back, as transformers rescales: the pixels are then the processor's to the bit.
-                pixels = (values.astype(np.float64) * float(processor.rescale_factor)).astype(np.float32)
-            if getattr(processor, "do_normalize", True):
-                mean = np.asarray(processor.image_mean, dtype=np.float32).reshape(-1)[:channels]
-                std = np.asarray(processor.image_std, dtype=np.float32).reshape(-1)[:channels]
-                pixels = (pixels - mean) / std
-            self._tables[key] = np.ascontiguousarray(pixels.T)
-        return self._tables[key]
-
-    def _channel_statistics(self) -> dict:
-        # A processor with RGB statistics normalising grayscale input for a 1-channel model: use the first channel's.
-        processor, channels = self.image_processor, len(self.mode)
-        if np.size(processor.image_mean) == channels or not getattr(processor, "do_normalize", True):
-            return {}
-        return {
-            "image_mean": list(np.reshape(processor.image_mean, -1)[:channels]),
-            "image_std": list(np.reshape(processor.image_std, -1)[:channels]),
-        }
-
     def set_epoch(self, epoch: int) -> None:
         """The epoch that keys the training augmentation (see the class docstring)."""
         self.epoch = int(epoch)
@@ -199,61 +123,42 @@ class ImageClassificationTransform:
             return keyed_uniform(self.seed, self.epoch, batch[self.index_column], draws, stream=stream)
         return torch.rand(count, draws, dtype=torch.float64).numpy()
 
-    def _erase(self, pixel_values: torch.Tensor, uniform: np.ndarray) -> torch.Tensor:
+    def _erase(self, pixels: torch.Tensor, uniform: np.ndarray) -> torch.Tensor:
         """Random erasing in timm's "pixel" mode: a rectangle of normal noise (in normalised units)."""
-        height, width = pixel_values.shape[-2:]
+        height, width = pixels.shape[-2:]
         boxes, found = sample_erasing_boxes(height, width, uniform[:, 2:])
         erased = np.flatnonzero((uniform[:, 0] < self.random_erasing) & found)
         for index in erased:  # a quarter of the batch at DeiT's 0.25; the noise is seeded per sample
             top, left, bottom, right = boxes[index].tolist()
             generator = torch.Generator().manual_seed(int(uniform[index, 1] * 2**53))
-            pixel_values[index, :, top:bottom, left:right] = torch.randn(
-                pixel_values.shape[1], bottom - top, right - left, generator=generator
+            pixels[index, :, top:bottom, left:right] = torch.randn(
+                pixels.shape[1], bottom - top, right - left, generator=generator
             )
-        return pixel_values
+        return pixels
 
-    def _is_rescale_normalize(self) -> bool:
-        # A ViT image processor on images already at its size only rescales and normalises: that is done here in one
-        # vectorised pass (benchmarks/data_loading.py measures it). Other processors (a centre crop, say) and other
-        # sizes run it.
-        return type(self.image_processor).__name__ in _RESIZE_RESCALE_NORMALIZE_PROCESSORS
-
-    def _eval_pixels(self, images: list | np.ndarray) -> torch.Tensor:
-        height, width = self.size
-        if self._is_rescale_normalize() and (
-            isinstance(images, np.ndarray) or all(image.size == (width, height) for image in images)
-        ):
-            return self._normalise(
-                images
-                if isinstance(images, np.ndarray)
-                else np.stack([np.asarray(image).reshape(height, width, -1) for image in images])
-            )
-        if isinstance(images, np.ndarray):
-            images = _to_pil(images, self.mode)
-        return self.image_processor(images, return_tensors="pt", **self._channel_statistics())["pixel_values"]
-
-    def _as_array(self, items: list) -> np.ndarray | None:
-        """The batch as one uint8 `[B, H, W, C]` array when every item is undecoded PGM/PPM at the model's size (the
-        embedded default), else `None`."""
-        height, width = self.size
-        arrays = []
-        for item in items:
-            data = item.get("bytes") if isinstance(item, dict) else None
-            array = decode_netpbm(data) if data else None
-            if array is None or array.shape[:2] != (height, width) or (arrays and array.shape != arrays[0].shape):
+    def _as_array(self, batch: dict) -> np.ndarray | None:
+        """The batch's images as one uint8 `[B, H, W, C]` array without PIL (uint8 array values, one shape), else
+        `None`: the images are then opened one by one."""
+        items = batch[self.image_column]
+        if isinstance(items, np.ndarray):
+            return uint8_batch(items, self.num_channels)
+        if len(items) and all(is_array_image(item) for item in items):
+            return uint8_batch(read_array_images(items), self.num_channels)
+        if len(items) and all(isinstance(item, np.ndarray) for item in items):
+            return uint8_batch(items, self.num_channels)
+        if len(items) and all(isinstance(item, list) for item in items):  # `Array2D`/`Array3D` columns
+            try:
+                return uint8_batch(_uint8(np.asarray(items)), self.num_channels)
+            except ValueError:  # ragged: images of several sizes
                 return None
-            arrays.append(array)
-        stacked = np.stack(arrays).reshape(len(arrays), height, width, -1)
-        if stacked.shape[-1] == len(self.mode) or stacked.shape[-1] == 1:
-            return stacked  # grayscale stays one channel: `_normalise` and `_to_pil` make RGB of it
-        return None  # RGB -> L weights the channels: PIL's job
+        return None
 
     def _train_pixels(
         self, images: list | np.ndarray, uniform: np.ndarray, augment_uniform: np.ndarray | None
     ) -> torch.Tensor:
         height, width = self.size
         if isinstance(images, np.ndarray):
-            sizes = np.tile([width, height], (len(images), 1))
+            sizes = np.tile([images.shape[2], images.shape[1]], (len(images), 1))
         else:
             sizes = np.array([image.size for image in images]).reshape(-1, 2)
         boxes = sample_resized_crop_boxes(
@@ -261,12 +166,16 @@ class ImageClassificationTransform:
         )
         flips = (uniform[:, -1] < 0.5) & self.horizontal_flip
         if isinstance(images, np.ndarray):
-            if self.rand_augment is None and (boxes == [0, 0, width, height]).all():
+            if (
+                self.rand_augment is None
+                and images.shape[1:3] == (height, width)
+                and (boxes == [0, 0, width, height]).all()
+            ):
                 # Whole images at the model's size: the crop is the identity, the flip an index.
                 if flips.any():
                     images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
-                return self._normalise(images)
-            images = _to_pil(images, self.mode)
+                return pixel_values(images, self.image_processor, self.num_channels, resize=False)
+            images = [open_image(array).convert(self.mode) for array in images]
         resample = self._resample()
         arrays = np.empty((len(images), height, width, len(self.mode)), dtype=np.uint8)
         for index, (image, box, flip) in enumerate(zip(images, boxes, flips)):
@@ -277,7 +186,7 @@ class ImageClassificationTransform:
             if self.rand_augment is not None:
                 crop = self.rand_augment(crop, augment_uniform[index])
             arrays[index] = np.asarray(crop).reshape(height, width, -1)
-        return self._normalise(arrays)
+        return pixel_values(arrays, self.image_processor, self.num_channels, resize=False)
 
     def _open(self, batch: dict, position: int) -> PILImage.Image:
         item = batch[self.image_column][position]
@@ -295,7 +204,7 @@ class ImageClassificationTransform:
             ) from error
 
     def __call__(self, batch: dict) -> dict:
-        images = self._as_array(batch[self.image_column])
+        images = self._as_array(batch)
         if images is None:
             images = [self._open(batch, position) for position in range(len(batch[self.image_column]))]
         if self.train:
@@ -304,14 +213,14 @@ class ImageClassificationTransform:
             augment_uniform = None
             if self.rand_augment is not None:
                 augment_uniform = self._uniform(batch, len(images), self.rand_augment.draws, stream=2)
-            pixel_values = self._train_pixels(images, uniform, augment_uniform)
+            pixels = self._train_pixels(images, uniform, augment_uniform)
             if self.random_erasing > 0:
                 # apply, noise seed, area and aspect attempts, position
                 draws = 2 + 2 * self.ERASE_ATTEMPTS + 2
-                pixel_values = self._erase(pixel_values, self._uniform(batch, len(images), draws, stream=1))
+                pixels = self._erase(pixels, self._uniform(batch, len(images), draws, stream=1))
         else:
-            pixel_values = self._eval_pixels(images)
-        outputs = {"pixel_values": pixel_values}
+            pixels = pixel_values(images, self.image_processor, self.num_channels)
+        outputs = {"pixel_values": pixels}
         if self.label_column in batch:
             outputs["labels"] = torch.as_tensor(batch[self.label_column], dtype=torch.long)
         if self.train and self.index_column is not None and self.index_column in batch:

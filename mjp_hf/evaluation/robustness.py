@@ -21,6 +21,7 @@
 `robustness.png`.
 """
 
+import argparse
 import hashlib
 import os
 from pathlib import Path
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from ..configuration_mjp_vit import MJPViTConfig
 from ..jigsaw import draw_jigsaw
 from ..training.threads import adaptive_threads
+from ..utils import bounded
 from .common import (
     PixelNormalization,
     base_parser,
@@ -331,27 +333,68 @@ def plot_robustness(report: dict, path) -> None:
     plt.close(fig)
 
 
+def _corruption_list(text: str) -> list[str]:
+    """`--corruptions`: 'none', 'common', 'all' or a comma-separated list of names."""
+    if text.strip() == "none":
+        return []
+    try:
+        names = corruption_names(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no corruption; pass 'none' to skip them.")
+    return names
+
+
+def _severity_list(text: str) -> tuple[int, ...]:
+    """`--severities`: distinct severities in 1-5, comma-separated."""
+    try:
+        values = tuple(int(value) for value in text.split(",") if value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values or any(value not in SEVERITIES for value in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: pass distinct severities in 1-5, e.g. 1,2,3,4,5")
+    return values
+
+
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--max_eval_samples", type=int, default=1000, help="Images evaluated (default 1000).")
-    parser.add_argument("--corruptions", default="common", help="'common' (15), 'all' (19), 'none', or a comma list.")
-    parser.add_argument("--severities", default="1,2,3,4,5", help="Comma-separated severities in 1-5.")
     parser.add_argument(
-        "--jigsaw_ratio", type=float, default=0.9, help="Shuffle ratio of the jigsaw accuracy (released 0.9)."
+        "--max_eval_samples", type=bounded(int, minimum=1), default=1000, help="Images evaluated (default 1000)."
     )
     parser.add_argument(
-        "--consistency_ratio", type=float, default=0.5, help="Shuffle ratio of the consistency test (released 0.5)."
+        "--corruptions",
+        type=_corruption_list,
+        default="common",
+        help="'common' (15), 'all' (19), 'none', or a comma list.",
+    )
+    parser.add_argument(
+        "--severities", type=_severity_list, default="1,2,3,4,5", help="Comma-separated severities in 1-5."
+    )
+    parser.add_argument(
+        "--jigsaw_ratio",
+        type=bounded(float, minimum=0, maximum=1),
+        default=0.9,
+        help="Shuffle ratio of the jigsaw accuracy (released 0.9).",
+    )
+    parser.add_argument(
+        "--consistency_ratio",
+        type=bounded(float, minimum=0, maximum=1),
+        default=0.5,
+        help="Shuffle ratio of the consistency test (released 0.5).",
     )
     parser.add_argument("--corruption_cache", default=None, help="Folder to store and reuse corrupted images in.")
     parser.add_argument(
-        "--batch_size", type=int, default=128, help="Batch size; the jigsaw accuracy draws one mask per batch."
+        "--batch_size",
+        type=bounded(int, minimum=1),
+        default=128,
+        help="Batch size; the jigsaw accuracy draws one mask per batch.",
     )
     args = parser.parse_args(argv)
-    severities = tuple(int(s) for s in args.severities.split(","))
-    for value, name in ((args.jigsaw_ratio, "--jigsaw_ratio"), (args.consistency_ratio, "--consistency_ratio")):
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name}={value} is invalid; pass a fraction in [0, 1].")
-    corruptions = [] if args.corruptions == "none" else corruption_names(args.corruptions)
+    if args.corruption_cache is not None and Path(args.corruption_cache).expanduser().exists():
+        if not Path(args.corruption_cache).expanduser().is_dir():
+            parser.error(f"--corruption_cache {args.corruption_cache!r} is a file; pass a folder (new or existing).")
+    severities, corruptions = args.severities, args.corruptions
 
     json_path = output_path(args.output_dir, "robustness.json", args.overwrite)
     png_path = output_path(args.output_dir, "robustness.png", args.overwrite)
