@@ -37,7 +37,7 @@ setup(
     package_dir={"mjp_hf.model_cards": "model_cards"},
     package_data={
         "mjp_hf.evaluation": ["metrics/*/*.py", "metrics/*/*.md"],
-        "mjp_hf.model_cards": ["*.md", "widget/*.png"],
+        "mjp_hf.model_cards": ["*.md", "widget/*.png", "widget/labels.json"],
     },
     # CI (.ci/run) tests the newest transformers and the lowest declared here (scripts/declared_range.py).
     install_requires=["torch>=2.4", "transformers>=5.20,<6", "safetensors>=0.4", "huggingface-hub>=1.0", "numpy"],

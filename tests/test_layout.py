@@ -1,6 +1,8 @@
 """The package layout: modules that moved into subpackages stay importable (and runnable) at their old paths."""
 
+import ast
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +38,32 @@ def test_model_code_alone_sits_at_the_top_of_the_package():
     # lives in a subpackage by concern.
     top_level = sorted(path.name for path in Path(mjp_hf.__file__).parent.glob("*.py"))
     assert top_level == ["__init__.py", "configuration_mjp_vit.py", "jigsaw.py", "modeling_mjp_vit.py"]
+
+
+def _imports_the_demo_data_set(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-2:] in (["data"], ["mjp_hf", "data"]):
+            if any("fashion_mnist" in alias.name.lower() for alias in node.names):
+                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            if any(module.endswith("fashion_mnist") for module in modules):
+                return True
+    return False
+
+
+def test_only_the_data_package_imports_the_demo_data_set():
+    package = Path(mjp_hf.__file__).parent
+    importers = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.parent.name != "data" and _imports_the_demo_data_set(path)
+    ]
+    assert importers == []
+
+
+def test_the_widget_images_name_the_label_set_of_the_demo_data():
+    from mjp_hf.data import FASHION_MNIST_LABELS
+    from mjp_hf.hub.card import FASHION_MNIST_WIDGET_LABELS
+
+    assert json.loads(FASHION_MNIST_WIDGET_LABELS.read_text(encoding="utf-8"))["labels"] == FASHION_MNIST_LABELS

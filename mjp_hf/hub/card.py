@@ -18,7 +18,6 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..configuration_mjp_vit import MJP_CONFIG_FIELDS
-from ..data import FASHION_MNIST_LABELS
 from ..modeling_mjp_vit import MJPViTForImageClassification, MJPViTPreTrainedModel, is_mjp_only_parameter
 from .files import FASHION_MNIST_WIDGET, LAYOUT_CODE_FILES, MJP_SUBFOLDER, WIDGET_FOLDER, widget_file_name
 
@@ -59,8 +58,9 @@ IMAGENET_WIDGET = [
     {"src": "https://huggingface.co/datasets/mishig/sample_images/resolve/main/palace.jpg", "example_title": "Palace"},
 ]
 # The first Fashion-MNIST test image of each `FASHION_MNIST_WIDGET` class, shipped under `model_cards/widget/`
-# (tests/test_hub.py checks the pixels).
+# (tests/test_hub.py checks the pixels), with `labels.json`: the label set of the classifiers they suit.
 FASHION_MNIST_WIDGET_DIR = MODEL_CARDS_DIR / "widget"
+FASHION_MNIST_WIDGET_LABELS = FASHION_MNIST_WIDGET_DIR / "labels.json"
 # Metrics written by the Trainer (`all_results.json`, `eval_results.json`) that enter the card's model-index:
 # key -> (model-index metric type, display name).
 MODEL_INDEX_METRICS = {
@@ -170,7 +170,9 @@ def _labels(model: MJPViTPreTrainedModel) -> list[str]:
 
 
 def _is_fashion_mnist(model: MJPViTPreTrainedModel) -> bool:
-    return isinstance(model, MJPViTForImageClassification) and _labels(model) == list(FASHION_MNIST_LABELS)
+    if not (isinstance(model, MJPViTForImageClassification) and FASHION_MNIST_WIDGET_LABELS.is_file()):
+        return False
+    return _labels(model) == json.loads(FASHION_MNIST_WIDGET_LABELS.read_text(encoding="utf-8"))["labels"]
 
 
 def _fashion_mnist_widget_shipped() -> bool:
