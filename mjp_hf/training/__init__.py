@@ -1,5 +1,7 @@
 """Training MJP-ViT with the transformers `Trainer`: the trainer (`trainer`), its callbacks (`callbacks`), checkpoints
-(`checkpoints`), the thread count adapted to the machine's load (`threads`) and the named model shapes (`presets`).
+(`checkpoints`), the output folder of a run (`run_folder`: one run at a time, resume or start afresh), the thread
+count adapted to the machine's load (`threads`, applied by command lines through `command_line`) and the named model
+shapes (`presets`).
 
 The names are loaded on first use, so that `mjp_hf.training.presets` or `mjp_hf.training.threads` does not import
 the `Trainer` (and accelerate) with them.
@@ -36,7 +38,9 @@ _NAMES = {
         "remove_checkpoint",
         "rotate_checkpoints",
     ),
+    "run_folder": ("LOCK_NAME", "OutputFolderInUseError", "Resume", "RunLock", "open_run_folder"),
     "threads": ("AdaptiveThreads", "AdaptiveThreadsCallback", "adaptive_threads", "user_thread_setting"),
+    "command_line": ("run_command_line",),
     "presets": ("PRESETS", "config_from_preset"),
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}
