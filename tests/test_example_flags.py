@@ -132,3 +132,11 @@ def test_zero_length_training_is_refused_before_any_folder_or_data(tmp_path, ima
             + ["--per_device_train_batch_size", "8", "--dataloader_drop_last", "true", "--max_steps", "2"]
         )
     assert not output.exists()
+
+
+def test_a_distributed_run_needs_an_explicit_output_dir(monkeypatch):
+    """Every process must write into the same folder: a dated default name could differ between them (the two-process
+    runs of tests/test_distributed.py pass one)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"Distributed runs need an explicit --output_dir"):
+        _example().parse_arguments([])
