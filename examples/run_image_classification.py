@@ -503,8 +503,14 @@ def _local_inputs(model_args: ModelArguments, data_args: DataTrainingArguments) 
 
 
 def _first_image(folder: Path) -> Path | None:
+    """An image file in `folder` or below (linked class folders included), or None."""
     extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
-    for root, _, files in os.walk(folder):
+    seen = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        if os.path.realpath(root) in seen:  # a link back up the tree
+            folders.clear()
+            continue
+        seen.add(os.path.realpath(root))
         for name in files:
             if Path(name).suffix.lower() in extensions:
                 return Path(root) / name

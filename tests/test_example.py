@@ -666,11 +666,20 @@ def test_an_image_folder_without_images_is_refused_before_anything_loads(tmp_pat
     empty = tmp_path / "validation"
     (empty / "cat").mkdir(parents=True)
     (empty / "cat" / "notes.txt").write_text("no image here")
+    (empty / "cat" / "loop").symlink_to(empty, target_is_directory=True)  # a link back up: the search still ends
     with pytest.raises(ValueError, match=rf"--validation_dir {empty} holds no images .*leave --validation_dir out"):
         _train(tmp_path / "run", "--train_dir", str(image_folder), "--validation_dir", str(empty))
     with pytest.raises(ValueError, match=rf"--train_dir {empty} holds no images .*one sub-folder of images per class"):
         _train(tmp_path / "run", "--train_dir", str(empty))
     assert not (tmp_path / "run").exists()
+    linked = tmp_path / "linked"  # class folders that are links hold images too
+    linked.mkdir()
+    for name in ("cat", "dog"):
+        (linked / name).symlink_to(image_folder / name, target_is_directory=True)
+    model_args, data_args, _, _ = run.parse_arguments(
+        ["--train_dir", str(linked), "--output_dir", str(tmp_path / "x")]
+    )
+    run.check_inputs(model_args, data_args, str(tmp_path / "x"))
 
 
 def test_push_to_hub_publishes_the_layout_never_the_trainers_own_push(tmp_path, image_folder, monkeypatch):

@@ -39,7 +39,7 @@ def _interrupted_after(step, output, *flags):
         with pytest.raises(KeyboardInterrupt):
             _train(output, *flags)
     finally:
-        run.MJPTrainer.training_step = training_step
+        del run.MJPTrainer.training_step  # inherited from Trainer again
 
 
 def _user_files(folder: Path, outside: Path) -> dict[Path, str]:
