@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -531,8 +532,17 @@ def _check_weights(value: str, folder: Path) -> None:
             ) from error
         safetensors = [folder / shard for shard in shards]
     elif not safetensors[0].is_file():
-        if (folder / WEIGHTS_NAME).is_file() or (folder / WEIGHTS_INDEX_NAME).is_file():
-            return  # PyTorch weights: transformers reads them with torch.load(weights_only=True)
+        if (folder / WEIGHTS_INDEX_NAME).is_file():
+            return  # sharded PyTorch weights: transformers reads them with torch.load(weights_only=True)
+        if (folder / WEIGHTS_NAME).is_file():
+            # A damaged archive would fail inside torch.load, whose message advises loading unsafely.
+            if not zipfile.is_zipfile(folder / WEIGHTS_NAME):
+                raise ValueError(
+                    f"--model_name_or_path {value}: its {WEIGHTS_NAME} is not a PyTorch zip archive (truncated, or "
+                    "not model weights); save the model again (save_pretrained writes safetensors), or pass another "
+                    "checkpoint."
+                )
+            return
         raise ValueError(
             f"--model_name_or_path {value} holds no model weights ({SAFE_WEIGHTS_NAME}); pass the folder "
             "save_pretrained wrote, or leave --model_name_or_path out to train from scratch (--preset)."

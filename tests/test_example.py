@@ -641,12 +641,17 @@ def test_a_wrong_model_path_is_named_with_its_fix_before_anything_loads(tmp_path
         json.dumps({"weight_map": {"classifier.weight": "model-00001-of-00002.safetensors"}})
     )
     (tmp_path / "best_model.pth").write_bytes(b"PK\x03\x04 a torch archive, say")
+    pytorch_weights = tmp_path / "pytorch_weights"
+    pytorch_weights.mkdir()
+    shutil.copy(stock_vit / "config.json", pytorch_weights)
+    (pytorch_weights / "pytorch_model.bin").write_bytes(b"PK\x03\x04 the first bytes of an archive")
     cases = {
         str(resnet): r"holds a 'resnet' model; this script trains ViT .* or leave --model_name_or_path out",
         "best_model.pth": r"best_model.pth is a file; pass the folder of a saved model .*mjp_hf.conversion.original",
         str(truncated): rf"its weights file {re.escape(str(weights))} is truncated or corrupt .*save or download",
         str(no_config): r"holds no config.json; pass the folder save_pretrained wrote",
         str(sharded): r"model-00001-of-00002.safetensors is missing",
+        str(pytorch_weights): r"its pytorch_model.bin is not a PyTorch zip archive \(truncated",
         "./no_such_model": r"--model_name_or_path ./no_such_model does not exist; pass the folder of a saved model",
     }
     for value, message in cases.items():
