@@ -140,3 +140,19 @@ def test_a_distributed_run_needs_an_explicit_output_dir(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"Distributed runs need an explicit --output_dir"):
         _example().parse_arguments([])
+
+
+def test_the_training_doc_states_the_demo_recipe_the_example_runs():
+    """docs/TRAINING.md's account of a run without arguments follows `DEMO_DEFAULTS`."""
+    run = _example()
+    text = " ".join((ROOT / "docs/TRAINING.md").read_text(encoding="utf-8").split())
+    recipe = run.DEMO_DEFAULTS
+    epochs, warmup = recipe["num_train_epochs"], recipe["jigsaw_warmup_epochs"]
+    assert f"trains it for {epochs} epochs (batch {recipe['per_device_train_batch_size']}," in text
+    assert (
+        f"lr {recipe['learning_rate']:.0e}".replace("e-0", "e-") in text
+        and f"weight decay {recipe['weight_decay']}" in text
+    )
+    assert f"{recipe['warmup_steps']:.0%} warm-up" in text and f"clipping {recipe['max_grad_norm']:g}" in text
+    assert (recipe["crop_min_scale"], recipe["random_flip"]) == (1.0, False) and "no crops or flips" in text
+    assert f"in epoch {warmup} of {epochs}" in text
