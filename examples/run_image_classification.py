@@ -22,14 +22,13 @@ See docs/TRAINING.md.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
+import math
 import os
-import re
 import sys
-import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,13 +37,12 @@ import datasets
 import torch
 import transformers
 from datasets import ClassLabel, DatasetDict, load_dataset
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+from safetensors import safe_open
 from transformers import AutoConfig, AutoImageProcessor, HfArgumentParser, TrainingArguments, ViTImageProcessorPil
-from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.hf_argparser import string_to_bool
-from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.utils import (
     CONFIG_NAME,
-    IMAGE_PROCESSOR_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     WEIGHTS_INDEX_NAME,
@@ -53,7 +51,7 @@ from transformers.utils import (
 )
 
 from mjp_hf import MJPViTConfig, MJPViTForImageClassification
-from mjp_hf.configuration_mjp_vit import MJP_CONFIG_FIELDS
+from mjp_hf.configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPConfigError
 from mjp_hf.data import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_HUB_ID,
@@ -69,18 +67,16 @@ from mjp_hf.data.transforms import ImageClassificationTransform, collate_image_c
 from mjp_hf.evaluation.metrics import load_accuracy_topk
 from mjp_hf.modeling_mjp_vit import is_mjp_only_parameter
 from mjp_hf.training import (
-    RUN_ARGUMENTS_NAME,
-    SAVE_IN_PROGRESS_NAME,
     MJPScheduleCallback,
     MJPTrainer,
     PerProcessSeedCallback,
     TransformEpochCallback,
-    checkpoint_problem,
-    last_complete_checkpoint,
+    open_run_folder,
     plot_training_curves,
     top_k_predictions,
 )
 from mjp_hf.training.presets import PRESETS, config_from_preset
+from mjp_hf.training.run_folder import CARD_NAME, Resume, check_output_location
 from mjp_hf.training.threads import AdaptiveThreadsCallback, adaptive_threads
 
 
@@ -247,7 +243,7 @@ class MJPArguments:
         default=False,
         metadata={
             "help": "Start afresh in a used --output_dir: deletes the files an earlier run of this script wrote "
-            "there (checkpoint-* folders, weights, config, results, card, curves), nothing else."
+            "there (in checkpoint-<step> folders, weights, config, results, card, curves), nothing else."
         },
     )
     allow_changed_flags: bool = field(
@@ -257,6 +253,21 @@ class MJPArguments:
             "the model card then lists the changes."
         },
     )
+
+    def __post_init__(self):
+        if self.jigsaw_warmup_epochs is not None and (
+            isinstance(self.jigsaw_warmup_epochs, bool) or self.jigsaw_warmup_epochs < 0
+        ):
+            raise ValueError(
+                f"--jigsaw_warmup_epochs {self.jigsaw_warmup_epochs}: pass a whole number of epochs >= 0."
+            )
+        # The config's own check of each field, at parse time, before any data or model is loaded.
+        defaults = MJPViTConfig()
+        for name, value in self.config_updates().items():
+            try:
+                setattr(defaults, name, value)
+            except MJPConfigError as error:
+                raise ValueError(f"--{name} {value}: {error}") from None
 
     def config_updates(self) -> dict:
         """The MJP config fields given on the command line."""
@@ -365,6 +376,81 @@ def build_parser() -> HfArgumentParser:
     return parser
 
 
+def _whole(low: int, high: int | None = None, also: tuple = ()):
+    def accepts(value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            return False
+        return int(value) in also or (low <= value and (high is None or value <= high))
+
+    return accepts
+
+
+def _number(low: float, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    def accepts(value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        return above and below
+
+    return accepts
+
+
+def _steps(value) -> bool:
+    # transformers: a number of steps, or below 1 a fraction of the training steps.
+    return _number(0, low_open=True)(value) and (value < 1 or value == int(value))
+
+
+_STEPS = "a whole number of steps >= 1, or a fraction in (0, 1) of the training steps"
+# The numeric flags of the four argument classes with their ranges, checked before any dataclass is built.
+NUMERIC_FLAGS = {
+    "per_device_train_batch_size": (_whole(1), "a whole number >= 1"),
+    "per_device_eval_batch_size": (_whole(1), "a whole number >= 1"),
+    "gradient_accumulation_steps": (_whole(1), "a whole number >= 1"),
+    "eval_accumulation_steps": (_whole(1), "a whole number >= 1"),
+    "num_train_epochs": (
+        _number(0, low_open=True),
+        "a number of epochs > 0 (nothing would be trained; to only evaluate a --model_name_or_path, pass "
+        "--do_train false)",
+    ),
+    "max_steps": (
+        _whole(1, also=(-1,)),
+        "a whole number of steps >= 1, or -1 (the default) to train for --num_train_epochs (0 would train "
+        "nothing; to only evaluate a --model_name_or_path, pass --do_train false)",
+    ),
+    "learning_rate": (_number(0, low_open=True), "a learning rate > 0"),
+    "weight_decay": (_number(0), "a weight decay >= 0"),
+    "adam_beta1": (_number(0, 1, high_open=True), "a number in [0, 1)"),
+    "adam_beta2": (_number(0, 1, high_open=True), "a number in [0, 1)"),
+    "adam_epsilon": (_number(0, low_open=True), "a number > 0"),
+    "max_grad_norm": (_number(0), "a norm >= 0 (0 turns clipping off)"),
+    "warmup_steps": (
+        lambda value: _number(0)(value) and (value < 1 or value == int(value)),
+        "a whole number of steps >= 0, or a fraction in [0, 1) of the training steps",
+    ),
+    "label_smoothing_factor": (_number(0, 1, high_open=True), "a number in [0, 1)"),
+    "logging_steps": (_steps, _STEPS),
+    "save_steps": (_steps, _STEPS),
+    "eval_steps": (_steps, _STEPS),
+    "eval_delay": (_number(0), "a number >= 0"),
+    "save_total_limit": (_whole(1), "a whole number >= 1 of checkpoints to keep (leave it out to keep all)"),
+    "seed": (_whole(0, 2**32 - 1), "a whole number in [0, 2**32 - 1]"),
+    "data_seed": (_whole(0, 2**32 - 1), "a whole number in [0, 2**32 - 1]"),
+    "dataloader_num_workers": (_whole(0), "a whole number >= 0 (0 loads in the main process)"),
+    "dataloader_prefetch_factor": (_whole(1), "a whole number >= 1"),
+    "max_train_samples": (_whole(1), "a whole number of examples >= 1 (leave it out to train on all)"),
+    "max_eval_samples": (_whole(1), "a whole number of examples >= 1 (leave it out to evaluate on all)"),
+}
+
+
+def check_numbers(given: dict) -> None:
+    """Refuse a numeric flag out of its range (`NUMERIC_FLAGS`), naming the flag, the value and what to pass."""
+    for name, (accepts, what) in NUMERIC_FLAGS.items():
+        value = given.get(name)
+        if value is not None and not accepts(value):
+            raise ValueError(f"--{name} {value!r}: pass {what}.")
+
+
 def parse_arguments(argv: list[str] | None = None):
     """Parse the flags (or one `.json` file) into the four argument dataclasses, filling in what the user left
     out (`run_defaults`)."""
@@ -377,6 +463,7 @@ def parse_arguments(argv: list[str] | None = None):
         if remaining:
             parser.error(f"unrecognized arguments: {' '.join(remaining)}")
         given = _given_flags(argv)
+    check_numbers(given)
     if given.get("bf16") and "use_cpu" not in given and not is_torch_bf16_gpu_available():
         # transformers refuses --bf16 without a bf16 GPU unless told the run is on CPU, where autocast does bf16 too.
         given["use_cpu"] = True
@@ -402,122 +489,144 @@ def parse_arguments(argv: list[str] | None = None):
     return model_args, data_args, mjp_args, training_args
 
 
-def _model_code_files() -> set[str]:
-    """The model code files `save_pretrained` copies beside the weights (for `trust_remote_code` loading)."""
-    modeling = inspect.getfile(MJPViTForImageClassification)
-    paths = (modeling, inspect.getfile(MJPViTConfig), *get_relative_import_files(modeling))
-    return {Path(path).name for path in paths}
+def _local_inputs(model_args: ModelArguments, data_args: DataTrainingArguments) -> tuple[dict, dict]:
+    """`({flag: path} of the model inputs, {flag: path} of the data inputs)` that the run reads."""
+    model = {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--config_name": model_args.config_name,
+        "--image_processor_name": model_args.image_processor_name,
+    }
+    data = {
+        "--train_dir": data_args.train_dir,
+        "--validation_dir": data_args.validation_dir,
+        "--dataset_name": data_args.dataset_name,
+    }
+    return model, data
 
 
-# What this script (through the Trainer, `save_pretrained` and `write_run_files`) writes into its output folder and
-# into each checkpoint-<step> folder: the only files `--overwrite_output_dir` deletes.
-_SAVED_MODEL_FILES = {
-    CONFIG_NAME,
-    SAFE_WEIGHTS_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    WEIGHTS_NAME,
-    WEIGHTS_INDEX_NAME,
-    IMAGE_PROCESSOR_NAME,
-    TRAINING_ARGS_NAME,
-    TRAINER_STATE_NAME,
-    RUN_ARGUMENTS_NAME,
-}
-RUN_FILES = _SAVED_MODEL_FILES | {
-    "training_args.json",
-    "all_results.json",
-    "train_results.json",
-    "eval_results.json",
-    "training_curves.png",
-}
-CHECKPOINT_FILES = _SAVED_MODEL_FILES | {OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME, SAVE_IN_PROGRESS_NAME}
-_SAVED_PATTERNS = re.compile(r"^(model-\d+-of-\d+\.safetensors|pytorch_model-\d+-of-\d+\.bin|rng_state(_\d+)?\.pth)$")
-CARD_NAME = "README.md"
-# Inputs whose folder must neither be the output folder nor hold it (the run's own files would mix with the data).
-DATA_INPUT_FLAGS = ("--train_dir", "--validation_dir", "--dataset_name")
+def _first_image(folder: Path) -> Path | None:
+    """An image file in `folder` or below (linked class folders included), or None."""
+    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
+    seen = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        if os.path.realpath(root) in seen:  # a link back up the tree
+            folders.clear()
+            continue
+        seen.add(os.path.realpath(root))
+        for name in files:
+            if Path(name).suffix.lower() in extensions:
+                return Path(root) / name
+    return None
 
 
-def _written_by_a_run(path: Path, names: set[str]) -> bool:
-    return path.is_file() and (
-        path.name in names or path.name in _model_code_files() or _SAVED_PATTERNS.match(path.name) is not None
-    )
+def _check_weights(value: str, folder: Path) -> None:
+    """The weights `from_pretrained` would read in a model folder are there and whole."""
+    safetensors = [folder / SAFE_WEIGHTS_NAME]
+    index = folder / SAFE_WEIGHTS_INDEX_NAME
+    if not safetensors[0].is_file() and index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"--model_name_or_path {value}: its {SAFE_WEIGHTS_INDEX_NAME} is not a valid index ({error}); save "
+                "the model again, or pass another checkpoint."
+            ) from error
+        safetensors = [folder / shard for shard in shards]
+    elif not safetensors[0].is_file():
+        if (folder / WEIGHTS_INDEX_NAME).is_file():
+            return  # sharded PyTorch weights: transformers reads them with torch.load(weights_only=True)
+        if (folder / WEIGHTS_NAME).is_file():
+            # A damaged archive would fail inside torch.load, whose message advises loading unsafely.
+            if not zipfile.is_zipfile(folder / WEIGHTS_NAME):
+                raise ValueError(
+                    f"--model_name_or_path {value}: its {WEIGHTS_NAME} is not a PyTorch zip archive (truncated, or "
+                    "not model weights); save the model again (save_pretrained writes safetensors), or pass another "
+                    "checkpoint."
+                )
+            return
+        raise ValueError(
+            f"--model_name_or_path {value} holds no model weights ({SAFE_WEIGHTS_NAME}); pass the folder "
+            "save_pretrained wrote, or leave --model_name_or_path out to train from scratch (--preset)."
+        )
+    for path in safetensors:
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error type for a short or corrupt file
+            reason = "is missing" if not path.is_file() else f"is truncated or corrupt ({error})"
+            raise ValueError(
+                f"--model_name_or_path {value}: its weights file {path} {reason}; save or download the model "
+                "again, or pass another checkpoint."
+            ) from error
 
 
-def _is_run_card(path: Path) -> bool:
-    """A model card this script wrote (its front matter carries the MJP tag that `build_model_card` adds)."""
+def _check_model_source(value: str) -> None:
+    """A local --model_name_or_path is a folder of a ViT or MJP-ViT model whose weights are whole; a value that
+    looks like a local path but is not there is refused (else it would be taken for a Hub id)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        if value.startswith(("/", "./", "../", "~", ".\\")) or value.count("/") > 1:
+            raise FileNotFoundError(
+                f"--model_name_or_path {value} does not exist; pass the folder of a saved model, or a Hub id (org/name)."
+            )
+        return  # a Hub id: transformers reads it
+    if not path.is_dir():
+        raise ValueError(
+            f"--model_name_or_path {value} is a file; pass the folder of a saved model (its {CONFIG_NAME} and "
+            f"{SAFE_WEIGHTS_NAME}, as save_pretrained writes them). A checkpoint of the authors' release converts "
+            f"with `python -m mjp_hf.conversion.original --checkpoint {value} --output_dir DIR`."
+        )
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise ValueError(
+            f"--model_name_or_path {value} holds no {CONFIG_NAME}; pass the folder save_pretrained wrote (a ViT or "
+            "MJP-ViT checkpoint), or leave --model_name_or_path out to train from scratch (--preset)."
+        )
     try:
-        head = path.read_text(encoding="utf-8")[:4000]
-    except (OSError, UnicodeDecodeError):
-        return False
-    return head.startswith("---") and "masked-jigsaw-puzzle" in head
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(
+            f"--model_name_or_path {value}: its {CONFIG_NAME} is not a JSON object ({error}); save the model again, "
+            "or pass another checkpoint."
+        ) from error
+    if model_type not in ("vit", MJPViTConfig.model_type):
+        raise ValueError(
+            f"--model_name_or_path {value} holds a {model_type!r} model; this script trains ViT ('vit': a ViT or "
+            "non-distilled DeiT checkpoint, e.g. google/vit-base-patch16-224-in21k) and MJP-ViT ('mjp_vit') "
+            "checkpoints. Pass one of those, or leave --model_name_or_path out to train from scratch (--preset)."
+        )
+    _check_weights(value, path)
 
 
-def remove_run_files(output_dir: Path) -> list[Path]:
-    """Delete what earlier runs of this script wrote into `output_dir` (its checkpoint folders, weights, config,
-    results, card, curves); return what stays because the script did not write it."""
-    kept = []
-    for path in sorted(output_dir.iterdir()):
-        if path.is_dir() and re.fullmatch(r"checkpoint-\d+", path.name):
-            for inner in sorted(path.rglob("*"), reverse=True):
-                if inner.is_dir() and not any(inner.iterdir()):
-                    inner.rmdir()
-                elif _written_by_a_run(inner, CHECKPOINT_FILES):
-                    inner.unlink()
-                elif inner.parent == path:
-                    kept.append(inner)
-            if not any(path.iterdir()):
-                path.rmdir()
-        elif _written_by_a_run(path, RUN_FILES) or (path.name == CARD_NAME and _is_run_card(path)):
-            path.unlink()
-        else:
-            kept.append(path)
-    return kept
-
-
-def _input_paths(model_args: ModelArguments, data_args: DataTrainingArguments) -> list[tuple[str, Path]]:
-    """The local files and folders the run reads."""
-    candidates = (
-        ("--train_dir", data_args.train_dir),
-        ("--validation_dir", data_args.validation_dir),
-        ("--dataset_name", data_args.dataset_name),
-        ("--model_name_or_path", model_args.model_name_or_path),
-        ("--config_name", model_args.config_name),
-        ("--image_processor_name", model_args.image_processor_name),
-    )
-    return [(flag, Path(value)) for flag, value in candidates if value and Path(value).exists()]
-
-
-def check_output_location(output_dir: Path, model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
-    """Fail before anything is loaded when the output folder cannot take the run's files, or would mix them with
-    its inputs."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"--output_dir {output_dir} is a file, not a folder: pass a folder to write into.")
+def check_inputs(model_args: ModelArguments, data_args: DataTrainingArguments, output_dir: str) -> tuple[dict, dict]:
+    """Refuse, before the output folder is created or anything is loaded, paths the run could not use: an output
+    folder that is a file or is, holds or lies in an input (`mjp_hf.training.run_folder.check_output_location`),
+    image folders that are missing or hold no image, and a local --model_name_or_path that is no ViT/MJP-ViT model
+    folder with whole weights. Returns the inputs, for `open_run_folder`."""
+    inputs, data_inputs = _local_inputs(model_args, data_args)
+    check_output_location(output_dir, inputs, data_inputs)
     for flag in ("--train_dir", "--validation_dir"):
-        value = getattr(data_args, flag[2:])
-        if value is not None and not Path(value).is_dir():
+        value = data_inputs[flag]
+        if value is None:
+            continue
+        if not Path(value).is_dir():
             raise FileNotFoundError(
                 f"{flag} {value} is not a folder; pass an image folder (one sub-folder per class)."
             )
-    resolved = output_dir.resolve()
-    for flag, path in _input_paths(model_args, data_args):
-        source = path.resolve()
-        if source == resolved or resolved in source.parents:
+        if _first_image(Path(value)) is None:
+            extensions = ", ".join(sorted({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".webp"}))
             raise ValueError(
-                f"--output_dir {output_dir} {'is' if source == resolved else 'holds'} the input {flag} {path}: the "
-                "run would write over or beside it. Pass an --output_dir outside the inputs."
+                f"{flag} {value} holds no images ({extensions}, ...); pass an image folder with one sub-folder of "
+                "images per class"
+                + (
+                    ", or leave --validation_dir out to evaluate on --train_val_split of the training images."
+                    if flag == "--validation_dir"
+                    else "."
+                )
             )
-        if flag in DATA_INPUT_FLAGS and source in resolved.parents:
-            raise ValueError(
-                f"--output_dir {output_dir} is inside the input {flag} {path}: the run's files would mix "
-                "with the data. Pass an --output_dir outside it."
-            )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as error:
-        raise PermissionError(
-            f"--output_dir {output_dir} is not writable ({error.strerror or error}); pass a folder you can write to."
-        ) from error
+    if model_args.model_name_or_path:
+        _check_model_source(model_args.model_name_or_path)
+    return inputs, data_inputs
 
 
 def run_arguments(model_args, data_args, mjp_args, training_args) -> dict:
@@ -530,153 +639,6 @@ def run_arguments(model_args, data_args, mjp_args, training_args) -> dict:
     }  # `to_dict` masks the Hub token
     values["model"].pop("token", None)
     return json.loads(json.dumps(values, default=str))
-
-
-# Flags that do not change the weights a run trains: they may differ between a checkpoint's run and its resume.
-_FREE_ON_RESUME = {
-    "output_dir",
-    "logging_dir",
-    "run_name",
-    "resume_from_checkpoint",
-    "overwrite_output_dir",
-    "allow_changed_flags",
-    "disable_tqdm",
-    "report_to",
-    "do_eval",
-    "do_predict",
-    "per_device_eval_batch_size",
-    "max_eval_samples",
-    "cache_dir",
-    "trust_remote_code",
-    "use_cpu",
-    "push_to_hub",
-    "skip_memory_metrics",
-    "torch_compile",
-    "torch_compile_backend",
-    "torch_compile_mode",
-    "local_rank",
-    "ddp_timeout",
-    "ddp_backend",
-    "prediction_loss_only",
-    "past_index",
-}
-_FREE_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "dataloader_", "include_", "batch_eval")
-
-
-def changed_flags(recorded: dict, current: dict, checkpoint_config: dict) -> list[tuple[str, object, object]]:
-    """`[(flag, value in the checkpoint's run, value now), ...]` for the flags that change what is trained. An MJP
-    flag is compared with the checkpoint's config, which holds the value its run trained with."""
-    changes = []
-    for group, values in current.items():
-        before = recorded.get(group, {})
-        for name, value in values.items():
-            if name in _FREE_ON_RESUME or name.startswith(_FREE_PREFIXES) or name not in before:
-                continue
-            if group == "mjp" and name in MJP_CONFIG_FIELDS:
-                if value is not None and name in checkpoint_config and checkpoint_config[name] != value:
-                    changes.append((name, checkpoint_config[name], value))
-            elif before[name] != value:
-                changes.append((name, before[name], value))
-    return changes
-
-
-@dataclass
-class Resume:
-    """The checkpoint a run continues, and the flags it changed (allowed by --allow_changed_flags)."""
-
-    checkpoint: str
-    step: int
-    changes: list = field(default_factory=list)
-
-
-def _checkpoint_step(checkpoint: str) -> int:
-    state = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
-    return int(state.get("global_step", 0))
-
-
-def _newest_complete(output_dir: Path) -> str | None:
-    checkpoint, skipped = last_complete_checkpoint(output_dir)
-    for folder, problem in skipped:
-        logger.warning("Not resuming from %s: %s.", folder, problem)
-    return checkpoint
-
-
-def prepare_output_dir(
-    training_args: TrainingArguments,
-    model_args: ModelArguments,
-    data_args: DataTrainingArguments,
-    mjp_args: MJPArguments,
-) -> Resume | None:
-    """Check the output folder before anything is loaded; return the checkpoint to resume from, if any.
-
-    A non-empty folder is used only to resume (from `--resume_from_checkpoint` or its newest complete
-    `checkpoint-*`), or to start afresh with `--overwrite_output_dir`, which deletes what earlier runs wrote there."""
-    output_dir = Path(training_args.output_dir)
-    check_output_location(output_dir, model_args, data_args)
-    card = output_dir / CARD_NAME
-    if card.exists() and not _is_run_card(card):
-        raise ValueError(
-            f"{card} is not a model card this script wrote, and the run would replace it with one: move "
-            "it, or pass another --output_dir."
-        )
-    resume = training_args.resume_from_checkpoint
-    if resume is not None and resume.lower() in ("true", "last"):
-        checkpoint = _newest_complete(output_dir)
-        if checkpoint is None:
-            raise ValueError(
-                f"--resume_from_checkpoint {resume}: {output_dir} holds no complete checkpoint-* folder to resume."
-            )
-        reason = "the newest complete checkpoint there"
-    elif resume is not None:
-        problem = checkpoint_problem(resume)
-        if problem is not None:
-            raise ValueError(f"--resume_from_checkpoint {resume}: cannot resume from it: {problem}.")
-        checkpoint, reason = resume, "--resume_from_checkpoint"
-    elif not any(output_dir.iterdir()):
-        return None
-    elif mjp_args.overwrite_output_dir:
-        if training_args.process_index == 0:
-            kept = remove_run_files(output_dir)
-            logger.warning(
-                "--overwrite_output_dir: deleted the files earlier runs wrote in %s%s.",
-                output_dir,
-                f"; kept what they did not write: {', '.join(path.name for path in kept)}" if kept else "",
-            )
-        return None
-    else:
-        checkpoint = _newest_complete(output_dir)
-        if checkpoint is None:
-            raise ValueError(
-                f"Output directory {output_dir} already exists and is not empty (and holds no complete checkpoint to "
-                "resume). Pass a new --output_dir, or --overwrite_output_dir to start afresh there (it deletes only "
-                "the files an earlier run of this script wrote)."
-            )
-        reason = "the newest complete checkpoint there; pass --overwrite_output_dir to start afresh"
-    found = Resume(checkpoint, _checkpoint_step(checkpoint))
-    logger.warning("Resuming from %s at step %d (%s).", checkpoint, found.step, reason)
-    recorded = Path(checkpoint) / RUN_ARGUMENTS_NAME
-    if not recorded.is_file():
-        logger.warning(
-            "%s does not record the flags of its run (an older version wrote it): this run cannot check "
-            "that its flags are the same.",
-            checkpoint,
-        )
-        return found
-    current = run_arguments(model_args, data_args, mjp_args, training_args)
-    config_file = Path(checkpoint) / CONFIG_NAME
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    found.changes = changed_flags(json.loads(recorded.read_text(encoding="utf-8")), current, config)
-    if found.changes:
-        listed = "; ".join(f"--{name} {old!r} there, {new!r} now" for name, old, new in found.changes)
-        if not mjp_args.allow_changed_flags:
-            raise ValueError(
-                f"{checkpoint} was written by a run with other flags: {listed}. Resuming would mix two recipes (and "
-                "the restored optimizer and scheduler keep the checkpoint's learning rate and weight decay). Rerun "
-                "with the checkpoint's flags, start afresh (--overwrite_output_dir or a new --output_dir), or pass "
-                "--allow_changed_flags to resume anyway: the model card then lists the changes."
-            )
-        logger.warning("Resuming with changed flags (--allow_changed_flags): %s.", listed)
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1034,7 +996,22 @@ def main(argv: list[str] | None = None) -> dict:
         training_args.fp16,
     )
 
-    resume = prepare_output_dir(training_args, model_args, data_args, mjp_args)
+    inputs, data_inputs = check_inputs(model_args, data_args, training_args.output_dir)
+    # One run at a time in the output folder, held until the run ends: resumed, refused, or started afresh.
+    with open_run_folder(
+        training_args,
+        inputs=inputs,
+        data_inputs=data_inputs,
+        overwrite=mjp_args.overwrite_output_dir,
+        allow_changed_flags=mjp_args.allow_changed_flags,
+        run_arguments=run_arguments(model_args, data_args, mjp_args, training_args),
+        config_fields=MJP_CONFIG_FIELDS,
+    ) as resume:
+        return train_and_evaluate(model_args, data_args, mjp_args, training_args, resume, threads)
+
+
+def train_and_evaluate(model_args, data_args, mjp_args, training_args, resume: Resume | None, threads) -> dict:
+    """Load the data and the model, train (continuing `resume`), evaluate, and write the run folder."""
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
     # The Trainer would push the MJP folder as is; `mjp_hf.hub` publishes the stock-ViT + MJP layout instead. It
     # needs no token then, and none reaches the arguments it saves.
@@ -1043,6 +1020,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     dataset, hub_id = load_data(data_args, model_args)
     train_dataset, eval_dataset, label_names, eval_split = prepare_splits(dataset, data_args, training_args.seed)
+    batch = training_args.per_device_train_batch_size * training_args.world_size
+    if training_args.do_train and training_args.dataloader_drop_last and len(train_dataset) < batch:
+        raise ValueError(
+            f"{len(train_dataset)} training examples make no full batch of {batch} (--per_device_train_batch_size "
+            f"{training_args.per_device_train_batch_size} x {training_args.world_size} processes) with "
+            "--dataloader_drop_last: nothing would be trained. Pass a smaller batch, more examples "
+            "(--max_train_samples), or drop --dataloader_drop_last."
+        )
     model, image_processor = build_model(model_args, mjp_args, label_names)
     logger.info(
         "MJP-ViT: %s parameters, %dx%d patch grid, jigsaw %s (ratio %s, p %s), DALR %s (weight %s)",

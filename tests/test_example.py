@@ -618,6 +618,116 @@ def test_unusable_output_paths_and_missing_data_fail_before_loading(tmp_path, no
         _train(tmp_path / "run", "--train_dir", str(missing))
 
 
+def test_a_wrong_model_path_is_named_with_its_fix_before_anything_loads(tmp_path, image_folder, stock_vit, no_loading):
+    """A local --model_name_or_path that is no ViT/MJP-ViT model folder with whole weights is refused with the value,
+    the flag and the fix, before the output folder is made or any data is read; no message advises unsafe loading."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    resnet = tmp_path / "resnet"
+    ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=3)
+    ).save_pretrained(resnet)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(stock_vit, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes(b"")
+    sharded = tmp_path / "sharded"
+    shutil.copytree(stock_vit, sharded)
+    (sharded / "model.safetensors").unlink()
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"classifier.weight": "model-00001-of-00002.safetensors"}})
+    )
+    (tmp_path / "best_model.pth").write_bytes(b"PK\x03\x04 a torch archive, say")
+    pytorch_weights = tmp_path / "pytorch_weights"
+    pytorch_weights.mkdir()
+    shutil.copy(stock_vit / "config.json", pytorch_weights)
+    (pytorch_weights / "pytorch_model.bin").write_bytes(b"PK\x03\x04 the first bytes of an archive")
+    cases = {
+        str(resnet): r"holds a 'resnet' model; this script trains ViT .* or leave --model_name_or_path out",
+        "best_model.pth": r"best_model.pth is a file; pass the folder of a saved model .*mjp_hf.conversion.original",
+        str(truncated): rf"its weights file {re.escape(str(weights))} is truncated or corrupt .*save or download",
+        str(no_config): r"holds no config.json; pass the folder save_pretrained wrote",
+        str(sharded): r"model-00001-of-00002.safetensors is missing",
+        str(pytorch_weights): r"its pytorch_model.bin is not a PyTorch zip archive \(truncated",
+        "./no_such_model": r"--model_name_or_path ./no_such_model does not exist; pass the folder of a saved model",
+    }
+    for value, message in cases.items():
+        output = tmp_path / "runs" / Path(value).name
+        with pytest.raises(
+            (ValueError, FileNotFoundError), match=rf"--model_name_or_path {re.escape(value)}"
+        ) as error:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(tmp_path)
+                _train(output, "--train_dir", str(image_folder), "--model_name_or_path", value)
+        assert re.search(message, str(error.value)), (value, str(error.value))
+        assert "weights_only" not in str(error.value)
+        assert not output.exists()
+
+
+def test_an_image_folder_without_images_is_refused_before_anything_loads(tmp_path, image_folder, no_loading):
+    empty = tmp_path / "validation"
+    (empty / "cat").mkdir(parents=True)
+    (empty / "cat" / "notes.txt").write_text("no image here")
+    (empty / "cat" / "loop").symlink_to(empty, target_is_directory=True)  # a link back up: the search still ends
+    with pytest.raises(ValueError, match=rf"--validation_dir {empty} holds no images .*leave --validation_dir out"):
+        _train(tmp_path / "run", "--train_dir", str(image_folder), "--validation_dir", str(empty))
+    with pytest.raises(ValueError, match=rf"--train_dir {empty} holds no images .*one sub-folder of images per class"):
+        _train(tmp_path / "run", "--train_dir", str(empty))
+    assert not (tmp_path / "run").exists()
+    linked = tmp_path / "linked"  # class folders that are links hold images too
+    linked.mkdir()
+    for name in ("cat", "dog"):
+        (linked / name).symlink_to(image_folder / name, target_is_directory=True)
+    model_args, data_args, _, _ = run.parse_arguments(
+        ["--train_dir", str(linked), "--output_dir", str(tmp_path / "x")]
+    )
+    run.check_inputs(model_args, data_args, str(tmp_path / "x"))
+
+
+def test_push_to_hub_publishes_the_layout_never_the_trainers_own_push(tmp_path, image_folder, monkeypatch):
+    """--push_to_hub pushes the stock-ViT + MJP layout through `mjp_hf.hub.push_mjp_model` with the run's card; the
+    Trainer pushes nothing (it would upload the MJP folder at the root), and the token is saved nowhere."""
+    from transformers import Trainer
+
+    import mjp_hf.hub
+
+    pushed = []
+
+    def push_mjp_model(model, processor, repo_id, **kwargs):
+        pushed.append((repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Trainer pushed")
+
+    monkeypatch.setattr(mjp_hf.hub, "push_mjp_model", push_mjp_model)
+    monkeypatch.setattr(Trainer, "push_to_hub", refuse)
+    monkeypatch.setattr(Trainer, "init_hf_repo", refuse)
+    token = "hf_pushTokenForTheTest42"
+    output = tmp_path / "pushed"
+    _train(
+        output,
+        *_on_folder(image_folder),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/mjp-test",
+        "--hub_token",
+        token,
+    )
+    assert [repo for repo, _ in pushed] == ["me/mjp-test"]
+    assert pushed[0][1]["token"] == token and "me/mjp-test" in str(pushed[0][1]["card"])
+    for path in output.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
 def test_a_truncated_image_is_named(tmp_path, image_folder):
     images = tmp_path / "images"
     shutil.copytree(image_folder, images)

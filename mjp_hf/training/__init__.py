@@ -1,5 +1,7 @@
-"""Training MJP-ViT with the transformers `Trainer`: the trainer and its callbacks (`trainer`), the thread count
-adapted to the machine's load (`threads`) and the named model shapes (`presets`).
+"""Training MJP-ViT with the transformers `Trainer`: the trainer (`trainer`), its callbacks (`callbacks`), checkpoints
+(`checkpoints`), the output folder of a run (`run_folder`: one run at a time, resume or start afresh), the thread
+count adapted to the machine's load (`threads`, applied by command lines through `command_line`) and the named model
+shapes (`presets`).
 
 The names are loaded on first use, so that `mjp_hf.training.presets` or `mjp_hf.training.threads` does not import
 the `Trainer` (and accelerate) with them.
@@ -10,24 +12,35 @@ import importlib
 
 _NAMES = {
     "trainer": (
-        "MJPScheduleCallback",
         "MJPTrainer",
         "NON_LOGIT_OUTPUTS",
+        "TrainingDivergedError",
+        "plot_training_curves",
+        "preserved_rng_state",
+        "soft_target_cross_entropy",
+        "top_k_predictions",
+    ),
+    "callbacks": (
+        "MJPScheduleCallback",
         "PerProcessSeedCallback",
+        "TransformEpochCallback",
+        "epoch_index",
+        "mjp_schedule",
+        "unwrap_model",
+    ),
+    "checkpoints": (
+        "CheckpointCallback",
         "RUN_ARGUMENTS_NAME",
         "SAVE_IN_PROGRESS_NAME",
-        "TrainingDivergedError",
-        "TransformEpochCallback",
         "checkpoint_folders",
         "checkpoint_problem",
         "last_complete_checkpoint",
-        "mjp_schedule",
-        "plot_training_curves",
-        "soft_target_cross_entropy",
-        "top_k_predictions",
-        "unwrap_model",
+        "remove_checkpoint",
+        "rotate_checkpoints",
     ),
+    "run_folder": ("LOCK_NAME", "OutputFolderInUseError", "Resume", "RunLock", "open_run_folder"),
     "threads": ("AdaptiveThreads", "AdaptiveThreadsCallback", "adaptive_threads", "user_thread_setting"),
+    "command_line": ("run_command_line",),
     "presets": ("PRESETS", "config_from_preset"),
 }
 _MODULE_OF = {name: module for module, names in _NAMES.items() for name in names}

@@ -1,123 +1,43 @@
-"""Training MJP-ViT with the transformers `Trainer`: the released schedule, per-process jigsaw seeds, loss logging.
+"""`MJPTrainer`: the transformers `Trainer` for MJP-ViT, through its public surface only.
 
-The released recipe (Ren et al., CVPR 2023, `main.py` of yhlleo/MJP) trains without the jigsaw for the first
-`warmup_epochs` (20 of 300), raises the DALR (dense absolute localization regression) loss weight linearly from 0
-over those epochs, then lowers it along a cosine to half its base value; every rank seeds torch with
-`seed + rank`, so the ranks draw different jigsaw masks.
+It logs the two parts of the MJP loss, trains on soft targets, stops a diverging run, marks checkpoints complete only
+once every file is on disk (with `checkpoints.CheckpointCallback`), checks a checkpoint before resuming from it, loads
+every tensor of a resumed or best checkpoint, keeps Hub tokens out of the saved arguments, and keeps evaluation from
+moving the training's random state, so that a resumed run ends with the weights of the uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
-import re
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from accelerate.utils import extract_model_from_parallel, set_seed
-from safetensors import safe_open
-from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_NAME
+
+from .callbacks import unwrap_model
+from .checkpoints import CheckpointCallback, checkpoint_problem, last_complete_checkpoint, start_checkpoint
 
 
 logger = logging.getLogger(__name__)
 
 # Model outputs that are neither the loss nor logits: left out of what evaluation gathers as predictions.
 NON_LOGIT_OUTPUTS = ("classification_loss", "localization_loss", "jigsaw_mask", "hidden_states", "attentions")
-# Written first into a checkpoint folder and removed last, once every file of the checkpoint is on disk: a folder
-# that still holds it was interrupted while being saved.
-SAVE_IN_PROGRESS_NAME = ".mjp-save-in-progress"
-# The run's arguments (every flag of the example script), saved into each checkpoint by `MJPTrainer(run_arguments=)`
-# so that a resumed run can be compared with the run it continues.
-RUN_ARGUMENTS_NAME = "run_arguments.json"
-_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# What the Trainer logs after its own (non-strict) load of a resumed or best checkpoint whose keys `save_pretrained`
+# renamed; `CheckpointCallback` then loads every tensor itself, so these lines would only mislead.
+_PARTIAL_LOAD_MESSAGES = ("There were missing keys in the checkpoint", "There were unexpected keys in the checkpoint")
 
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss or the weights became non-finite: the run cannot produce a usable model."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def checkpoint_problem(folder) -> str | None:
-    """Why `folder` is not a complete Trainer checkpoint, or None when it is one.
-
-    Complete means: no save-in-progress marker, a `trainer_state.json` that parses (the Trainer writes it after the
-    weights, optimizer, scheduler and RNG states), and model weights whose safetensors header covers the file."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return "it is not a folder"
-    if (folder / SAVE_IN_PROGRESS_NAME).exists():
-        return "its save was interrupted (it still holds the save-in-progress marker)"
-    state = folder / TRAINER_STATE_NAME
-    if not state.is_file():
-        return f"it has no {TRAINER_STATE_NAME}, so its save did not finish"
-    try:
-        json.loads(state.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return f"its {TRAINER_STATE_NAME} is truncated or corrupt"
-    weights = folder / SAFE_WEIGHTS_NAME
-    if weights.is_file():
-        try:
-            with safe_open(weights, framework="pt"):
-                pass
-        except Exception as error:  # safetensors raises its own error type for a short or corrupt file
-            return f"its {SAFE_WEIGHTS_NAME} is truncated or corrupt ({error})"
-    elif not any((folder / name).is_file() for name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
-        return "it holds no model weights"
-    return None
-
-
-def checkpoint_folders(folder) -> list[Path]:
-    """The `checkpoint-<step>` folders in `folder`, newest (highest step) first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(match.group(1)), path)
-        for path in folder.iterdir()
-        if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))
-    ]
-    return [path for _, path in sorted(found, reverse=True)]
-
-
-def last_complete_checkpoint(folder) -> tuple[str | None, list[tuple[str, str]]]:
-    """`(newest complete checkpoint in folder or None, [(newer incomplete checkpoint, why), ...])`."""
-    skipped = []
-    for checkpoint in checkpoint_folders(folder):
-        problem = checkpoint_problem(checkpoint)
-        if problem is None:
-            return str(checkpoint), skipped
-        skipped.append((str(checkpoint), problem))
-    return None, skipped
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    except OSError:  # some file systems cannot sync a folder; the files themselves were synced
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP/FSDP/DeepSpeed and `torch.compile` wrappers, in either order: accelerate's
-    `extract_model_from_parallel` peels one compile layer per call, so it is applied until nothing changes."""
-    while True:
-        inner = extract_model_from_parallel(model, keep_torch_compile=False)
-        if inner is model:
-            return model
-        model = inner
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -127,96 +47,26 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     return torch.nn.functional.cross_entropy(logits, targets.to(logits.dtype))
 
 
-def epoch_index(state) -> int:
-    """The 0-based epoch a `TrainerState` is in (its `epoch` is fractional in mid-epoch, as on a resume)."""
-    return int(math.floor(state.epoch or 0.0))
+@contextlib.contextmanager
+def preserved_rng_state(device: torch.device | str | None = None):
+    """Leave the random state of Python, NumPy, torch's CPU generator and `device`'s generator as it was found.
+
+    Iterating a `DataLoader` draws a seed from torch's default generator: an evaluation in the middle of training
+    would move the random state the training continues with, after the checkpoint of the same step had saved it."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [] if device.type == "cpu" else [device]
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=None if device.type == "cpu" else device.type):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
-def mjp_schedule(epoch: int, num_epochs: int, warmup_epochs: int, base_weight: float) -> tuple[bool, float]:
-    """`(jigsaw_enabled, dalr_loss_weight)` for a 0-based `epoch`, as released.
-
-    Warmup epochs: no jigsaw, weight `linspace(0, base_weight, warmup_epochs)[epoch]` (epoch 0 has weight 0).
-    Afterwards: jigsaw on, weight `w/2 + (w - w/2) * (1 + cos(pi * i / n)) / 2` for the `i`-th of the `n` remaining
-    epochs, the per-epoch form of DeiT/BEiT's `cosine_scheduler(w, w / 2, ...)`.
-    """
-    if epoch < 0 or num_epochs < 1 or warmup_epochs < 0:
-        raise ValueError(
-            f"mjp_schedule needs epoch >= 0, num_epochs >= 1, warmup_epochs >= 0; got {epoch}, "
-            f"{num_epochs}, {warmup_epochs}."
-        )
-    if epoch < warmup_epochs:
-        weight = base_weight * epoch / (warmup_epochs - 1) if warmup_epochs > 1 else 0.0
-        return False, weight
-    final = base_weight / 2
-    remaining = max(num_epochs - warmup_epochs, 1)
-    step = min(epoch - warmup_epochs, remaining - 1)
-    return True, final + 0.5 * (base_weight - final) * (1 + math.cos(math.pi * step / remaining))
-
-
-class MJPScheduleCallback(TrainerCallback):
-    """Applies `mjp_schedule` at the start of every epoch through `model.set_mjp_schedule` (the config keeps the
-    base values). It reads the epoch from the trainer state, so a resumed run continues the same schedule."""
-
-    def __init__(self, warmup_epochs: int = 20, base_weight: float | None = None):
-        if warmup_epochs < 0 or int(warmup_epochs) != warmup_epochs:
-            raise ValueError(f"jigsaw_warmup_epochs={warmup_epochs!r} must be a whole number of epochs >= 0.")
-        self.warmup_epochs = int(warmup_epochs)
-        self.base_weight = base_weight
-        self.current: tuple[bool, float] | None = None
-
-    def _apply(self, state, model) -> None:
-        model = unwrap_model(model)
-        base_weight = self.base_weight if self.base_weight is not None else float(model.config.dalr_loss_weight)
-        epoch = epoch_index(state)
-        num_epochs = max(int(math.ceil(state.num_train_epochs or 1)), 1)
-        schedule = mjp_schedule(epoch, num_epochs, self.warmup_epochs, base_weight)
-        model.set_mjp_schedule(jigsaw_enabled=schedule[0], dalr_loss_weight=schedule[1])
-        if schedule != self.current:
-            logger.info(
-                "Epoch %d: jigsaw %s, DALR loss weight %.5g", epoch, "on" if schedule[0] else "off", schedule[1]
-            )
-        self.current = schedule
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._apply(state, model)
-
-    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
-        self._apply(state, model)
-
-
-class PerProcessSeedCallback(TrainerCallback):
-    """Seeds every process with `seed + process_index` when training starts, as released, so that each rank draws
-    its own jigsaw masks (the jigsaw uses torch's default generator) and augmentations.
-
-    The Trainer seeds every process with the same `seed` when it is built (identical initial weights); this runs
-    later, and a resumed run then restores each process's saved RNG state over it."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # `device_specific` adds the process index of the state `args.process_index` also reads.
-        set_seed(args.seed, device_specific=True)
-
-
-class TransformEpochCallback(TrainerCallback):
-    """Tells data transforms and collators with a `set_epoch` method (`transforms.ImageClassificationTransform`,
-    `mixup.MixupCutmixCollator`) which epoch starts, so that their augmentation is keyed to `(seed, epoch, sample
-    index)`; on a resume, the epoch the run resumes in.
-
-    Data-loader workers pick up the epoch when they start, at every epoch; persistent workers
-    (`--dataloader_persistent_workers`) keep the first epoch's augmentation."""
-
-    def __init__(self, *transforms):
-        self.transforms = transforms
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
-            logger.warning(
-                "Persistent data-loader workers keep the augmentation of the epoch they started in; "
-                "drop --dataloader_persistent_workers for new crops and flips every epoch."
-            )
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        for transform in self.transforms:
-            transform.set_epoch(epoch_index(state))
+class _PartialLoadFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_PARTIAL_LOAD_MESSAGES)
 
 
 class MJPTrainer(Trainer):
@@ -225,8 +75,13 @@ class MJPTrainer(Trainer):
 
     Label smoothing (`label_smoothing_factor`) applies to the classification loss, and the localization loss is
     still added. Soft targets (float `labels` of shape `(batch, num_labels)`, from `mixup.MixupCutmixCollator`) get a
-    soft cross-entropy. The loss is always a per-batch mean (the Trainer scales it for gradient accumulation), so the DALR
-    term keeps its weight whatever the accumulation or number of processes.
+    soft cross-entropy. The loss is always a per-batch mean (the Trainer scales it for gradient accumulation), so the
+    DALR term keeps its weight whatever the accumulation or number of processes.
+
+    Checkpoints (with `checkpoints.CheckpointCallback`, added here): each is marked in progress before its first file
+    and complete after its last, old ones are rotated only then and only among folders named `checkpoint-<step>`
+    (deleting only the files a run writes), a resume checks the checkpoint first and loads every tensor of it, as
+    `load_best_model_at_end` does, and `run_arguments` (a JSON-able mapping) is saved into each checkpoint.
     """
 
     def __init__(self, *args, run_arguments: Mapping | None = None, **kwargs):
@@ -239,105 +94,73 @@ class MJPTrainer(Trainer):
         self._loss_parts_count = 0
         # (global step, metrics) of the last evaluation on `eval_dataset`, while the weights are still those it saw.
         self._last_evaluation: tuple[int, dict] | None = None
+        # During `train()`: the checkpoint it resumes from, and the `save_total_limit` that `CheckpointCallback`
+        # rotates to (the Trainer's own rotation is kept off: see `train`).
+        self.resumed_from: str | None = None
+        self.checkpoint_limit: int | None = None
+        self.add_callback(CheckpointCallback(self))
 
-    # --- checkpoints: written so that a partial one never passes for complete, loaded strictly ------------------
+    # --- training -----------------------------------------------------------------------------------------------
 
-    def _save_checkpoint(self, model, trial) -> None:
-        # Weights that are already NaN must not become the checkpoint a later run resumes from.
-        self._check_finite(check_weights=True)
-        run_dir = Path(self._get_output_dir(trial=trial))
-        folder = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save:
-            # The remains of an interrupted save of this very step are written over, file by file.
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / SAVE_IN_PROGRESS_NAME).touch()
-            _fsync(folder / SAVE_IN_PROGRESS_NAME)
-            _fsync(run_dir)
-        # The Trainer deletes old checkpoints right after writing the new one; that waits until the new one is
-        # complete, so that an interruption always leaves a complete checkpoint behind.
-        save_total_limit, self.args.save_total_limit = self.args.save_total_limit, None
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, after checking the checkpoint to resume from: complete (`checkpoint_problem`), with its
+        optimizer and scheduler states (else the run would not continue the one it resumes), warning when its RNG
+        state is missing. `True` resumes from the newest complete checkpoint of `output_dir`. A training that runs no
+        optimizer step (no batch in the data, zero epochs) raises instead of returning an untrained model."""
+        self._last_evaluation = None
+        checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
+        # `CheckpointCallback` rotates: the Trainer's own rotation (and its deletion at the end of a
+        # `save_total_limit=1` run) globs every `checkpoint-*` folder, the user's `checkpoint-best` too
+        # (docs/UPSTREAM_ISSUES.md, issue 1).
+        self.resumed_from = checkpoint
+        self.checkpoint_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        quiet = _PartialLoadFilter()
+        trainer_logger = logging.getLogger("transformers.trainer")
+        if self._loads_strictly_from(checkpoint):
+            trainer_logger.addFilter(quiet)
         try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = save_total_limit
-        if self.accelerator.num_processes > 1:
-            self.accelerator.wait_for_everyone()  # every process's RNG state is in the folder
-        if not self.args.should_save:
-            return
-        if self.run_arguments is not None:
-            (folder / RUN_ARGUMENTS_NAME).write_text(
-                json.dumps(self.run_arguments, indent=2, sort_keys=True, default=str), encoding="utf-8"
+            output = super().train(
+                resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
             )
-        for path in folder.rglob("*"):
-            if path.is_file() and path.name != SAVE_IN_PROGRESS_NAME:
-                _fsync(path)
-        (folder / SAVE_IN_PROGRESS_NAME).unlink()
-        _fsync(folder)
-        rotate_checkpoints(
-            output_dir=str(run_dir),
-            save_total_limit=save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint,
-            use_mtime=True,
-        )
-
-    def _save(self, output_dir=None, state_dict=None) -> None:
-        # `training_args.bin` pickles the arguments: keep Hub tokens out of it (`training_args.json` masks them too).
-        tokens = {name: value for name, value in vars(self.args).items() if name.endswith("_token") and value}
-        for name in tokens:
-            setattr(self.args, name, None)
-        try:
-            super()._save(output_dir, state_dict=state_dict)
         finally:
-            for name, value in tokens.items():
-                setattr(self.args, name, value)
-
-    def _load_weights_strictly(self, folder: str, target: PreTrainedModel) -> None:
-        # `save_pretrained` writes ViT weights under their transformers-4 names and only `from_pretrained` renames
-        # them back; the Trainer's own loading reads the file as is with strict=False and would silently keep the
-        # fresh encoder. Load through `from_pretrained` and copy strictly instead.
-        restored, info = type(target).from_pretrained(folder, config=target.config, output_loading_info=True)
-        missing = sorted(info["missing_keys"])
-        mismatched = sorted(str(key[0] if isinstance(key, tuple) else key) for key in info["mismatched_keys"])
-        if missing or mismatched:
+            trainer_logger.removeFilter(quiet)
+            self.args.save_total_limit = self.checkpoint_limit
+            self.resumed_from = None
+        if output.global_step == 0:
+            size = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else "an unknown number of"
             raise ValueError(
-                f"{folder} does not hold every weight of the model: missing {_listed(missing)}"
-                + (f", of another shape {_listed(mismatched)}" if mismatched else "")
-                + ". Loading it would re-initialise them and silently change the model; resume from another "
-                "checkpoint (--resume_from_checkpoint) or start afresh."
+                f"The training ran no optimizer step: {size} training examples at per_device_train_batch_size "
+                f"{self.args.per_device_train_batch_size}"
+                + (" with dataloader_drop_last" if self.args.dataloader_drop_last else "")
+                + f", num_train_epochs {self.args.num_train_epochs}, max_steps {self.args.max_steps}. Nothing was "
+                "trained; give more training data, a smaller batch or a positive number of epochs or steps."
             )
-        target.load_state_dict(restored.state_dict(), strict=True)
+        return output
 
-    def _loads_by_from_pretrained(self, folder: str, target) -> bool:
+    def _loads_strictly_from(self, checkpoint: str | None) -> bool:
+        # Strict loading applies to the resumed checkpoint and the best one (written by this run with safetensors).
         return (
-            isinstance(target, PreTrainedModel)
+            isinstance(unwrap_model(self.model), PreTrainedModel)
             and not self.is_fsdp_enabled
             and not self.is_deepspeed_enabled
-            and os.path.isfile(os.path.join(folder, SAFE_WEIGHTS_NAME))
+            and (checkpoint is None or os.path.isfile(os.path.join(checkpoint, SAFE_WEIGHTS_NAME)))
         )
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        problem = checkpoint_problem(resume_from_checkpoint)
+    def _checkpoint_to_resume(self, resume_from_checkpoint: str | bool | None) -> str | None:
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            return None
+        if resume_from_checkpoint is True:
+            checkpoint, skipped = last_complete_checkpoint(self.args.output_dir)
+            for folder, problem in skipped:
+                logger.warning("Not resuming from %s: %s.", folder, problem)
+            if checkpoint is None:
+                raise ValueError(f"{self.args.output_dir} holds no complete checkpoint-<step> folder to resume from.")
+        else:
+            checkpoint = str(resume_from_checkpoint)
+        problem = checkpoint_problem(checkpoint)
         if problem is not None:
-            raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")
-        target = unwrap_model(model if model is not None else self.model)
-        if not self._loads_by_from_pretrained(resume_from_checkpoint, target):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model=model)
-        logger.info("Loading model from %s.", resume_from_checkpoint)
-        self._load_weights_strictly(resume_from_checkpoint, target)
-
-    def _load_best_model(self) -> None:
-        self._last_evaluation = None
-        best = self.state.best_model_checkpoint
-        target = unwrap_model(self.model)
-        if not self._loads_by_from_pretrained(best, target):
-            return super()._load_best_model()
-        logger.info(
-            "Loading the best model from %s (%s %s).", best, self.args.metric_for_best_model, self.state.best_metric
-        )
-        self._load_weights_strictly(best, target)
-
-    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        if checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError(f"Cannot resume from {checkpoint}: {problem}.")
+        if not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             # The Trainer skips what is missing without a word: the run would restart AdamW's moments or the
             # learning-rate schedule and end elsewhere than the uninterrupted run.
             missing = [
@@ -350,31 +173,70 @@ class MJPTrainer(Trainer):
                     "Resume from a complete checkpoint (--resume_from_checkpoint), or start afresh "
                     "(--overwrite_output_dir or a new --output_dir)."
                 )
-        super()._load_optimizer_and_scheduler(checkpoint)
+        name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
+        if not os.path.isfile(os.path.join(checkpoint, name)):
+            logger.warning(
+                "%s has no %s: the run resumes, but from here on its jigsaw masks, dropout and random "
+                "augmentation draws differ from those of an uninterrupted run, and so will its final weights.",
+                checkpoint,
+                name,
+            )
+        return checkpoint
 
-    def _load_rng_state(self, checkpoint) -> None:
-        if checkpoint is not None:
-            name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
-            if not os.path.isfile(os.path.join(checkpoint, name)):
-                logger.warning(
-                    "%s has no %s: the run resumes, but from here on its jigsaw masks, dropout and random "
-                    "augmentation draws differ from those of an uninterrupted run, and so will its final weights.",
-                    checkpoint,
-                    name,
-                )
-        super()._load_rng_state(checkpoint)
+    # --- saving ---------------------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`. When it writes a checkpoint (the Trainer saves the weights first), the weights are
+        checked finite and the folder is marked in progress before any file; `CheckpointCallback.on_save` completes
+        it. The pickled `training_args.bin` holds no Hub token and the run's own `save_total_limit`."""
+        folder = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if self._is_checkpoint(folder):
+            # Weights that are already NaN must not become the checkpoint a later run resumes from.
+            self._check_finite(check_weights=True)
+            if self.args.should_save:
+                start_checkpoint(folder)
+        with self._arguments_as_given():
+            super().save_model(output_dir, _internal_call=_internal_call)
+
+    def _is_checkpoint(self, folder: Path) -> bool:
+        return (
+            self.is_in_train
+            and folder.name == f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            and os.path.abspath(folder.parent) == os.path.abspath(self.args.output_dir)
+        )
+
+    @contextlib.contextmanager
+    def _arguments_as_given(self):
+        # `training_args.bin` pickles the arguments: keep Hub tokens out of it (`training_args.json` masks them too),
+        # and record the save_total_limit the run was given, not the None that keeps the Trainer from rotating.
+        tokens = {name: value for name, value in vars(self.args).items() if name.endswith("_token") and value}
+        limit = self.args.save_total_limit
+        for name in tokens:
+            setattr(self.args, name, None)
+        if self.is_in_train:
+            self.args.save_total_limit = self.checkpoint_limit
+        try:
+            yield
+        finally:
+            for name, value in tokens.items():
+                setattr(self.args, name, value)
+            self.args.save_total_limit = limit
 
     # --- evaluation ---------------------------------------------------------------------------------------------
 
-    def train(self, *args, **kwargs):
-        self._last_evaluation = None
-        return super().train(*args, **kwargs)
-
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        """`Trainer.evaluate`, leaving the random state as it found it: an evaluation at the end of an epoch would
+        otherwise move the state that the epoch's last checkpoint saved before it, and a run resumed from that
+        checkpoint would end with other weights (docs/UPSTREAM_ISSUES.md, issue 2)."""
+        with preserved_rng_state(self.args.device):
+            metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         if eval_dataset is None and metric_key_prefix == "eval":
             self._last_evaluation = (self.state.global_step, dict(metrics))
         return metrics
+
+    def forget_last_evaluation(self) -> None:
+        """The weights changed (the best checkpoint was loaded): the last evaluation no longer describes them."""
+        self._last_evaluation = None
 
     def evaluate_final_weights(self) -> dict[str, float]:
         """`evaluate()` of the weights training ended with. When the last training step ended with an evaluation on
@@ -477,10 +339,6 @@ class MJPTrainer(Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
 
-def _listed(names: Sequence[str], limit: int = 8) -> str:
-    return "[" + ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "") + "]"
-
-
 def top_k_predictions(logits: torch.Tensor, labels: torch.Tensor | None = None, k: int = 5) -> torch.Tensor:
     """`preprocess_logits_for_metrics`: the `k` best classes per example, best first, computed on the device so that
     evaluation gathers `[N, k]` integers instead of `[N, num_labels]` logits."""
@@ -527,19 +385,11 @@ def plot_training_curves(log_history: Sequence[Mapping], path, title: str | None
 
 
 __all__ = [
-    "MJPScheduleCallback",
     "MJPTrainer",
     "NON_LOGIT_OUTPUTS",
-    "PerProcessSeedCallback",
-    "RUN_ARGUMENTS_NAME",
-    "SAVE_IN_PROGRESS_NAME",
     "TrainingDivergedError",
-    "checkpoint_folders",
-    "checkpoint_problem",
-    "last_complete_checkpoint",
-    "mjp_schedule",
     "plot_training_curves",
+    "preserved_rng_state",
     "soft_target_cross_entropy",
     "top_k_predictions",
-    "unwrap_model",
 ]
