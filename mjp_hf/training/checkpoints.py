@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from transformers.utils import (
     WEIGHTS_NAME,
 )
 
+from ..utils import listed
 from .callbacks import unwrap_model
 
 
@@ -319,10 +320,6 @@ def keep_only_the_best_checkpoint(output_dir, best_model_checkpoint: str) -> Non
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _listed(names: Sequence[str], limit: int = 8) -> str:
-    return "[" + ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "") + "]"
-
-
 def load_weights_strictly(folder: str, target: PreTrainedModel) -> None:
     """Copy every weight of the checkpoint `folder` into `target`, or raise naming what the folder lacks.
 
@@ -334,8 +331,8 @@ def load_weights_strictly(folder: str, target: PreTrainedModel) -> None:
     mismatched = sorted(str(key[0] if isinstance(key, tuple) else key) for key in info["mismatched_keys"])
     if missing or mismatched:
         raise ValueError(
-            f"{folder} does not hold every weight of the model: missing {_listed(missing)}"
-            + (f", of another shape {_listed(mismatched)}" if mismatched else "")
+            f"{folder} does not hold every weight of the model: missing [{listed(missing, 8)}]"
+            + (f", of another shape [{listed(mismatched, 8)}]" if mismatched else "")
             + ". Loading it would re-initialise them and silently change the model; resume from another "
             "checkpoint (--resume_from_checkpoint) or start afresh."
         )
