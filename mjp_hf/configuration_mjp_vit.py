@@ -112,8 +112,7 @@ class MJPViTConfig(_MJPViTFields):
             Regress coordinates divided by the grid size, instead of the raw 0 .. grid - 1 as released.
     """
 
-    # `@strict` (on the parent, which declares the fields) reports a failed check as a `StrictDataclassError`, not a
-    # `ValueError`: this class raises an `MJPConfigError`, both, naming the field and the value.
+    # `@strict` (on the parent) raises a `StrictDataclassError`, no `ValueError`: re-raised as an `MJPConfigError` (both).
     model_type = "mjp_vit"
 
     def __setattr__(self, name, value):

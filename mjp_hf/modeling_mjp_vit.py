@@ -33,13 +33,10 @@ def is_mjp_only_parameter(name: str) -> bool:
     return any(part in MJP_ONLY_PARAMETERS for part in name.split("."))
 
 
-# Loading renames ViT's transformers 4 keys (ViT/DeiT checkpoints on the Hub) and the DALR head's old place, in the
-# embeddings; saving reverts both, so files keep the layout every mjp-hf reads. For the model type only: by class name
-# too, a classifier would collect it twice (once for its backbone) and rename twice.
-_KEY_RENAMES = get_checkpoint_conversion_mapping("ViTModel") + [
-    WeightRenaming(r"embeddings\.dalr_head\.", "dalr_head.")
-]
-register_checkpoint_conversion_mapping("mjp_vit", _KEY_RENAMES, overwrite=True)
+# Loading renames ViT's transformers 4 keys (Hub ViT/DeiT checkpoints) and the DALR head's old keys (in the embeddings);
+# saving reverts both. For the model type only: by class name too, a classifier would rename twice (for its backbone).
+_RENAMES = get_checkpoint_conversion_mapping("ViTModel") + [WeightRenaming(r"embeddings\.dalr_head\.", "dalr_head.")]
+register_checkpoint_conversion_mapping("mjp_vit", _RENAMES, overwrite=True)
 
 
 _MOVED_FROM_EMBEDDINGS = {
@@ -128,9 +125,8 @@ class MJPViTEmbeddings(ViTEmbeddings):
         super().__init__(config, use_mask_token=False)
         self.config = config
         self.grid_size, self.patch_hw = patch_grid(config)
-        self.unk_position_embedding = (
-            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.applies_unk_position_embedding else None
-        )
+        unk = config.applies_unk_position_embedding
+        self.unk_position_embedding = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if unk else None
         # The schedule's switch (off during the warmup epochs) and the jigsaw's randomness (`None`: torch's default).
         self.jigsaw_enabled, self.jigsaw_generator = True, None
 
@@ -231,6 +227,10 @@ class MJPViTPreTrainedModel(ViTPreTrainedModel):
         elif isinstance(module, MJPViTDALRLoss):
             init.constant_(module.weight, float(self.config.dalr_loss_weight))
 
+    # The DALR loss once per sample for per-sample gradients (DP-SGD), else once per mask row (the same loss and
+    # gradient). Opacus' hooks turn it on: it lists them in its module's `autograd_grad_sample_hooks`.
+    per_sample_gradients: bool = False
+
     @property
     def mjp_embeddings(self) -> MJPViTEmbeddings:
         return self.base_model.embeddings
@@ -325,7 +325,8 @@ class MJPViTModel(MJPViTPreTrainedModel, ViTModel):
     def localization_loss(self, jigsaw_mask: torch.BoolTensor | None = None, batch_size: int | None = None):
         """The weighted DALR loss of a step whose output had `jigsaw_mask` (`None`: no jigsaw; no head: `None`), over
         the positions that kept their own embedding, each (sample, position) pair once; the head reads the position
-        embeddings, never the image. `batch_size` (default: a mask row's) repeats it per sample for Opacus."""
+        embeddings, never the image. `batch_size` (default: one per mask row) repeats it per sample, for per-sample
+        gradients (the classifier does under Opacus' hooks or with `per_sample_gradients`)."""
         if self.dalr_head is None:
             return None
         grid_size = self.dalr_loss.grid_size
@@ -333,9 +334,8 @@ class MJPViTModel(MJPViTPreTrainedModel, ViTModel):
         if not uses_unk or jigsaw_mask.shape[-1] != grid_size[0] * grid_size[1]:
             jigsaw_mask = None  # the table's own positions: all kept
         rows = batch_size or (1 if jigsaw_mask is None else jigsaw_mask.shape[0])
-        position_embeddings = self.embeddings(
-            mask_grid(jigsaw_mask, grid_size, rows, self.embeddings.position_embeddings)
-        )
+        grid = mask_grid(jigsaw_mask, grid_size, rows, self.embeddings.position_embeddings)
+        position_embeddings = self.embeddings(grid)
         kept = None if jigsaw_mask is None else ~jigsaw_mask.expand(rows, -1)
         return self.dalr_loss(self.dalr_head(position_embeddings[:, 1:]), kept)
 
@@ -387,7 +387,9 @@ class MJPViTForImageClassification(MJPViTPreTrainedModel, ViTForImageClassificat
         # A training signal, in eval mode too when labels make the loss the objective; inference outputs hold none.
         localization_loss = None
         if self.training or labels is not None:
-            localization_loss = self.vit.localization_loss(outputs.jigsaw_mask, batch_size=logits.shape[0])
+            per_sample = self.per_sample_gradients or getattr(self, "autograd_grad_sample_hooks", None)
+            batch_size = logits.shape[0] if per_sample else None
+            localization_loss = self.vit.localization_loss(outputs.jigsaw_mask, batch_size=batch_size)
         loss = classification_loss = None
         if labels is not None:
             loss = classification_loss = self.loss_function(labels, logits, self.config, **kwargs)

@@ -874,3 +874,23 @@ def test_the_copies_of_vit_code_match_the_installed_transformers():
         assert copy_drift(target, substitutions, edited) is not None
         assert copy_drift(target, substitutions, lines[:1] + lines[2:]) is not None or len(lines) < 3
         assert not substitutions or copy_drift(target, [], lines) is not None
+
+
+@pytest.mark.parametrize("per_sample_masks", [False, True])
+def test_the_dalr_loss_once_per_mask_row_is_the_loss_once_per_sample(per_sample_masks):
+    # A plain step computes the DALR once per mask row; per-sample gradients (Opacus) need it once per sample.
+    model = tiny_model(jigsaw_prob=1.0, jigsaw_ratio=0.3, jigsaw_per_sample=per_sample_masks, dalr_loss_weight=0.5)
+    model.train()
+    x, labels = pixels(), torch.tensor([0, 1, 0, 1])
+    results = []
+    for per_sample in (False, True):
+        model.per_sample_gradients = per_sample
+        model.zero_grad()
+        model.vit.embeddings.jigsaw_generator = torch.Generator().manual_seed(3)
+        out = model(x, labels=labels)
+        out.loss.backward()
+        results.append((out.localization_loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_rows, grads_rows), (loss_samples, grads_samples) = results
+    torch.testing.assert_close(loss_rows, loss_samples)
+    for row, sample in zip(grads_rows, grads_samples):
+        torch.testing.assert_close(row, sample)
