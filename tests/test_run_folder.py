@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_example import QUICK, ROOT, TINY, _train, run
+from test_example import QUICK, ROOT, TINY, _train
 
-from mjp_hf.training import checkpoint_folders, checkpoint_problem
+from mjp_hf.training import MJPTrainer, checkpoint_folders, checkpoint_problem
 from mjp_hf.training.checkpoints import SAVE_IN_PROGRESS_NAME, remove_checkpoint, rotate_checkpoints
 from mjp_hf.training.run_folder import LOCK_NAME, OutputFolderInUseError, RunLock, remove_run_files
 
@@ -27,19 +27,19 @@ def _quick(image_folder, *extra):
 
 def _interrupted_after(step, output, *flags):
     """Run until `step` is saved and the next training step starts, then stop as a Ctrl-C would."""
-    training_step = run.MJPTrainer.training_step
+    training_step = MJPTrainer.training_step
 
     def interrupt(self, *args, **kwargs):
         if self.state.global_step == step:
             raise KeyboardInterrupt
         return training_step(self, *args, **kwargs)
 
-    run.MJPTrainer.training_step = interrupt
+    MJPTrainer.training_step = interrupt
     try:
         with pytest.raises(KeyboardInterrupt):
             _train(output, *flags)
     finally:
-        del run.MJPTrainer.training_step  # inherited from Trainer again
+        del MJPTrainer.training_step  # inherited from Trainer again
 
 
 def _user_files(folder: Path, outside: Path) -> dict[Path, str]:
@@ -206,7 +206,9 @@ spec = importlib.util.spec_from_file_location("run_image_classification", sys.ar
 run = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = run
 spec.loader.exec_module(run)
-train = run.MJPTrainer.train
+from mjp_hf.training import MJPTrainer
+
+train = MJPTrainer.train
 
 
 def train_when_told(self, *args, **kwargs):
@@ -220,7 +222,7 @@ def train_when_told(self, *args, **kwargs):
     return train(self, *args, **kwargs)
 
 
-run.MJPTrainer.train = train_when_told
+MJPTrainer.train = train_when_told
 run.main(sys.argv[2:])
 """
 
