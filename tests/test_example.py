@@ -26,6 +26,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import FASHION_MNIST_LABELS, check_image_folder, fashion_mnist_available
 from mjp_hf.training import MJPTrainer, TrainingDivergedError, unwrap_model
+from mjp_hf.training.threads import AdaptiveThreadsCallback
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -827,17 +828,31 @@ def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatc
 def told_run(tmp_path_factory, image_folder):
     """One short run on the image folder at log level info, with what it printed, logged and warned."""
     output = tmp_path_factory.mktemp("told") / "told"
-    printed, records = io.StringIO(), []
+    printed, records, thread_events = io.StringIO(), [], []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append
     logging.getLogger().addHandler(handler)
     try:
-        with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
+        with (
+            pytest.MonkeyPatch.context() as patch,
+            contextlib.redirect_stdout(printed),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            for event in ("on_step_end", "on_prediction_step"):  # the thread controller's two hooks
+                original = getattr(AdaptiveThreadsCallback, event)
+
+                def spy(self, *args, _original=original, _event=event, **kwargs):
+                    thread_events.append(_event)
+                    return _original(self, *args, **kwargs)
+
+                patch.setattr(AdaptiveThreadsCallback, event, spy)
             warnings.simplefilter("always")
             _train(output, *_on_folder(image_folder), "--max_steps", "1", "--log_level", "info")
     finally:
         logging.getLogger().removeHandler(handler)
-    return SimpleNamespace(output=output, printed=printed.getvalue(), records=records, warnings=caught)
+    return SimpleNamespace(
+        output=output, printed=printed.getvalue(), records=records, warnings=caught, thread_events=thread_events
+    )
 
 
 def test_the_end_of_a_run_says_where_it_went_and_what_to_run_next(told_run):
@@ -879,6 +894,12 @@ def test_help_shows_the_values_a_run_without_flags_uses(capsys, monkeypatch):
     # What --help shows is what the run uses.
     _, _, _, _, training_args = run.parse_arguments([])
     assert training_args.per_device_train_batch_size == DEMO_RECIPE["per_device_train_batch_size"]
+
+
+def test_the_example_adapts_threads_between_steps_and_batches(told_run):
+    """The example runs `AdaptiveThreadsCallback` (docs/TRAINING.md#threads): after every training step and every
+    evaluation batch."""
+    assert told_run.thread_events.count("on_step_end") == 1 and "on_prediction_step" in told_run.thread_events
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="pinned memory is right with an accelerator")
