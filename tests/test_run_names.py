@@ -58,12 +58,20 @@ def _train(output_dir: Path, image_folder: Path, *flags):
 
 @pytest.mark.parametrize("name", NAMES, ids=["space", "non-ascii", "120-chars"])
 def test_a_run_folder_of_any_name_gets_its_card_and_its_publishing_commands_work(
-    name, tmp_path, image_folder, monkeypatch
+    name, tmp_path, image_folder, monkeypatch, capsys
 ):
     runs = tmp_path / "runs"
     runs.mkdir()
     monkeypatch.chdir(runs)  # the folder as users type it: a relative path with the odd name
     metrics = _train(Path(name), image_folder)
+    # The commands the end-of-run report prints run as printed: each path is one shell word.
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  python -m "):
+            words = shlex.split(line, comments=True)
+            flag = "--run_dir" if "--run_dir" in words else "--model_name_or_path"
+            assert words[words.index(flag) + 1] == name, line
+            if "--output_dir" in words:
+                assert words[words.index("--output_dir") + 1].startswith(f"{name}-"), line
     run_dir = runs / name
     card = ModelCard.load(run_dir / "README.md")
     assert RUN_CARD_MARKER in card.text and f"# {name}\n" in card.text

@@ -2,7 +2,6 @@
 
 Readings are injected (no timing here: benchmarks/busy_machine.py measures the speed)."""
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mjp_hf.data import fashion_mnist_available
 from mjp_hf.training.threads import AdaptiveThreads, AdaptiveThreadsCallback, CpuContention, user_thread_setting
 
 
@@ -139,46 +137,7 @@ def test_the_callback_leaves_accelerator_runs_alone(two_threads):
     assert torch.get_num_threads() == 1
 
 
-@pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
-def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "run_image_classification", ROOT / "examples" / "run_image_classification.py"
-    )
-    run = sys.modules.get(spec.name)
-    if run is None:
-        run = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = run
-        spec.loader.exec_module(run)
-    events = []
-    for event in ("on_step_end", "on_prediction_step"):
-        original = getattr(AdaptiveThreadsCallback, event)
-
-        def spy(self, *args, _original=original, _event=event, **kwargs):
-            events.append(_event)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(AdaptiveThreadsCallback, event, spy)
-    run.main(
-        [
-            "--output_dir",
-            str(tmp_path / "run"),
-            "--config_overrides",
-            "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
-            "--max_steps",
-            "2",
-            "--max_train_samples",
-            "16",
-            "--max_eval_samples",
-            "8",
-            "--per_device_train_batch_size",
-            "8",
-            "--per_device_eval_batch_size",
-            "8",
-            "--disable_tqdm",
-            "true",
-        ]
-    )
-    assert events.count("on_step_end") == 2 and "on_prediction_step" in events
+# The example runs the callback: tests/test_example.py::test_the_example_adapts_threads_between_steps_and_batches.
 
 
 def test_one_controller_per_process_and_it_can_stand_down(two_threads):

@@ -19,131 +19,12 @@ from ..data.pixels import channel_statistics, model_images, pixel_values, proces
 from ..data.sources import check_data_arguments, load_labelled_images
 from ..modeling_mjp_vit import MJPViTForImageClassification
 from ..utils import bounded, listed
+from ..utils.model_source import MODEL_FLAG, MODEL_TYPES, check_model_source, refuse, unsafe_pickle  # noqa: F401
 
 
 # transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.
 DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
-
-
-MODEL_FLAG = "--model_name_or_path"
-# The model types every evaluation reads: MJP-ViT and stock ViT image classifiers.
-MODEL_TYPES = ("mjp_vit", "vit")
-_SAVED_MODEL = (
-    "pass the output_dir of a training run or a folder written by `save_pretrained` (config.json and "
-    "model.safetensors)"
-)
-
-
-def _refuse(value, problem: str, fix: str = _SAVED_MODEL) -> ValueError:
-    return ValueError(f"{MODEL_FLAG} {str(value)!r} {problem}; {fix}.")
-
-
-def _check_safetensors(value, files: list[Path]) -> None:
-    from safetensors import safe_open
-
-    for file in files:
-        if not file.is_file():
-            raise _refuse(value, f"lists the weight file {file.name}, which is missing", "copy the whole folder again")
-        try:
-            with safe_open(str(file), framework="pt"):
-                pass
-        except Exception as error:  # SafetensorError, OSError: a damaged or incomplete file
-            raise _refuse(
-                value,
-                f"holds a weight file that cannot be read, {file} ({error})",
-                "it is damaged or incomplete (an interrupted save or copy?): save or copy the model again",
-            ) from None
-
-
-def check_model_source(model_name_or_path) -> str:
-    """What `--model_name_or_path` names, checked before anything is loaded: a saved MJP-ViT or ViT image
-    classifier folder whose weights can be read, or (online) a Hub model id. Raises a `ValueError` or
-    `FileNotFoundError` naming the value, the flag and the fix; returns the value for `from_pretrained`."""
-    from huggingface_hub import is_offline_mode
-    from huggingface_hub.utils import validate_repo_id
-
-    text = str(model_name_or_path)
-    path = Path(text).expanduser()
-    if path.is_file():
-        raise _refuse(
-            text,
-            "is a file, not a model folder",
-            _SAVED_MODEL + "; a released MJP checkpoint (.pth) converts with `python -m mjp_hf.conversion.original`",
-        )
-    if not path.exists():
-        try:
-            validate_repo_id(text)
-            hub_id = not text.startswith((".", "~", "/")) and text.count("/") <= 1
-        except Exception:  # HFValidationError: not a Hub id
-            hub_id = False
-        where = f"no such folder (looked in {Path.cwd()})" if not path.is_absolute() else "no such folder"
-        if not hub_id or is_offline_mode():
-            reason = " and the Hub is offline (HF_HUB_OFFLINE)" if hub_id else ""
-            raise FileNotFoundError(f"{MODEL_FLAG} {text!r}: {where}{reason}; {_SAVED_MODEL}.")
-        return text  # a Hub id, for transformers to fetch
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{MODEL_FLAG} {text!r} is not a saved model folder (no config.json); {_SAVED_MODEL}.")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise _refuse(text, f"has a config.json that is not readable JSON ({error})", "save the model again") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in MODEL_TYPES:
-        architectures = ", ".join(config.get("architectures") or []) if isinstance(config, dict) else ""
-        raise _refuse(
-            text,
-            f"is a {model_type!r} model{f' ({architectures})' if architectures else ''}",
-            "the evaluations read MJP-ViT and ViT image classifiers (model_type 'mjp_vit' or 'vit'): " + _SAVED_MODEL,
-        )
-    architectures = config.get("architectures") or []
-    if architectures and not any(str(name).endswith("ForImageClassification") for name in architectures):
-        raise _refuse(
-            text,
-            f"has no classification head (it holds a {', '.join(architectures)}): it is a bare encoder",
-            "the evaluations need an image classifier (ViTForImageClassification or MJPViTForImageClassification)",
-        )
-    index = path / "model.safetensors.index.json"
-    if (path / "model.safetensors").exists():
-        _check_safetensors(text, [path / "model.safetensors"])
-    elif index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise _refuse(text, f"has an unreadable {index.name} ({error})", "save the model again") from None
-        _check_safetensors(text, [path / shard for shard in shards])
-    elif (path / "pytorch_model.bin").is_file():
-        _check_pickle(text, path / "pytorch_model.bin")
-    elif not (path / "pytorch_model.bin.index.json").is_file():
-        raise _refuse(text, "holds no weights (no model.safetensors)", _SAVED_MODEL)
-    return text
-
-
-def _check_pickle(value, file: Path) -> None:
-    """Refuse a `pytorch_model.bin` that `torch.load(weights_only=True)` would refuse, without loading it."""
-    import torch.serialization
-
-    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
-    if find is None:
-        return  # `load_model` refuses it when loading
-    try:
-        unsafe = find(str(file))
-    except Exception as error:
-        raise _refuse(
-            value, f"has a {file.name} that cannot be read ({type(error).__name__})", "save or copy the model again"
-        ) from None
-    if unsafe:
-        raise _unsafe_pickle(value, unsafe)
-
-
-def _unsafe_pickle(value, names=()) -> ValueError:
-    listed_names = f" ({listed(names)})" if names else ""
-    return _refuse(
-        value,
-        f"has a pytorch_model.bin that holds more than tensors{listed_names}, which this package does not unpickle",
-        "load it where you trust it and save it with `save_pretrained` (safetensors)",
-    )
 
 
 def _mentions_unsafe_loading(error: BaseException) -> bool:
@@ -168,7 +49,7 @@ def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu
         model, info = AutoModelForImageClassification.from_pretrained(source, output_loading_info=True)
     except Exception as error:
         if _mentions_unsafe_loading(error):
-            raise _unsafe_pickle(source) from None
+            raise unsafe_pickle(source) from None
         if not Path(source).expanduser().exists():
             raise OSError(
                 f"{MODEL_FLAG} {source!r}: no such folder, and the Hub has no such model ({error})"
@@ -178,7 +59,7 @@ def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu
     if missing:
         # Weights left at their random initialisation would make every evaluation meaningless.
         if all(key.startswith("classifier.") for key in missing):
-            raise _refuse(
+            raise refuse(
                 source,
                 f"has no classification head (it lacks {missing}): it is a bare encoder",
                 "the evaluations need an image classifier (ViTForImageClassification or MJPViTForImageClassification)",

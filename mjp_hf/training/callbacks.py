@@ -80,6 +80,12 @@ class MJPScheduleCallback(TrainerCallback):
         self.current = schedule
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if args is not None and args.max_steps <= 0 and self.warmup_epochs >= args.num_train_epochs:
+            logger.warning(
+                "--jigsaw_warmup_epochs %d >= --num_train_epochs %s: the jigsaw never runs in this training.",
+                self.warmup_epochs,
+                args.num_train_epochs,
+            )
         self._apply(state, model)
 
     def on_epoch_begin(self, args, state, control, model=None, **kwargs):

@@ -35,6 +35,7 @@ the same batches: they are not privatised, as in Opacus' own examples). The nois
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from .defenses import check_clipping, default_delta, history_epsilon, keyed_generator, require_opacus
+from .trainer import MJPTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -421,6 +423,31 @@ class DPSGDTrainer(DPSGDMixin, Trainer):
     """The transformers `Trainer` with DP-SGD (`dp_sgd=DPSGDSettings(...)`)."""
 
 
+class MJPDPSGDTrainer(DPSGDMixin, MJPTrainer):
+    """`MJPTrainer` with DP-SGD (`dp_sgd=DPSGDSettings(...)`): the trainer of `examples/run_image_classification.py`
+    under `--dp_noise_multiplier`.
+
+    With noise multiplier 0 (per-example clipping without noise) ε is infinite, which JSON cannot hold (Python
+    writes `Infinity`): the log history and `privacy_record` give `null` there, the record with a note."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        entry = self.state.log_history[-1] if self.state.log_history else {}
+        if entry.get("dp_epsilon") == math.inf:
+            entry["dp_epsilon"] = None
+
+    def privacy_record(self) -> dict:
+        """`privacy_spent()` as a run records it (`all_results.json`, the card): JSON values only."""
+        record = self.privacy_spent()
+        if not math.isfinite(record["dp_epsilon"]):
+            record["dp_epsilon"] = None
+            record["dp_epsilon_note"] = (
+                "noise multiplier 0: every example's gradient is clipped but no noise is added, so there is no "
+                "privacy guarantee (epsilon is infinite)"
+            )
+        return record
+
+
 __all__ = [
     "DPSGDCallback",
     "DPSGDMixin",
@@ -428,5 +455,6 @@ __all__ = [
     "DPSGDTrainer",
     "EMPTY_BATCH_KEY",
     "GRAD_SAMPLE_MODES",
+    "MJPDPSGDTrainer",
     "PoissonBatchSampler",
 ]

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,50 +295,20 @@ def check_output_location(
 # Resuming
 # ---------------------------------------------------------------------------------------------------------------
 
-# Flags that do not change the weights a run trains: they may differ between a checkpoint's run and its resume.
-FREE_ON_RESUME = frozenset(
-    {
-        "output_dir",
-        "logging_dir",
-        "run_name",
-        "resume_from_checkpoint",
-        "overwrite_output_dir",
-        "allow_changed_flags",
-        "disable_tqdm",
-        "report_to",
-        "do_eval",
-        "do_predict",
-        "per_device_eval_batch_size",
-        "max_eval_samples",
-        "cache_dir",
-        "trust_remote_code",
-        "use_cpu",
-        "push_to_hub",
-        "skip_memory_metrics",
-        "torch_compile",
-        "torch_compile_backend",
-        "torch_compile_mode",
-        "local_rank",
-        "ddp_timeout",
-        "ddp_backend",
-        "prediction_loss_only",
-        "past_index",
-    }
-)
-FREE_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "dataloader_", "include_", "batch_eval")
-
 
 def changed_flags(
     recorded: Mapping, current: Mapping, checkpoint_config: Mapping, config_fields=()
 ) -> list[tuple[str, object, object]]:
-    """`[(flag, value in the checkpoint's run, value now), ...]` for the flags that change what is trained.
-    `recorded` and `current` are `{group: {flag: value}}`; a flag of the "mjp" group among `config_fields` is
-    compared with the checkpoint's config, which holds the value its run trained with."""
+    """`[(flag, value in the checkpoint's run, value now), ...]` for the flags of `current` that differ from
+    `recorded`. Both are `{group: {flag: value}}`; `current` holds only the flags that change what is trained (the
+    caller's choice: see `mjp_hf.training.arguments.TRAINING_ARGUMENTS`), and a flag the checkpoint's run did not
+    record is not compared. A flag of the "mjp" group among `config_fields` is compared with the checkpoint's config,
+    which holds the value its run trained with (None: the flag was left out, keeping the config's value)."""
     changes = []
     for group, values in current.items():
         before = recorded.get(group, {})
         for name, value in values.items():
-            if name in FREE_ON_RESUME or name.startswith(FREE_PREFIXES) or name not in before:
+            if name not in before:
                 continue
             if group == "mjp" and name in config_fields:
                 if value is not None and name in checkpoint_config and checkpoint_config[name] != value:
@@ -345,6 +316,12 @@ def changed_flags(
             elif before[name] != value:
                 changes.append((name, before[name], value))
     return changes
+
+
+def default_output_dir(kind: str, model: str, data: str, stamp: str | None = None) -> str:
+    """`runs/<kind>-<model>-<data>-<date>-<time>`, underscores made dashes: a fresh folder for every run."""
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{f'{kind}-{model}-{data}'.replace('_', '-')}-{stamp}")
 
 
 @dataclass
@@ -491,8 +468,9 @@ def open_run_folder(
     lie inside one. A folder that holds anything is resumed (from `training_args.resume_from_checkpoint`, a path or
     "true"/"last", or its newest complete `checkpoint-<step>`), refused (no complete checkpoint), or, with
     `overwrite`, emptied of what earlier runs wrote (`remove_run_files`). `run_arguments` (`{group: {flag: value}}`)
-    is compared with the checkpoint's `run_arguments.json` (`config_fields` of the "mjp" group with its config):
-    a change is refused unless `allow_changed_flags`, and listed in `Resume.changes`.
+    of the flags that change what is trained is compared with the checkpoint's `run_arguments.json` (`config_fields`
+    of the "mjp" group with its config): a change is refused unless `allow_changed_flags`, and listed in
+    `Resume.changes`.
 
     In a distributed run the main process (`should_save`) goes first and alone takes the lock; the others then read
     the folder as it left it. The lock holder turns SIGTERM into `SystemExit` for the duration, so that the lock is
@@ -535,7 +513,6 @@ def open_run_folder(
 
 __all__ = [
     "CARD_NAME",
-    "FREE_ON_RESUME",
     "LOCK_NAME",
     "OutputFolderInUseError",
     "RUN_FILES",
@@ -543,6 +520,7 @@ __all__ = [
     "RunLock",
     "changed_flags",
     "check_output_location",
+    "default_output_dir",
     "is_run_card",
     "open_run_folder",
     "remove_run_files",
