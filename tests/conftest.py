@@ -49,3 +49,13 @@ def image_folder(tmp_path_factory):
             pixels[..., index] += 170
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def warm_python():
+    """Real Python child processes without ~4 s of imports each: `warm_python.WarmPython` (one per test worker)."""
+    from warm_python import WarmPython
+
+    warm = WarmPython()
+    yield warm
+    warm.close()
