@@ -17,6 +17,7 @@ print(json.dumps({
     "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "flag": os.environ.get("WARM_FLAG"),
     "sid": os.getsid(0) == os.getpid(), "main": __name__, "sigint": signal.getsignal(signal.SIGINT).__name__,
     "sigterm": int(signal.getsignal(signal.SIGTERM)), "mjp_hf": "mjp_hf" in sys.modules,
+    "threads": __import__("torch").get_num_threads(),
 }))
 print("to stderr", file=sys.stderr)
 """
@@ -33,14 +34,14 @@ def test_a_child_gets_the_command_line_folder_environment_streams_and_signal_han
 
     script = tmp_path / "check.py"
     script.write_text(CHECK)
-    env = {**os.environ, "WARM_FLAG": "on"}
+    env = {**os.environ, "WARM_FLAG": "on", "OMP_NUM_THREADS": "1"}
     for args in (["-c", CHECK, "a b"], [str(script), "x", "y"]):
         fresh, warm = _both(warm_python, args, cwd=tmp_path, env=env, start_new_session=True)
         assert fresh.returncode == warm.returncode == 0, warm.stderr
         assert warm.stderr == fresh.stderr == "to stderr\n"
         seen, expected = json.loads(warm.stdout), json.loads(fresh.stdout)
         assert seen.pop("mjp_hf") and not expected.pop("mjp_hf")  # the one difference: what is imported already
-        assert seen == expected and seen["flag"] == "on" and seen["sid"]
+        assert seen == expected and seen["flag"] == "on" and seen["sid"] and seen["threads"] == 1
 
 
 def test_python_dash_m_runs_the_module_as_main(warm_python, tmp_path):

@@ -10,7 +10,8 @@ default signal handlers (Ctrl-C raises KeyboardInterrupt, SIGTERM kills), and th
 threads, flushing) is Python's own.
 
 What a warm child cannot give: a module's reaction to environment variables it reads when it is imported (the warm
-interpreter imported it with the test's environment; e.g. `HF_HOME` for remote code), and a process in which mjp_hf
+interpreter imported it with the test's environment; e.g. `HF_HOME` for remote code; `OMP_NUM_THREADS` and
+`MKL_NUM_THREADS` are the exception: the child sets torch's thread count from them), and a process in which mjp_hf
 or transformers cannot be imported. Tests about those start a plain subprocess.
 
     warm = WarmPython()                                   # the `warm_python` fixture of conftest.py: one per worker
@@ -120,6 +121,10 @@ for target, fd in enumerate(fds):
 for fd in set(fds) - {0, 1, 2}:
     os.close(fd)
 os.chdir(request["cwd"])
+threads = request["env"].get("OMP_NUM_THREADS") or request["env"].get("MKL_NUM_THREADS")
+if "torch" in sys.modules and threads != (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+    if threads and threads.isdigit() and int(threads) > 0:  # what torch and OpenMP read when they are loaded
+        sys.modules["torch"].set_num_threads(int(threads))
 os.environ.clear()
 os.environ.update(request["env"])
 argv = request["argv"]
@@ -128,7 +133,7 @@ extra = [entry for entry in request["env"].get("PYTHONPATH", "").split(os.pathse
 sys.path[:] = [path0, *extra, *(entry for entry in sys.path[1:] if entry not in extra)]
 if "numpy" in sys.modules:  # a fresh process draws its own global NumPy seed
     sys.modules["numpy"].random.seed()
-del channel, request, fds, target, fd, path0, extra
+del channel, request, fds, target, fd, path0, extra, threads
 if argv[0] == "-m":
     import runpy
 
@@ -377,3 +382,20 @@ class WarmChild:
     def __exit__(self, *exc):
         self._close_pipes()
         self.wait()
+
+
+class WarmSubprocess:
+    """The `subprocess` module, but for `Popen` of a Python command line (`[sys.executable, ...]`), which starts a
+    warm child: set it as a module's `subprocess` (monkeypatch) to make the Python processes that module starts warm.
+    Anything else goes to `subprocess` itself."""
+
+    def __init__(self, warm: WarmPython, preload=()):
+        self._warm, self._preload = warm, tuple(preload)
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+    def Popen(self, args, **kwargs):  # noqa: N802 - the name it stands in for
+        if not args or args[0] != sys.executable:
+            return subprocess.Popen(args, **kwargs)
+        return self._warm.popen(args, preload=self._preload, **kwargs)
