@@ -14,7 +14,7 @@ import pytest
 CHECK = """
 import json, os, signal, sys
 print(json.dumps({
-    "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "flag": os.environ.get("WARM_FLAG"),
+    "argv": sys.argv, "cwd": os.getcwd(), "path": sys.path, "flag": os.environ.get("WARM_FLAG"),
     "sid": os.getsid(0) == os.getpid(), "main": __name__, "sigint": signal.getsignal(signal.SIGINT).__name__,
     "sigterm": int(signal.getsignal(signal.SIGTERM)), "mjp_hf": "mjp_hf" in sys.modules,
     "threads": __import__("torch").get_num_threads(),
@@ -34,8 +34,9 @@ def test_a_child_gets_the_command_line_folder_environment_streams_and_signal_han
 
     script = tmp_path / "check.py"
     script.write_text(CHECK)
-    env = {**os.environ, "WARM_FLAG": "on", "OMP_NUM_THREADS": "1"}
-    for args in (["-c", CHECK, "a b"], [str(script), "x", "y"]):
+    env = {**os.environ, "WARM_FLAG": "on", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "lib")}
+    without_path = {name: value for name, value in env.items() if name != "PYTHONPATH"}
+    for args, env in ((["-c", CHECK, "a b"], env), ([str(script), "x", "y"], without_path)):
         fresh, warm = _both(warm_python, args, cwd=tmp_path, env=env, start_new_session=True)
         assert fresh.returncode == warm.returncode == 0, warm.stderr
         assert warm.stderr == fresh.stderr == "to stderr\n"

@@ -39,6 +39,8 @@ SERVER = r"""
 import gc, importlib, json, os, select, signal, socket, sys, threading
 
 channel = socket.socket(fileno=int(sys.argv[1]))
+OWN_PATH = {os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry}
+BASE_PATH = [entry for entry in sys.path[1:] if os.path.abspath(entry) not in OWN_PATH]
 
 
 def send(**message):
@@ -128,9 +130,11 @@ if "torch" in sys.modules and threads != (os.environ.get("OMP_NUM_THREADS") or o
 os.environ.clear()
 os.environ.update(request["env"])
 argv = request["argv"]
+# sys.path as a fresh interpreter builds it: the command's own first entry, the child's PYTHONPATH, then the rest of
+# the warm interpreter's (its own first entry and PYTHONPATH left out).
 path0 = os.getcwd() if argv[0] == "-m" else "" if argv[0] == "-c" else os.path.dirname(os.path.realpath(argv[0]))
-extra = [entry for entry in request["env"].get("PYTHONPATH", "").split(os.pathsep) if entry]
-sys.path[:] = [path0, *extra, *(entry for entry in sys.path[1:] if entry not in extra)]
+extra = [os.path.abspath(entry) for entry in request["env"].get("PYTHONPATH", "").split(os.pathsep) if entry]
+sys.path[:] = [path0, *extra, *(entry for entry in BASE_PATH if entry not in extra)]
 if "numpy" in sys.modules:  # a fresh process draws its own global NumPy seed
     sys.modules["numpy"].random.seed()
 del channel, request, fds, target, fd, path0, extra, threads
