@@ -9,6 +9,13 @@ import threading
 import time
 
 import pytest
+from warm_python import WarmPython
+
+
+@pytest.fixture(autouse=True)
+def _only_warm(warm_python):
+    if not isinstance(warm_python, WarmPython):
+        pytest.skip("every child is a fresh interpreter here (ColdPython)")
 
 
 CHECK = """

@@ -4,10 +4,14 @@ Every `python ...` a test starts pays ~4 s of CPU to import torch, transformers 
 `WarmPython` starts one *warm* interpreter that imports them once, then forks it for every command: each child is a
 real process of its own (its own pid, signals, exit status, open files, session if asked), set up as a fresh
 `python -m MODULE`, `python -c CODE` or `python SCRIPT` would be: the working folder, the environment, stdin, stdout
-and stderr (a pipe, a file, /dev/null or the test's own), `sys.argv` and `sys.path[0]`, a fresh `__main__`, Python's
+and stderr (a pipe, a file, /dev/null or the test's own), `sys.argv` and `sys.path`, a fresh `__main__`, Python's
 default signal handlers (Ctrl-C raises KeyboardInterrupt, SIGTERM kills), and the exit status Python gives a
 `SystemExit`, an uncaught exception or an uncaught KeyboardInterrupt. Interpreter shutdown (atexit, non-daemon
 threads, flushing) is Python's own.
+
+Where fork or sequenced-packet Unix sockets are missing (macOS, Windows), and with MJP_TESTS_COLD_PYTHON=1 (to rule
+the warm interpreter out when a test fails), the fixture is a `ColdPython`: the same interface over plain
+`subprocess`, every child a fresh interpreter.
 
 What a warm child cannot give: a module's reaction to environment variables it reads when it is imported (the warm
 interpreter imported it with the test's environment; e.g. `HF_HOME` for remote code; `OMP_NUM_THREADS` and
@@ -403,3 +407,46 @@ class WarmSubprocess:
         if not args or args[0] != sys.executable:
             return subprocess.Popen(args, **kwargs)
         return self._warm.popen(args, preload=self._preload, **kwargs)
+
+
+class ColdPython:
+    """`WarmPython`'s interface over plain `subprocess` (every child a fresh interpreter): where fork or Unix
+    sequenced-packet sockets are missing, or with MJP_TESTS_COLD_PYTHON=1 to rule the warm interpreter out."""
+
+    def popen(self, args, *, preload=(), env=None, **kwargs) -> subprocess.Popen:
+        args = [os.fspath(arg) for arg in args]
+        if not args or args[0] != sys.executable:
+            args = [sys.executable, *args]
+        if env is None:  # the modules the test imports, as the warm interpreter has them
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        return subprocess.Popen(args, env=env, **kwargs)
+
+    def run(self, args, *, timeout=None, capture_output=False, check=False, **kwargs) -> subprocess.CompletedProcess:
+        if capture_output:
+            kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        with self.popen(args, **kwargs) as child:
+            try:
+                out, err = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+                raise
+        done = subprocess.CompletedProcess(child.args, child.returncode, out, err)
+        if check:
+            done.check_returncode()
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+def python_for_tests():
+    """A `WarmPython` where this system allows one, else a `ColdPython`."""
+    if os.environ.get("MJP_TESTS_COLD_PYTHON") == "1" or not (hasattr(os, "fork") and hasattr(socket, "send_fds")):
+        return ColdPython()
+    try:
+        socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)[0].close()
+    except OSError:  # macOS: no sequenced-packet Unix sockets
+        return ColdPython()
+    return WarmPython()
