@@ -1,9 +1,9 @@
 """The benchmark scripts still run: each with `--quick` (toy shapes, seconds), ending in its summary line; and
 busy_machine gives each thread setting its own environment."""
 
+import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,19 +13,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_script(name: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / name), *args],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+def _run_script(warm_python, name: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """`python benchmarks/NAME ARGS` from the repository root, as a warm child (its imports done)."""
+    return warm_python.run(
+        [ROOT / "benchmarks" / name, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
 
 
-def test_every_benchmark_runs_and_prints_its_summary():
-    result = _run_script("smoke.py", timeout=600)
+def test_every_benchmark_runs_and_prints_its_summary(warm_python):
+    result = _run_script(warm_python, "smoke.py", timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     for summary in (
         "train_step overhead:",
@@ -59,17 +55,17 @@ def test_busy_machine_gives_each_setting_exactly_its_own_thread_variables(monkey
             busy_machine.parse_extra([bad])
 
 
-def test_a_baseline_revision_is_timed_beside_todays_code_with_the_same_pixels():
+def test_a_baseline_revision_is_timed_beside_todays_code_with_the_same_pixels(warm_python):
     """`--baseline REV` imports the module as git has it at REV next to today's: the data-loading benchmark then times
     both transforms and checks that they give the same pixels."""
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode != 0:
         pytest.fail("the benchmarks' --baseline needs the repository's git history")
-    result = _run_script("data_loading.py", "--quick", "--baseline", "HEAD", timeout=300)
+    result = _run_script(warm_python, "data_loading.py", "--quick", "--baseline", "HEAD", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = [line for line in result.stdout.splitlines() if line.startswith(("| train", "| eval"))]
     assert len(table) == 2 and all(line.rstrip().endswith("| yes         |") for line in table), result.stdout
     assert "; the time of HEAD's: train " in result.stdout and "; same pixels" in result.stdout
-    bad = _run_script("data_loading.py", "--quick", "--baseline", "no-such-rev", timeout=120)
+    bad = _run_script(warm_python, "data_loading.py", "--quick", "--baseline", "no-such-rev", timeout=120)
     assert bad.returncode != 0 and "--baseline no-such-rev: git cannot show mjp_hf/data/fashion_mnist.py" in bad.stderr
 
 
@@ -95,19 +91,13 @@ def test_the_data_loading_benchmark_fails_when_a_variant_gives_other_pixels(monk
 
 
 @pytest.mark.parametrize("how", ["file", "module"])
-def test_a_benchmark_runs_as_a_file_and_as_a_module_of_the_benchmarks_package(how, tmp_path):
+def test_a_benchmark_runs_as_a_file_and_as_a_module_of_the_benchmarks_package(warm_python, how, tmp_path):
     """`python benchmarks/X.py` from anywhere and `python -m benchmarks.X` from the repository root; no benchmark
     edits `sys.path`."""
-    command = [str(ROOT / "benchmarks" / "jigsaw_op.py")] if how == "file" else ["-m", "benchmarks.jigsaw_op"]
+    command = [ROOT / "benchmarks" / "jigsaw_op.py"] if how == "file" else ["-m", "benchmarks.jigsaw_op"]
     cwd = tmp_path if how == "file" else ROOT
-    result = subprocess.run(
-        [sys.executable, *command, "--quick"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}  # as a user runs it
+    result = warm_python.run([*command, "--quick"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "jigsaw_op share of a step" in result.stdout
     for path in (ROOT / "benchmarks").glob("*.py"):

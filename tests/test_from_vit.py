@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -148,10 +147,11 @@ def test_incomplete_vit_checkpoint_is_refused(vit_folder, tmp_path):
 # --- what the command says ----------------------------------------------------------------------------------------
 
 
-def _run_from_vit(*args, cwd):
+def _run_from_vit(warm_python, *args, cwd):
+    """`python -m mjp_hf.conversion.from_vit ARGS` in a process of its own (a warm child: its imports done)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(
-        [sys.executable, "-m", "mjp_hf.conversion.from_vit", *map(str, args)],
+    return warm_python.run(
+        ["-m", "mjp_hf.conversion.from_vit", *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -160,9 +160,11 @@ def _run_from_vit(*args, cwd):
     )
 
 
-def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one_line(vit_folder, tmp_path):
+def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one_line(
+    warm_python, vit_folder, tmp_path
+):
     folder, _ = vit_folder
-    done = _run_from_vit("--model_name_or_path", folder, "--output_dir", tmp_path / "mjp", cwd=tmp_path)
+    done = _run_from_vit(warm_python, "--model_name_or_path", folder, "--output_dir", tmp_path / "mjp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(
@@ -172,7 +174,9 @@ def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one
     # transformers' load report would list the very parameters the command creates as MISSING.
     assert "MISSING" not in done.stdout + done.stderr and "Consider training" not in done.stdout + done.stderr
 
-    again = _run_from_vit("--model_name_or_path", tmp_path / "mjp", "--output_dir", tmp_path / "again", cwd=tmp_path)
+    again = _run_from_vit(
+        warm_python, "--model_name_or_path", tmp_path / "mjp", "--output_dir", tmp_path / "again", cwd=tmp_path
+    )
     assert again.returncode != 0 and "Traceback" not in again.stderr
     errors = [line for line in again.stderr.splitlines() if line.strip() and "Loading weights" not in line]
     assert errors == [

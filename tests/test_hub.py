@@ -780,8 +780,9 @@ SNIPPET_RUNNER = textwrap.dedent(
 )
 
 
-def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
-    """Run card snippets one after the other in a fresh interpreter, with or without `mjp_hf` importable."""
+def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool, warm_python=None):
+    """Run card snippets one after the other in a fresh interpreter, with or without `mjp_hf` importable (with it,
+    in `warm_python` when given: a warm child, whose imports are done)."""
     tag = "with" if with_mjp_hf else "without"
     source, script = tmp_path / f"snippets-{tag}.json", tmp_path / "run_snippets.py"
     source.write_text(json.dumps(snippets))
@@ -792,7 +793,7 @@ def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
         "HF_HOME": str(tmp_path / f"hf_home_{tag}"),
         "PYTHONPATH": os.pathsep.join(sys.path) if with_mjp_hf else "",
     }
-    done = subprocess.run(
+    done = (warm_python.run if warm_python is not None and with_mjp_hf else subprocess.run)(
         [sys.executable, str(script), str(source), f"{tag}-mjp_hf"],
         cwd=cwd,
         env=env,
@@ -804,7 +805,7 @@ def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypatch):
+def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypatch, warm_python):
     import re
     import shlex
 
@@ -843,7 +844,8 @@ def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypat
     assert report[-1] == {"modules": []} and {"classifier", "model", "processor"} <= {
         name for entry in report[:-1] for name in entry["names"]
     }
-    run_snippets([code for code in python if "mjp_hf" in code], tmp_path, tmp_path, with_mjp_hf=True)
+    mjp_snippets = [code for code in python if "mjp_hf" in code]
+    run_snippets(mjp_snippets, tmp_path, tmp_path, with_mjp_hf=True, warm_python=warm_python)
 
     # The publishing commands it points to produce the layout (push with the HTTP calls recorded).
     commands = [shlex.split(line) for language, code in blocks if language == "bash" for line in code.splitlines()]

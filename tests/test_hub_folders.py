@@ -8,7 +8,6 @@ the run folder is refused; a folder reached through a symbolic link is written w
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -83,29 +82,53 @@ def saved_runs(tmp_path_factory):
     return runs
 
 
-def start_paused(tmp_path, what, count, *command):
+def start_paused(warm_python, tmp_path, what, count, *command):
+    """The hub command line in a child process of its own, paused at the `count`-th call of `what`."""
     signals = Path(tempfile.mkdtemp(prefix="signals-", dir=tmp_path))
     script, ready, go = tmp_path / "pausable.py", signals / "ready", signals / "go"
     script.write_text(PAUSABLE_COMMAND)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, str(script), what, str(count), str(ready), str(go), *map(str, command)],
-        env=env,
+    process = warm_python.popen(
+        [script, what, str(count), ready, go, *map(str, command)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preload=["mjp_hf.hub.cli"],
     )
     deadline = time.monotonic() + 180
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise AssertionError(f"never reached {what} #{count}: {process.communicate()[1][-3000:]}")
-        time.sleep(0.05)
+        time.sleep(0.01)
     return process, go
+
+
+def wait_until_blocked_on_the_lock_of(folder: Path, process, timeout: float = 120) -> None:
+    """Return once `process` waits for the lock on `folder` (Linux lists waiters in /proc/locks), or has exited."""
+    locks = Path("/proc/locks")
+    if not locks.exists():  # elsewhere: time enough to reach the lock
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    inode = f":{os.stat(folder).st_ino}"
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        for fields in (line.split() for line in locks.read_text().splitlines()):
+            # `2: -> FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF`: a process waiting for a lock.
+            waiter = fields[fields.index("->") + 1 :] if "->" in fields else []
+            if waiter[:1] == ["FLOCK"] and waiter[3] == str(process.pid) and waiter[4].endswith(inode):
+                return
+        time.sleep(0.02)
 
 
 def layout_command(run, output, *extra):
     return ["layout", "--run_dir", str(run), "--output_dir", str(output), "--model_id", "me/x", *extra]
+
+
+def layout_of(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in layout_files(folder)}
 
 
 def weights_of(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +176,7 @@ KILL_POINTS = [
     "what, count, existing", KILL_POINTS, ids=[f"{w}{c}{'-overwrite' * e}" for w, c, e in KILL_POINTS]
 )
 def test_a_layout_killed_at_any_write_leaves_no_debris_and_the_same_command_completes_it(
-    tmp_path, saved_runs, what, count, existing
+    warm_python, tmp_path, saved_runs, what, count, existing
 ):
     old_run, run = saved_runs
     output = tmp_path / "layouts" / "my layout"
@@ -161,7 +184,7 @@ def test_a_layout_killed_at_any_write_leaves_no_debris_and_the_same_command_comp
     if existing:
         main(layout_command(old_run, output))
         add_user_files(output)
-    process, _ = start_paused(tmp_path, what, count, *layout_command(run, output, *extra))
+    process, _ = start_paused(warm_python, tmp_path, what, count, *layout_command(run, output, *extra))
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     if not existing:
@@ -176,36 +199,42 @@ def test_a_layout_killed_at_any_write_leaves_no_debris_and_the_same_command_comp
         assert_user_files_kept(output)
 
 
-STOPS = [(signal.SIGTERM, "save", 2, False), (signal.SIGINT, "save", 2, False), (signal.SIGTERM, "replace", 3, True)]
+# Mid-swap: at the 17th move, after the new mjp/model.safetensors (the 8th file, moved after its earlier one was set
+# aside) is in; the files before it are the same in both runs.
+STOPS = [(signal.SIGTERM, "save", 2, False), (signal.SIGINT, "save", 2, False), (signal.SIGTERM, "replace", 17, True)]
 
 
 @pytest.mark.parametrize("sig, what, count, existing", STOPS, ids=["sigterm", "ctrl-c", "sigterm-mid-swap"])
 def test_sigterm_and_ctrl_c_stop_at_once_leaving_the_folder_as_it_was(
-    tmp_path, saved_runs, sig, what, count, existing
+    warm_python, tmp_path, saved_runs, sig, what, count, existing
 ):
     old_run, run = saved_runs
     output = tmp_path / "out" / "layout"
     if existing:
         main(layout_command(old_run, output))
         add_user_files(output)
-    before = {name: (output / name).read_bytes() for name in layout_files(output)} if existing else None
-    process, _ = start_paused(tmp_path, what, count, *layout_command(run, output, *(["--overwrite"] * existing)))
+    before = layout_of(output) if existing else None
+    process, _ = start_paused(
+        warm_python, tmp_path, what, count, *layout_command(run, output, *(["--overwrite"] * existing))
+    )
+    if existing:
+        assert layout_of(output) != before, "the stop must come when part of the new layout is in"
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + sig and "Traceback" not in stderr, stderr[-3000:]
     assert f"stopped by {signal.Signals(sig).name}" in stderr
     if existing:  # the files moved in so far were taken out again, the earlier ones put back
-        assert {name: (output / name).read_bytes() for name in layout_files(output)} == before
+        assert layout_of(output) == before
         assert os.listdir(output.parent) == ["layout"]
     else:
         assert os.listdir(output.parent) == [], "the interrupted command left its staging folder"
 
 
-def test_a_card_command_killed_while_writing_leaves_no_card_and_no_debris(tmp_path, saved_runs):
+def test_a_card_command_killed_while_writing_leaves_no_card_and_no_debris(warm_python, tmp_path, saved_runs):
     _, run = saved_runs
     card = tmp_path / "cards" / "my card.md"
     command = ["card", "--run_dir", str(run), "--model_id", "me/x", "--output", str(card)]
-    process, _ = start_paused(tmp_path, "link", 1, *command)
+    process, _ = start_paused(warm_python, tmp_path, "link", 1, *command)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     assert not card.exists()
@@ -213,7 +242,7 @@ def test_a_card_command_killed_while_writing_leaves_no_card_and_no_debris(tmp_pa
     assert os.listdir(card.parent) == [card.name] and "Masked Jigsaw Puzzle" in card.read_text()
 
 
-def test_staging_of_other_folders_and_of_live_processes_is_left_alone(tmp_path, saved_runs):
+def test_staging_of_other_folders_and_of_live_processes_is_left_alone(warm_python, tmp_path, saved_runs):
     """The clean-up removes only staging folders the hub wrote for this output folder, whose process is gone."""
     _, run = saved_runs
     parent = tmp_path / "layouts"
@@ -221,7 +250,7 @@ def test_staging_of_other_folders_and_of_live_processes_is_left_alone(tmp_path, 
     look_alike = parent / ".out.mjp-staging-notmine"  # not named as the hub names them: a user's folder
     look_alike.mkdir()
     (look_alike / "data.txt").write_text("mine")
-    paused, go = start_paused(tmp_path, "save", 2, *layout_command(run, parent / "out"))
+    paused, go = start_paused(warm_python, tmp_path, "save", 2, *layout_command(run, parent / "out"))
     try:
         (live,) = [path for path in parent.iterdir() if path != look_alike]  # the paused process's staging
         main(layout_command(run, parent / "other"))  # another folder's write never looks at it
@@ -234,10 +263,10 @@ def test_staging_of_other_folders_and_of_live_processes_is_left_alone(tmp_path, 
     assert sorted(os.listdir(parent)) == sorted(["out", "other", look_alike.name])
 
 
-def test_two_processes_writing_one_new_folder_one_wins_whole_the_other_refuses(tmp_path, saved_runs):
+def test_two_processes_writing_one_new_folder_one_wins_whole_the_other_refuses(warm_python, tmp_path, saved_runs):
     first_run, second_run = saved_runs
     output = tmp_path / "layout"
-    paused, go = start_paused(tmp_path, "save", 2, *layout_command(first_run, output))
+    paused, go = start_paused(warm_python, tmp_path, "save", 2, *layout_command(first_run, output))
     main(layout_command(second_run, output))  # the other process writes the whole layout meanwhile
     go.touch()
     _, stderr = paused.communicate(timeout=120)
@@ -249,25 +278,21 @@ def test_two_processes_writing_one_new_folder_one_wins_whole_the_other_refuses(t
     assert os.listdir(tmp_path).count("layout") == 1 and not [n for n in os.listdir(tmp_path) if "staging" in n]
 
 
-def test_two_processes_overwriting_one_folder_take_turns(tmp_path, saved_runs):
+def test_two_processes_overwriting_one_folder_take_turns(warm_python, tmp_path, saved_runs):
     """The second waits for the first to finish its swap, so the folder ends as one whole layout, not a mix."""
     first_run, second_run = saved_runs
     output = tmp_path / "layout"
     main(layout_command(first_run, output))
     add_user_files(output)
-    paused, go = start_paused(tmp_path, "replace", 3, *layout_command(first_run, output, "--overwrite"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
-    second = subprocess.Popen(
-        [sys.executable, "-m", "mjp_hf.hub", *layout_command(second_run, output, "--overwrite")],
-        env=env,
+    paused, go = start_paused(warm_python, tmp_path, "replace", 3, *layout_command(first_run, output, "--overwrite"))
+    second = warm_python.popen(
+        ["-m", "mjp_hf.hub", *layout_command(second_run, output, "--overwrite")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        second.wait(timeout=15)  # without turns, it swaps its files in while the first is half-way
-    except subprocess.TimeoutExpired:
-        pass
+    # Without turns, it would swap its files in while the first is half-way.
+    wait_until_blocked_on_the_lock_of(output, second)
     go.touch()
     assert paused.wait(timeout=120) == 0 and second.wait(timeout=120) == 0, second.communicate()[1][-3000:]
     root, mjp = weights_of(output)

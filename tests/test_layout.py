@@ -3,7 +3,6 @@
 import ast
 import importlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,10 +19,8 @@ def test_an_old_module_path_is_the_module_at_its_new_path(old, new):
     assert moved is importlib.import_module(new)
 
 
-def test_an_old_command_path_runs_the_new_command():
-    run = subprocess.run(
-        [sys.executable, "-m", "mjp_hf.convert_original", "--help"], capture_output=True, text=True, timeout=120
-    )
+def test_an_old_command_path_runs_the_new_command(warm_python):
+    run = warm_python.run(["-m", "mjp_hf.convert_original", "--help"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "usage: python -m mjp_hf.conversion.original" in run.stdout
 

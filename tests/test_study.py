@@ -171,10 +171,16 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_one_without_sta
     assert "--overwrite_output_dir" not in study.training_command("mjp", 0, run_dir, args)
 
 
-def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path):
-    """2 variants, 1 seed, a few steps: every stage really runs (training and the three evaluations as
-    subprocesses); the second run finds everything cached and writes the same tables."""
+def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path, warm_python, monkeypatch):
+    """2 variants, 1 seed, a few steps: every stage really runs (training and the three evaluations as child
+    processes, warm ones: the imports are not what is tested); the second run finds everything cached and writes the
+    same tables."""
+    from warm_python import WarmSubprocess
+
     study = _study()
+    # What the training and the evaluations import beyond mjp_hf (never the evaluation modules `-m` runs).
+    preload = ["datasets", "evaluate", "matplotlib.pyplot", "transformers.trainer"]
+    monkeypatch.setattr(study, "subprocess", WarmSubprocess(warm_python, preload))
     output, work = tmp_path / "study", tmp_path / "work"
     argv = [
         "--output_dir",
@@ -214,12 +220,12 @@ def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path):
     assert baseline["leak_jigsawed_step"] is None and mjp["leak_jigsawed_step"] is not None
     assert mjp["leak_per_step"] == mjp["leak_jigsawed_step"], "jigsaw_prob 1: every step is jigsawed"
     assert "| ViT (standard PE) | 1 |" in readme and "not shown at this budget" in readme
-    logs = sorted(path.name for path in work.glob("*.log"))
+    logs = {path.name: path.read_text() for path in work.glob("*.log")}  # appended to by a training that runs
 
     with pytest.raises(FileExistsError, match="--overwrite"):
         study.main(argv)
     study.main([*argv, "--overwrite"])
-    assert sorted(path.name for path in work.glob("*.log")) == logs
+    assert {path.name: path.read_text() for path in work.glob("*.log")} == logs, "a cached stage ran again"
     assert (output / "README.md").read_text() == readme
     assert (output / "results.json").read_text() == results
 
@@ -255,7 +261,8 @@ time.sleep(300)
 """
 
 
-def _start_study(tmp_path, work, mode, *extra):
+def _start_study(warm_python, tmp_path, work, mode, *extra):
+    """The study in a process of its own (a warm child: its imports are done), whose trainings are the stub."""
     import os
     import subprocess
     import sys
@@ -266,7 +273,7 @@ def _start_study(tmp_path, work, mode, *extra):
     log.touch()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "STUB_LOG": str(log), "STUB_MODE": mode}
     argv = ["--output_dir", str(tmp_path / "study"), "--work_dir", str(work), "--max_steps", "1", *extra]
-    process = subprocess.Popen(
+    process = warm_python.popen(
         [sys.executable, str(runner), str(REPO / "examples" / "mjp_study.py"), str(stub), *argv],
         env=env,
         stdout=subprocess.PIPE,
@@ -304,7 +311,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_a_stopped_study_stops_its_runs_starts_nothing_and_does_not_cache_the_cut_run(tmp_path, how):
+def test_a_stopped_study_stops_its_runs_starts_nothing_and_does_not_cache_the_cut_run(warm_python, tmp_path, how):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM (to the study alone, as a job
     scheduler sends it) while a training runs: the training is stopped, no further run starts, the study exits
     non-zero with a one-line message, and the next study trains that run again rather than take its files as done."""
@@ -314,7 +321,7 @@ def test_a_stopped_study_stops_its_runs_starts_nothing_and_does_not_cache_the_cu
 
     work = tmp_path / "work"
     jobs = ["--variants", "baseline", "mjp", "--seeds", "0", "1", "--parallel", "1"]
-    process, log = _start_study(tmp_path, work, "hang", *jobs)
+    process, log = _start_study(warm_python, tmp_path, work, "hang", *jobs)
     ((name, pid),) = _started(log, 1, process)
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)
@@ -331,21 +338,21 @@ def test_a_stopped_study_stops_its_runs_starts_nothing_and_does_not_cache_the_cu
     assert not _alive(int(pid)), "the training the study started outlived it"
     assert len(log.read_text().splitlines()) == 1, "a run started after the signal"
 
-    again, log = _start_study(tmp_path, work, "fail", *jobs)
+    again, log = _start_study(warm_python, tmp_path, work, "fail", *jobs)
     _, stderr = again.communicate(timeout=300)
     assert again.returncode != 0 and "training failed" in stderr
     assert log.read_text().split()[0] == name, "the run cut short was taken as finished"
 
 
-def test_a_second_study_on_the_same_work_folder_is_refused(tmp_path):
+def test_a_second_study_on_the_same_work_folder_is_refused(warm_python, tmp_path):
     import os
     import signal
 
     work = tmp_path / "work"
-    first, log = _start_study(tmp_path, work, "hang", "--variants", "baseline", "--seeds", "0")
+    first, log = _start_study(warm_python, tmp_path, work, "hang", "--variants", "baseline", "--seeds", "0")
     _started(log, 1, first)
     try:
-        second, _ = _start_study(tmp_path, work, "fail", "--variants", "baseline", "--seeds", "0")
+        second, _ = _start_study(warm_python, tmp_path, work, "fail", "--variants", "baseline", "--seeds", "0")
         _, stderr = second.communicate(timeout=120)
         assert second.returncode != 0 and "Traceback" not in stderr
         assert f"another study is running in --work_dir {work}" in stderr
