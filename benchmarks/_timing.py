@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from mjp_hf.threads import THREAD_COUNT_VARIABLES
+from mjp_hf.training.threads import THREAD_COUNT_VARIABLES
+from mjp_hf.utils import bounded
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,7 +35,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=bounded(int, minimum=1),
         default=None,
         help="CPU threads for torch (default 1, or the count OMP_NUM_THREADS/MKL_NUM_THREADS set: on a shared "
         "machine, OpenMP with every core busy elsewhere is several times slower and far noisier; a fixed count keeps "
@@ -47,7 +48,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: process CPU time on a CPU with one thread, else wall time after synchronising the device",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds: tiny shapes, few steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded(int, minimum=0, maximum=2**31 - 1), default=0)
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -59,8 +60,6 @@ def setup(args: argparse.Namespace) -> torch.device:
         # The count the user fixed in the environment stands; else one thread (see --threads).
         user_count = any(os.environ.get(name, "").strip() for name in THREAD_COUNT_VARIABLES)
         args.threads = torch.get_num_threads() if user_count else 1
-    if args.threads < 1:
-        raise SystemExit(f"--threads {args.threads}: pass at least 1.")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return device
@@ -218,17 +217,18 @@ def verdict(value: float, limit: float, *, at_most: bool = True, quick: bool = F
     return "met" if met else "MISSED"
 
 
-def module_at_revision(path: str, revision: str):
+def module_at_revision(path: str, revision: str, former_paths: tuple[str, ...] = ()):
     """The repository's module at `path` (e.g. `mjp_hf/jigsaw.py`) as it was at a git revision, imported beside
-    today's, for a `--baseline` column. Relative imports in a file of `mjp_hf` resolve against today's package."""
+    today's, for a `--baseline` column; at a revision before the module moved, the first of `former_paths` git has.
+    Relative imports in a file of `mjp_hf` resolve against today's package."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        source = subprocess.run(
-            ["git", "show", f"{revision}:{path}"], cwd=root, check=True, capture_output=True, text=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = error.stderr.strip() if isinstance(error, subprocess.CalledProcessError) else str(error)
-        raise SystemExit(f"--baseline {revision}: git cannot show {path} there: {detail}")
+    for candidate in (path, *former_paths):
+        shown = subprocess.run(["git", "show", f"{revision}:{candidate}"], cwd=root, capture_output=True, text=True)
+        if shown.returncode == 0:
+            source, path = shown.stdout, candidate
+            break
+    else:
+        raise SystemExit(f"--baseline {revision}: git cannot show {path} there: {shown.stderr.strip()}")
     package, stem = os.path.dirname(path).replace("/", "."), os.path.splitext(os.path.basename(path))[0]
     name = f"{package}.{stem}_at_{revision}".replace("-", "_") if package else f"{stem}_at_{revision}"
     file_path = os.path.join(tempfile.mkdtemp(), os.path.basename(path))

@@ -1,5 +1,5 @@
 """The main job's training step on a machine that is not idle: torch's thread settings against mjp_hf's adaptive
-threads (`mjp_hf.threads`), each beside 0, 1 and 2 busy processes, in one run.
+threads (`mjp_hf.training.threads`), each beside 0, 1 and 2 busy processes, in one run.
 
 torch's OpenMP threads spin while they wait for each other; when another process takes a core, every operator waits
 for a thread the scheduler has parked. Each setting runs in a fresh subprocess (OpenMP reads its environment once,
@@ -12,7 +12,7 @@ the figures are steady-state steps. The settings:
 * `torch default`: as torch starts, one thread per core, libgomp's default wait policy;
 * `ACTIVE`, `PASSIVE`: one thread per core with `OMP_WAIT_POLICY` set;
 * `1 thread`: `OMP_NUM_THREADS=1`;
-* `adaptive`: `mjp_hf.threads.AdaptiveThreads` updated after every step, as `AdaptiveThreadsCallback` does in the
+* `adaptive`: `mjp_hf.training.threads.AdaptiveThreads` updated after every step, as `AdaptiveThreadsCallback` does in the
   example's Trainer.
 
 Every round runs the settings in a rotating order, and each setting the three conditions in a rotating order; the
@@ -36,9 +36,12 @@ import subprocess
 import sys
 import time
 
+from mjp_hf.utils import bounded
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+if not __package__:  # run as a file, `python benchmarks/busy_machine.py`: see _package.py
+    __package__ = __import__("_package").package()
 
 # Variables that change torch's threads; the parent strips them so that each setting gets exactly its own.
 THREAD_VARIABLES = (
@@ -73,11 +76,12 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 def measure(args) -> dict:
     import torch
-    from train_step import make_step
 
     from mjp_hf import MJPViTForImageClassification
-    from mjp_hf.presets import config_from_preset
-    from mjp_hf.threads import AdaptiveThreads
+    from mjp_hf.training.presets import config_from_preset
+    from mjp_hf.training.threads import AdaptiveThreads
+
+    from .train_step import make_step
 
     # Created where the example creates it: before the model and data, so its first reading has a window.
     threads = AdaptiveThreads() if args.child == ADAPTIVE else None
@@ -199,7 +203,8 @@ def parse_extra(specs: list[str]) -> dict:
 def describe(args, settings: dict) -> list[str]:
     import torch
     import transformers
-    from _timing import _cpu_model, load_average
+
+    from ._timing import _cpu_model, load_average
 
     parallel = torch.__config__.parallel_info()
     backend = next(
@@ -227,17 +232,36 @@ def median(values):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of every condition x setting (default 2)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5, help="warm-up steps per condition")
-    parser.add_argument("--warmup-s", type=float, default=3.0, help="warm-up time per condition, at least (seconds)")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--min-steps", type=int, default=5, help="timed steps even past --budget-s")
-    parser.add_argument("--budget-s", type=float, default=20.0, help="time cap of the timed steps of one measurement")
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="a setting's subprocess is killed after this")
+    parser.add_argument(
+        "--rounds", type=bounded(int, minimum=1), default=2, help="rounds of every condition x setting (default 2)"
+    )
+    parser.add_argument("--batch-size", type=bounded(int, minimum=1), default=128)
+    parser.add_argument("--warmup", type=bounded(int, minimum=0), default=5, help="warm-up steps per condition")
+    parser.add_argument(
+        "--warmup-s",
+        type=bounded(float, minimum=0),
+        default=3.0,
+        help="warm-up time per condition, at least (seconds)",
+    )
+    parser.add_argument("--steps", type=bounded(int, minimum=1), default=40)
+    parser.add_argument(
+        "--min-steps", type=bounded(int, minimum=1), default=5, help="timed steps even past --budget-s"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=20.0,
+        help="time cap of the timed steps of one measurement",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=600.0,
+        help="a setting's subprocess is killed after this",
+    )
     parser.add_argument("--extra", action="append", default=[], help="another setting: 'label=VAR=VALUE[,VAR=VALUE]'")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, adaptive only, 1 round, 2 steps")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=bounded(int, minimum=0, maximum=2**31 - 1), default=0)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--conditions", default="0,1,2", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -275,7 +299,7 @@ def main(argv=None) -> None:
                 threads_at_end[(int(condition), name)].append(measured["threads"])
             print(f"round {round_index + 1}/{args.rounds}: {name} done", flush=True)
 
-    from _timing import load_average, markdown_table
+    from ._timing import load_average, markdown_table
 
     rows = []
     for name in names:

@@ -12,15 +12,19 @@ MLP over the position-embedding table, independent of the batch). The export is 
 
 import argparse
 import importlib.util
-import os
-import sys
 
 import torch
+from transformers import ViTForImageClassification
+
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.training.presets import config_from_preset
+from mjp_hf.utils import bounded
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file, `python benchmarks/inference.py`: see _package.py
+    __package__ = __import__("_package").package()
 
-from _timing import (  # noqa: E402
+from ._timing import (
     Clock,
     add_common_arguments,
     describe_machine,
@@ -36,10 +40,6 @@ from _timing import (  # noqa: E402
     spread,
     time_interleaved,
 )
-from transformers import ViTForImageClassification  # noqa: E402
-
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
 
 
 TARGET = 0.99
@@ -102,8 +102,16 @@ def forward_call(name: str, model: torch.nn.Module, pixel_values: torch.Tensor):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="ViT-S/16 batch sizes (default 8)")
-    parser.add_argument("--demo-batch-sizes", type=int, nargs="+", default=None, help="demo batch sizes (default 64)")
+    parser.add_argument(
+        "--batch-sizes", type=bounded(int, minimum=1), nargs="+", default=None, help="ViT-S/16 batch sizes (default 8)"
+    )
+    parser.add_argument(
+        "--demo-batch-sizes",
+        type=bounded(int, minimum=1),
+        nargs="+",
+        default=None,
+        help="demo batch sizes (default 64)",
+    )
     parser.add_argument(
         "--dtypes",
         nargs="+",
@@ -112,10 +120,19 @@ def main(argv=None) -> None:
         "native bf16 takes minutes for it)",
     )
     parser.add_argument("--attn", nargs="+", default=None, choices=("eager", "sdpa"), help="default: eager sdpa")
-    parser.add_argument("--budget-s", type=float, default=25.0, help="time budget per ViT-S/16 configuration")
-    parser.add_argument("--min-rounds", type=int, default=5)
-    parser.add_argument("--max-rounds", type=int, default=1000)
+    parser.add_argument(
+        "--budget-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=25.0,
+        help="time budget per ViT-S/16 configuration",
+    )
+    parser.add_argument("--min-rounds", type=bounded(int, minimum=1), default=5)
+    parser.add_argument("--max-rounds", type=bounded(int, minimum=1), default=1000)
     args = parser.parse_args(argv)
+    if args.max_rounds < args.min_rounds:
+        parser.error(
+            f"--max-rounds {args.max_rounds} is below --min-rounds {args.min_rounds}; raise it or lower that."
+        )
     device = setup(args)
     dtypes = parse_dtypes(args.dtypes or (["fp32"] if args.quick else ["fp32", "bf16"]))
     attn_implementations = args.attn or (["sdpa"] if args.quick else ["eager", "sdpa"])

@@ -14,15 +14,19 @@ masks x patches. The shuffle is one gather, linear in batch x patches x width.
 """
 
 import argparse
-import os
-import sys
 
 import torch
 
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.jigsaw import num_masked_patches, random_jigsaw, shuffle_tokens
+from mjp_hf.training.presets import config_from_preset
+from mjp_hf.utils import bounded
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import (  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/jigsaw_op.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import (
     Clock,
     add_common_arguments,
     describe_machine,
@@ -34,10 +38,6 @@ from _timing import (  # noqa: E402
     time_interleaved,
     verdict,
 )
-
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.jigsaw import num_masked_patches, random_jigsaw, shuffle_tokens  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
 
 
 TARGET_SHARE = 0.005
@@ -70,10 +70,24 @@ def vit_s_step_ms(device: torch.device, clock: Clock, batch_size: int, quick: bo
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--grids", type=int, nargs="+", default=None, help="square grid sides (default 7 14 16 32)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 1 8 64 256 1024")
-    parser.add_argument("--budget-s", type=float, default=0.5, help="time budget per cell (seconds)")
-    parser.add_argument("--step-ms", type=float, default=None, help="ViT-S/16 batch-64 step time to divide by")
+    parser.add_argument(
+        "--grids", type=bounded(int, minimum=1), nargs="+", default=None, help="square grid sides (default 7 14 16 32)"
+    )
+    parser.add_argument(
+        "--batch-sizes", type=bounded(int, minimum=1), nargs="+", default=None, help="default 1 8 64 256 1024"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=0.5,
+        help="time budget per cell (seconds)",
+    )
+    parser.add_argument(
+        "--step-ms",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=None,
+        help="ViT-S/16 batch-64 step time to divide by",
+    )
     parser.add_argument("--baseline", default=None, help="git revision whose block_mask is timed alongside")
     args = parser.parse_args(argv)
     device = setup(args)

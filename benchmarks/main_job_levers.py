@@ -12,16 +12,19 @@ shared machine); ratios are medians of per-round ratios to fp32 eager, per image
 """
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.training.presets import config_from_preset
+from mjp_hf.utils import bounded
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import (  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/main_job_levers.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import (
     Clock,
     add_common_arguments,
     describe_machine,
@@ -32,10 +35,7 @@ from _timing import (  # noqa: E402
     setup,
     time_interleaved,
 )
-from train_step import make_step  # noqa: E402
-
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
+from .train_step import make_step
 
 
 def cpu_flags() -> set[str]:
@@ -61,8 +61,8 @@ def build_step(batch_size: int, dtype: torch.dtype, seed: int, device: torch.dev
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=bounded(int, minimum=1), default=12)
+    parser.add_argument("--batch-size", type=bounded(int, minimum=1), default=128)
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     args = parser.parse_args(argv)
     device = setup(args)

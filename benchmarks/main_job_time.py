@@ -9,9 +9,9 @@ hour, a slow row with fast probes is slow code.
 
     python benchmarks/main_job_time.py             # one run (4 to 6 minutes on the 2-core VM)
     python benchmarks/main_job_time.py --runs 2
-    python benchmarks/main_job_time.py --quick     # smoke run: 3 steps on a few hundred images
+    python benchmarks/main_job_time.py --quick     # smoke run: 3 steps on a few hundred images, probes at batch 8
 
-The run sets no thread count: like the README's command it picks its own (`mjp_hf.threads`), and a count you set with
+The run sets no thread count: like the README's command it picks its own (`mjp_hf.training.threads`), and a count you set with
 `OMP_NUM_THREADS` reaches it and the probe alike. Needs the Debian package `dataset-fashion-mnist`.
 """
 
@@ -28,14 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mjp_hf.training.threads import user_thread_setting
+from mjp_hf.utils import bounded
 
-import torch  # noqa: E402
-from _timing import Clock, describe_machine, load_average, markdown_table  # noqa: E402
-from main_job_levers import build_step  # noqa: E402
 
-from mjp_hf.threads import user_thread_setting  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/main_job_time.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import Clock, describe_machine, load_average, markdown_table
+from .main_job_levers import build_step
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +46,8 @@ EXAMPLE = ROOT / "examples" / "run_image_classification.py"
 GOAL_SECONDS = 240
 GOAL_ACCURACY = 0.85
 QUICK_FLAGS = ["--max_steps", "3", "--max_train_samples", "256", "--max_eval_samples", "200"]
-# What `mjp_hf.threads.AdaptiveThreadsCallback` logs at the end of a run whose thread count followed the load.
+PROBE_BATCH, QUICK_PROBE_BATCH = 128, 8
+# What `mjp_hf.training.threads.AdaptiveThreadsCallback` logs at the end of a run whose thread count followed the load.
 THREADS_FOLLOWED = re.compile(r"torch threads followed the machine's load: training steps (.+?) thread\(s\)")
 
 
@@ -56,7 +60,7 @@ def thread_counts(log: str) -> str:
     return followed.group(1) if followed else f"{torch.get_num_threads()} throughout"
 
 
-def probe_ms(seconds: float, batch_size: int = 128) -> float:
+def probe_ms(seconds: float, batch_size: int = PROBE_BATCH) -> float:
     """Median ms of the demo training step over chunks of 5 steps, for about `seconds` after 3 warm-up steps."""
     step = build_step(batch_size, torch.float32, seed=0, device=torch.device("cpu"))
     for _ in range(3):
@@ -113,22 +117,29 @@ def run_main_job(flags: list[str]) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=1, help="how many times to run the main job (default 1)")
-    parser.add_argument("--probe-s", type=float, default=10.0, help="seconds of each speed probe (default 10)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 training steps, short probes")
+    parser.add_argument(
+        "--runs", type=bounded(int, minimum=1), default=1, help="how many times to run the main job (default 1)"
+    )
+    parser.add_argument(
+        "--probe-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=10.0,
+        help="seconds of each speed probe (default 10)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 3 training steps, short probes at batch 8")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        raise SystemExit(f"--runs {args.runs}: pass at least 1.")
-    flags, probe_seconds = (QUICK_FLAGS, 0.5) if args.quick else ([], args.probe_s)
+    flags, probe_seconds, probe_batch = (
+        (QUICK_FLAGS, 0.5, QUICK_PROBE_BATCH) if args.quick else ([], args.probe_s, PROBE_BATCH)
+    )
 
     print("# main_job_time: the README's training command, timed between probes of the machine's speed")
     print("\n".join(describe_machine(torch.device("cpu"), Clock(torch.device("cpu"), "wall"))))
     print()
     rows, runs = [], []
-    probe = probe_ms(probe_seconds)
+    probe = probe_ms(probe_seconds, probe_batch)
     for _ in range(args.runs):
         run = run_main_job(flags)
-        after = probe_ms(probe_seconds)
+        after = probe_ms(probe_seconds, probe_batch)
         run.update(probe_before=probe, probe_after=after)
         runs.append(run)
         rows.append(
@@ -147,7 +158,10 @@ def main(argv=None) -> None:
     headers = ["started (UTC)", "probe before / after, ms", "test top-1", "top-5", "wall", "of it training"]
     print(markdown_table([*headers, "training time per step", "threads (steps at each count)"], rows))
     print()
-    print("probe: the demo training step alone at batch 128, median over chunks of 5 steps, torch's thread count.")
+    print(
+        f"probe: the demo training step alone at batch {probe_batch}, median over chunks of 5 steps, torch's thread "
+        "count."
+    )
     print(f"load average at end: {load_average()}")
     best = min(runs, key=lambda run: run["wall_s"])
     probes = [run["probe_before"] for run in runs] + [runs[-1]["probe_after"]]

@@ -14,21 +14,20 @@ kind of optimisation) and are reported apart.
 """
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.evaluation import privacy
+from mjp_hf.evaluation.common import PixelNormalization
+from mjp_hf.training.presets import config_from_preset
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import add_common_arguments, describe_machine, load_average, markdown_table, setup, verdict  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/privacy_audit.py`: see _package.py
+    __package__ = __import__("_package").package()
 
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.evaluation import privacy  # noqa: E402
-from mjp_hf.evaluation.common import PixelNormalization  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
+from ._timing import add_common_arguments, describe_machine, load_average, markdown_table, setup, verdict  # noqa: E402
 
 
 ANALYTIC_LIMIT_S = 600.0  # the analytic attacks on 8 images of a ViT-S/16, on a 2-core CPU

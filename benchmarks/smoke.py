@@ -1,7 +1,7 @@
 """Run every benchmark with `--quick` in this one process (`busy_machine` and the main job in their own
 subprocesses), so that CI knows they still run.
 
-    python benchmarks/smoke.py
+    python benchmarks/smoke.py      # or: python -m benchmarks.smoke
 
 Exits non-zero, naming the script, when one fails or does not print its summary line. The numbers of a quick run
 use toy shapes and mean nothing.
@@ -9,32 +9,36 @@ use toy shapes and mean nothing.
 
 import contextlib
 import io
-import os
 import sys
 import time
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file, `python benchmarks/smoke.py`: see _package.py
+    __package__ = __import__("_package").package()
 
-import busy_machine  # noqa: E402
-import data_loading  # noqa: E402
-import inference  # noqa: E402
-import jigsaw_op  # noqa: E402
-import main_job_levers  # noqa: E402
-import main_job_time  # noqa: E402
-import privacy_audit  # noqa: E402
-import train_step  # noqa: E402
+from . import (  # noqa: E402
+    busy_machine,
+    data_loading,
+    dp_step,
+    inference,
+    jigsaw_op,
+    main_job_levers,
+    main_job_time,
+    privacy_audit,
+    train_step,
+)
 
 
 SUMMARY_LINES = {
     "train_step": (train_step, "train_step overhead: "),
     "inference": (inference, "inference throughput vs stock HF ViT: "),
     "jigsaw_op": (jigsaw_op, "jigsaw_op share of a step at batch 64"),
-    "data_loading": (data_loading, "data_loading speed-up of undecoded bytes: "),
+    "data_loading": (data_loading, "data_loading: today's path "),
     "busy_machine": (busy_machine, "busy_machine adaptive threads: "),
     "main_job_levers": (main_job_levers, "main_job_levers time per image vs fp32 eager: "),
     "main_job_time": (main_job_time, "main_job_time: "),
     "privacy_audit": (privacy_audit, "privacy_audit time per image: "),
+    "dp_step": (dp_step, "dp_step cost vs a plain step "),
 }
 
 

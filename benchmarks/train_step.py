@@ -20,15 +20,18 @@ Two estimates of the overhead are printed:
 """
 
 import argparse
-import os
-import sys
 
 import torch
 
+from mjp_hf import MJPViTForImageClassification
+from mjp_hf.training.presets import config_from_preset
+from mjp_hf.utils import bounded
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import (  # noqa: E402
+if not __package__:  # run as a file, `python benchmarks/train_step.py`: see _package.py
+    __package__ = __import__("_package").package()
+
+from ._timing import (
     Clock,
     add_common_arguments,
     describe_machine,
@@ -42,9 +45,6 @@ from _timing import (  # noqa: E402
     time_interleaved,
     verdict,
 )
-
-from mjp_hf import MJPViTForImageClassification  # noqa: E402
-from mjp_hf.presets import config_from_preset  # noqa: E402
 
 
 TARGET_PER_BATCH = 1.02
@@ -96,8 +96,9 @@ def embedding_variants(mjp, stock, pixel_values, autocast_dtype):
 
     def mjp_call():
         with autocast():
-            out, jigsaw_mask = mjp_embeddings(pixel_values, jigsaw=True)
-            loss = mjp_embeddings.localization_loss(jigsaw_mask)
+            jigsaw_mask, permutation = mjp_embeddings.jigsaw(pixel_values, jigsaw=True)
+            out = mjp_embeddings.embed(pixel_values, jigsaw_mask, permutation)
+            loss = mjp.vit.localization_loss(jigsaw_mask, batch_size=pixel_values.shape[0])
         (out.float().sum() + loss).backward()
 
     return {
@@ -114,13 +115,28 @@ def rounds_for(budget_s: float, round_s: float, minimum: int, maximum: int) -> i
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="ViT-S/16 batch sizes (default 8 32)")
     parser.add_argument(
-        "--demo-batch-sizes", type=int, nargs="+", default=None, help="demo batch sizes (default 8 64)"
+        "--batch-sizes",
+        type=bounded(int, minimum=1),
+        nargs="+",
+        default=None,
+        help="ViT-S/16 batch sizes (default 8 32)",
+    )
+    parser.add_argument(
+        "--demo-batch-sizes",
+        type=bounded(int, minimum=1),
+        nargs="+",
+        default=None,
+        help="demo batch sizes (default 8 64)",
     )
     parser.add_argument("--dtype", default="fp32", help="fp32, or bf16/fp16 (autocast over fp32 weights)")
-    parser.add_argument("--budget-s", type=float, default=60.0, help="time budget per ViT-S/16 batch size (seconds)")
-    parser.add_argument("--min-rounds", type=int, default=3)
+    parser.add_argument(
+        "--budget-s",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=60.0,
+        help="time budget per ViT-S/16 batch size (seconds)",
+    )
+    parser.add_argument("--min-rounds", type=bounded(int, minimum=1), default=3)
     args = parser.parse_args(argv)
     device = setup(args)
     (autocast_dtype,) = parse_dtypes([args.dtype])

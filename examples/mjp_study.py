@@ -26,13 +26,17 @@ every evaluation's JSON (and the images of the first seed) under `per_seed/`.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mjp_hf.evaluation.privacy import exposure_lower_bound  # noqa: E402
+from mjp_hf.evaluation.robustness import SEVERITIES  # noqa: E402
 from mjp_hf.evaluation.statistics import HELD, NOT_HELD, NOT_SHOWN, Interval, paired_difference, verdict  # noqa: E402
 
 
@@ -97,6 +102,46 @@ DIFFERENCES = [
 ]
 
 
+def _whole(low: int, high: int | None = None):
+    """argparse `type=` of a whole number in [low, high]: a value out of range is refused at parse time, naming the
+    flag."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < low or (high is not None and number > high):
+            span = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{number} is out of range; pass a whole number {span}")
+        return number
+
+    return parse
+
+
+_seed = _whole(0, 2**32 - 1)  # what NumPy and `transformers.set_seed` accept
+_count = _whole(1)
+
+
+def _severities(value: str) -> str:
+    """`--severities`: a comma list of ImageNet-C severities (1-5), checked before any training."""
+    parts = value.split(",")
+    if not all(part.strip().isdigit() and int(part) in SEVERITIES for part in parts):
+        raise argparse.ArgumentTypeError(f"{value!r} is invalid; pass a comma list of severities in 1-5, e.g. 1,3,5")
+    return ",".join(str(int(part)) for part in parts)
+
+
+def _seeds_for(value: str) -> tuple[str, list[int]]:
+    """`--seeds_for VARIANT=0,1`: the variant and its seeds."""
+    variant, _, listed = value.partition("=")
+    try:
+        return variant, [_seed(seed) for seed in listed.split(",")]
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: {error}; give whole-number seeds, e.g. '{variant}=0,1'"
+        ) from None
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,30 +149,31 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default=str(REPO / "docs" / "study"), help="Where tables, JSON and plots go.")
     parser.add_argument("--work_dir", default="/tmp/mjp_study", help="Trained models, raw outputs, the run cache.")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2])
     parser.add_argument(
         "--seeds_for",
         action="append",
+        type=_seeds_for,
         default=[],
         metavar="VARIANT=SEEDS",
         help="Other seeds for one variant, e.g. 'mjp-p1-r0.5=0,1' (repeatable); the others use --seeds.",
     )
     parser.add_argument(
         "--max_steps",
-        type=int,
+        type=_count,
         default=None,
         help="Cut every training to this many steps (default: the demo "
         "preset's full schedule, the main job's budget). For smoke tests: the jigsaw then starts at step 0.",
     )
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="Test images for the accuracy (all).")
-    parser.add_argument("--robustness_samples", type=int, default=1000, help="Test images for robustness.")
+    parser.add_argument("--max_eval_samples", type=_count, default=None, help="Test images for the accuracy (all).")
+    parser.add_argument("--robustness_samples", type=_count, default=1000, help="Test images for robustness.")
     parser.add_argument("--corruptions", default="common", help="Corruptions of the robustness evaluation.")
-    parser.add_argument("--severities", default="1,2,3,4,5", help="Corruption severities.")
-    parser.add_argument("--privacy_images", type=int, default=8, help="Images attacked per run.")
+    parser.add_argument("--severities", type=_severities, default="1,2,3,4,5", help="Corruption severities.")
+    parser.add_argument("--privacy_images", type=_count, default=8, help="Images attacked per run.")
     parser.add_argument("--privacy_args", default="", help="Extra flags for every privacy evaluation, as one string.")
     parser.add_argument("--train_args", default="", help="Extra flags for every training run, as one string.")
     parser.add_argument(
-        "--parallel", type=int, default=1, help="Runs (training, then evaluations) at once; one thread each if > 1."
+        "--parallel", type=_count, default=1, help="Runs (training, then evaluations) at once; one thread each if > 1."
     )
     parser.add_argument("--overwrite", action="store_true", help="Replace the tables and plots in --output_dir.")
     args = parser.parse_args(argv)
@@ -135,17 +181,13 @@ def parse_args(argv=None):
     return args
 
 
-def variant_seeds(variants: list[str], seeds: list[int], overrides: list[str]) -> dict[str, list[int]]:
+def variant_seeds(variants: list[str], seeds: list[int], overrides: list[tuple[str, list[int]]]) -> dict:
     """The seeds of each selected variant: `--seeds`, or the variant's own from `--seeds_for VARIANT=0,1`."""
     chosen = {variant: list(seeds) for variant in variants}
-    for override in overrides:
-        variant, _, listed = override.partition("=")
+    for variant, listed in overrides:
         if variant not in chosen:
-            raise SystemExit(f"--seeds_for {override!r}: {variant!r} is not among --variants {variants}.")
-        try:
-            chosen[variant] = [int(seed) for seed in listed.split(",")]
-        except ValueError:
-            raise SystemExit(f"--seeds_for {override!r}: give whole-number seeds, e.g. '{variant}=0,1'.") from None
+            raise SystemExit(f"--seeds_for {variant}=...: {variant!r} is not among --variants {variants}.")
+        chosen[variant] = listed
     return chosen
 
 
@@ -170,9 +212,119 @@ def _read_record(work_dir: Path, name: str) -> dict:
 
 
 def _write_record(work_dir: Path, name: str, record: dict) -> None:
+    """Whole or not at all (a temporary file moved over the record): a study stopped mid-write keeps the old one."""
     path = _record_path(work_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+# --- the processes the study runs, and stopping them ------------------------------------------------------------
+
+
+class Stopped(KeyboardInterrupt):
+    """The study was told to stop (Ctrl-C: SIGINT, or SIGTERM); `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class Children:
+    """The training and evaluation processes of one study. Each runs in its own session, so that stopping the
+    study stops it and its own children (data-loader workers) however the signal reached the study; once the study
+    is stopped, no new one starts."""
+
+    GRACE_SECONDS = 10  # between SIGTERM and SIGKILL
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopped_by: int | None = None
+
+    def run(self, command: list[str], **kwargs) -> int:
+        """Run `command` to its end and return its exit status; `Stopped` if the study is or gets stopped."""
+        with self._lock:
+            if self.stopped_by is not None:
+                raise Stopped(self.stopped_by)
+            process = subprocess.Popen(command, start_new_session=True, **kwargs)
+            self._running.add(process)
+        try:
+            status = process.wait()
+        finally:
+            with self._lock:
+                self._running.discard(process)
+        if self.stopped_by is not None:
+            raise Stopped(self.stopped_by)
+        return status
+
+    def stop(self, signum: int) -> int:
+        """Stop every running process (SIGTERM to its session, SIGKILL after `GRACE_SECONDS`); start no new one.
+        Returns how many were running."""
+        with self._lock:
+            self.stopped_by = signum
+            running = list(self._running)
+        for process in running:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + self.GRACE_SECONDS
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+        return len(running)
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # gone already
+
+
+def _raise_stopped(signum, frame):
+    # Later signals are ignored: the first one is already stopping everything.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+@contextmanager
+def stopping_on_signals():
+    """Within the block, Ctrl-C (SIGINT) and SIGTERM raise `Stopped` in the main thread (where the study waits for
+    its runs); the handlers are restored after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def only_study_in(work_dir: Path):
+    """Refuse a second study on the same `--work_dir` (both would train the same runs into the same folders)."""
+    lock_path = work_dir / ".mjp_study.lock"
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "?"
+            raise SystemExit(
+                f"mjp_study: another study is running in --work_dir {work_dir} (pid {owner}); wait for it to end, "
+                "or pass another --work_dir."
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        for leftover in (work_dir / "records").glob(".*.tmp"):  # from a study killed while writing a record
+            leftover.unlink()
+        yield
 
 
 def training_command(variant: str, seed: int, run_dir: Path, args) -> list[str]:
@@ -198,24 +350,31 @@ def training_command(variant: str, seed: int, run_dir: Path, args) -> list[str]:
     return command + args.train_args.split()
 
 
-def _trained(run_dir: Path) -> bool:
-    return (run_dir / "all_results.json").is_file() and (run_dir / "model.safetensors").is_file()
+def _trained(work_dir: Path, name: str) -> bool:
+    """Finished: the study recorded the training's success (`train_seconds` is written only after the process
+    exits with status 0) and its files are there. A training stopped after writing some of them is not finished."""
+    run_dir = work_dir / name
+    return (
+        "train_seconds" in _read_record(work_dir, name)
+        and (run_dir / "all_results.json").is_file()
+        and (run_dir / "model.safetensors").is_file()
+    )
 
 
-def train(variant: str, seed: int, work_dir: Path, args) -> bool:
+def train(variant: str, seed: int, work_dir: Path, args, children: Children) -> bool:
     """Train `(variant, seed)` unless it is trained; an unfinished run resumes from its last checkpoint (the
     training script does that on its own). Returns whether it did any work."""
     name = f"{variant}-seed{seed}"
     run_dir = work_dir / name
-    if _trained(run_dir):
+    if _trained(work_dir, name):
         return False
     command = training_command(variant, seed, run_dir, args)
     log(f"{name}: training ({' '.join(command[2:])})")
     start = time.perf_counter()
     with open(work_dir / f"{name}.train.log", "a") as log_file:
-        process = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(_threads(args)))
-    if process.returncode != 0:
-        raise RuntimeError(f"{name}: training failed (exit {process.returncode}); see {log_file.name}")
+        status = children.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(_threads(args)))
+    if status != 0:
+        raise RuntimeError(f"{name}: training failed (exit {status}); see {log_file.name}")
     record = _read_record(work_dir, name)
     # Seconds of this process only: a resumed run adds its earlier share.
     record["train_seconds"] = record.get("train_seconds", 0.0) + time.perf_counter() - start
@@ -232,18 +391,33 @@ def _threads(args) -> int | None:
 def run_all(jobs: list[tuple[str, int]], work_dir: Path, args) -> tuple[dict, bool]:
     """Train and evaluate every `(variant, seed)`, `args.parallel` runs at a time: a run's evaluations start as soon
     as its training ends, beside the next training. Returns the evaluation reports by job, and whether any work was
-    done (nothing is when every run is cached)."""
+    done (nothing is when every run is cached).
+
+    Stopped (`Stopped`, from Ctrl-C or SIGTERM): the running processes are stopped, no run starts after them, and
+    `Stopped` is raised once every worker has returned. A run that fails lets the running ones finish and starts
+    no other before its error is raised."""
+    children = Children()
 
     def run_one(job):
         variant, seed = job
         name = f"{variant}-seed{seed}"
-        trained = train(variant, seed, work_dir, args)
-        reports, evaluated = evaluate(name, work_dir / name, work_dir / "eval" / name, seed, args)
+        trained = train(variant, seed, work_dir, args, children)
+        reports, evaluated = evaluate(name, work_dir / name, work_dir / "eval" / name, seed, args, children)
         return reports, trained or evaluated
 
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+    pool = ThreadPoolExecutor(max_workers=args.parallel)
+    try:
         futures = {job: pool.submit(run_one, job) for job in jobs}
         outcomes = {job: future.result() for job, future in futures.items()}
+    except Stopped as stop:
+        cut_short = children.stop(stop.signum)
+        pool.shutdown(wait=True, cancel_futures=True)
+        stop.cut_short = cut_short
+        raise
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return {job: reports for job, (reports, _) in outcomes.items()}, any(work for _, work in outcomes.values())
 
 
@@ -282,25 +456,24 @@ def evaluation_jobs(model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
     }
 
 
-def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args) -> tuple[dict, bool]:
-    """Run each evaluation's command line unless its JSON exists; return the reports and whether any ran. Each runs
-    in its own process, as a user would run it, so it loads the model with the code that is there now."""
+def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args, children: Children) -> tuple[dict, bool]:
+    """Run each evaluation's command line unless the study recorded it as finished; return the reports and whether
+    any ran. Each runs in its own process, as a user would run it, so it loads the model with the code that is there
+    now; one stopped midway runs again (`--overwrite`: its files are the study's own)."""
     work_dir = Path(args.work_dir)
     reports, worked = {}, False
     for key, (module, flags) in evaluation_jobs(model_dir, eval_dir, seed, args).items():
         json_path = eval_dir / key / f"{module}.json"
-        if not json_path.is_file():
+        if not (json_path.is_file() and key in _read_record(work_dir, name).get("eval_seconds", {})):
             log(f"{name}: {key}")
             start = time.perf_counter()
+            command = [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags, "--overwrite"]
             with open(work_dir / f"{name}.{key}.log", "w") as log_file:
-                subprocess.run(
-                    [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags],
-                    check=True,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=_env(_threads(args)),
-                    cwd=REPO,
+                status = children.run(
+                    command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(_threads(args)), cwd=REPO
                 )
+            if status != 0:
+                raise RuntimeError(f"{name}: the {key} evaluation failed (exit {status}); see {log_file.name}")
             worked = True
             record = _read_record(work_dir, name)
             record.setdefault("eval_seconds", {})[key] = time.perf_counter() - start
@@ -703,6 +876,21 @@ def main(argv=None) -> dict:
     )
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    with only_study_in(work_dir), stopping_on_signals():
+        try:
+            return _study(args, work_dir, command, readme)
+        except Stopped as stop:
+            name = signal.Signals(stop.signum).name
+            print(
+                f"mjp_study: stopped by {name}: {getattr(stop, 'cut_short', 0)} running process(es) stopped, no run "
+                "started after them. Run the same command to continue (finished runs are cached).",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(128 + stop.signum) from None
+
+
+def _study(args, work_dir: Path, command: str, readme: Path) -> dict:
     # Seed by seed: a study stopped midway has every variant at (about) the same number of seeds.
     seed_lists = [args.variant_seeds[variant] for variant in args.variants]
     jobs = [

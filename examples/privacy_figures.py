@@ -29,7 +29,7 @@ from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import load_fashion_mnist_arrays
 from mjp_hf.evaluation import privacy
 from mjp_hf.evaluation.common import PixelNormalization, load_model
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 STANDARD = "standard-pe"
@@ -42,14 +42,41 @@ ATTACK_COLUMNS = (
 )
 
 
+def _fraction(value: str) -> float:
+    """argparse `type=` of a fraction in [0, 1] (a jigsaw ratio or probability), refused at parse time."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not 0 <= number <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{value} is out of range; pass a fraction in [0, 1]")
+    return number
+
+
+def _whole(low: int, high: int | None = None):
+    """argparse `type=` of a whole number in [low, high], refused at parse time."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < low or (high is not None and number > high):
+            span = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{number} is out of range; pass a whole number {span}")
+        return number
+
+    return parse
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="docs/privacy", help="Where the tables and the JSON go.")
     parser.add_argument("--work_dir", default="/tmp/mjp_privacy_figures", help="Trained models and raw audits.")
-    parser.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.3, 0.5], help="Jigsaw ratios trained.")
-    parser.add_argument("--probs", nargs="+", type=float, default=[0.5, 1.0], help="jigsaw_prob values trained.")
-    parser.add_argument("--train_steps", type=int, default=300, help="AdamW steps per model.")
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--ratios", nargs="+", type=_fraction, default=[0.1, 0.3, 0.5], help="Jigsaw ratios trained.")
+    parser.add_argument("--probs", nargs="+", type=_fraction, default=[0.5, 1.0], help="jigsaw_prob values trained.")
+    parser.add_argument("--train_steps", type=_whole(1), default=300, help="AdamW steps per model.")
+    parser.add_argument("--batch_size", type=_whole(1), default=64)
     parser.add_argument("--num_images", type=int, default=8, help="Test images attacked per model.")
     parser.add_argument(
         "--optimization_steps", type=int, default=3000, help="Optimisation attacks: L-BFGS iterations per run."
@@ -69,7 +96,7 @@ def parse_args(argv=None):
         "--audit", nargs="*", default=[], metavar="NAME=DIR", help="Saved model folders audited as well."
     )
     parser.add_argument("--multi_round_counts", default="1,2,4,8", help="Rounds k of the multi-round attacker.")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_whole(0, 2**32 - 1), default=0)
     args = parser.parse_args(argv)
     for item in args.audit:
         if "=" not in item:

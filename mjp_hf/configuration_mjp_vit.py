@@ -2,205 +2,158 @@
 
 import dataclasses
 import math
-from typing import Literal, get_args
+from typing import Literal
 
-from huggingface_hub.dataclasses import strict, validated_field
-from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
+from huggingface_hub.dataclasses import as_validated_field, strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import ViTConfig
 
 
-JigsawMode = Literal["mjp", "naive"]
-DALRHead = Literal["nonlinear", "linear", "none"]
-JIGSAW_MODES = get_args(JigsawMode)
-DALR_HEADS = get_args(DALRHead)
-
-# What a saved config.json records about its model class and writer rather than the model: never carried across a
-# ViT <-> MJP conversion.
+# What a config.json records about the class and the writer, not the model: never carried across ViT <-> MJP.
 _CLASS_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
 
 
 class MJPConfigError(StrictDataclassError, ValueError):
-    """An invalid `MJPViTConfig` value. `@strict` reports a failed check as a `StrictDataclassError`, which is no
-    `ValueError`; this is both, so that `except ValueError` (the Python convention for a bad value) catches it too."""
+    """An invalid `MJPViTConfig` value; the message names the field, the value and the fix."""
 
 
-# Field validators: each raises `ValueError(<the fix>)`; `MJPViTConfig.__setattr__` adds the field and the value.
-# `@strict` runs them at construction, on every assignment (so `from_pretrained(dir, jigsaw_ratio=3.0)` too) and
-# before `save_pretrained` writes a config.json.
+def _checked(condition, fix: str):
+    """A `huggingface_hub` validated field for finite values meeting `condition`; a failure says `fix`."""
+
+    @as_validated_field
+    def check(value) -> None:
+        if any(isinstance(v, float) and not math.isfinite(v) for v in pair(value)):
+            raise ValueError("pass a finite number")
+        if not condition(value):
+            raise ValueError(fix)
+
+    return check
 
 
-def _finite(value) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("pass a finite number")
-
-
-def _fraction(value) -> None:
-    _finite(value)
-    if not 0 <= value <= 1:
-        raise ValueError("pass a fraction in [0, 1]")
-
-
-def _block_area(value) -> None:
-    if value < 1:
-        raise ValueError("pass a block area of at least 1 patch")
-
-
-def _optional_block_area(value) -> None:
-    if value is not None and value < 1:
-        raise ValueError("pass a block area of at least 1 patch, or None")
-
-
-def _aspect(value) -> None:
-    _finite(value)
-    if not 0 < value <= 1:
-        raise ValueError("pass an aspect ratio in (0, 1]; 0.3 as released")
-
-
-def _loss_weight(value) -> None:
-    _finite(value)
-    if value < 0:
-        raise ValueError("pass a weight >= 0 (0 keeps the head but adds no loss)")
-
-
-def _positive(value) -> None:
-    _finite(value)
-    if not value > 0:
-        raise ValueError("pass a number > 0")
-
-
-def _pixels(value) -> None:
-    sizes = value if isinstance(value, (list, tuple)) else (value,)
-    if len(sizes) not in (1, 2) or any(isinstance(size, bool) or size < 1 for size in sizes):
-        raise ValueError("pass a whole number of pixels >= 1, or a (height, width) pair of them")
+_fraction = _checked(lambda v: 0 <= v <= 1, "pass a fraction in [0, 1]")
+_positive = _checked(lambda v: v > 0, "pass a number > 0")
+_pixels = _checked(
+    lambda v: len(pair(v)) == 2 and all(not isinstance(s, bool) and s >= 1 for s in pair(v)),
+    "pass a whole number of pixels >= 1, or a (height, width) pair of them",
+)
+_block_area = _checked(lambda v: v is None or v >= 1, "pass a block area of at least 1 patch")
+_aspect = _checked(lambda v: 0 < v <= 1, "pass an aspect ratio in (0, 1]; 0.3 as released")
+_loss_weight = _checked(lambda v: v >= 0, "pass a weight >= 0 (0 keeps the head but adds no loss)")
 
 
 @strict
-class MJPViTConfig(ViTConfig):
-    r"""
-    Configuration of a Vision Transformer trained with Masked Jigsaw Puzzle position embeddings
-    (Ren et al., "Masked Jigsaw Puzzle: A Versatile Position Embedding for Vision Transformers", CVPR 2023).
-
-    Every `ViTConfig` argument keeps its meaning. The defaults of the added arguments are the authors' released
-    recipe (ViT-S/16, `train.sh`).
-
-    Every value is checked when it is set (at construction, by assignment, and by `from_pretrained(...,
-    **kwargs)`), and all of them again by `validate()` and `save_pretrained`: an invalid value raises an
-    `MJPConfigError` (a `ValueError`) naming the field, the value and the fix. Floats must be finite.
-
-    Args:
-        jigsaw_ratio (`float`, *optional*, defaults to 0.1):
-            Fraction of the patch grid selected for the jigsaw (the paper's shuffle ratio gamma); `int(num_patches *
-            jigsaw_ratio)` patches are targeted, in [0, 1].
-        jigsaw_prob (`float`, *optional*, defaults to 0.5):
-            Chance that a training step is jigsawed, in [0, 1].
-        jigsaw_min_block (`int`, *optional*, defaults to 8):
-            Smallest area, in patches, of one rectangular block of the block-wise mask.
-        jigsaw_max_block (`int`, *optional*):
-            Largest area of one block. `None` keeps the released cap of 75 patches on a 14x14 grid, scaled to the
-            grid in use (`round(num_patches * 75 / 196)`).
-        jigsaw_min_aspect (`float`, *optional*, defaults to 0.3):
-            Smallest aspect ratio of a block; the largest is its inverse. Aspects are drawn log-uniformly.
-        jigsaw_per_sample (`bool`, *optional*, defaults to `False`):
-            `False`: one mask and one permutation for the whole batch, as released. `True`: an independent mask,
-            permutation and jigsaw decision for every sample.
-        jigsaw_mode (`str`, *optional*, defaults to `"mjp"`):
-            `"mjp"`: block-wise jigsaw of the selected patches. `"naive"`: the paper's naive-shuffle ablation, every
-            patch shuffled and the pixels inside every patch permuted by one shared permutation, with no unknown
-            position embedding and the localization loss over all positions.
-        use_unk_position_embedding (`bool`, *optional*, defaults to `True`):
-            Replace the position embedding of every shuffled patch by one learnable "unknown" position embedding
-            (the masked position embedding of MJP). Used in `"mjp"` mode only.
-        dalr_head (`str`, *optional*, defaults to `"nonlinear"`):
-            The dense absolute localization regressor (DALR) that maps each position embedding to its (row, col):
-            `"nonlinear"` (Linear-ReLU-Linear, as released), `"linear"`, or `"none"` (no head, no loss).
-        dalr_loss_weight (`float`, *optional*, defaults to 0.01):
-            Weight of the DALR L1 loss added to the classification loss, >= 0.
-        dalr_normalize_targets (`bool`, *optional*, defaults to `False`):
-            `False`: regress raw grid coordinates (0 .. grid - 1), as released. `True`: divide them by the grid size.
-
-    Example:
-
-    ```python
-    >>> from mjp_hf import MJPViTConfig, MJPViTForImageClassification
-
-    >>> config = MJPViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536)
-    >>> model = MJPViTForImageClassification(config)
-    ```"""
-
-    model_type = "mjp_vit"
-
+class _MJPViTFields(ViTConfig):
     # ViT fields re-declared with their defaults, only to add range checks (finite floats, at least one pixel).
-    hidden_dropout_prob: float | int = validated_field(_fraction, default=0.0)
-    attention_probs_dropout_prob: float | int = validated_field(_fraction, default=0.0)
-    initializer_range: float = validated_field(_finite, default=0.02)
-    layer_norm_eps: float = validated_field(_positive, default=1e-12)
-    image_size: int | list[int] | tuple[int, int] = validated_field(_pixels, default=224)
-    patch_size: int | list[int] | tuple[int, int] = validated_field(_pixels, default=16)
+    hidden_dropout_prob: float | int = _fraction(default=0.0)
+    attention_probs_dropout_prob: float | int = _fraction(default=0.0)
+    initializer_range: float = _checked(lambda v: True, "")(default=0.02)  # finite
+    layer_norm_eps: float = _positive(default=1e-12)
+    image_size: int | list[int] | tuple[int, int] = _pixels(default=224)
+    patch_size: int | list[int] | tuple[int, int] = _pixels(default=16)
 
-    jigsaw_ratio: float | int = validated_field(_fraction, default=0.1)
-    jigsaw_prob: float | int = validated_field(_fraction, default=0.5)
-    jigsaw_min_block: int = validated_field(_block_area, default=8)
-    jigsaw_max_block: int | None = validated_field(_optional_block_area, default=None)
-    jigsaw_min_aspect: float | int = validated_field(_aspect, default=0.3)
+    jigsaw_ratio: float | int = _fraction(default=0.1)
+    jigsaw_prob: float | int = _fraction(default=0.5)
+    jigsaw_min_block: int = _block_area(default=8)
+    jigsaw_max_block: int | None = _block_area(default=None)
+    jigsaw_min_aspect: float | int = _aspect(default=0.3)
     jigsaw_per_sample: bool = False
-    jigsaw_mode: JigsawMode = "mjp"
+    jigsaw_mode: Literal["mjp", "naive"] = "mjp"
     use_unk_position_embedding: bool = True
-    dalr_head: DALRHead = "nonlinear"
-    dalr_loss_weight: float | int = validated_field(_loss_weight, default=0.01)
+    dalr_head: Literal["nonlinear", "linear", "none"] = "nonlinear"
+    dalr_loss_weight: float | int = _loss_weight(default=0.01)
     dalr_normalize_targets: bool = False
 
-    def __post_init__(self, **kwargs):
-        # A config read from a stock ViT folder (to fine-tune it with MJP) carries `model_type: vit`.
-        kwargs.pop("model_type", None)
-        super().__post_init__(**kwargs)
-
     def validate_patch_grid(self) -> None:
-        """Part of `@strict`'s `validate()`: the image holds at least one patch in each direction."""
-        image_size, patch_size = pair(self.image_size), pair(self.patch_size)
-        if image_size[0] < patch_size[0] or image_size[1] < patch_size[1]:
-            raise ValueError(
+        """The image holds at least one patch in each direction."""
+        if any(image < patch for image, patch in zip(pair(self.image_size), pair(self.patch_size))):
+            raise MJPConfigError(
                 f"MJPViTConfig: `image_size={self.image_size!r}` is smaller than one patch (`patch_size="
                 f"{self.patch_size!r}`); pass an image_size of at least the patch size."
             )
 
     def validate_checked_fields(self) -> None:
-        """Part of `@strict`'s `validate()`, which `save_pretrained` runs: the fields checked on assignment are
-        checked again, so a value that bypassed `__setattr__` never reaches a config.json."""
-        for name in MJPViTConfig.__annotations__:
-            for validator in self.__validators__.get(name, []):
-                _raise_for(name, getattr(self, name), validator)
+        """The checks of assignment, again: a value that bypassed them never reaches a config.json."""
+        for name in _MJPViTFields.__annotations__:
+            setattr(self, name, getattr(self, name))
 
-    def check_mjp_fields(self) -> None:
-        """Raise an `MJPConfigError` naming the first invalid field or combination (the same checks as
-        `validate()`; assignments are checked as they happen)."""
+
+class MJPViTConfig(_MJPViTFields):
+    r"""
+    A `ViTConfig` plus the switches of Masked Jigsaw Puzzle position embeddings (Ren et al., "Masked Jigsaw Puzzle: A
+    Versatile Position Embedding for Vision Transformers", CVPR 2023); the added arguments default to the authors'
+    released recipe (ViT-S/16, `train.sh`). Every value is checked when set (at construction, by assignment, by
+    `from_pretrained(..., **kwargs)`) and again by `validate()`, which `save_pretrained` runs: an invalid one raises an
+    `MJPConfigError` (a `ValueError`) naming the field, the value and the fix. Floats must be finite.
+
+    Args:
+        jigsaw_ratio (`float`, *optional*, defaults to 0.1):
+            The paper's shuffle ratio gamma, in [0, 1]: `int(num_patches * jigsaw_ratio)` patches are targeted.
+        jigsaw_prob (`float`, *optional*, defaults to 0.5):
+            Chance that a training step is jigsawed, in [0, 1].
+        jigsaw_min_block (`int`, *optional*, defaults to 8):
+            Smallest area, in patches, of one rectangular block of the block-wise mask.
+        jigsaw_max_block (`int`, *optional*):
+            Largest area of one block; `None`: the released cap of 75 of 196 patches, scaled to the grid in use.
+        jigsaw_min_aspect (`float`, *optional*, defaults to 0.3):
+            Smallest aspect ratio of a block (the largest is its inverse); aspects are drawn log-uniformly.
+        jigsaw_per_sample (`bool`, *optional*, defaults to `False`):
+            A mask, permutation and jigsaw decision per sample, instead of one for the whole batch as released.
+        jigsaw_mode (`str`, *optional*, defaults to `"mjp"`):
+            `"mjp"`: the block-wise jigsaw. `"naive"`: the paper's naive-shuffle ablation, every patch shuffled and
+            the pixels in every patch permuted alike, with no unknown position embedding and the DALR over all.
+        use_unk_position_embedding (`bool`, *optional*, defaults to `True`):
+            Give every shuffled patch one learnable "unknown" position embedding instead of its own (`"mjp"` only).
+        dalr_head (`str`, *optional*, defaults to `"nonlinear"`):
+            The dense absolute localization regressor from a position embedding to its (row, col): `"nonlinear"`
+            (Linear-ReLU-Linear, as released), `"linear"`, or `"none"` (no head, no loss).
+        dalr_loss_weight (`float`, *optional*, defaults to 0.01):
+            Weight of the DALR L1 loss added to the classification loss, >= 0.
+        dalr_normalize_targets (`bool`, *optional*, defaults to `False`):
+            Regress coordinates divided by the grid size, instead of the raw 0 .. grid - 1 as released.
+    """
+
+    # `@strict` (on the parent) raises a `StrictDataclassError`, no `ValueError`: re-raised as an `MJPConfigError` (both).
+    model_type = "mjp_vit"
+
+    def __setattr__(self, name, value):
+        try:
+            super().__setattr__(name, value)
+        except StrictDataclassError as error:
+            raise MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {error.__cause__}.") from error
+
+    def validate(self) -> None:
+        try:
+            super().validate()
+        except StrictDataclassError as error:
+            cause = error.__cause__
+            raise cause if isinstance(cause, MJPConfigError) else MJPConfigError(str(cause)) from error
+
+    check_mjp_fields = validate  # its name before the checks moved into `@strict`
+
+    def __post_init__(self, **kwargs):
+        # A config read from a stock ViT folder (to fine-tune it with MJP) carries `model_type: vit`.
+        kwargs.pop("model_type", None)
+        super().__post_init__(**kwargs)
         self.validate()
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
-        # Keyword arguments are assigned one by one after construction (each checked by its field validator);
-        # check their combination too.
+        # Keyword arguments are assigned one by one after construction, each checked: check their combination too.
         result = super().from_dict(config_dict, **kwargs)
         (result[0] if isinstance(result, tuple) else result).validate()
         return result
 
     @classmethod
     def from_vit_config(cls, vit_config: ViTConfig, **mjp_settings) -> "MJPViTConfig":
-        """An `MJPViTConfig` with every field of `vit_config` and the given MJP settings (`None` or absent: the
-        release's defaults)."""
-        unknown = sorted(set(mjp_settings) - set(MJP_CONFIG_FIELDS))
-        if unknown:
+        """`vit_config`'s fields and the given MJP settings (`None` or absent: the release's defaults)."""
+        if unknown := sorted(set(mjp_settings) - set(MJP_CONFIG_FIELDS)):
             raise ValueError(f"Unknown MJP settings {unknown}; choose from {list(MJP_CONFIG_FIELDS)}.")
         fields = {key: value for key, value in vit_config.to_dict().items() if key not in _CLASS_KEYS}
         return cls(**fields, **{key: value for key, value in mjp_settings.items() if value is not None})
 
     def to_vit_config(self) -> ViTConfig:
         """The stock `ViTConfig` of this model without the MJP fields (what `to_vit()` exports)."""
-        fields = {
-            key: value
-            for key, value in self.to_dict().items()
-            if key not in MJP_CONFIG_FIELDS and key not in _CLASS_KEYS
-        }
-        vit_config = ViTConfig(**fields)
+        vit_config = ViTConfig(**{k: v for k, v in self.to_dict().items() if k not in MJP_CONFIG_FIELDS + _CLASS_KEYS})
         vit_config._attn_implementation = self._attn_implementation
         return vit_config
 
@@ -221,48 +174,9 @@ def patch_grid(config) -> tuple[tuple[int, int], tuple[int, int]]:
     return (image_h // patch_h, image_w // patch_w), (patch_h, patch_w)
 
 
-# The typed `Literal` fields: their type check is the whole check, so name the choices.
-_CHOICES = {"jigsaw_mode": JIGSAW_MODES, "dalr_head": DALR_HEADS}
-
-
-def _invalid(name: str, value, cause: Exception) -> MJPConfigError:
-    reason = f"choose one of {_CHOICES[name]}" if name in _CHOICES else cause
-    return MJPConfigError(f"MJPViTConfig: `{name}={value!r}` is invalid; {reason}.")
-
-
-def _raise_for(name: str, value, validator) -> None:
-    try:
-        validator(value)
-    except (ValueError, TypeError) as error:
-        raise _invalid(name, value, error) from error
-
-
-def _with_plain_errors(cls):
-    """Re-raise `@strict`'s errors as `MJPConfigError`s with the message `` `field=value` is invalid; <fix>``."""
-    strict_setattr, strict_validate = cls.__setattr__, cls.validate
-
-    def __setattr__(self, name, value):
-        try:
-            strict_setattr(self, name, value)
-        except StrictDataclassFieldValidationError as error:
-            raise _invalid(name, value, error.__cause__) from error
-
-    def validate(self):
-        try:
-            strict_validate(self)
-        except StrictDataclassError as error:
-            raise MJPConfigError(str(error.__cause__ or error)) from error
-
-    # A subclass decorated with `@strict` again may replace it, as it replaces the one `@strict` made.
-    validate.__is_defined_by_strict_decorator__ = True
-    cls.__setattr__, cls.validate = __setattr__, validate
-    return cls
-
-
-MJPViTConfig = _with_plain_errors(MJPViTConfig)
-
 # The fields this config adds to `ViTConfig` (not those it re-declares to check them); `to_vit_config()` drops these.
-_VIT_FIELDS = {field.name for field in dataclasses.fields(ViTConfig)}
-MJP_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(MJPViTConfig) if field.name not in _VIT_FIELDS)
+MJP_CONFIG_FIELDS = tuple(
+    field.name for field in dataclasses.fields(MJPViTConfig) if field.name not in ViTConfig.__dataclass_fields__
+)
 
 __all__ = ["MJPConfigError", "MJPViTConfig"]

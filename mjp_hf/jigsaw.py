@@ -285,3 +285,105 @@ def random_pixel_permutation(
     if generator is not None:
         device = generator.device
     return torch.randperm(patch_size[0] * patch_size[1], generator=generator, device=device)
+
+
+def complete_given_jigsaw(
+    jigsaw_mask: torch.BoolTensor | None,
+    jigsaw_permutation: torch.LongTensor | None,
+    batch_size: int,
+    grid_size: tuple[int, int],
+    generator: torch.Generator | None = None,
+) -> tuple[torch.BoolTensor, torch.LongTensor]:
+    """A caller's jigsaw, checked and completed: a mask alone gets a random permutation within it, a permutation
+    alone the mask of the positions it moves. Raises a `ValueError` naming the argument for a wrong shape or dtype,
+    or a permutation row that is not one (a check that reads the tensor on the host, skipped while compiling)."""
+    num_patches = grid_size[0] * grid_size[1]
+    for name, value in (("jigsaw_mask", jigsaw_mask), ("jigsaw_permutation", jigsaw_permutation)):
+        if value is not None and (
+            value.ndim != 2 or value.shape[0] not in (1, batch_size) or value.shape[1] != num_patches
+        ):
+            raise ValueError(
+                f"{name} must have shape (batch_size or 1, num_patches) = ({batch_size} or 1, {num_patches}) for a "
+                f"{grid_size[0]}x{grid_size[1]} patch grid, got {tuple(value.shape)}."
+            )
+    if jigsaw_mask is not None and jigsaw_mask.dtype != torch.bool:
+        raise ValueError(f"jigsaw_mask must be a bool tensor, got {jigsaw_mask.dtype}.")
+    if jigsaw_permutation is not None and jigsaw_permutation.dtype != torch.long:
+        raise ValueError(f"jigsaw_permutation must be a long (int64) tensor, got {jigsaw_permutation.dtype}.")
+    if jigsaw_permutation is None:
+        jigsaw_permutation = permutation_within_mask(jigsaw_mask, generator)
+    elif not torch.compiler.is_compiling():  # a compiled step must not leave its graph to read the tensor
+        check_permutation(jigsaw_permutation)
+    if jigsaw_mask is None:
+        jigsaw_mask = jigsaw_permutation != torch.arange(num_patches, device=jigsaw_permutation.device)
+    return jigsaw_mask, jigsaw_permutation
+
+
+def check_permutation(permutation: torch.LongTensor) -> None:
+    """Raise if a row of a gather index is not a permutation of `0 .. num_patches - 1`."""
+    num_patches = permutation.shape[-1]
+    expected = torch.arange(num_patches, device=permutation.device)
+    bad_rows = (permutation.sort(dim=-1).values != expected).any(-1).nonzero().flatten().tolist()
+    if bad_rows:
+        row = permutation[bad_rows[0]]
+        out_of_range = row[(row < 0) | (row >= num_patches)].tolist()
+        problem = (
+            f"values out of range {out_of_range[:8]}"
+            if out_of_range
+            else f"repeated values {sorted(set(row[row.bincount(minlength=num_patches)[row] > 1].tolist()))[:8]}"
+        )
+        raise ValueError(
+            f"jigsaw_permutation row {bad_rows[0]} is not a permutation of 0..{num_patches - 1} ({problem}); pass "
+            "each position exactly once, e.g. `torch.randperm(num_patches)` or the identity outside the mask."
+        )
+
+
+def step_jigsaw(
+    config,
+    batch_size: int,
+    grid_size: tuple[int, int],
+    jigsaw: bool | None = None,
+    jigsaw_mask: torch.BoolTensor | None = None,
+    jigsaw_permutation: torch.LongTensor | None = None,
+    *,
+    training: bool = False,
+    enabled: bool = True,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.BoolTensor, torch.LongTensor] | tuple[None, None]:
+    """A forward step's `(jigsaw_mask, jigsaw_permutation)`, or `(None, None)` without a jigsaw: the caller's,
+    checked and completed (`complete_given_jigsaw`), or drawn as `config` describes (`draw_jigsaw`). `jigsaw=None` is a
+    training step's: in `training` a coin flip with `config.jigsaw_prob` (0 unless `enabled`), else none; `True`
+    forces a jigsaw, `False` refuses a given one."""
+    if jigsaw_mask is not None or jigsaw_permutation is not None:
+        if jigsaw is False:
+            raise ValueError("jigsaw=False contradicts the jigsaw_mask/jigsaw_permutation passed; drop one of them.")
+        return complete_given_jigsaw(jigsaw_mask, jigsaw_permutation, batch_size, grid_size, generator)
+    if jigsaw is False or (jigsaw is None and not training):
+        return None, None
+    probability = 1.0 if jigsaw else (config.jigsaw_prob if enabled else 0.0)
+    num_masks = batch_size if config.jigsaw_per_sample else 1
+    return draw_jigsaw(config, num_masks, grid_size, probability=probability, generator=generator, device=device)
+
+
+def naive_shuffle_pixels(
+    pixel_values: torch.Tensor,
+    patch_size: tuple[int, int],
+    jigsaw_mask: torch.BoolTensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The naive-shuffle ablation's pixels: one random permutation of the pixels inside every patch, for the samples
+    whose `jigsaw_mask` row selects something (a step that lost the coin flip keeps its pixels in place)."""
+    pixel_permutation = random_pixel_permutation(patch_size, generator, pixel_values.device)
+    permuted = permute_patch_pixels(pixel_values, patch_size, pixel_permutation)
+    return torch.where(jigsaw_mask.any(-1).view(-1, 1, 1, 1), permuted, pixel_values)
+
+
+def mask_grid(
+    jigsaw_mask: torch.BoolTensor | None, grid_size: tuple[int, int], batch_size: int, like: torch.Tensor
+) -> torch.Tensor:
+    """`jigsaw_mask` (`[batch_size or 1, grid_h * grid_w]`; `None`: nothing selected) as a `[batch_size, grid_h,
+    grid_w]` grid of 1 (selected) and 0, in the dtype and on the device of `like`."""
+    if jigsaw_mask is None:
+        jigsaw_mask = torch.zeros(1, grid_size[0] * grid_size[1], dtype=torch.bool, device=like.device)
+    return jigsaw_mask.to(like.dtype).view(-1, *grid_size).expand(batch_size, -1, -1)

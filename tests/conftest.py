@@ -49,3 +49,14 @@ def image_folder(tmp_path_factory):
             pixels[..., index] += 170
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def warm_python():
+    """Real Python child processes without ~4 s of imports each: `warm_python.WarmPython` (one per test worker;
+    MJP_TESTS_COLD_PYTHON=1 starts every child fresh instead)."""
+    from warm_python import python_for_tests
+
+    warm = python_for_tests()
+    yield warm
+    warm.close()

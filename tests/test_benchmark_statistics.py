@@ -1,13 +1,8 @@
 """The statistics behind the benchmarks' verdicts (`benchmarks/_timing.py`): paired ratios and their intervals."""
 
 import random
-import sys
-from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from _timing import interval_verdict, paired_ratio, paired_ratio_interval  # noqa: E402
+from benchmarks._timing import interval_verdict, paired_ratio, paired_ratio_interval
 
 
 def test_the_interval_brackets_the_paired_ratio_and_narrows_with_rounds():

@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from huggingface_hub import HfApi, ModelCard
 
 from mjp_hf import MJPViTForImageClassification
-from mjp_hf.convert_original import (
+from mjp_hf.conversion.original import (
     RELEASED_CARD,
     RELEASED_PARAMETERS,
     ConvertedCheckpoint,
     ReleasedCheckpointError,
     ReleasedShape,
+    _read_id2label,
     build_config,
     convert_checkpoint,
     expected_shapes,
@@ -368,7 +369,7 @@ def test_stock_timm_vit_is_refused_as_non_mjp(tmp_path):
         del state_dict[key]
     path = tmp_path / "deit_small.pth"
     torch.save({"model": state_dict}, path)
-    with pytest.raises(ReleasedCheckpointError, match="not an MJP checkpoint.*mjp_hf.from_vit"):
+    with pytest.raises(ReleasedCheckpointError, match="not an MJP checkpoint.*mjp_hf.conversion.from_vit"):
         convert_checkpoint(path)
 
 
@@ -490,7 +491,7 @@ def test_released_linear_head_keys_convert(tmp_path):
     path = save_released(tmp_path / "linear.pth", state_dict, **{"TRAIN.DLOCR_TYPE": "linear"})
     model = convert_checkpoint(path).model
     assert model.config.dalr_head == "linear"
-    regressor = model.vit.embeddings.dalr_head.regressor
+    regressor = model.vit.dalr_head.regressor
     assert torch.equal(regressor[0].weight, state_dict["dlocr.layers.weight"])
     assert torch.equal(regressor[0].bias, state_dict["dlocr.layers.bias"])
 
@@ -528,7 +529,7 @@ def test_output_folder_holding_the_checkpoint_is_refused_before_any_work(checkpo
     before = sorted(path.name for path in folder.iterdir())
     monkeypatch.chdir(folder)
     with (
-        mock.patch("mjp_hf.convert_original.convert_checkpoint") as convert,
+        mock.patch("mjp_hf.conversion.original.convert_checkpoint") as convert,
         pytest.raises(SystemExit, match=r"--output_dir \. contains --checkpoint best_model\.pth"),
     ):
         main(["--checkpoint", "best_model.pth", "--output_dir", ".", "--overwrite_output_dir", "--model_id", "org/x"])
@@ -549,3 +550,48 @@ def test_overwrite_output_dir_replaces_only_the_converted_files(checkpoint, tmp_
     assert (output_dir / "my_eval.py").read_text() == "print('mine')"
     assert (output_dir / "mjp" / "results.json").read_text() == "{}"
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "mjp" / "model.safetensors").is_file()
+
+
+def test_the_token_is_never_written_or_printed(checkpoint, tmp_path, capsys, caplog):
+    import logging
+
+    token = "hf_SECRETtokenNeverWritten0123456789"
+    tokens_seen = []
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        tokens_seen.append(self.token)
+        return mock.Mock(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+    output_dir = tmp_path / "converted"
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=mock.Mock(repo_id="me/mjp-tiny")),
+        mock.patch.object(HfApi, "upload_folder", upload_folder),
+        caplog.at_level(logging.DEBUG),
+    ):
+        main(["--checkpoint", str(checkpoint), "--output_dir", str(output_dir), "--push_to_hub", "me/mjp-tiny",
+              "--hub_token", token])  # fmt: skip
+    assert tokens_seen == [token]
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err + caplog.text
+    for path in output_dir.rglob("*"):
+        assert path.is_dir() or token.encode() not in path.read_bytes(), path
+
+
+def test_an_output_folder_of_any_name_gets_a_valid_placeholder_id(checkpoint, tmp_path):
+    output_dir = tmp_path / "my converted run, ü"
+    main(["--checkpoint", str(checkpoint), "--output_dir", str(output_dir)])
+    card = ModelCard.load(output_dir / "README.md")
+    assert 'model="org/my-converted-run-u"' in card.text
+
+
+@pytest.mark.parametrize("form", ["list", "object", "config.json"])
+def test_id2label_is_read_from_a_list_an_object_or_a_classifiers_config(tmp_path, form):
+    names = [f"class {i}" for i in range(7)]
+    data = {
+        "list": names,
+        "object": {str(i): name for i, name in enumerate(names)},
+        "config.json": {"model_type": "vit", "id2label": {str(i): name for i, name in enumerate(names)}},
+    }[form]
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    assert _read_id2label(str(path)) == dict(enumerate(names))

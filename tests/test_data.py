@@ -1,6 +1,6 @@
-"""The embedded default dataset loader (`mjp_hf.data`), the torchvision-free transforms (`mjp_hf.transforms`) and
-Mixup/CutMix (`mjp_hf.mixup`), with the keyed augmentation randomness and geometry they draw on
-(`mjp_hf.augmentation`)."""
+"""The embedded default dataset loader (`mjp_hf.data`), the torchvision-free transforms (`mjp_hf.data.transforms`) and
+Mixup/CutMix (`mjp_hf.data.mixup`), with the keyed augmentation randomness and geometry they draw on
+(`mjp_hf.data.augmentation`)."""
 
 import gzip
 
@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from mjp_hf.augmentation import keyed_uniform, sample_erasing_boxes, sample_resized_crop_boxes
 from mjp_hf.data import (
     FASHION_MNIST_LABELS,
     fashion_mnist_available,
@@ -19,11 +18,12 @@ from mjp_hf.data import (
     with_sample_index,
     without_image_decoding,
 )
-from mjp_hf.mixup import MixupCutmixCollator
-from mjp_hf.transforms import (
+from mjp_hf.data.arrays import array_image_feature, array_image_items, read_array_image, read_array_images
+from mjp_hf.data.augmentation import keyed_uniform, sample_erasing_boxes, sample_resized_crop_boxes
+from mjp_hf.data.mixup import MixupCutmixCollator
+from mjp_hf.data.transforms import (
     ImageClassificationTransform,
     collate_image_classification,
-    decode_netpbm,
     open_image,
     processor_image_size,
 )
@@ -49,18 +49,22 @@ def fake_fashion_mnist(tmp_path):
     return tmp_path, arrays
 
 
-def test_loader_builds_image_and_classlabel_dataset(fake_fashion_mnist):
+def test_loader_keeps_the_uint8_arrays_and_class_labels(fake_fashion_mnist):
     folder, arrays = fake_fashion_mnist
     dataset = load_fashion_mnist(folder)
     assert set(dataset) == {"train", "test"}
     assert dataset["train"].features["label"].names == FASHION_MNIST_LABELS
+    assert dataset["train"].features["image"] == array_image_feature()
     for split, (images, labels) in arrays.items():
         assert len(dataset[split]) == len(images)
         for index in (0, len(images) - 1):
             example = dataset[split][index]
-            assert example["image"].mode == "L" and example["image"].size == (28, 28)
-            np.testing.assert_array_equal(np.asarray(example["image"]), images[index])
+            # The array's own bytes and shape: nothing encoded, nothing to parse.
+            assert example["image"] == {"pixels": images[index].tobytes(), "shape": [28, 28]}
+            np.testing.assert_array_equal(read_array_image(example["image"]), images[index])
+            np.testing.assert_array_equal(np.asarray(open_image(example["image"])), images[index])
             assert example["label"] == labels[index]
+        np.testing.assert_array_equal(read_array_images(dataset[split][:]["image"]), images)
 
 
 def test_loader_errors_name_the_fix(tmp_path, fake_fashion_mnist):
@@ -79,7 +83,7 @@ def test_real_fashion_mnist_matches_the_idx_arrays():
     dataset = load_fashion_mnist()
     assert (len(dataset["train"]), len(dataset["test"])) == (60000, 10000)
     images, labels = load_fashion_mnist_arrays("test")
-    np.testing.assert_array_equal(np.asarray(dataset["test"][1234]["image"]), images[1234])
+    np.testing.assert_array_equal(read_array_image(dataset["test"][1234]["image"]), images[1234])
     assert dataset["test"][1234]["label"] == labels[1234]
     assert np.bincount(labels).tolist() == [1000] * 10
 
@@ -224,34 +228,32 @@ def test_keyed_augmentation_follows_the_sample_not_the_batch():
     assert not torch.equal(first, whole)
 
 
-def _netpbm(array):
-    magic = b"P5" if array.ndim == 2 else b"P6"
-    return magic + f"\n{array.shape[1]} {array.shape[0]}\n255\n".encode() + array.tobytes()
-
-
-def test_netpbm_bytes_decode_to_their_pixels():
+def test_array_images_read_back_as_their_arrays_and_refuse_a_wrong_size():
     rng = np.random.default_rng(0)
-    gray, colour = rng.integers(0, 256, (5, 7), dtype=np.uint8), rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(decode_netpbm(_netpbm(gray)), gray)
-    np.testing.assert_array_equal(decode_netpbm(_netpbm(colour)), colour)
-    np.testing.assert_array_equal(decode_netpbm(_netpbm(gray)), np.asarray(open_image({"bytes": _netpbm(gray)})))
-    assert decode_netpbm(_netpbm(gray)[:-1]) is None  # truncated
-    assert decode_netpbm(b"P5\n7 5\n65535\n" + bytes(70)) is None  # 16-bit
-    buffer = __import__("io").BytesIO()
-    Image.fromarray(gray).save(buffer, format="PNG")
-    assert decode_netpbm(buffer.getvalue()) is None
+    gray, colour = rng.integers(0, 256, (2, 5, 7), dtype=np.uint8), rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    for images in (gray, colour):
+        items = array_image_items(images)
+        np.testing.assert_array_equal(read_array_images(items), images)
+        np.testing.assert_array_equal(np.asarray(open_image(items[1])), images[1])
+    mixed = read_array_images(array_image_items(gray) + array_image_items(colour))  # two shapes: a list
+    assert isinstance(mixed, list) and [array.shape for array in mixed] == [(5, 7)] * 2 + [(5, 7, 3)] * 2
+    with pytest.raises(ValueError, match=r"shape \[5, 7\] holds 34 bytes, not 35"):
+        read_array_image({"pixels": gray[0].tobytes()[:-1], "shape": [5, 7]})
+    with pytest.raises(ValueError, match="uint8 images"):
+        array_image_items(gray.astype(np.int16))
     with pytest.raises(ValueError, match="Cannot read an image from a int"):
         open_image(3)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("kind", ["gray", "colour"])
-def test_undecoded_netpbm_batches_give_what_pil_images_give(channels, kind):
-    """The array fast path (whole PGM/PPM images at the model's size) and every fallback equal the PIL path."""
+def test_array_batches_give_what_pil_images_give(channels, kind):
+    """The uint8 array path (the embedded default's: whole images at the model's size, no PIL) and every fallback
+    equal the PIL path, bit for bit: evaluation, identity crop with flips and erasing, random crops, RandAugment."""
     rng = np.random.default_rng(1)
     shape = (24, 28, 28) + ((3,) if kind == "colour" else ())
     arrays = rng.integers(0, 256, shape, dtype=np.uint8)
-    raw = {"image": [{"bytes": _netpbm(array), "path": None} for array in arrays], "index": list(range(24))}
+    raw = {"image": array_image_items(arrays), "index": list(range(24))}
     decoded = {"image": [Image.fromarray(array) for array in arrays], "index": list(range(24))}
     processor = ViTImageProcessorPil(
         size={"height": 28, "width": 28}, image_mean=[0.2, 0.4, 0.6], image_std=[0.3, 0.2, 0.1]
@@ -269,18 +271,26 @@ def test_undecoded_netpbm_batches_give_what_pil_images_give(channels, kind):
         torch.testing.assert_close(
             transform(raw)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0, msg=str(setting)
         )
+        as_array = {"image": arrays, "index": list(range(24))}  # a numpy-formatted column: one array
+        as_lists = {"image": arrays.tolist(), "index": list(range(24))}  # an Array2D/Array3D column
+        for batch in (as_array, as_lists):
+            torch.testing.assert_close(
+                transform(batch)["pixel_values"], transform(decoded)["pixel_values"], rtol=0, atol=0, msg=str(setting)
+            )
 
 
 def test_without_image_decoding_only_touches_image_columns():
     from datasets import Dataset, Features, Value
     from datasets import Image as DatasetImage
 
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(buffer, format="PNG")
     dataset = Dataset.from_dict(
-        {"image": [{"bytes": _netpbm(np.zeros((4, 4), np.uint8)), "path": None}], "label": [1]},
+        {"image": [{"bytes": buffer.getvalue(), "path": None}], "label": [1]},
         features=Features({"image": DatasetImage(), "label": Value("int64")}),
     )
     raw = without_image_decoding(dataset)
-    assert raw.features["image"].decode is False and raw[0]["image"]["bytes"].startswith(b"P5")
+    assert raw.features["image"].decode is False and raw[0]["image"]["bytes"].startswith(b"\x89PNG")
     assert without_image_decoding(dataset, "label").features == dataset.features
 
 
@@ -402,3 +412,44 @@ def test_collate_stacks_examples():
     examples = [{"pixel_values": torch.full((3, 2, 2), float(i)), "labels": torch.tensor(i)} for i in range(3)]
     batch = collate_image_classification(examples)
     assert batch["pixel_values"].shape == (3, 3, 2, 2) and batch["labels"].tolist() == [0, 1, 2]
+
+
+def test_keyed_augmentation_is_the_same_whatever_the_batches_and_loader_workers():
+    """docs/TRAINING.md: a sample gets the same augmentation in a given epoch whatever the batch it lands in and the
+    number of data-loader workers (here: batches of 8 in order, and of 5 shuffled over 2 worker processes)."""
+    from datasets import Dataset, Features, Value
+    from torch.utils.data import DataLoader
+
+    images = np.random.default_rng(4).integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    features = Features({"image": array_image_feature(), "label": Value("int64")})
+    dataset = with_sample_index(
+        Dataset.from_dict({"image": array_image_items(images), "label": [0] * 20}, features=features)
+    )
+    processor = ViTImageProcessorPil(size={"height": 28, "width": 28})
+    transform = ImageClassificationTransform(
+        processor, train=True, crop_scale=(0.3, 1.0), index_column="sample_index", seed=3, random_erasing=0.5
+    )
+    transform.set_epoch(2)
+    dataset = dataset.with_transform(transform)
+
+    def by_sample(batch_size, workers, shuffle):
+        collate = lambda rows: (torch.stack([r["pixel_values"] for r in rows]), [int(r["sample_index"]) for r in rows])  # noqa: E731
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(0),
+        )
+        out = {}
+        for pixels, indices in loader:
+            out.update(zip(indices, pixels))
+        return out
+
+    plain, other = by_sample(8, 0, False), by_sample(5, 2, True)
+    assert sorted(plain) == sorted(other) == list(range(20))
+    for index in range(20):
+        assert torch.equal(plain[index], other[index]), index
+    transform.set_epoch(3)  # another epoch, other draws: the comparison can fail
+    assert not all(torch.equal(plain[i], dataset[i : i + 1]["pixel_values"][0]) for i in range(20))

@@ -1,6 +1,6 @@
 """Two CPU processes (gloo), launched by torchrun and by `accelerate launch`, run the training example: each rank
-draws its own jigsaw masks, the weights are saved once, the logged loss parts are reduced over ranks, and evaluation
-gathers both shards."""
+draws its own jigsaw masks, the weights are saved once, the logged loss parts are reduced over ranks, evaluation
+gathers both shards, and only rank 0 takes the output folder's lock (a second rank trying would be refused)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mjp_hf.training import SAVE_IN_PROGRESS_NAME
+from mjp_hf.training import LOCK_NAME, SAVE_IN_PROGRESS_NAME
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,13 +44,13 @@ import json, os, sys
 import torch
 sys.path.insert(0, {examples!r})
 import run_image_classification as run
-from mjp_hf.modeling_mjp_vit import MJPViTEmbeddings
+from mjp_hf.modeling_mjp_vit import MJPViTModel
 
 masks = []
 
 def record(module, args, output):
-    if isinstance(module, MJPViTEmbeddings) and module.training and output[1] is not None:
-        masks.append(output[1].flatten().tolist())
+    if isinstance(module, MJPViTModel) and module.training and output.jigsaw_mask is not None:
+        masks.append(output.jigsaw_mask.flatten().tolist())
 
 torch.nn.modules.module.register_module_forward_hook(record)
 run.main(sys.argv[1:])
@@ -130,6 +130,7 @@ def test_two_processes_draw_their_own_masks_and_save_once(tmp_path, launcher):
     assert SAVE_IN_PROGRESS_NAME not in checkpoint
 
     saved = sorted(path.name for path in output.iterdir())
+    assert LOCK_NAME not in saved, "the lock outlived the run"
     assert saved.count("model.safetensors") == 1 and "all_results.json" in saved and "README.md" in saved
     state = json.loads((output / "trainer_state.json").read_text())
     logged = [entry for entry in state["log_history"] if "loss" in entry]

@@ -8,7 +8,7 @@ import torch
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.evaluation import position
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 GRID = (7, 7)
@@ -61,7 +61,7 @@ def test_dalr_error_is_zero_for_an_exact_head_and_none_without_head():
     with torch.no_grad():
         embeddings.position_embeddings.zero_()
         embeddings.position_embeddings[0, 1:, :2] = coords
-        head = embeddings.dalr_head.regressor[0]
+        head = model.vit.dalr_head.regressor[0]
         head.weight.zero_()
         head.weight[0, 0] = head.weight[1, 1] = 1.0
         head.bias.zero_()

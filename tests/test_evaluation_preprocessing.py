@@ -9,10 +9,12 @@ from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import fashion_mnist_available, load_fashion_mnist_arrays
+from mjp_hf.data.arrays import array_image_items
+from mjp_hf.data.pixels import model_images
+from mjp_hf.data.transforms import ImageClassificationTransform
 from mjp_hf.evaluation import privacy, robustness
 from mjp_hf.evaluation.common import PixelNormalization, load_eval_images, load_image_processor
-from mjp_hf.presets import config_from_preset
-from mjp_hf.transforms import ImageClassificationTransform
+from mjp_hf.training.presets import config_from_preset
 
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -166,9 +168,7 @@ def test_a_one_channel_model_uses_the_first_channels_statistics_as_in_training()
     config = demo_model(num_channels=1, num_labels=10).config
     gray = np.random.default_rng(1).integers(0, 256, (5, 30, 33), dtype=np.uint8)
     pil_images = [Image.fromarray(image) for image in gray]
-    from mjp_hf.evaluation.common import _to_model_images
-
-    images = _to_model_images(None, pil_images, config, processor)
+    images = model_images(pil_images, processor, config.num_channels)
     pixel_values = PixelNormalization.from_processor(processor, 1).from_uint8(images)
     expected = processor(pil_images, return_tensors="pt", image_mean=[0.2], image_std=[0.3])["pixel_values"]
     assert pixel_values.shape == (5, 1, 28, 28) and torch.equal(pixel_values, expected)
@@ -211,20 +211,16 @@ def test_fashion_mnist_default_keeps_its_pixels(tmp_path):
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_training_transform_fast_paths_give_the_processors_pixels_exactly(channels):
-    """The undecoded PGM/PPM path and the whole-image array path of `ImageClassificationTransform` against the
-    processor itself, bit for bit: a plain ViT processor (the vectorised rescale and normalise) and the cropping
-    bicubic one, on images at the model's size and at others."""
+    """The uint8 array path and the whole-image array path of `ImageClassificationTransform` against the processor
+    itself, bit for bit: a plain ViT processor (its geometry the identity at its size: a table lookup) and the
+    cropping bicubic one, on images at the model's size and at others."""
     rng = np.random.default_rng(2)
     mode = "RGB" if channels == 3 else "L"
     vit = ViTImageProcessorPil(size={"height": 28, "width": 28}, image_mean=MEAN, image_std=STD)
     for processor in (vit, cropping_processor()):
         for size in ((28, 28), (35, 31)):
             arrays = rng.integers(0, 256, (5, *size, 3), dtype=np.uint8)
-            raw = {
-                "image": [
-                    {"bytes": b"P6\n%d %d\n255\n" % size[::-1] + array.tobytes(), "path": None} for array in arrays
-                ]
-            }
+            raw = {"image": array_image_items(arrays)}
             expected = processor(
                 [Image.fromarray(array).convert(mode) for array in arrays],
                 return_tensors="pt",

@@ -12,7 +12,7 @@ from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import load_fashion_mnist_arrays
 from mjp_hf.evaluation import privacy, privacy_attacks
 from mjp_hf.evaluation.common import PixelNormalization
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 NORMALIZATION = PixelNormalization()
@@ -102,14 +102,11 @@ def test_solver_matches_an_independent_svd_solve_at_every_width(width):
     assert solved.unresolved == NUM_PATCHES - solved.rank
     assert solved.unresolved >= max(0, NUM_PATCHES + 1 - width)
     np.testing.assert_allclose(solved.solution.numpy(), expected, rtol=1e-6, atol=1e-8 * np.abs(expected).max())
-    # The null basis spans exactly what the system leaves free.
+    # The null basis spans exactly what the system leaves free: directions whose singular value the solver dropped,
+    # below its truncation tolerance (a fixed 1e-6 of the largest entry failed at seeds where one of them fell
+    # between the two).
     null = solved.null_basis
-    torch.testing.assert_close(
-        system.regressors.T @ null,
-        torch.zeros(width, null.shape[1], dtype=torch.float64),
-        atol=1e-6 * system.regressors.abs().max().item(),
-        rtol=0,
-    )
+    assert bool(((system.regressors.T @ null).norm(dim=0) <= solved.tolerance).all())
     if solved.unresolved:
         torch.testing.assert_close(null.T @ null, torch.eye(null.shape[1], dtype=torch.float64))
 

@@ -11,7 +11,7 @@ from mjp_hf.data import fashion_mnist_available
 from mjp_hf.evaluation import robustness
 from mjp_hf.evaluation.common import PixelNormalization, check_labels, shuffle_patches
 from mjp_hf.jigsaw import random_jigsaw
-from mjp_hf.presets import config_from_preset
+from mjp_hf.training.presets import config_from_preset
 
 
 NORMALIZATION = PixelNormalization()
@@ -179,7 +179,7 @@ def test_cli_writes_json_and_png(tmp_path):
         robustness.main(["--model_name_or_path", str(model_dir), "--output_dir", str(out), "--corruptions", "none"])
 
 
-def test_cli_reads_an_image_folder(tmp_path):
+def test_cli_reads_an_image_folder(tmp_path, capsys):
     from PIL import Image
 
     images, labels = uint8_images(6)
@@ -207,7 +207,7 @@ def test_cli_reads_an_image_folder(tmp_path):
         ]
     )
     assert report["corruption"]["num_images"] == 6
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(SystemExit):
         robustness.main(
             [
                 "--model_name_or_path",
@@ -220,6 +220,7 @@ def test_cli_reads_an_image_folder(tmp_path):
                 "x",
             ]
         )
+    assert "not both" in capsys.readouterr().err and not (tmp_path / "out2").exists()
 
 
 # --- data whose classes are not the model's: refused before any number is computed --------------------------------

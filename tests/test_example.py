@@ -1,7 +1,9 @@
 """examples/run_image_classification.py: flags, the embedded default data, training from scratch and from a stock
 ViT, MJP checkpoints, resume, and the bad inputs that must fail before training."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import logging
 import re
@@ -9,6 +11,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,8 +24,9 @@ from safetensors.torch import load_file
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
 from mjp_hf import MJPViTForImageClassification
-from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
-from mjp_hf.training import TrainingDivergedError, unwrap_model
+from mjp_hf.data import FASHION_MNIST_LABELS, check_image_folder, fashion_mnist_available
+from mjp_hf.training import MJPTrainer, TrainingDivergedError, unwrap_model
+from mjp_hf.training.threads import AdaptiveThreadsCallback
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +36,7 @@ _spec = importlib.util.spec_from_file_location(
 run = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = run  # dataclasses resolve the module of their fields' annotations
 _spec.loader.exec_module(run)
+DEMO_RECIPE = json.loads((ROOT / "examples/configs/demo_fashion_mnist.json").read_text())
 
 TINY = "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64"
 QUICK = [
@@ -63,11 +68,12 @@ def _saved_config(folder):
 
 
 def test_no_arguments_means_the_demo_recipe_on_fresh_folder():
-    model_args, data_args, mjp_args, training_args = run.parse_arguments([])
-    assert model_args.model_name_or_path is None and model_args.preset is None
+    model_args, data_args, mjp_args, defense_args, training_args = run.parse_arguments([])
+    assert model_args.model_name_or_path is None and model_args.preset == "demo"
     assert data_args.dataset_name is None and data_args.train_dir is None  # the embedded Fashion-MNIST
-    for name, value in run.DEMO_DEFAULTS.items():
-        target = mjp_args if hasattr(mjp_args, name) else data_args if hasattr(data_args, name) else training_args
+    assert defense_args.defense().kind == "none"
+    for name, value in DEMO_RECIPE.items():
+        target = next(group for group in (model_args, mjp_args, data_args, training_args) if hasattr(group, name))
         assert getattr(target, name) == value or str(getattr(getattr(target, name), "value", "")) == value, name
     assert training_args.do_train and training_args.do_eval and not training_args.remove_unused_columns
     assert (
@@ -77,7 +83,7 @@ def test_no_arguments_means_the_demo_recipe_on_fresh_folder():
 
 
 def test_explicit_flags_win_and_only_they_override_the_config():
-    model_args, data_args, mjp_args, training_args = run.parse_arguments(
+    model_args, data_args, mjp_args, _, training_args = run.parse_arguments(
         [
             "--num_train_epochs",
             "5",
@@ -95,17 +101,17 @@ def test_explicit_flags_win_and_only_they_override_the_config():
         ]
     )
     assert training_args.num_train_epochs == 5 and training_args.learning_rate == 1e-4
-    assert training_args.weight_decay == run.DEMO_DEFAULTS["weight_decay"]
+    assert training_args.weight_decay == DEMO_RECIPE["weight_decay"]
     assert training_args.do_train and training_args.do_eval and training_args.output_dir == "/tmp/x"
     assert data_args.random_flip is False
     assert mjp_args.config_updates() == {"jigsaw_ratio": 0.25, "jigsaw_per_sample": True, "dalr_head": "linear"}
     # Another preset: the released warmup, transformers' own training defaults.
-    _, _, mjp_args, training_args = run.parse_arguments(["--preset", "tiny", "--output_dir", "/tmp/x"])
+    _, _, mjp_args, _, training_args = run.parse_arguments(["--preset", "tiny", "--output_dir", "/tmp/x"])
     assert mjp_args.jigsaw_warmup_epochs == 20 and training_args.num_train_epochs == 3.0
 
 
 def test_the_released_recipe_config_parses():
-    model_args, data_args, mjp_args, training_args = run.parse_arguments(
+    model_args, data_args, mjp_args, _, training_args = run.parse_arguments(
         [str(ROOT / "examples/configs/mjp_deit_small_imagenet.json")]
     )
     assert model_args.preset == "small" and training_args.num_train_epochs == 300
@@ -134,11 +140,11 @@ def test_bad_flags_fail_before_training(tmp_path):
         run.parse_arguments(["--preset", "tiny", "--model_name_or_path", "google/vit-base-patch16-224"])
     with pytest.raises(SystemExit):
         run.parse_arguments(["--jigsaw_ratioo", "0.1"])
-    with pytest.raises(ValueError, match=r"--mixup_alpha=-0.5 must be >= 0"):
+    with pytest.raises(ValueError, match=r"--mixup_alpha -0.5: pass a Beta parameter >= 0"):
         run.parse_arguments(["--mixup_alpha", "-0.5"])
     with pytest.raises(ValueError, match=r"Unknown part 'q5' in RandAugment spec 'rand-q5'"):
         run.parse_arguments(["--rand_augment", "rand-q5"])
-    with pytest.raises(ValueError, match=r"--random_erasing_prob=2.0 is a probability"):
+    with pytest.raises(ValueError, match=r"--random_erasing_prob 2.0: pass a probability"):
         run.parse_arguments(["--random_erasing_prob", "2"])
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="--fp16 needs a GPU.*use --bf16 instead"):
@@ -150,12 +156,18 @@ def test_bad_flags_fail_before_training(tmp_path):
 # --- training -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
-def test_default_data_from_scratch_writes_the_full_output_folder(tmp_path):
-    output = tmp_path / "run"
-    metrics = _train(
-        output, "--config_overrides", TINY, "--max_steps", "3", "--max_train_samples", "48", "--max_eval_samples", "40"
-    )
+@pytest.fixture(scope="module")
+def default_data_run(tmp_path_factory):
+    """A short run on the embedded default data (Fashion-MNIST, which has a Hub id: its card has a model-index)."""
+    if not fashion_mnist_available():
+        pytest.skip("needs the Debian package dataset-fashion-mnist")
+    output = tmp_path_factory.mktemp("default_data") / "run"
+    flags = ["--config_overrides", TINY, "--max_steps", "3", "--max_train_samples", "48", "--max_eval_samples", "40"]
+    return output, _train(output, *flags)
+
+
+def test_default_data_from_scratch_writes_the_full_output_folder(default_data_run):
+    output, metrics = default_data_run
     names = {path.name for path in output.iterdir()}
     assert {
         "model.safetensors",
@@ -175,11 +187,29 @@ def test_default_data_from_scratch_writes_the_full_output_folder(tmp_path):
     assert [config["id2label"][str(i)] for i in range(10)] == FASHION_MNIST_LABELS
     results = json.loads((output / "all_results.json").read_text())
     assert 0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1 and results == pytest.approx(metrics)
+    assert "defense" not in results  # an undefended run records no defence
     state = json.loads((output / "trainer_state.json").read_text())
     logged = [entry for entry in state["log_history"] if "loss" in entry]
     assert len(logged) == 3 and all("classification_loss" in e and "localization_loss" in e for e in logged)
     assert "eval_accuracy" in (output / "README.md").read_text()
     assert MJPViTForImageClassification.from_pretrained(output).config.num_labels == 10
+
+
+def test_the_run_folder_card_describes_the_folder_and_names_the_evaluated_split(default_data_run):
+    """The README the run writes is the card of the run folder as it is (the MJP checkpoint with its code, the
+    `hub layout` command for the publishing layout), and its results name the split they were measured on."""
+    from huggingface_hub import ModelCard
+
+    from mjp_hf.hub.publish import RUN_CARD_MARKER
+
+    card = ModelCard.load(default_data_run[0] / "README.md")
+    assert RUN_CARD_MARKER in card.text
+    assert "trust_remote_code=True" in card.text and "python -m mjp_hf.hub layout" in card.text
+    assert "widget" not in card.data.to_dict()
+    results = card.data.eval_results
+    assert {result.metric_name for result in results} == {"Top-1 accuracy", "Top-5 accuracy"}
+    assert all(result.dataset_split == "test" for result in results)
+    assert "defense" not in card.text
 
 
 def test_mjp_flags_override_and_an_mjp_checkpoint_keeps_its_own(tmp_path, image_folder):
@@ -552,7 +582,7 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the run loaded its data before checking the output folder")
 
-    monkeypatch.setattr(run, "load_data", refuse)
+    monkeypatch.setattr(run, "load_image_dataset", refuse)
 
 
 def test_overwrite_deletes_only_what_earlier_runs_wrote(tmp_path, image_folder):
@@ -618,6 +648,123 @@ def test_unusable_output_paths_and_missing_data_fail_before_loading(tmp_path, no
         _train(tmp_path / "run", "--train_dir", str(missing))
 
 
+def test_a_wrong_model_path_is_named_with_its_fix_before_anything_loads(tmp_path, image_folder, stock_vit, no_loading):
+    """A local --model_name_or_path that is no ViT/MJP-ViT model folder with whole weights is refused with the value,
+    the flag and the fix, before the output folder is made or any data is read; no message advises unsafe loading."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    resnet = tmp_path / "resnet"
+    ResNetForImageClassification(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=3)
+    ).save_pretrained(resnet)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(stock_vit, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    no_config = tmp_path / "no_config"
+    no_config.mkdir()
+    (no_config / "model.safetensors").write_bytes(b"")
+    sharded = tmp_path / "sharded"
+    shutil.copytree(stock_vit, sharded)
+    (sharded / "model.safetensors").unlink()
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"classifier.weight": "model-00001-of-00002.safetensors"}})
+    )
+    (tmp_path / "best_model.pth").write_bytes(b"PK\x03\x04 a torch archive, say")
+    pytorch_weights = tmp_path / "pytorch_weights"
+    pytorch_weights.mkdir()
+    shutil.copy(stock_vit / "config.json", pytorch_weights)
+    (pytorch_weights / "pytorch_model.bin").write_bytes(b"PK\x03\x04 the first bytes of an archive")
+    cases = {
+        str(resnet): r"is a 'resnet' model .*google/vit-base-patch16-224-in21k.* or leave --model_name_or_path out",
+        "best_model.pth": r"is a file, not a model folder; pass the output_dir .*mjp_hf.conversion.original",
+        str(
+            truncated
+        ): rf"holds a weight file that cannot be read, {re.escape(str(weights))} .*save or copy the model",
+        str(no_config): r"is not a saved model folder \(no config.json\); pass the output_dir of a training run",
+        str(sharded): r"lists the weight file model-00001-of-00002.safetensors, which is missing",
+        str(pytorch_weights): r"has a pytorch_model.bin that cannot be read .*truncated or not model weights",
+        "./no_such_model": r"'./no_such_model': no such folder \(looked in .*\); pass the output_dir of a training run",
+    }
+    for value, message in cases.items():
+        output = tmp_path / "runs" / Path(value).name
+        with pytest.raises(
+            (ValueError, FileNotFoundError), match=rf"--model_name_or_path {re.escape(repr(value))}"
+        ) as error:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(tmp_path)
+                _train(output, "--train_dir", str(image_folder), "--model_name_or_path", value)
+        assert re.search(message, str(error.value)), (value, str(error.value))
+        assert "weights_only" not in str(error.value)
+        assert not output.exists()
+
+
+def test_an_image_folder_without_images_is_refused_before_anything_loads(tmp_path, image_folder, no_loading):
+    empty = tmp_path / "validation"
+    (empty / "cat").mkdir(parents=True)
+    (empty / "cat" / "notes.txt").write_text("no image here")
+    (empty / "cat" / "loop").symlink_to(empty, target_is_directory=True)  # a link back up: the search still ends
+    with pytest.raises(ValueError, match=rf"--validation_dir {empty} holds no images .*leave --validation_dir out"):
+        _train(tmp_path / "run", "--train_dir", str(image_folder), "--validation_dir", str(empty))
+    with pytest.raises(ValueError, match=rf"--train_dir {empty} holds no images .*one sub-folder of images per class"):
+        _train(tmp_path / "run", "--train_dir", str(empty))
+    assert not (tmp_path / "run").exists()
+    linked = tmp_path / "linked"  # class folders that are links hold images too
+    linked.mkdir()
+    for name in ("cat", "dog"):
+        (linked / name).symlink_to(image_folder / name, target_is_directory=True)
+    check_image_folder("--train_dir", str(linked))  # the linked class folders hold images
+
+
+def test_push_to_hub_publishes_the_layout_never_the_trainers_own_push(tmp_path, image_folder, monkeypatch):
+    """--push_to_hub pushes the stock-ViT + MJP layout through `mjp_hf.hub.push_mjp_model` with the run's card; the
+    Trainer pushes nothing (it would upload the MJP folder at the root), and the token is saved nowhere."""
+    from transformers import Trainer
+
+    pushed = []
+
+    def push_mjp_model(model, processor, repo_id, **kwargs):
+        pushed.append((repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Trainer pushed")
+
+    monkeypatch.setattr(run, "push_mjp_model", push_mjp_model)
+    monkeypatch.setattr(Trainer, "push_to_hub", refuse)
+    monkeypatch.setattr(Trainer, "init_hf_repo", refuse)
+    token = "hf_pushTokenForTheTest42"
+    output = tmp_path / "pushed"
+    _train(
+        output,
+        *_on_folder(image_folder),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--push_to_hub",
+        "--hub_model_id",
+        "me/mjp-test",
+        "--hub_token",
+        token,
+    )
+    assert [repo for repo, _ in pushed] == ["me/mjp-test"]
+    assert pushed[0][1]["token"] == token and "me/mjp-test" in str(pushed[0][1]["card"])
+    for path in output.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def test_push_to_hub_with_a_folder_name_that_is_no_repo_id_is_refused_before_training(tmp_path, image_folder):
+    output = tmp_path / "my run"
+    with pytest.raises(
+        ValueError,
+        match=r"The --output_dir name 'my run' is not a Hub repository id .*--hub_model_id YOUR_NAMESPACE/my-run",
+    ):
+        _train(output, *_on_folder(image_folder), "--max_steps", "1", "--push_to_hub")
+    assert not output.exists()
+
+
 def test_a_truncated_image_is_named(tmp_path, image_folder):
     images = tmp_path / "images"
     shutil.copytree(image_folder, images)
@@ -640,7 +787,7 @@ def test_a_truncated_image_is_named(tmp_path, image_folder):
 def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatch):
     """NaN weights (as a too-high learning rate or a NaN loss weight leave them) stop the run with an error, before
     a checkpoint or a card could claim a result; the Trainer's logged loss alone would hide the NaN."""
-    training_step = run.MJPTrainer.training_step
+    training_step = MJPTrainer.training_step
 
     def poisoned(self, model, inputs, *args, **kwargs):
         if self.state.global_step == 2:
@@ -648,7 +795,7 @@ def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatc
                 unwrap_model(model).classifier.weight.fill_(float("nan"))
         return training_step(self, model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(run.MJPTrainer, "training_step", poisoned)
+    monkeypatch.setattr(MJPTrainer, "training_step", poisoned)
     output = tmp_path / "nan"
     with pytest.raises(
         TrainingDivergedError,
@@ -677,19 +824,40 @@ def test_a_diverging_run_stops_without_a_card(tmp_path, image_folder, monkeypatc
 # --- what a run tells the user ------------------------------------------------------------------------------------
 
 
-def test_the_end_of_a_run_says_where_it_went_and_what_to_run_next(tmp_path, image_folder, capsys, caplog):
-    output = tmp_path / "told"
-    with caplog.at_level(logging.INFO):
-        _train(
-            output,
-            *_on_folder(image_folder),
-            "--max_steps",
-            "1",
-            "--log_level",
-            "info",
-        )  # info: to see the level of every line
-    printed = capsys.readouterr().out
-    assert f"Saved the run to {output}" in printed
+@pytest.fixture(scope="module")
+def told_run(tmp_path_factory, image_folder):
+    """One short run on the image folder at log level info, with what it printed, logged and warned."""
+    output = tmp_path_factory.mktemp("told") / "told"
+    printed, records, thread_events = io.StringIO(), [], []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    logging.getLogger().addHandler(handler)
+    try:
+        with (
+            pytest.MonkeyPatch.context() as patch,
+            contextlib.redirect_stdout(printed),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            for event in ("on_step_end", "on_prediction_step"):  # the thread controller's two hooks
+                original = getattr(AdaptiveThreadsCallback, event)
+
+                def spy(self, *args, _original=original, _event=event, **kwargs):
+                    thread_events.append(_event)
+                    return _original(self, *args, **kwargs)
+
+                patch.setattr(AdaptiveThreadsCallback, event, spy)
+            warnings.simplefilter("always")
+            _train(output, *_on_folder(image_folder), "--max_steps", "1", "--log_level", "info")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return SimpleNamespace(
+        output=output, printed=printed.getvalue(), records=records, warnings=caught, thread_events=thread_events
+    )
+
+
+def test_the_end_of_a_run_says_where_it_went_and_what_to_run_next(told_run):
+    printed = told_run.printed
+    assert f"Saved the run to {told_run.output}" in printed
     assert re.search(r"Evaluated on the validation split \(36 images\): top-1 \d+\.\d\d%\n", printed)
     for command in (
         "mjp_hf.hub layout --run_dir",
@@ -699,7 +867,7 @@ def test_the_end_of_a_run_says_where_it_went_and_what_to_run_next(tmp_path, imag
         "mjp_hf.evaluation.position",
     ):
         assert f"python -m {command}" in printed, command
-    process_lines = [record for record in caplog.records if record.getMessage().startswith("Process 0 of 1")]
+    process_lines = [record for record in told_run.records if record.getMessage().startswith("Process 0 of 1")]
     assert process_lines and all(record.levelno < logging.WARNING for record in process_lines)
 
 
@@ -716,29 +884,32 @@ def test_help_shows_the_values_a_run_without_flags_uses(capsys, monkeypatch):
         run.parse_arguments(["--help"])
     text = capsys.readouterr().out
     for flag in ("per_device_train_batch_size", "num_train_epochs", "learning_rate", "weight_decay"):
-        assert f"(default: {run.DEMO_DEFAULTS[flag]})" in _help_entry(text, f"--{flag}"), flag
+        assert f"(default: {DEMO_RECIPE[flag]})" in _help_entry(text, f"--{flag}"), flag
     if not torch.cuda.is_available():
         assert "(default: adamw_torch)" in _help_entry(text, "--optim")
-    assert "(default: runs/mjp-demo-fashion-mnist-<date>-<time>)" in _help_entry(text, "--output_dir")
+    assert re.search(r"\(default: runs/mjp-demo-fashion-mnist-\d{8}-\d{6}\)", _help_entry(text, "--output_dir"))
     assert "(default: True)" in _help_entry(text, "--do_train") and "(default: True)" in _help_entry(text, "--do_eval")
     preset = _help_entry(text, "--preset")
     assert preset.count("default") == 1 and "(default: demo)" in preset
     # What --help shows is what the run uses.
-    _, _, _, training_args = run.parse_arguments([])
-    assert training_args.per_device_train_batch_size == run.DEMO_DEFAULTS["per_device_train_batch_size"]
+    _, _, _, _, training_args = run.parse_arguments([])
+    assert training_args.per_device_train_batch_size == DEMO_RECIPE["per_device_train_batch_size"]
+
+
+def test_the_example_adapts_threads_between_steps_and_batches(told_run):
+    """The example runs `AdaptiveThreadsCallback` (docs/TRAINING.md#threads): after every training step and every
+    evaluation batch."""
+    assert told_run.thread_events.count("on_step_end") == 1 and "on_prediction_step" in told_run.thread_events
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="pinned memory is right with an accelerator")
-def test_a_cpu_run_does_not_pin_memory(tmp_path, image_folder):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _train(tmp_path / "cpu", "--train_dir", str(image_folder), "--config_overrides", TINY, "--max_steps", "2")
-    assert not [str(warning.message) for warning in caught if "pin_memory" in str(warning.message)]
+def test_a_cpu_run_does_not_pin_memory(told_run):
+    assert not [str(warning.message) for warning in told_run.warnings if "pin_memory" in str(warning.message)]
 
 
 def test_runs_are_named_after_what_they_train(tmp_path):
     def name(*flags):
-        return Path(run.parse_arguments(list(flags))[3].output_dir).name
+        return Path(run.parse_arguments(list(flags))[4].output_dir).name
 
     assert name().startswith("mjp-demo-fashion-mnist-")
     assert name("--jigsaw_prob", "0", "--dalr_head", "none").startswith("vit-demo-fashion-mnist-")
@@ -753,9 +924,9 @@ def test_runs_are_named_after_what_they_train(tmp_path):
 
 
 def test_do_train_and_do_eval_mean_what_they_say():
-    _, _, _, training_args = run.parse_arguments(["--do_eval", "false"])
+    _, _, _, _, training_args = run.parse_arguments(["--do_eval", "false"])
     assert training_args.do_train and not training_args.do_eval and training_args.eval_strategy == "no"
-    _, _, _, training_args = run.parse_arguments(["--do_train"])
+    _, _, _, _, training_args = run.parse_arguments(["--do_train"])
     assert training_args.do_train and training_args.do_eval
     with pytest.raises(
         ValueError,
@@ -779,27 +950,6 @@ def test_a_run_without_evaluation_trains_and_reports_no_results(tmp_path, image_
     assert "Trained with" in card and "eval_accuracy" not in card
 
 
-def test_the_run_folder_card_describes_the_folder_and_names_the_evaluated_split(tmp_path):
-    """The README the run writes is the card of the run folder as it is (the MJP checkpoint with its code, the
-    `hub layout` command for the publishing layout), and its results name the split they were measured on."""
-    from huggingface_hub import ModelCard
-
-    from mjp_hf.hub import RUN_CARD_MARKER
-
-    output = tmp_path / "run"
-    # The embedded Fashion-MNIST: a dataset with a Hub id, so the card has a model-index.
-    _train(
-        output, "--config_overrides", TINY, "--max_steps", "2", "--max_train_samples", "64", "--max_eval_samples", "64"
-    )
-    card = ModelCard.load(output / "README.md")
-    assert RUN_CARD_MARKER in card.text
-    assert "trust_remote_code=True" in card.text and "python -m mjp_hf.hub layout" in card.text
-    assert "widget" not in card.data.to_dict()
-    results = card.data.eval_results
-    assert {result.metric_name for result in results} == {"Top-1 accuracy", "Top-5 accuracy"}
-    assert all(result.dataset_split == "test" for result in results)
-
-
 @pytest.mark.parametrize(
     "schedule, passes",
     [
@@ -813,14 +963,14 @@ def test_the_final_weights_are_evaluated_once(tmp_path, image_folder, monkeypatc
     """An evaluation at the last step already measured the final weights: the run reports it rather than evaluating
     them again. Any other schedule, or loading the best checkpoint afterwards, evaluates the final weights anew."""
     evaluated = []
-    loop = run.MJPTrainer.evaluation_loop
+    loop = MJPTrainer.evaluation_loop
 
     def counting_loop(trainer, *args, **kwargs):
         output = loop(trainer, *args, **kwargs)
         evaluated.append((trainer.state.global_step, output.metrics["eval_accuracy"]))
         return output
 
-    monkeypatch.setattr(run.MJPTrainer, "evaluation_loop", counting_loop)
+    monkeypatch.setattr(MJPTrainer, "evaluation_loop", counting_loop)
     output = tmp_path / "run"
     metrics = _train(
         output,

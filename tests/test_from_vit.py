@@ -1,8 +1,7 @@
-"""`python -m mjp_hf.from_vit`: an MJP model initialised from a stock ViT checkpoint."""
+"""`python -m mjp_hf.conversion.from_vit`: an MJP model initialised from a stock ViT checkpoint."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ from transformers import (
 )
 
 from mjp_hf import MJPViTForImageClassification, MJPViTModel
-from mjp_hf.from_vit import NotAViTCheckpointError, main, mjp_from_vit
+from mjp_hf.conversion.from_vit import NotAViTCheckpointError, main, mjp_from_vit
 
 
 SHAPE = dict(
@@ -82,7 +81,7 @@ def test_all_vit_weights_kept_and_only_mjp_parts_new(vit_folder, tmp_path, capsy
     # The new parts are initialised like a fresh MJP model's, not left empty.
     unk = reloaded.vit.embeddings.unk_position_embedding
     assert torch.isfinite(unk).all() and 0.005 < unk.std().item() < 0.05
-    assert reloaded.vit.embeddings.dalr_head.regressor[0].weight.abs().sum() > 0
+    assert reloaded.vit.dalr_head.regressor[0].weight.abs().sum() > 0
 
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -94,7 +93,7 @@ def test_all_vit_weights_kept_and_only_mjp_parts_new(vit_folder, tmp_path, capsy
     out = reloaded(x, labels=torch.tensor([0, 2]), jigsaw=True)
     assert out.jigsaw_mask.shape == (2, 16) and out.localization_loss > 0
     out.loss.backward()
-    assert reloaded.vit.embeddings.dalr_head.regressor[0].weight.grad is not None
+    assert reloaded.vit.dalr_head.regressor[0].weight.grad is not None
     assert model.config.jigsaw_ratio == 0.25
 
 
@@ -148,10 +147,11 @@ def test_incomplete_vit_checkpoint_is_refused(vit_folder, tmp_path):
 # --- what the command says ----------------------------------------------------------------------------------------
 
 
-def _run_from_vit(*args, cwd):
+def _run_from_vit(warm_python, *args, cwd):
+    """`python -m mjp_hf.conversion.from_vit ARGS` in a process of its own (a warm child: its imports done)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run(
-        [sys.executable, "-m", "mjp_hf.from_vit", *map(str, args)],
+    return warm_python.run(
+        ["-m", "mjp_hf.conversion.from_vit", *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -160,9 +160,11 @@ def _run_from_vit(*args, cwd):
     )
 
 
-def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one_line(vit_folder, tmp_path):
+def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one_line(
+    warm_python, vit_folder, tmp_path
+):
     folder, _ = vit_folder
-    done = _run_from_vit("--model_name_or_path", folder, "--output_dir", tmp_path / "mjp", cwd=tmp_path)
+    done = _run_from_vit(warm_python, "--model_name_or_path", folder, "--output_dir", tmp_path / "mjp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(
@@ -172,11 +174,13 @@ def test_command_says_what_it_added_in_one_line_and_refuses_an_mjp_folder_in_one
     # transformers' load report would list the very parameters the command creates as MISSING.
     assert "MISSING" not in done.stdout + done.stderr and "Consider training" not in done.stdout + done.stderr
 
-    again = _run_from_vit("--model_name_or_path", tmp_path / "mjp", "--output_dir", tmp_path / "again", cwd=tmp_path)
+    again = _run_from_vit(
+        warm_python, "--model_name_or_path", tmp_path / "mjp", "--output_dir", tmp_path / "again", cwd=tmp_path
+    )
     assert again.returncode != 0 and "Traceback" not in again.stderr
     errors = [line for line in again.stderr.splitlines() if line.strip() and "Loading weights" not in line]
     assert errors == [
-        f"python -m mjp_hf.from_vit: {tmp_path / 'mjp'} is already an MJP-ViT checkpoint; load it "
+        f"python -m mjp_hf.conversion.from_vit: {tmp_path / 'mjp'} is already an MJP-ViT checkpoint; load it "
         "with MJPViTForImageClassification."
     ]
     assert not (tmp_path / "again").exists()
@@ -188,3 +192,33 @@ def test_output_folder_may_not_be_the_source(vit_folder):
     with pytest.raises(SystemExit, match=r"--output_dir .* is --model_name_or_path"):
         main(["--model_name_or_path", str(folder), "--output_dir", str(folder), "--overwrite_output_dir"])
     assert (folder / "model.safetensors").read_bytes() == before
+
+
+def test_overwrite_replaces_only_a_checkpoints_files_and_a_failed_write_changes_nothing(vit_folder, tmp_path):
+    from unittest import mock
+
+    folder, _ = vit_folder
+    output = tmp_path / "mjp init ü"
+    main(["--model_name_or_path", str(folder), "--output_dir", str(output)])
+    mine = {"notes.md": "mine", "old/model.safetensors": "mine", "model-v2/a-of-b.safetensors": "mine"}
+    for name, text in mine.items():
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_text(text)
+    (output / "pytorch_model.bin").write_bytes(b"stale weights of an earlier checkpoint")
+    main(["--model_name_or_path", str(folder), "--output_dir", str(output), "--overwrite_output_dir",
+          "--jigsaw_ratio", "0.25"])  # fmt: skip
+    assert all((output / name).read_text() == text for name, text in mine.items())
+    assert not (output / "pytorch_model.bin").exists(), "stale weights of an earlier checkpoint stayed"
+    assert json.loads((output / "config.json").read_text())["jigsaw_ratio"] == 0.25
+
+    # The image processor's save fails after the model's: the folder keeps the earlier checkpoint, whole.
+    before = {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    failing = mock.patch(
+        "transformers.image_processing_base.ImageProcessingMixin.save_pretrained",
+        side_effect=OSError(28, "No space left on device"),
+    )
+    with failing, pytest.raises(OSError, match="No space left"):
+        main(["--model_name_or_path", str(folder), "--output_dir", str(output), "--overwrite_output_dir",
+              "--jigsaw_ratio", "0.5"])  # fmt: skip
+    assert {path: path.read_bytes() for path in output.rglob("*") if path.is_file()} == before
+    assert sorted(os.listdir(tmp_path)) == sorted(["vit", output.name]), "a staging folder was left behind"

@@ -21,19 +21,19 @@ from transformers import AutoModelForImageClassification, ViTForImageClassificat
 from mjp_hf import MJPViTForImageClassification, MJPViTModel
 from mjp_hf.data import FASHION_MNIST_LABELS, fashion_mnist_available
 from mjp_hf.hub import (
-    FASHION_MNIST_WIDGET,
-    FASHION_MNIST_WIDGET_DIR,
-    IMAGENET_WIDGET,
     MJP_SUBFOLDER,
     build_model_card,
-    default_widget_images,
     layout_files,
-    main,
+    placeholder_repo_id,
     push_mjp_model,
+    push_repo_id,
     read_run_records,
     save_publishing_layout,
 )
-from mjp_hf.presets import config_from_preset
+from mjp_hf.hub.card import FASHION_MNIST_WIDGET_DIR, IMAGENET_WIDGET, default_widget_images, repo_id_problem
+from mjp_hf.hub.cli import main
+from mjp_hf.hub.files import FASHION_MNIST_WIDGET
+from mjp_hf.training.presets import config_from_preset
 
 
 HAS_FASHION_MNIST = fashion_mnist_available()
@@ -133,17 +133,52 @@ def test_card_without_metrics_reports_no_results():
     assert "No evaluation results were recorded" in card.text
 
 
-@pytest.mark.parametrize("model_id", ["", "not a repo id", "a/b/c"])
-def test_card_refuses_bad_repo_ids(model_id):
-    with pytest.raises(ValueError, match="not a Hub repository id"):
+@pytest.mark.parametrize("model_id", ["", "  ", "two\nlines", "a\ttab", "line\u2028separator", None])
+def test_card_refuses_what_is_neither_a_repo_id_nor_a_one_line_name(model_id):
+    with pytest.raises(ValueError, match="neither a Hub repository id nor a one-line name"):
         build_model_card(demo_model(), model_id=model_id)
+
+
+@pytest.mark.parametrize("name", ["my run", "modèle d'été", "x" * 120, "a/b/c", "a--b", "-run-"])
+def test_a_card_for_a_name_is_built_but_never_published(name, tmp_path):
+    """A run folder's name need not be a repository id: its card is built, shows a valid placeholder id where the
+    snippets need one, and is refused by both ways of publishing."""
+    card = build_model_card(demo_model(), model_id=name)
+    placeholder = placeholder_repo_id(name)
+    assert repo_id_problem(placeholder) is None and placeholder.startswith("YOUR_NAMESPACE/")
+    assert f"# {name}\n" in card.text and f'model="{placeholder}"' in card.text
+    assert getattr(card.data, "widget", None) is None and card.data.model_name == name
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match="--hub_model_id namespace/name"):
+        push_mjp_model(demo_model(), demo_processor(), "me/x", card=card)
+    with pytest.raises(ValueError, match="not a Hub repository id"):
+        save_publishing_layout(demo_model(), demo_processor(), tmp_path / "layout", card=card)
+    assert hub.calls == [] and not (tmp_path / "layout").exists()
+
+
+@pytest.mark.parametrize("repo_id", ["my run", "a--b", "name.git", "x" * 97, "a/b/c", ""])
+def test_push_refuses_what_the_hub_refuses_before_any_work(repo_id, tmp_path):
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match="is not a Hub repository id") as error:
+        push_mjp_model(demo_model(), demo_processor(), repo_id)
+    message = str(error.value)
+    assert repr(repo_id) in message and "--hub_model_id" in message and "Pass namespace/name" in message
+    assert hub.calls == []
+
+
+def test_the_repository_a_run_pushes_to_is_checked_with_the_flag_and_the_fix():
+    assert push_repo_id(None, "runs/mjp-demo") == "mjp-demo" and push_repo_id("me/x", "runs/my run") == "me/x"
+    with pytest.raises(ValueError, match=r"The --output_dir name 'my run' is not a Hub repository id .*--push_to_hub"):
+        push_repo_id(None, "runs/my run")
+    with pytest.raises(ValueError, match=r"--hub_model_id 'a b' is not .*--hub_model_id YOUR_NAMESPACE/a-b"):
+        push_repo_id("a b", "runs/x")
 
 
 def test_card_and_layout_refuse_stock_models(tmp_path):
     vit = demo_model().to_vit()
     with pytest.raises(TypeError, match="MJP-ViT model"):
         build_model_card(vit, model_id="me/x")
-    with pytest.raises(TypeError, match="mjp_hf.from_vit"):
+    with pytest.raises(TypeError, match="mjp_hf.conversion.from_vit"):
         save_publishing_layout(vit, demo_processor(), tmp_path / "out")
     with pytest.raises(TypeError, match="image processor"):
         save_publishing_layout(demo_model(), None, tmp_path / "out")
@@ -268,7 +303,7 @@ def test_layout_loads_in_process_with_identical_logits(tmp_path):
     # The subfolder keeps what training needs: the UNK embedding and the DALR head, bit for bit.
     embeddings, reloaded = model.vit.embeddings, full.vit.embeddings
     assert torch.equal(reloaded.unk_position_embedding, embeddings.unk_position_embedding)
-    assert torch.equal(reloaded.dalr_head.regressor[2].weight, embeddings.dalr_head.regressor[2].weight)
+    assert torch.equal(full.vit.dalr_head.regressor[2].weight, model.vit.dalr_head.regressor[2].weight)
 
 
 def test_layout_of_an_encoder_without_head(tmp_path):
@@ -545,8 +580,10 @@ def test_card_command_fills_the_card_from_the_run(tiny_run, tmp_path):
     assert values == {"Top-1 accuracy": recorded["eval_accuracy"], "Top-5 accuracy": recorded["eval_top5_accuracy"]}
     assert f"{100 * recorded['eval_accuracy']:.2f}%" in card.text
     assert "| `max_steps` | 3 |" in card.text
-    with pytest.raises(SystemExit, match="--overwrite"):
+    before = output.read_text()
+    with pytest.raises(FileExistsError, match="--overwrite"):
         main(["card", "--run_dir", str(tiny_run), "--model_id", "me/mjp-vit-demo", "--output", str(output)])
+    assert output.read_text() == before and os.listdir(output.parent) == [output.name]
 
 
 def test_push_command_uploads_the_run(tiny_run, tmp_path):
@@ -661,6 +698,50 @@ def _without_a_tensor(run_dir: Path, destination: Path) -> str:
     return dropped
 
 
+@pytest.mark.parametrize("edit", ["unexpected", "mis-shaped"])
+def test_layout_and_push_refuse_a_checkpoint_with_unexpected_or_mis_shaped_tensors(tiny_run, tmp_path, edit):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken-run"
+    shutil.copytree(tiny_run, broken)
+    weights = load_file(broken / "model.safetensors")
+    if edit == "unexpected":
+        weights["vit.dist_token"] = torch.zeros(1, 1, 48)
+        expected = r"unexpected tensors \['vit\.dist_token'\]"
+    else:
+        key = next(key for key in sorted(weights) if key.endswith("classifier.weight"))
+        weights[key] = torch.zeros(weights[key].shape[0] + 1, weights[key].shape[1])
+        expected = r"tensors of the wrong shape \[.*classifier\.weight"
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=expected):
+        main(["layout", "--run_dir", str(broken), "--output_dir", str(tmp_path / "out"), "--model_id", "me/x"])
+    assert not (tmp_path / "out").exists()
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), pytest.raises(ValueError, match=expected):
+        main(["push", "--run_dir", str(broken), "--hub_model_id", "me/x"])
+    assert hub.calls == []
+
+
+def test_the_card_command_never_unpickles_training_args_bin(tiny_run, tmp_path):
+    """`training_args.bin` is a pickle: loading it could run any code. A booby-trapped one stays untouched."""
+    import pickle
+
+    trap = tmp_path / "unpickled"
+
+    class Trap:
+        def __reduce__(self):
+            return (Path.touch, (trap,))
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "training_args.bin").write_bytes(pickle.dumps(Trap()))
+    main(["card", "--run_dir", str(run), "--model_id", "me/x", "--output", str(tmp_path / "card.md")])
+    main(["layout", "--run_dir", str(run), "--model_id", "me/x", "--output_dir", str(tmp_path / "layout")])
+    assert (tmp_path / "card.md").is_file() and not trap.exists()
+    pickle.loads((run / "training_args.bin").read_bytes())  # the trap works: it is the commands that never load it
+    assert trap.exists()
+
+
 def test_layout_and_push_refuse_a_checkpoint_with_missing_tensors(tiny_run, tmp_path):
     broken = tmp_path / "broken-run"
     _without_a_tensor(tiny_run, broken)
@@ -699,8 +780,9 @@ SNIPPET_RUNNER = textwrap.dedent(
 )
 
 
-def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
-    """Run card snippets one after the other in a fresh interpreter, with or without `mjp_hf` importable."""
+def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool, warm_python=None):
+    """Run card snippets one after the other in a fresh interpreter, with or without `mjp_hf` importable (with it,
+    in `warm_python` when given: a warm child, whose imports are done)."""
     tag = "with" if with_mjp_hf else "without"
     source, script = tmp_path / f"snippets-{tag}.json", tmp_path / "run_snippets.py"
     source.write_text(json.dumps(snippets))
@@ -711,7 +793,7 @@ def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
         "HF_HOME": str(tmp_path / f"hf_home_{tag}"),
         "PYTHONPATH": os.pathsep.join(sys.path) if with_mjp_hf else "",
     }
-    done = subprocess.run(
+    done = (warm_python.run if warm_python is not None and with_mjp_hf else subprocess.run)(
         [sys.executable, str(script), str(source), f"{tag}-mjp_hf"],
         cwd=cwd,
         env=env,
@@ -723,7 +805,7 @@ def run_snippets(snippets, tmp_path, cwd, *, with_mjp_hf: bool):
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypatch):
+def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypatch, warm_python):
     import re
     import shlex
 
@@ -762,7 +844,8 @@ def test_run_folder_card_is_true_of_the_run_folder(tiny_run, tmp_path, monkeypat
     assert report[-1] == {"modules": []} and {"classifier", "model", "processor"} <= {
         name for entry in report[:-1] for name in entry["names"]
     }
-    run_snippets([code for code in python if "mjp_hf" in code], tmp_path, tmp_path, with_mjp_hf=True)
+    mjp_snippets = [code for code in python if "mjp_hf" in code]
+    run_snippets(mjp_snippets, tmp_path, tmp_path, with_mjp_hf=True, warm_python=warm_python)
 
     # The publishing commands it points to produce the layout (push with the HTTP calls recorded).
     commands = [shlex.split(line) for language, code in blocks if language == "bash" for line in code.splitlines()]
@@ -793,11 +876,34 @@ def test_a_run_folder_card_is_never_published(tmp_path):
     assert "## Repository layout" in publishing.text and "run's output folder" not in publishing.text
 
 
-@pytest.mark.parametrize("model_id", ["a--b", "name.git", "x" * 97])
-def test_model_card_rejects_what_the_hub_rejects_and_says_why(model_id):
-    with pytest.raises(ValueError, match="not a Hub repository id") as error:
-        build_model_card(demo_model(), model_id=model_id)
-    assert repr(model_id) in str(error.value) and "pass 'org/name'" in str(error.value)
+def test_the_token_is_never_written_or_printed(tiny_run, tmp_path, capsys, caplog):
+    import logging
+
+    token = "hf_SECRETtokenNeverWritten0123456789"
+    hub = RecordingHub(tmp_path / "uploaded")
+    with hub.patch(), caplog.at_level(logging.DEBUG):
+        main(["push", "--run_dir", str(tiny_run), "--hub_model_id", "me/x", "--hub_token", token])
+    assert hub.calls[0][3] == hub.calls[1][3] == token  # it reached the Hub client, and only that
+    printed = capsys.readouterr()
+    assert token not in printed.out + printed.err + caplog.text
+    for folder in (tmp_path / "uploaded", tiny_run):
+        for name in layout_files(folder):
+            assert token.encode() not in (folder / name).read_bytes(), name
+
+
+def test_card_command_never_replaces_the_run_folders_own_card_nor_writes_into_a_folder(tiny_run, tmp_path):
+    card = tiny_run / "README.md"
+    card.write_text("the run's card")
+    try:
+        with pytest.raises(ValueError, match="is the run folder's own card"):
+            main(["card", "--run_dir", str(tiny_run), "--model_id", "me/x", "--output", str(card), "--overwrite"])
+        assert card.read_text() == "the run's card"
+    finally:
+        card.unlink()
+    (tmp_path / "cards").mkdir()
+    with pytest.raises(IsADirectoryError, match="--output .*cards is a folder"):
+        main(["card", "--run_dir", str(tiny_run), "--model_id", "me/x", "--output", str(tmp_path / "cards")])
+    assert os.listdir(tmp_path / "cards") == []
 
 
 def test_run_records_reject_a_corrupt_trainer_state(tmp_path):

@@ -12,11 +12,14 @@ from mjp_hf.jigsaw import (
     default_max_block,
     draw_jigsaw,
     full_shuffle,
+    mask_grid,
+    naive_shuffle_pixels,
     num_masked_patches,
     permutation_within_mask,
     permute_patch_pixels,
     random_jigsaw,
     shuffle_tokens,
+    step_jigsaw,
 )
 
 
@@ -158,3 +161,40 @@ def test_draw_jigsaw_follows_the_config_mode_ratio_and_coin():
     # `mode` and `ratio` override the config: a block mask at the given ratio for a naive model.
     mask, _ = draw_jigsaw(naive, 2, (8, 8), ratio=0.25, mode="mjp", generator=torch.Generator().manual_seed(1))
     assert not mask.all() and (mask.sum(-1) <= num_masked_patches(64, 0.25)).all()
+
+
+def test_step_jigsaw_decides_between_given_drawn_and_none():
+    from mjp_hf import MJPViTConfig
+
+    config = MJPViTConfig(jigsaw_ratio=0.25, jigsaw_min_block=2, jigsaw_prob=1.0, jigsaw_per_sample=True)
+    assert step_jigsaw(config, 3, (8, 8)) == (None, None)  # eval mode, nothing asked
+    assert step_jigsaw(config, 3, (8, 8), training=True, jigsaw=False) == (None, None)
+    mask, permutation = step_jigsaw(config, 3, (8, 8), training=True, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == permutation.shape == (3, 64) and mask.any(-1).all()
+    # The schedule's switch off: the step draws, and its coin is lost on every row.
+    mask, _ = step_jigsaw(config, 3, (8, 8), training=True, enabled=False)
+    assert mask.shape == (3, 64) and not mask.any()
+    # A given mask gets a permutation within it; a given permutation, the mask of what it moves.
+    given = torch.zeros(1, 64, dtype=torch.bool)
+    given[0, [1, 2, 9]] = True
+    mask, permutation = step_jigsaw(config, 3, (8, 8), None, given, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask, given) and torch.equal(permutation[~given], torch.arange(64)[~given[0]])
+    swap = torch.arange(64)[None].clone()
+    swap[0, [3, 4]] = torch.tensor([4, 3])
+    assert step_jigsaw(config, 3, (8, 8), None, None, swap)[0].nonzero()[:, 1].tolist() == [3, 4]
+    with pytest.raises(ValueError, match="jigsaw=False contradicts"):
+        step_jigsaw(config, 3, (8, 8), False, given)
+
+
+def test_mask_grid_and_the_naive_pixel_shuffle():
+    like = torch.zeros(2, dtype=torch.bfloat16)
+    mask = torch.zeros(1, 6, dtype=torch.bool)
+    mask[0, 4] = True
+    grid = mask_grid(mask, (2, 3), 5, like)
+    assert grid.shape == (5, 2, 3) and grid.dtype == torch.bfloat16 and grid[:, 1, 1].eq(1).all() and grid.sum() == 5
+    assert not mask_grid(None, (2, 3), 4, like).any()
+    pixels = torch.randn(2, 3, 8, 8)
+    per_sample = torch.tensor([[True, False], [False, False]])  # the second sample lost its coin flip
+    shuffled = naive_shuffle_pixels(pixels, (4, 4), per_sample, torch.Generator().manual_seed(0))
+    expected = permute_patch_pixels(pixels, (4, 4), torch.randperm(16, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(shuffled[0], expected[0]) and torch.equal(shuffled[1], pixels[1])

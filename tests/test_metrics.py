@@ -1,14 +1,13 @@
 """The package's own `evaluate` metric module: top-1/top-k accuracy, loaded from a local path, offline."""
 
 import subprocess
-import sys
 import textwrap
 
 import evaluate
 import numpy as np
 import pytest
 
-from mjp_hf.metrics import ACCURACY_TOPK_PATH, load_accuracy_topk
+from mjp_hf.evaluation.metrics import ACCURACY_TOPK_PATH, load_accuracy_topk
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +72,11 @@ def test_bad_k_is_explained(metric):
         metric.compute(predictions=[0], references=[0], k=0)
 
 
-def test_two_processes_with_evaluate_distributed_mode(tmp_path):
+def test_two_processes_with_evaluate_distributed_mode(tmp_path, warm_python):
     """`num_process`/`process_id`: each process adds its shard, process 0 computes over both."""
     script = textwrap.dedent(f"""
         import json, sys
-        from mjp_hf.metrics import load_accuracy_topk
+        from mjp_hf.evaluation.metrics import load_accuracy_topk
         rank = int(sys.argv[1])
         metric = load_accuracy_topk(num_process=2, process_id=rank, experiment_id="mjp-test",
                                     cache_dir={str(tmp_path)!r})
@@ -87,9 +86,9 @@ def test_two_processes_with_evaluate_distributed_mode(tmp_path):
     """)
     path = tmp_path / "worker.py"
     path.write_text(script)
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(path), str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    workers = [  # two processes at once (warm children: their imports are done)
+        warm_python.popen(
+            [path, str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preload=["evaluate"]
         )
         for rank in (0, 1)
     ]

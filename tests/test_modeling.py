@@ -1,14 +1,18 @@
 """MJP-ViT as a transformers model: the jigsaw in the forward, the UNK embedding, DALR, and ViT compatibility."""
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import transformers
 from conftest import tiny_config_kwargs
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -90,8 +94,9 @@ def test_unknown_embedding_exactly_at_shuffled_positions_and_tokens_permuted():
     mask = block_of(49, [3, 4, 10, 11, 12])
     permutation = cycle_within(49, [3, 4, 10, 11, 12])
 
-    out, returned_mask = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation)
-    assert torch.equal(returned_mask, mask)
+    returned_mask, returned_permutation = embeddings.jigsaw(x, True, mask, permutation)
+    assert torch.equal(returned_mask, mask) and torch.equal(returned_permutation, permutation)
+    out = embeddings.embed(x, mask, permutation)
     tokens = embeddings.patch_embeddings(x)
     pe = embeddings.position_embeddings[0]
     unk = embeddings.unk_position_embedding[0, 0]
@@ -110,7 +115,7 @@ def test_token_shuffle_equals_shuffling_pixel_patches():
     x = pixels(batch=2)
     mask = block_of(49, [0, 1, 7, 8, 30])
     permutation = cycle_within(49, [0, 1, 7, 8, 30])
-    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation)
+    out = embeddings.embed(x, mask, permutation)
 
     patches = x.reshape(2, 3, 7, 4, 7, 4).permute(0, 2, 4, 1, 3, 5).reshape(2, 49, 3, 4, 4)
     shuffled = patches[:, permutation[0]].reshape(2, 7, 7, 3, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(2, 3, 28, 28)
@@ -173,13 +178,14 @@ def test_naive_mode_shuffles_every_patch_and_permutes_pixels():
     model = tiny_model(jigsaw_mode="naive").eval()
     embeddings = model.vit.embeddings
     assert embeddings.unk_position_embedding is None
-    torch.manual_seed(3)
     x = pixels(batch=2)
-    out, mask = embeddings(x, jigsaw=True)
+    torch.manual_seed(3)
+    mask, permutation = embeddings.jigsaw(x, jigsaw=True)
+    out = embeddings.embed(x, mask, permutation)
     assert mask.shape == (1, 49) and mask.all()
     # Recover the draws with the same seed: the patch order first, then the shared pixel permutation.
     torch.manual_seed(3)
-    _, permutation = embeddings._draw_jigsaw(2, (7, 7), x.device)
+    embeddings.jigsaw(x, jigsaw=True)
     pixel_permutation = torch.randperm(16)
     tokens = embeddings.patch_embeddings(permute_patch_pixels(x, (4, 4), pixel_permutation))
     expected = tokens.gather(1, permutation[..., None].expand(2, -1, 32)) + embeddings.position_embeddings[:, 1:]
@@ -193,7 +199,7 @@ def test_without_unknown_embedding_shuffled_tokens_keep_the_slot_pe():
     x = pixels(batch=1)
     mask = block_of(49, [5, 6])
     permutation = cycle_within(49, [5, 6])
-    out, _ = embeddings(x, jigsaw=True, jigsaw_mask=mask, jigsaw_permutation=permutation)
+    out = embeddings.embed(x, mask, permutation)
     tokens = embeddings.patch_embeddings(x)
     torch.testing.assert_close(out[:, 1 + 5], tokens[:, 6] + embeddings.position_embeddings[:, 1 + 5])
 
@@ -215,29 +221,29 @@ def test_unknown_embedding_gets_gradient_only_from_jigsawed_steps():
 
 
 def test_dalr_targets_are_raw_row_col_or_normalised():
-    embeddings = tiny_model().vit.embeddings
-    targets = embeddings.dalr_targets()
+    targets = tiny_model().vit.dalr_loss.targets()
     assert targets.shape == (49, 2)
     assert targets[0].tolist() == [0, 0] and targets[8].tolist() == [1, 1] and targets[48].tolist() == [6, 6]
     assert targets[13].tolist() == [1, 6]  # k = row * 7 + col
-    normalised = tiny_model(dalr_normalize_targets=True).vit.embeddings.dalr_targets()
+    normalised = tiny_model(dalr_normalize_targets=True).vit.dalr_loss.targets()
     torch.testing.assert_close(normalised, targets / 7)
 
 
-def test_dalr_targets_survive_loading_and_moving(tmp_path):
-    """The target grid is a buffer built at init, not saved: loading (meta-device init) must rebuild it."""
-    model = tiny_model(dalr_normalize_targets=True)
+def test_dalr_targets_and_weight_survive_loading_and_moving(tmp_path):
+    """The targets are built on the fly and the weight is a buffer set at init, not saved: loading (meta-device
+    init) must rebuild both."""
+    model = tiny_model(dalr_normalize_targets=True, dalr_loss_weight=0.25)
     model.save_pretrained(tmp_path)
     loaded = MJPViTForImageClassification.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded.vit.embeddings.dalr_targets(), model.vit.embeddings.dalr_targets())
-    assert "vit.embeddings.dalr_target_grid" not in load_file(tmp_path / "model.safetensors")
-    halved = loaded.to(torch.bfloat16).vit.embeddings.dalr_targets()
-    assert halved.dtype == torch.float32 and halved[8].tolist() == pytest.approx([1 / 7, 1 / 7], rel=1e-2)
+    torch.testing.assert_close(loaded.vit.dalr_loss.targets(), model.vit.dalr_loss.targets())
+    assert float(loaded.vit.dalr_loss.weight) == 0.25
+    assert not any("dalr_loss" in key or "target" in key for key in load_file(tmp_path / "model.safetensors"))
+    halved = loaded.to(torch.bfloat16).vit.dalr_loss.targets()
+    assert halved.dtype == torch.float32 and halved[8].tolist() == pytest.approx([1 / 7, 1 / 7])
 
 
 def _reference_dalr_loss(model, kept_positions):
-    embeddings = model.vit.embeddings
-    prediction = embeddings.dalr_head(embeddings.position_embeddings[0, 1:])
+    prediction = model.vit.dalr_head(model.vit.embeddings.position_embeddings[0, 1:])
     rows, cols = torch.arange(49) // 7, torch.arange(49) % 7
     target = torch.stack((rows, cols), -1).float()
     return (
@@ -310,7 +316,7 @@ def test_dalr_head_variants(head, keys):
     names = [name for name in model.state_dict() if "dalr_head" in name]
     assert len(names) == keys
     none = tiny_model(dalr_head="none")
-    assert none.vit.embeddings.dalr_head is None
+    assert none.vit.dalr_head is None and none.vit.dalr_loss is None
     out = none(pixels(), labels=torch.tensor([0, 1, 2, 3]))
     assert out.localization_loss is None and torch.equal(out.loss, out.classification_loss)
 
@@ -363,9 +369,21 @@ def test_attention_backends_and_outputs():
 
 def test_gradient_checkpointing_trains():
     model = tiny_model(jigsaw_ratio=0.3).train()
-    model.activation_checkpointing_enable()
-    out = model(pixels(), labels=torch.tensor([0, 1, 2, 3]), jigsaw=True)
+    # transformers 5.24 names it activation checkpointing; 5.20, the lowest release setup.py allows, has only this.
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    assert model.is_gradient_checkpointing and all(layer.gradient_checkpointing for layer in model.vit.layers)
+    x, labels = pixels(), torch.tensor([0, 1, 2, 3])
+    mask, permutation = model.vit.embeddings.jigsaw(x, jigsaw=True)
+    out = model(x, labels=labels, jigsaw_mask=mask, jigsaw_permutation=permutation)
     out.loss.backward()
+    checkpointed = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    model.zero_grad()
+    for layer in model.vit.layers:
+        layer.gradient_checkpointing = False
+    model(x, labels=labels, jigsaw_mask=mask, jigsaw_permutation=permutation).loss.backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(checkpointed[name], parameter.grad, msg=name)
     assert model.vit.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
 
 
@@ -593,13 +611,12 @@ def test_inference_outputs_hold_no_loss_and_training_outputs_do():
     x, labels = pixels(), torch.tensor([0, 1, 2, 3])
     inference = model(x)
     assert inference.localization_loss is None and inference.loss is None
-    assert model.vit(x).localization_loss is None
     assert model(x, jigsaw=True).localization_loss is None  # evaluation under shuffling needs no loss either
     with_labels = model(x, labels=labels)
     torch.testing.assert_close(with_labels.loss, with_labels.classification_loss + with_labels.localization_loss)
     assert with_labels.localization_loss > 0
     model.train()
-    assert model(x).localization_loss > 0 and model.vit(x).localization_loss > 0
+    assert model(x).localization_loss > 0
 
 
 def test_batched_pipeline_on_a_saved_mjp_folder(tmp_path):
@@ -657,7 +674,7 @@ def test_a_given_permutation_must_be_a_permutation(row, problem):
 
 
 def test_an_empty_batch_is_refused():
-    with pytest.raises(ValueError, match=r"pixel_values holds no image \(shape \(0, 3, 28, 28\)\).*at least one"):
+    with pytest.raises(ValueError, match=r"pixel_values must be a batch of at least one image .*got \(0, 3, 28, 28\)"):
         tiny_model()(pixels(batch=0))
 
 
@@ -665,3 +682,215 @@ def test_images_smaller_than_one_patch_are_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"\(2\*2\) are smaller than one patch \(4\*4\)"):
         model(pixels(size=2), interpolate_pos_encoding=True)
+
+
+# --- checkpoints saved before the DALR head moved out of the embeddings -------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _legacy_outputs():
+    """What the code of bdd6b9a computed with the fixtures (tests/fixtures/make_legacy_fixtures.py)."""
+    expected = json.loads((FIXTURES / "legacy_outputs.json").read_text())
+    return {key: torch.tensor(value) if isinstance(value, list) else value for key, value in expected.items()}
+
+
+@pytest.mark.parametrize(
+    "folder, loader", [("legacy_mjp_classifier", AutoModelForImageClassification), ("legacy_mjp_model", AutoModel)]
+)
+def test_checkpoints_saved_before_the_dalr_moved_load_unchanged(tmp_path, folder, loader):
+    old_keys = set(load_file(FIXTURES / folder / "model.safetensors"))
+    assert {key for key in old_keys if "dalr_head" in key} and all(
+        key.startswith(("embeddings.dalr_head.", "vit.embeddings.dalr_head."))
+        for key in old_keys
+        if "dalr_head" in key
+    )
+    model, info = loader.from_pretrained(FIXTURES / folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    expected = _legacy_outputs()
+    x, labels = expected["pixels"], expected["labels"]
+    with torch.no_grad():
+        if folder == "legacy_mjp_classifier":
+            model.eval()
+            clean = model(x, labels=labels)
+            assert torch.equal(clean.logits, expected["logits"])
+            torch.testing.assert_close(
+                clean.localization_loss.item(), expected["localization_loss"], rtol=1e-6, atol=0
+            )
+            jigsawed = model(
+                x,
+                labels=labels,
+                jigsaw_mask=expected["jigsaw_mask"],
+                jigsaw_permutation=expected["jigsaw_permutation"],
+            )
+            assert torch.equal(jigsawed.logits, expected["jigsawed_logits"])
+            torch.testing.assert_close(
+                jigsawed.localization_loss.item(), expected["jigsawed_localization_loss"], rtol=1e-6, atol=0
+            )
+        else:
+            out = model.train()(x, jigsaw=False)
+            assert torch.equal(out.pooler_output, expected["model_pooler_output"])
+            loss = model.localization_loss(out.jigsaw_mask)
+            torch.testing.assert_close(loss.item(), expected["model_localization_loss"], rtol=1e-6, atol=0)
+    # Saved again, the file keeps the layout (and the tensors) of the old one: older mjp-hf reads new checkpoints.
+    model.save_pretrained(tmp_path)
+    resaved = load_file(tmp_path / "model.safetensors")
+    old = load_file(FIXTURES / folder / "model.safetensors")
+    assert set(resaved) == old_keys and all(torch.equal(resaved[key], old[key]) for key in old_keys)
+
+
+def test_the_dalr_head_lives_in_the_base_model_and_moved_names_say_where():
+    model = tiny_model()
+    assert {name for name, _ in model.named_parameters() if "dalr" in name} == {
+        f"vit.dalr_head.regressor.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")
+    }
+    with pytest.raises(
+        AttributeError, match=r"MJPViTEmbeddings.localization_loss moved: use `model.vit.localization_loss"
+    ):
+        model.vit.embeddings.localization_loss(None)
+    for name, replacement in [
+        ("dalr_head", "dalr_head"),
+        ("dalr_targets", "dalr_loss.targets()"),
+        ("dalr_loss_weight", "dalr_loss.weight"),
+    ]:
+        with pytest.raises(AttributeError, match=re.escape(f"use `model.vit.{replacement}`")):
+            getattr(model.vit.embeddings, name)
+    with pytest.raises(
+        AttributeError, match=re.escape("returns no loss: use `model.localization_loss(outputs.jigsaw_mask)`")
+    ):
+        model.vit(pixels()).localization_loss
+
+
+def test_automodel_users_get_the_classifiers_localization_loss():
+    model = tiny_model(dalr_loss_weight=0.3).train()
+    x, labels = pixels(), torch.tensor([0, 1, 2, 3])
+    mask = block_of(49, [3, 4, 10, 11])
+    out = model(x, labels=labels, jigsaw_mask=mask)
+    base = MJPViTModel(model.config, add_pooling_layer=False)
+    base.load_state_dict(model.vit.state_dict())
+    base_out = base.train()(x, jigsaw_mask=mask)
+    assert torch.equal(base_out.jigsaw_mask, mask)
+    torch.testing.assert_close(base.localization_loss(base_out.jigsaw_mask), out.localization_loss)
+    # One row per sample (what the classifier computes, for per-sample gradients) is the same loss.
+    torch.testing.assert_close(base.localization_loss(mask, batch_size=4), base.localization_loss(mask))
+    assert MJPViTModel(MJPViTConfig(**tiny_config_kwargs(dalr_head="none"))).localization_loss(mask) is None
+
+
+# Every variant of the model: the jigsaw modes, the DALR heads, with and without the unknown position embedding.
+VARIANTS = [
+    dict(jigsaw_mode=mode, dalr_head=head, use_unk_position_embedding=unk)
+    for mode in ("mjp", "naive")
+    for head in ("nonlinear", "linear", "none")
+    for unk in (True, False)
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(str(value) for value in v.values()))
+def test_no_module_with_trainable_parameters_holds_a_buffer(variant):
+    # Opacus refuses a module with trainable parameters of its own and any buffer under it (GradSampleModule.validate):
+    # buffers are shared by the batch, so no per-sample gradient accounts for them.
+    config = MJPViTConfig(**tiny_config_kwargs(**variant))
+    for model in (
+        MJPViTForImageClassification(config),
+        MJPViTModel(config),
+        MJPViTModel(config, add_pooling_layer=False),
+    ):
+        for name, module in model.named_modules():
+            if any(parameter.requires_grad for parameter in module.parameters(recurse=False)):
+                assert not list(module.buffers()), (name, type(module).__name__)
+        # The one buffer, the DALR loss weight, lives in a module without parameters.
+        assert {name for name, _ in model.named_buffers()} <= {"dalr_loss.weight", "vit.dalr_loss.weight"}
+
+
+# --- the lines copied from transformers' ViT ----------------------------------------------------------------------
+
+
+def _copied_blocks(source: str) -> list[tuple[str, list[tuple[str, str]], list[str]]]:
+    """`(upstream object, substitutions, copied lines)` of every "# Copied from X [with A->B, ...]" block of `source`,
+    which ends at "# End of copy"; the marker may wrap onto the comment lines after it."""
+    lines, blocks = source.splitlines(), []
+    for start, line in enumerate(lines):
+        if not line.strip().startswith("# Copied from"):
+            continue
+        body = start + 1
+        marker = line.strip()[1:]
+        while lines[body].strip().startswith("#"):
+            marker += lines[body].strip()[1:]
+            body += 1
+        end = next(i for i in range(body, len(lines)) if lines[i].strip() == "# End of copy")
+        target, _, substitutions = marker.removeprefix(" Copied from ").partition(" with ")
+        # Pairs are separated by ", " before the next "old->" (a replacement may hold a comma).
+        pairs = [tuple(pair.split("->")) for pair in re.split(r", (?=\S+->)", substitutions)] if substitutions else []
+        blocks.append((target.strip(), pairs, lines[body:end]))
+    return blocks
+
+
+def _normalised(code: str) -> str:
+    """Code without comments, blank space and trailing commas, so that formatting cannot hide or fake a change."""
+    code = "".join(line.split("#", 1)[0] for line in code.splitlines())
+    return re.sub(r",([)\]])", r"\1", re.sub(r"\s+", "", code))
+
+
+def _upstream(target: str):
+    module_name, attributes = target, []
+    while module_name not in sys.modules:
+        module_name, _, attribute = module_name.rpartition(".")
+        attributes.insert(0, attribute)
+    obj = sys.modules[module_name]
+    for attribute in attributes:
+        obj = getattr(obj, attribute)
+    return obj
+
+
+def copy_drift(target: str, substitutions, copied_lines) -> str | None:
+    """`None` if the copied lines are, after the substitutions, a contiguous part of the installed upstream code;
+    otherwise what differs."""
+    upstream = _normalised(inspect.getsource(_upstream(target)))
+    for old, new in substitutions:
+        upstream = upstream.replace(_normalised(old), _normalised(new))
+    copy = _normalised("\n".join(copied_lines))
+    return (
+        None
+        if copy and copy in upstream
+        else f"{target}: the copy no longer matches transformers {transformers.__version__}"
+    )
+
+
+def test_the_copies_of_vit_code_match_the_installed_transformers():
+    import mjp_hf.modeling_mjp_vit as modeling
+
+    blocks = _copied_blocks(inspect.getsource(modeling))
+    targets = {target for target, _, _ in blocks}
+    assert targets == {
+        "transformers.models.vit.modeling_vit.ViTModel.forward",
+        "transformers.models.vit.modeling_vit.ViTForImageClassification.__init__",
+        "transformers.models.vit.modeling_vit.ViTForImageClassification.forward",
+    }
+    assert len(blocks) == 4 and sum(len(lines) for _, _, lines in blocks) >= 20
+    assert [copy_drift(*block) for block in blocks] == [None] * len(blocks)
+    # The check catches an edited line, a dropped line and a substitution left undone.
+    for target, substitutions, lines in blocks:
+        edited = [line.replace("self.", "self._", 1) if "self." in line else line for line in lines]
+        assert copy_drift(target, substitutions, edited) is not None
+        assert copy_drift(target, substitutions, lines[:1] + lines[2:]) is not None or len(lines) < 3
+        assert not substitutions or copy_drift(target, [], lines) is not None
+
+
+@pytest.mark.parametrize("per_sample_masks", [False, True])
+def test_the_dalr_loss_once_per_mask_row_is_the_loss_once_per_sample(per_sample_masks):
+    # A plain step computes the DALR once per mask row; per-sample gradients (Opacus) need it once per sample.
+    model = tiny_model(jigsaw_prob=1.0, jigsaw_ratio=0.3, jigsaw_per_sample=per_sample_masks, dalr_loss_weight=0.5)
+    model.train()
+    x, labels = pixels(), torch.tensor([0, 1, 0, 1])
+    results = []
+    for per_sample in (False, True):
+        model.per_sample_gradients = per_sample
+        model.zero_grad()
+        model.vit.embeddings.jigsaw_generator = torch.Generator().manual_seed(3)
+        out = model(x, labels=labels)
+        out.loss.backward()
+        results.append((out.localization_loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_rows, grads_rows), (loss_samples, grads_samples) = results
+    torch.testing.assert_close(loss_rows, loss_samples)
+    for row, sample in zip(grads_rows, grads_samples):
+        torch.testing.assert_close(row, sample)

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,13 +46,13 @@ def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
     for name in (
         "mjp_hf/model_cards/mjp_model_card_template.md",
         "mjp_hf/model_cards/mjp-vit-small.md",
-        "mjp_hf/metrics/accuracy_topk/accuracy_topk.py",
+        "mjp_hf/evaluation/metrics/accuracy_topk/accuracy_topk.py",
         "mjp_hf/model_cards/widget/sneaker.png",
     ):
         assert name in names
     # Installed away from the checkout, the package finds its template and renders a card.
     script = (
-        "import mjp_hf.hub as hub, transformers\n"
+        "import mjp_hf.hub.publish as hub, transformers\n"
         "assert hub.CARD_TEMPLATE.is_file() and 'site' in str(hub.CARD_TEMPLATE), hub.CARD_TEMPLATE\n"
         "from mjp_hf import MJPViTConfig, MJPViTForImageClassification\n"
         "config = MJPViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,\n"
@@ -63,3 +65,19 @@ def test_wheel_ships_the_card_template_and_metric_module(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
     )
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_ci_tests_the_lowest_transformers_setup_py_declares():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from declared_range import install_requires, lowest_version
+    finally:
+        sys.path.pop(0)
+    requirements = install_requires(ROOT / "setup.py")
+    lowest = lowest_version(requirements, "transformers")
+    assert any(requirement.startswith(f"transformers>={lowest},") for requirement in requirements)
+    assert "declared_range.py transformers --lowest" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit, match="declares no lower bound"):
+        lowest_version(["transformers<6"], "transformers")
+    with pytest.raises(SystemExit, match="does not declare"):
+        lowest_version(["torch>=2.4"], "transformers")

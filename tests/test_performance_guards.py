@@ -206,3 +206,33 @@ def test_training_step_traces_forward_and_backward_in_one_graph():
     compiled(pixel_values, labels, mask, permutation).backward()
     for eager_grad, parameter in zip(eager_grads, model.parameters()):
         torch.testing.assert_close(parameter.grad, eager_grad)
+
+
+def test_the_schedule_changes_the_dalr_weight_without_recompiling():
+    # `set_mjp_schedule` runs every epoch; the weight is a tensor, so one compiled graph serves every value.
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model(dalr_loss_weight=0.01).train()
+    pixel_values, labels = batch(model)
+    compiled = torch.compile(
+        lambda x, y: model(x, labels=y, jigsaw=False).localization_loss, fullgraph=True, backend="eager"
+    )
+    compiled(pixel_values, labels)  # transformers' loss sets `config.problem_type` at the first call: a recompile
+    base = compiled(pixel_values, labels)
+    counters.clear()
+    for weight in (0.0, 0.005, 0.0075, 0.01):
+        model.set_mjp_schedule(dalr_loss_weight=weight)
+        torch.testing.assert_close(compiled(pixel_values, labels), base * weight / 0.01)
+    assert counters["stats"]["unique_graphs"] == 0
+    # The counter sees a recompile: a weight held as a Python float is baked into the first graph and forces one.
+    torch._dynamo.reset()
+    counters.clear()
+    holder = torch.nn.Linear(3, 1)
+    holder.weight_of_loss = 0.01
+    scaled = torch.compile(lambda x: holder(x).sum() * holder.weight_of_loss, fullgraph=True, backend="eager")
+    for weight in (0.01, 0.005):
+        holder.weight_of_loss = weight
+        scaled(torch.ones(2, 3))
+    assert counters["stats"]["unique_graphs"] == 2

@@ -1,4 +1,4 @@
-"""RandAugment in PIL (`mjp_hf.rand_augment`), timm's `rand-m9-mstd0.5-inc1` without timm or torchvision."""
+"""RandAugment in PIL (`mjp_hf.data.rand_augment`), timm's `rand-m9-mstd0.5-inc1` without timm or torchvision."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from mjp_hf.rand_augment import OPS, RandAugment, parse_rand_augment
-from mjp_hf.transforms import ImageClassificationTransform
+from mjp_hf.data.rand_augment import OPS, RandAugment, parse_rand_augment
+from mjp_hf.data.transforms import ImageClassificationTransform
 
 
 def _image(mode="RGB", size=(32, 24), seed=0):

@@ -21,9 +21,9 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from mjp_hf.augmentation import sample_erasing_boxes, sample_resized_crop_boxes
-from mjp_hf.mixup import MixupCutmixCollator
-from mjp_hf.rand_augment import OPS, RandAugment, parse_rand_augment
+from mjp_hf.data.augmentation import sample_erasing_boxes, sample_resized_crop_boxes
+from mjp_hf.data.mixup import MixupCutmixCollator
+from mjp_hf.data.rand_augment import OPS, RandAugment, parse_rand_augment
 
 
 # --- timm 0.4.12, auto_augment.py -----------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_the_geometric_ops_resample_with_the_processors_filter():
     `interpolation` hparam; a filter that differs changes the pixels, so the choice is visible."""
     from transformers import DeiTImageProcessorPil, ViTImageProcessorPil
 
-    from mjp_hf.transforms import ImageClassificationTransform
+    from mjp_hf.data.transforms import ImageClassificationTransform
 
     bicubic = ImageClassificationTransform(DeiTImageProcessorPil(), train=True, rand_augment="rand-m9-mstd0.5-inc1")
     bilinear = ImageClassificationTransform(ViTImageProcessorPil(), train=True, rand_augment="rand-m9-mstd0.5-inc1")

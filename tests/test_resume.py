@@ -315,3 +315,208 @@ def test_a_save_that_fails_midway_leaves_a_resumable_run(
     assert "interrupted" in checkpoint_problem(output / "checkpoint-4")
     _train(output, *_flags(image_folder, "--max_steps", "4"))
     _assert_same_weights(finished_run / "model.safetensors", output / "model.safetensors")
+
+
+# --- the resume matrix: every resume point ends with the weights of the uninterrupted run -------------------------
+
+# 32 training images at batch 8: 4 steps an epoch, 2 epochs; a checkpoint every 2 steps, so that checkpoint-2 and
+# checkpoint-6 fall in mid-epoch and checkpoint-4 closes the first epoch. At one torch thread (conftest).
+MATRIX_COMMON = [
+    "--train_dir",
+    "IMAGES",
+    "--validation_dir",
+    "IMAGES",
+    "--config_overrides",
+    TINY,
+    "--max_train_samples",
+    "32",
+    "--max_eval_samples",
+    "12",
+    "--num_train_epochs",
+    "2",
+    "--jigsaw_warmup_epochs",
+    "1",
+    "--jigsaw_prob",
+    "0.5",
+    "--learning_rate",
+    "0.005",
+    "--crop_min_scale",
+    "0.5",
+    "--save_total_limit",
+    "10",
+]
+MATRIX = {
+    # case: (flags, resume points)
+    "no-evaluation": (["--eval_strategy", "no", "--save_steps", "2"], (2, 4, 6)),
+    "per-epoch-evaluation": (["--eval_strategy", "epoch", "--save_steps", "2"], (2, 4, 6)),
+    # The best checkpoint by the lowest eval loss; the checkpoints are every epoch (4, 8), or every 2 steps.
+    "best-model-per-epoch": (
+        ["--eval_strategy", "epoch", "--save_strategy", "epoch", "--load_best_model_at_end", "true"],
+        (4,),
+    ),
+    "best-model-per-step": (
+        ["--eval_strategy", "steps", "--eval_steps", "2", "--save_steps", "2", "--load_best_model_at_end", "true"],
+        (2, 6),
+    ),
+}
+
+
+def _matrix_flags(image_folder, case):
+    flags, _ = MATRIX[case]
+    return [str(image_folder) if flag == "IMAGES" else flag for flag in MATRIX_COMMON] + flags
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, image_folder):
+    """The uninterrupted run of each case of the matrix, made once when a test first asks for it."""
+    runs = {}
+
+    def run_of(case):
+        if case not in runs:
+            runs[case] = tmp_path_factory.mktemp(case) / "run"
+            _train(runs[case], *_matrix_flags(image_folder, case))
+        return runs[case]
+
+    return run_of
+
+
+def _interrupted_after(output, flags, step):
+    """Run until `step` is saved and the next training step starts, then stop as a Ctrl-C would."""
+    from mjp_hf.training import MJPTrainer
+
+    training_step = MJPTrainer.training_step
+
+    def interrupt(self, *args, **kwargs):
+        if self.state.global_step == step:
+            raise KeyboardInterrupt
+        return training_step(self, *args, **kwargs)
+
+    MJPTrainer.training_step = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _train(output, *flags)
+    finally:
+        del MJPTrainer.training_step  # inherited from Trainer again
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_a_resume_from_any_checkpoint_ends_with_the_weights_of_the_uninterrupted_run(
+    tmp_path, image_folder, uninterrupted, case
+):
+    """Interrupted after each checkpoint (in mid-epoch, at an epoch's end right before its evaluation, with the best
+    model loaded at the end) and resumed in the same folder, a run ends with exactly the uninterrupted run's
+    weights, and its log holds every step once."""
+    flags = _matrix_flags(image_folder, case)
+    full = uninterrupted(case)
+    state = json.loads((full / "trainer_state.json").read_text())
+    if "best-model" in case:
+        # A best checkpoint before every resume point would make the final weights independent of the resume.
+        assert int(Path(state["best_model_checkpoint"]).name.split("-")[1]) > max(MATRIX[case][1]), state
+    for step in MATRIX[case][1]:
+        output = tmp_path / f"after-{step}"
+        _interrupted_after(output, flags, step)
+        assert (
+            not (output / "model.safetensors").exists() and checkpoint_problem(output / f"checkpoint-{step}") is None
+        )
+        _train(output, *flags)  # finds checkpoint-<step> and resumes from it
+        resumed = json.loads((output / "trainer_state.json").read_text())
+        assert [e["step"] for e in resumed["log_history"] if "loss" in e] == list(range(1, 9)), step
+        assert resumed["best_model_checkpoint"] == (
+            None if state["best_model_checkpoint"] is None else str(output / Path(state["best_model_checkpoint"]).name)
+        )
+        expected, actual = load_file(full / "model.safetensors"), load_file(output / "model.safetensors")
+        assert expected.keys() == actual.keys()
+        different = [key for key in expected if not torch.equal(expected[key], actual[key])]
+        assert not different, f"resumed after step {step}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_evaluating_during_training_does_not_change_the_trained_weights(uninterrupted):
+    """An evaluation draws from no random state the training uses: a run with per-epoch evaluation trains the very
+    weights of one without (the epoch-end resume above depends on it)."""
+    without, with_evaluation = uninterrupted("no-evaluation"), uninterrupted("per-epoch-evaluation")
+    history = json.loads((with_evaluation / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [4, 8]
+    _assert_same_weights(without / "model.safetensors", with_evaluation / "model.safetensors")
+
+
+# --- an interruption at each write of a checkpoint ------------------------------------------------------------------
+
+
+def _raise_after(target, name, when):
+    """`target.name` wrapped to raise KeyboardInterrupt after the original returns, when `when(*args)` holds."""
+    original = getattr(target, name)
+
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if when(*args, **kwargs):
+            raise KeyboardInterrupt
+        return result
+
+    return wrapped
+
+
+def _checkpoint_4(folder) -> bool:
+    return Path(folder).name == "checkpoint-4"
+
+
+def _write_targets():
+    import transformers
+
+    from mjp_hf import MJPViTForImageClassification
+    from mjp_hf.training import checkpoints
+
+    return {
+        # After the weights, the optimizer and scheduler, the RNG state, the trainer state, and the run's flags
+        # (every file written, only the marker left to remove).
+        "weights": (
+            MJPViTForImageClassification,
+            "save_pretrained",
+            lambda self, folder, *a, **k: _checkpoint_4(folder),
+        ),
+        "optimizer": (
+            transformers.Trainer,
+            "_save_optimizer_and_scheduler",
+            lambda self, folder: _checkpoint_4(folder),
+        ),
+        "rng-state": (transformers.Trainer, "_save_rng_state", lambda self, folder: _checkpoint_4(folder)),
+        "trainer-state": (
+            transformers.TrainerState,
+            "save_to_json",
+            lambda self, path: _checkpoint_4(Path(path).parent),
+        ),
+        "run-arguments": (
+            checkpoints,
+            "fsync",
+            lambda path: Path(path).name == "run_arguments.json" and _checkpoint_4(Path(path).parent),
+        ),
+    }
+
+
+WRITES = ("weights", "optimizer", "rng-state", "trainer-state", "run-arguments")
+
+
+@pytest.mark.parametrize("write", WRITES)
+def test_an_interruption_at_any_write_of_a_checkpoint_loses_nothing_but_that_checkpoint(
+    tmp_path, image_folder, finished_run, monkeypatch, caplog, write
+):
+    """With --save_total_limit 1, a save of checkpoint-4 interrupted after any of its files keeps checkpoint-2 whole
+    (old checkpoints go only once the new one is complete), marks checkpoint-4 incomplete, and the rerun resumes from
+    checkpoint-2 to the weights of the uninterrupted run."""
+    target, name, when = _write_targets()[write]
+    output = tmp_path / "interrupted"
+    flags = _flags(image_folder, "--max_steps", "4", "--save_total_limit", "1")
+    with monkeypatch.context() as patch:
+        patch.setattr(target, name, _raise_after(target, name, when))
+        with pytest.raises(KeyboardInterrupt):
+            _train(output, *flags)
+    assert checkpoint_problem(output / "checkpoint-2") is None, (
+        "the older checkpoint went before the new one was whole"
+    )
+    assert "interrupted" in checkpoint_problem(output / "checkpoint-4")
+    with caplog.at_level(logging.WARNING):
+        _train(output, *flags)
+    assert any(
+        "Resuming from" in r.getMessage() and "checkpoint-2 at step 2" in r.getMessage() for r in caplog.records
+    )
+    _assert_same_weights(finished_run / "model.safetensors", output / "model.safetensors")
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-4"]

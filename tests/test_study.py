@@ -143,7 +143,7 @@ def test_exposure_over_rounds_never_falls_below_the_single_step_bound():
     assert vit["exposure_8_rounds"] == 1.0 and vit["leak_jigsawed_step"] is None
 
 
-def test_seeds_for_gives_one_variant_its_own_seeds():
+def test_seeds_for_gives_one_variant_its_own_seeds(capsys):
     study = _study()
     args = study.parse_args(["--variants", "baseline", "mjp", "--seeds", "0", "1", "2", "--seeds_for", "mjp=0,1"])
     assert args.variant_seeds == {"baseline": [0, 1, 2], "mjp": [0, 1]}
@@ -151,14 +151,36 @@ def test_seeds_for_gives_one_variant_its_own_seeds():
     assert study.seed_listing({"baseline": [0, 1], "mjp": [0, 1]}) == "0, 1"
     with pytest.raises(SystemExit, match="'naive' is not among --variants"):
         study.parse_args(["--variants", "baseline", "--seeds_for", "naive=0"])
-    with pytest.raises(SystemExit, match="whole-number seeds"):
+    with pytest.raises(SystemExit):
         study.parse_args(["--variants", "mjp", "--seeds_for", "mjp=zero"])
+    assert "argument --seeds_for: 'mjp=zero': expected a whole number" in capsys.readouterr().err
 
 
-def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path):
-    """2 variants, 1 seed, a few steps: every stage really runs (training and the three evaluations as
-    subprocesses); the second run finds everything cached and writes the same tables."""
+def test_an_interrupted_training_resumes_from_its_checkpoint_and_one_without_starts_over(tmp_path):
+    """The study's part of "an interrupted training resumes": it never passes --overwrite_output_dir to a run folder
+    that holds a checkpoint (the training script then resumes from it), and passes it to one that holds none (all
+    its files are the study's own run, killed before its first checkpoint)."""
     study = _study()
+    args = study.parse_args(["--variants", "mjp", "--seeds", "0"])
+    run_dir = tmp_path / "mjp-seed0"
+    assert "--overwrite_output_dir" not in study.training_command("mjp", 0, run_dir, args)  # a new run
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    assert "--overwrite_output_dir" in study.training_command("mjp", 0, run_dir, args)
+    (run_dir / "checkpoint-40").mkdir()
+    assert "--overwrite_output_dir" not in study.training_command("mjp", 0, run_dir, args)
+
+
+def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path, warm_python, monkeypatch):
+    """2 variants, 1 seed, a few steps: every stage really runs (training and the three evaluations as child
+    processes, warm ones: the imports are not what is tested); the second run finds everything cached and writes the
+    same tables."""
+    from warm_python import WarmSubprocess
+
+    study = _study()
+    # What the training and the evaluations import beyond mjp_hf (never the evaluation modules `-m` runs).
+    preload = ["datasets", "evaluate", "matplotlib.pyplot", "transformers.trainer"]
+    monkeypatch.setattr(study, "subprocess", WarmSubprocess(warm_python, preload))
     output, work = tmp_path / "study", tmp_path / "work"
     argv = [
         "--output_dir",
@@ -198,11 +220,143 @@ def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path):
     assert baseline["leak_jigsawed_step"] is None and mjp["leak_jigsawed_step"] is not None
     assert mjp["leak_per_step"] == mjp["leak_jigsawed_step"], "jigsaw_prob 1: every step is jigsawed"
     assert "| ViT (standard PE) | 1 |" in readme and "not shown at this budget" in readme
-    logs = sorted(path.name for path in work.glob("*.log"))
+    logs = {path.name: path.read_text() for path in work.glob("*.log")}  # appended to by a training that runs
 
     with pytest.raises(FileExistsError, match="--overwrite"):
         study.main(argv)
     study.main([*argv, "--overwrite"])
-    assert sorted(path.name for path in work.glob("*.log")) == logs
+    assert {path.name: path.read_text() for path in work.glob("*.log")} == logs, "a cached stage ran again"
     assert (output / "README.md").read_text() == readme
     assert (output / "results.json").read_text() == results
+
+
+# --- stopping the study: Ctrl-C, SIGTERM, a second study on the same work folder ---------------------------------
+
+STUDY_RUNNER = """
+import importlib.util, sys
+
+spec = importlib.util.spec_from_file_location("mjp_study", sys.argv[1])
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+study.TRAIN_SCRIPT = sys.argv[2]  # the stub below stands in for examples/run_image_classification.py
+study.main(sys.argv[3:])
+"""
+
+# A training that writes part of a finished run's files (as a run killed after saving its weights would leave
+# them), records that it started, then works until it is stopped; with STUB_MODE=fail it only records and fails.
+STUB_TRAINING = """
+import os, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+output_dir = Path(args[args.index("--output_dir") + 1])
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(f"{output_dir.name} {os.getpid()}\\n")
+if os.environ["STUB_MODE"] == "fail":
+    sys.exit(3)
+output_dir.mkdir(parents=True, exist_ok=True)
+(output_dir / "model.safetensors").write_bytes(b"cut short")
+(output_dir / "all_results.json").write_text("{}")
+time.sleep(300)
+"""
+
+
+def _start_study(warm_python, tmp_path, work, mode, *extra):
+    """The study in a process of its own (a warm child: its imports are done), whose trainings are the stub."""
+    import os
+    import subprocess
+    import sys
+
+    runner, stub, log = tmp_path / "runner.py", tmp_path / "stub_training.py", tmp_path / f"started-{mode}.log"
+    runner.write_text(STUDY_RUNNER)
+    stub.write_text(STUB_TRAINING)
+    log.touch()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "STUB_LOG": str(log), "STUB_MODE": mode}
+    argv = ["--output_dir", str(tmp_path / "study"), "--work_dir", str(work), "--max_steps", "1", *extra]
+    process = warm_python.popen(
+        [sys.executable, str(runner), str(REPO / "examples" / "mjp_study.py"), str(stub), *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command: Ctrl-C reaches the group
+    )
+    return process, log
+
+
+def _started(log, count, process, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = log.read_text().splitlines()
+        if len(lines) >= count:
+            return [line.split() for line in lines]
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    raise AssertionError(f"no stub training started within {timeout} s")
+
+
+def _alive(pid: int) -> bool:
+    import os
+    import time
+
+    for _ in range(50):  # the stopped child may take a moment to go
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_study_stops_its_runs_starts_nothing_and_does_not_cache_the_cut_run(warm_python, tmp_path, how):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM (to the study alone, as a job
+    scheduler sends it) while a training runs: the training is stopped, no further run starts, the study exits
+    non-zero with a one-line message, and the next study trains that run again rather than take its files as done."""
+    import os
+    import signal
+    import subprocess
+
+    work = tmp_path / "work"
+    jobs = ["--variants", "baseline", "mjp", "--seeds", "0", "1", "--parallel", "1"]
+    process, log = _start_study(warm_python, tmp_path, work, "hang", *jobs)
+    ((name, pid),) = _started(log, 1, process)
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise AssertionError("the study went on after the signal") from None
+    assert process.returncode == (130 if how == "ctrl-c" else 143), stderr[-3000:]
+    assert "Traceback" not in stderr and "stopped" in stderr.splitlines()[-1], stderr[-3000:]
+    assert not _alive(int(pid)), "the training the study started outlived it"
+    assert len(log.read_text().splitlines()) == 1, "a run started after the signal"
+
+    again, log = _start_study(warm_python, tmp_path, work, "fail", *jobs)
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode != 0 and "training failed" in stderr
+    assert log.read_text().split()[0] == name, "the run cut short was taken as finished"
+
+
+def test_a_second_study_on_the_same_work_folder_is_refused(warm_python, tmp_path):
+    import os
+    import signal
+
+    work = tmp_path / "work"
+    first, log = _start_study(warm_python, tmp_path, work, "hang", "--variants", "baseline", "--seeds", "0")
+    _started(log, 1, first)
+    try:
+        second, _ = _start_study(warm_python, tmp_path, work, "fail", "--variants", "baseline", "--seeds", "0")
+        _, stderr = second.communicate(timeout=120)
+        assert second.returncode != 0 and "Traceback" not in stderr
+        assert f"another study is running in --work_dir {work}" in stderr
+        assert len(log.read_text().splitlines()) == 1
+    finally:
+        os.kill(first.pid, signal.SIGTERM)
+        first.communicate(timeout=60)

@@ -1,9 +1,10 @@
-"""mjp_hf.threads: the thread count follows the cores other processes leave idle, never against the user's setting.
+"""mjp_hf.training.threads: the thread count follows the cores other processes leave idle, never against the user's setting.
 
 Readings are injected (no timing here: benchmarks/busy_machine.py measures the speed)."""
 
-import importlib.util
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,8 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mjp_hf.data import fashion_mnist_available
-from mjp_hf.threads import AdaptiveThreads, AdaptiveThreadsCallback, CpuContention, user_thread_setting
+from mjp_hf.training.threads import AdaptiveThreads, AdaptiveThreadsCallback, CpuContention, user_thread_setting
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,50 +137,11 @@ def test_the_callback_leaves_accelerator_runs_alone(two_threads):
     assert torch.get_num_threads() == 1
 
 
-@pytest.mark.skipif(not fashion_mnist_available(), reason="needs the Debian package dataset-fashion-mnist")
-def test_the_example_trainer_runs_the_callback(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "run_image_classification", ROOT / "examples" / "run_image_classification.py"
-    )
-    run = sys.modules.get(spec.name)
-    if run is None:
-        run = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = run
-        spec.loader.exec_module(run)
-    events = []
-    for event in ("on_step_end", "on_prediction_step"):
-        original = getattr(AdaptiveThreadsCallback, event)
-
-        def spy(self, *args, _original=original, _event=event, **kwargs):
-            events.append(_event)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(AdaptiveThreadsCallback, event, spy)
-    run.main(
-        [
-            "--output_dir",
-            str(tmp_path / "run"),
-            "--config_overrides",
-            "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64",
-            "--max_steps",
-            "2",
-            "--max_train_samples",
-            "16",
-            "--max_eval_samples",
-            "8",
-            "--per_device_train_batch_size",
-            "8",
-            "--per_device_eval_batch_size",
-            "8",
-            "--disable_tqdm",
-            "true",
-        ]
-    )
-    assert events.count("on_step_end") == 2 and "on_prediction_step" in events
+# The example runs the callback: tests/test_example.py::test_the_example_adapts_threads_between_steps_and_batches.
 
 
 def test_one_controller_per_process_and_it_can_stand_down(two_threads):
-    from mjp_hf import threads as module
+    from mjp_hf.training import threads as module
 
     shared = module.adaptive_threads()
     assert module.adaptive_threads() is shared
@@ -197,39 +158,131 @@ def test_watch_leaves_accelerator_loops_alone(two_threads):
     assert list(threads.watch(range(3), device="cuda")) == [0, 1, 2] and torch.get_num_threads() == 2
 
 
-def test_the_evaluation_loops_run_the_shared_controller(monkeypatch):
-    """Robustness's batches and the privacy attacks' images go through `adaptive_threads().watch`, so an evaluation
-    adapts its thread count between batches like training does."""
-    from mjp_hf import MJPViTForImageClassification, threads
-    from mjp_hf.evaluation import privacy, robustness
-    from mjp_hf.presets import config_from_preset
+def _busy_shared_controller(monkeypatch):
+    """The process-wide controller, replaced by one that reads a busy machine (others use 1.5 of 2 cores) at every
+    update: whatever runs it drops torch to one thread."""
+    from mjp_hf.training import threads as module
 
-    updates = []
+    busy = AdaptiveThreads(max_threads=2, cores=2, reader=lambda: 1.5, interval_s=0.0, environ={})
+    monkeypatch.setattr(module, "_shared", busy)
+    return busy
 
-    class Counting(AdaptiveThreads):
-        def update(self):
-            updates.append(1)
 
-    monkeypatch.setattr(threads, "_shared", Counting(reader=lambda: None))
+def _tiny_model():
+    from mjp_hf import MJPViTForImageClassification
+    from mjp_hf.training.presets import config_from_preset
+
     torch.manual_seed(0)
-    model = MJPViTForImageClassification(config_from_preset("demo", num_labels=10)).eval()
-    pixel_values = torch.randn(6, 3, 28, 28)
+    shape = dict(num_labels=2, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    return MJPViTForImageClassification(config_from_preset("demo", **shape)).eval()
+
+
+def test_a_library_call_leaves_the_thread_count_alone_on_a_busy_machine(two_threads, monkeypatch):
+    """`robustness.predict` and the other evaluation loops change no process-wide setting: a notebook's torch keeps
+    its thread count however busy the machine. Their `between_batches` hook runs after each batch."""
+    from mjp_hf.evaluation import robustness
+
+    busy = _busy_shared_controller(monkeypatch)
+    model, pixel_values = _tiny_model(), torch.randn(6, 3, 28, 28)
     robustness.predict(model, pixel_values, batch_size=2)
-    assert len(updates) == 3, "one update after each of the 3 batches"
-    updates.clear()
-    # The privacy audit takes the controller's `watch` as a hook, which its CLI passes (a library function leaves the
-    # process-wide thread count alone).
-    privacy.evaluate_privacy(
-        model,
-        pixel_values[:2],
-        torch.tensor([1, 2]),
-        privacy.PixelNormalization(),
-        attacks=("analytic",),
-        multi_round_counts=(),
-        progress=False,
-        watch=lambda images: threads.adaptive_threads().watch(images, "cpu"),
+    robustness.jigsaw_accuracy(model, pixel_values, torch.zeros(6, dtype=torch.long), batch_size=2, progress=False)
+    robustness.prediction_consistency(model, pixel_values, batch_size=2, progress=False)
+    assert torch.get_num_threads() == 2 and busy.switches == 0
+    calls = []
+    robustness.predict(model, pixel_values, batch_size=2, between_batches=lambda: calls.append(1))
+    assert len(calls) == 3, "one call after each of the 3 batches"
+
+
+def test_the_command_line_adapts_the_thread_count(two_threads, monkeypatch, tmp_path, image_folder):
+    """`python -m mjp_hf.evaluation.robustness` runs its main through `run_command_line`, which passes the
+    process's controller: on a busy machine the evaluation drops to one thread."""
+    import runpy
+    import warnings
+
+    busy = _busy_shared_controller(monkeypatch)
+    model_dir = tmp_path / "model"
+    model = _tiny_model()
+    model.config.id2label, model.config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
+    model.save_pretrained(model_dir)
+    data = tmp_path / "data" / "test"
+    for name in ("cat", "dog"):
+        shutil.copytree(image_folder / name, data / name)
+    argv = ["robustness", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--data_dir", str(tmp_path / "data"), "--corruptions", "none", "--device", "cpu", "--batch_size", "4"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module("mjp_hf.evaluation.robustness", run_name="__main__")
+    assert (tmp_path / "out" / "robustness.json").is_file()
+    assert torch.get_num_threads() == 1 and busy.switches == 1
+
+
+def test_no_evaluation_module_imports_the_thread_controller():
+    """The evaluation modules import nothing of `mjp_hf.training.threads` (their command lines get it through
+    `mjp_hf.training.command_line`, inside `if __name__ == "__main__"`)."""
+    import ast
+
+    import mjp_hf.evaluation
+
+    folder = Path(mjp_hf.evaluation.__file__).parent
+    controller_names = {"threads", "adaptive_threads", "AdaptiveThreads", "AdaptiveThreadsCallback"}
+
+    def imports_the_controller(path: Path) -> bool:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import) and any(alias.name.split(".")[-1] == "threads" for alias in node.names):
+                return True
+            if isinstance(node, ast.ImportFrom) and (
+                (node.module or "").split(".")[-1] == "threads"
+                or any(alias.name in controller_names for alias in node.names)
+            ):
+                return True
+        return False
+
+    importing = sorted(
+        path.relative_to(folder).as_posix() for path in folder.rglob("*.py") if imports_the_controller(path)
     )
-    assert len(updates) >= 2, "one update after each attacked image"
+    assert importing == []
+    code = (
+        "import sys; import mjp_hf.evaluation.robustness, mjp_hf.evaluation.position, mjp_hf.evaluation.privacy; "
+        "print('mjp_hf.training.threads' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.strip() == "False", loaded.stdout + loaded.stderr[-2000:]
+
+
+def test_the_privacy_audit_leaves_the_thread_count_alone_and_its_command_line_adapts_it(
+    two_threads, monkeypatch, tmp_path, image_folder
+):
+    """`evaluate_privacy` as a library call leaves torch's thread count alone on a busy machine; `python -m
+    mjp_hf.evaluation.privacy` runs through `run_command_line`, whose controller drops it to one thread."""
+    import runpy
+    import warnings
+
+    from mjp_hf.evaluation import privacy
+
+    busy = _busy_shared_controller(monkeypatch)
+    model = _tiny_model()
+    arguments = dict(attacks=("analytic",), multi_round_counts=(), progress=False)
+    privacy.evaluate_privacy(
+        model, torch.randn(2, 3, 28, 28), torch.tensor([1, 0]), privacy.PixelNormalization(), **arguments
+    )
+    assert torch.get_num_threads() == 2 and busy.switches == 0
+
+    model_dir = tmp_path / "model"
+    model.config.id2label, model.config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
+    model.save_pretrained(model_dir)
+    data = tmp_path / "data" / "test"
+    for name in ("cat", "dog"):
+        shutil.copytree(image_folder / name, data / name)
+    argv = ["privacy", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--data_dir", str(tmp_path / "data"), "--num_images", "2", "--attacks", "analytic", "--device", "cpu"]
+    argv += ["--multi_round_counts", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module("mjp_hf.evaluation.privacy", run_name="__main__")
+    assert (tmp_path / "out" / "privacy.json").is_file()
+    assert torch.get_num_threads() == 1 and busy.switches == 1
 
 
 def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):
@@ -239,7 +292,7 @@ def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):
     callback = AdaptiveThreadsCallback(controller([0.0, 0.0, 1.0, 1.0, 1.0]))
     for _ in range(4):
         callback.on_step_end(cpu, None, None)
-    with caplog.at_level("WARNING", logger="mjp_hf.threads"):
+    with caplog.at_level("WARNING", logger="mjp_hf.training.threads"):
         callback.on_train_end(cpu, None, None)
     assert callback.steps_at == {2: 3, 1: 1}, "the third reading finds a core taken: the fourth step runs at 1"
     assert "training steps 3 at 2, 1 at 1 thread(s) (1 changes" in caplog.text
@@ -249,6 +302,6 @@ def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):
     steady = AdaptiveThreadsCallback(controller([0.0] * 5))
     for _ in range(4):
         steady.on_step_end(cpu, None, None)
-    with caplog.at_level("WARNING", logger="mjp_hf.threads"):
+    with caplog.at_level("WARNING", logger="mjp_hf.training.threads"):
         steady.on_train_end(cpu, None, None)
     assert steady.steps_at == {2: 4} and caplog.text == ""

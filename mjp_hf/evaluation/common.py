@@ -5,6 +5,7 @@ takes."""
 import argparse
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from torch.nn import functional as F
 
 from ..configuration_mjp_vit import pair as _pair
 from ..configuration_mjp_vit import patch_grid  # noqa: F401  (the evaluations import it from here)
-from ..data import FASHION_MNIST_LABELS, load_fashion_mnist_arrays
+from ..data.pixels import channel_statistics, model_images, pixel_values, processor_image_size
+from ..data.sources import check_data_arguments, load_labelled_images
 from ..modeling_mjp_vit import MJPViTForImageClassification
-from ..transforms import processor_image_size
+from ..utils import bounded, listed
+from ..utils.model_source import MODEL_FLAG, MODEL_TYPES, check_model_source, refuse, unsafe_pickle  # noqa: F401
 
 
 # transformers' ViT image processor normalisation, used when a model folder has no preprocessor_config.json.
@@ -24,26 +27,46 @@ DEFAULT_IMAGE_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_IMAGE_STD = (0.5, 0.5, 0.5)
 
 
+def _mentions_unsafe_loading(error: BaseException) -> bool:
+    while error is not None:
+        if "weights_only" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def load_model(model_name_or_path: str | Path, device: torch.device | str = "cpu"):
-    """A saved image classifier (MJP-ViT or stock ViT folder) in eval mode on `device`."""
+    """A saved image classifier (MJP-ViT or stock ViT folder, see `check_model_source`) in eval mode on `device`.
+
+    Weights load from safetensors, or from a `pytorch_model.bin` with `torch.load(weights_only=True)`; one that needs
+    more than that is refused, and no advice to load it unsafely is passed on."""
     from transformers import AutoModelForImageClassification
 
     import mjp_hf  # noqa: F401  (registers the mjp_vit Auto classes)
 
-    path = Path(model_name_or_path)
-    looks_local = path.is_absolute() or str(model_name_or_path).startswith((".", "~"))
-    if (path.is_dir() or looks_local) and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--model_name_or_path {str(path)!r} is not a saved model folder (no config.json); pass the output_dir "
-            "of a training run or a folder written by `save_pretrained`."
-        )
-    # Anything else is handed to transformers: a Hub id (when online) or its own error for a missing folder.
-    model, info = AutoModelForImageClassification.from_pretrained(str(model_name_or_path), output_loading_info=True)
-    if info["missing_keys"]:
+    source = check_model_source(model_name_or_path)
+    try:
+        model, info = AutoModelForImageClassification.from_pretrained(source, output_loading_info=True)
+    except Exception as error:
+        if _mentions_unsafe_loading(error):
+            raise unsafe_pickle(source) from None
+        if not Path(source).expanduser().exists():
+            raise OSError(
+                f"{MODEL_FLAG} {source!r}: no such folder, and the Hub has no such model ({error})"
+            ) from None
+        raise
+    missing = sorted(info["missing_keys"])
+    if missing:
         # Weights left at their random initialisation would make every evaluation meaningless.
+        if all(key.startswith("classifier.") for key in missing):
+            raise refuse(
+                source,
+                f"has no classification head (it lacks {missing}): it is a bare encoder",
+                "the evaluations need an image classifier (ViTForImageClassification or MJPViTForImageClassification)",
+            )
         raise ValueError(
-            f"{model_name_or_path} lacks weights for {sorted(info['missing_keys'])}: it was saved by a version of "
-            "mjp_hf with other parameter names. Load it with that version, or re-save it with this one."
+            f"{model_name_or_path} lacks weights for {missing}: it was saved by a version of mjp_hf with other "
+            "parameter names. Load it with that version, or re-save it with this one."
         )
     return model.to(device).eval()
 
@@ -92,28 +115,26 @@ class PixelNormalization:
     the model's `pixel_values`, whose inverse maps reconstructions back to pixels and whose image of `[0, 1]` bounds
     them.
 
-    `from_uint8` gives exactly the processor's `pixel_values` for uint8 images already at the model's size: it looks
-    each value up in `uint8_table`, the processor's own output for the 256 uint8 values of each channel (rescale and
-    normalise act on each pixel alone), so no arithmetic of the processor is written again here. Without a table (the
-    default), it is that of transformers' default ViT processor (mean and std 0.5).
+    `from_uint8` gives exactly the processor's `pixel_values` for uint8 images already at the model's size, through
+    `mjp_hf.data.pixels.pixel_values`, the one path from images to pixels. Without a processor (the default), it is
+    transformers' default ViT processor with `mean` and `std` (0.5).
     """
 
     mean: tuple[float, ...] = DEFAULT_IMAGE_MEAN
     std: tuple[float, ...] = DEFAULT_IMAGE_STD
-    uint8_table: np.ndarray | None = field(default=None, repr=False, compare=False)  # float32 [C, 256]
+    image_processor: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.uint8_table is None:
+        if self.image_processor is None:
             from transformers import ViTImageProcessorPil
 
-            statistics = {"image_mean": list(self.mean), "image_std": list(self.std)}
-            self.uint8_table = _uint8_table(ViTImageProcessorPil(), statistics, len(self.mean))
+            self.image_processor = ViTImageProcessorPil(image_mean=list(self.mean), image_std=list(self.std))
 
     @classmethod
     def from_processor(cls, image_processor, num_channels: int = 3) -> "PixelNormalization":
         """The normalisation of `image_processor`, for a model with `num_channels` channels."""
         # A 1-channel model with an RGB processor: its first channel's statistics, as the training transform uses.
-        statistics = _channel_statistics(image_processor, num_channels)
+        statistics = channel_statistics(image_processor, num_channels)
         # [0, 1] pixels are rescaled to `255 * rescale_factor` units before the processor normalises them.
         rescale = float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", True) else 1.0
         scale = 255.0 * rescale
@@ -124,7 +145,7 @@ class PixelNormalization:
         return cls(
             mean=tuple(value / scale for value in mean),
             std=tuple(value / scale for value in std),
-            uint8_table=_uint8_table(image_processor, statistics, num_channels),
+            image_processor=image_processor,
         )
 
     @classmethod
@@ -151,44 +172,7 @@ class PixelNormalization:
 
     def from_uint8(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """`[B, H, W, C]` uint8 images at the model's size -> the processor's `pixel_values` `[B, C, H, W]`."""
-        table = torch.as_tensor(self.uint8_table, device=device)
-        if images.shape[-1] != len(table):
-            raise ValueError(f"The images have {images.shape[-1]} channels but the normalisation {len(table)}.")
-        values = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).long()
-        return table[torch.arange(len(table), device=device).view(1, -1, 1, 1), values]
-
-
-def _channel_statistics(image_processor, num_channels: int) -> dict:
-    # A processor that does not normalise may carry no statistics; they are then unused.
-    return {
-        name: _per_channel(
-            0.5 if getattr(image_processor, name, None) is None else getattr(image_processor, name), num_channels
-        )
-        for name in ("image_mean", "image_std")
-    }
-
-
-def _uint8_table(image_processor, statistics: dict | None = None, num_channels: int = 3) -> np.ndarray:
-    """`[C, 256]`: the processor's `pixel_values` for each uint8 value of each channel."""
-    values = np.broadcast_to(np.arange(256, dtype=np.uint8), (num_channels, 1, 256)).copy()
-    statistics = statistics if statistics is not None else _channel_statistics(image_processor, num_channels)
-    table = image_processor(
-        values, do_resize=False, do_center_crop=False, input_data_format="channels_first", **statistics
-    )["pixel_values"][0]
-    return np.asarray(table, dtype=np.float32).reshape(num_channels, 256)
-
-
-def _per_channel(values, num_channels: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in (values if isinstance(values, (list, tuple)) else [values]))
-    if len(values) == 1:
-        values = values * num_channels
-    if num_channels == 1:
-        return values[:1]
-    if len(values) != num_channels:
-        raise ValueError(
-            f"The image processor has {len(values)} normalisation channels but the model expects {num_channels}."
-        )
-    return values
+        return pixel_values(images, self.image_processor, len(self.mean), resize=False, device=device)
 
 
 def load_eval_images(
@@ -203,48 +187,32 @@ def load_eval_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evaluation images as uint8 `[n, H, W, C]` at the model's resolution and channel count, and int64 labels.
 
-    The images are resized and centre-cropped by `image_processor` (the model's, from `load_image_processor`; the
-    stock ViT processor at the model's size when `None`) with its resampling filter; its rescale and normalisation
-    are left to `PixelNormalization.from_uint8`, so that corruptions can act on the uint8 images the model sees.
-
-    The default is the embedded Fashion-MNIST test split (its first `max_samples` images, which are already mixed
-    across classes). `data_dir` reads an image folder (one sub-folder per class) and `dataset_name` any dataset
-    `datasets.load_dataset` can open (a local folder or, when online, the Hub), with `datasets` instead.
+    The images (`mjp_hf.data.sources.load_labelled_images`: the embedded default, `data_dir` or `dataset_name`) are
+    resized and centre-cropped by `image_processor` (the model's, from `load_image_processor`; the stock ViT
+    processor at the model's size when `None`) with its resampling filter; its rescale and normalisation are left to
+    `PixelNormalization.from_uint8`, so that corruptions can act on the uint8 images the model sees.
 
     The labels are checked against the model's classes (`check_labels`) before anything is evaluated.
     """
-    if data_dir is not None and dataset_name is not None:
-        raise ValueError("Pass either --data_dir (an image folder) or --dataset_name, not both.")
-    if data_dir is None and dataset_name is None:
-        images, labels = load_fashion_mnist_arrays(split)
-        if max_samples is not None:
-            images, labels = images[:max_samples], labels[:max_samples]
-        check_labels(config, labels, FASHION_MNIST_LABELS, source=f"Fashion-MNIST ({split} split)")
-        return _to_model_images(images, None, config, image_processor), labels
-
-    from datasets import load_dataset
-
-    dataset = (
-        load_dataset("imagefolder", data_dir=data_dir, split=split)
-        if data_dir is not None
-        else load_dataset(dataset_name, split=split)
+    data = load_labelled_images(
+        data_dir=data_dir,
+        dataset_name=dataset_name,
+        split=split,
+        image_column=image_column,
+        label_column=label_column,
+        max_samples=max_samples,
     )
-    missing = [column for column in (image_column, label_column) if column not in dataset.column_names]
-    if missing:
+    check_labels(config, data.labels, data.class_names, source=data.source)
+    if config.num_channels not in (1, 3):
         raise ValueError(
-            f"The dataset has no column {missing}; its columns are {dataset.column_names}. Pass "
-            "--image_column_name / --label_column_name."
+            f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}."
         )
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    labels = np.asarray(dataset[label_column], dtype=np.int64)
-    check_labels(
-        config,
-        labels,
-        getattr(dataset.features[label_column], "names", None),
-        source=f"{data_dir or dataset_name} ({split} split)",
-    )
-    return _to_model_images(None, dataset[image_column], config, image_processor), labels
+    if image_processor is None:
+        image_processor = load_image_processor(None, config)
+    images = model_images(data.images, image_processor, config.num_channels)
+    if images.shape[-1] != config.num_channels:  # grayscale for an RGB model: corruptions see its three channels
+        images = np.repeat(images, config.num_channels, axis=-1)
+    return images, data.labels
 
 
 def _name_key(name) -> str:
@@ -263,10 +231,10 @@ def check_labels(config, labels: np.ndarray, class_names=None, *, source: str = 
         raise ValueError(f"{source} holds no images to evaluate; check the data flags and --split.")
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_labels:
-        data_names = f" ({_short(class_names)})" if class_names else ""
+        data_names = f" ({listed(class_names)})" if class_names else ""
         raise ValueError(
             f"{source} has labels {low}..{high}{data_names}, but the model classifies {num_labels} classes "
-            f"({_short(model_names)}): its accuracy on this data would be meaningless. Evaluate it on data with the "
+            f"({listed(model_names)}): its accuracy on this data would be meaningless. Evaluate it on data with the "
             "model's classes (--data_dir / --dataset_name, --label_column_name)."
         )
     named = not all(name == f"LABEL_{index}" for index, name in enumerate(model_names))
@@ -283,34 +251,6 @@ def check_labels(config, labels: np.ndarray, class_names=None, *, source: str = 
                 f"({len(mismatched)} classes differ): the labels would be compared with the wrong classes. Evaluate "
                 "on data whose classes are the model's, in the model's order."
             )
-
-
-def _short(names, limit: int = 4) -> str:
-    names = list(names)
-    return ", ".join(map(str, names[:limit])) + (", ..." if len(names) > limit else "")
-
-
-def _to_model_images(images, pil_images, config, image_processor=None) -> np.ndarray:
-    from PIL import Image
-
-    mode = {1: "L", 3: "RGB"}.get(config.num_channels)
-    if mode is None:
-        raise ValueError(
-            f"Only 1- or 3-channel models can be evaluated on images, got num_channels={config.num_channels}."
-        )
-    if image_processor is None:
-        image_processor = load_image_processor(None, config)
-    if pil_images is None:
-        pil_images = [Image.fromarray(image) for image in images]
-    # The processor's geometry only. Its PIL backend resizes and crops uint8 images in uint8, so the rounding is a
-    # no-op there; it keeps the images uint8 for a backend that would return floats.
-    resized = image_processor(
-        [image.convert(mode) for image in pil_images], do_rescale=False, do_normalize=False, return_tensors="np"
-    )["pixel_values"]
-    resized = np.asarray(resized)
-    if resized.dtype != np.uint8:
-        resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(resized.transpose(0, 2, 3, 1))
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
@@ -342,13 +282,28 @@ def batches(num_items: int, batch_size: int):
 
 
 def output_path(output_dir: str | Path, name: str, overwrite: bool) -> Path:
-    """`output_dir/name`, refusing to replace an existing file unless asked."""
-    path = Path(output_dir) / name
+    """`output_dir/name`, checked before any work: an existing file is replaced only with `overwrite`, never through
+    a symbolic link (whose target may be anything, the evaluated model's weights included) nor when it is a folder,
+    and the folder must be writable. Nothing is created here: `write_json` makes the folder when there is a result, so
+    that a failed evaluation leaves no empty folder behind."""
+    folder = Path(output_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--output_dir {str(output_dir)!r} is a file; pass a folder (new or existing).")
+    path = folder / name
+    if path.is_symlink():
+        raise FileExistsError(
+            f"{path} is a symbolic link (to {os.readlink(path)}): the evaluation neither writes through it nor replaces "
+            "it, even with --overwrite. Remove it, or choose another --output_dir."
+        )
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; choose another --output_dir.")
     if path.exists() and not overwrite:
         raise FileExistsError(
             f"{path} already exists; pass --overwrite to replace it, or choose another --output_dir."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output_dir {str(output_dir)!r} cannot be written ({existing} is not writable).")
     return path
 
 
@@ -359,18 +314,79 @@ def finite(value: float, cap: float = 100.0) -> float:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    """Write `payload` to `path` whole or not at all (a temporary file renamed over it), making its folder first."""
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """The torch device of `--device`: 'auto' (CUDA when available), or a device this machine has."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; pass auto, cpu, cuda or cuda:N.") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ValueError(f"--device {device!r}: this machine has {have}; pass auto or cpu.")
+    elif resolved.type not in ("cpu", "meta"):
+        module = getattr(torch, resolved.type, None)
+        if module is None or not getattr(module, "is_available", lambda: False)():
+            raise ValueError(f"--device {device!r}: this machine has no {resolved.type} device; pass auto or cpu.")
+    return resolved
+
+
+class EvaluationArgumentParser(argparse.ArgumentParser):
+    """An `ArgumentParser` that checks the shared flags of `base_parser` when it parses, before any work: an
+    unusable `--output_dir`, `--model_name_or_path`, `--device`, data flags. A problem stops the command with argparse's
+    usage and a message naming the flag, the value and the fix."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        try:
+            check_shared_arguments(parsed)
+        except (ValueError, OSError) as error:
+            self.error(str(error))
+        return parsed, extras
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
+def check_shared_arguments(args) -> None:
+    """The checks `EvaluationArgumentParser` runs on the flags of `base_parser`."""
+    resolve_device(args.device)
+    check_data_arguments(args.data_dir, args.dataset_name, args.split)
+    if args.data_dir is not None:
+        if _inside(Path(args.output_dir), Path(args.data_dir)):
+            raise ValueError(
+                f"--output_dir {args.output_dir!r} is inside --data_dir {args.data_dir!r}: its PNG would become an "
+                "image of the data set the next time it is read. Choose an --output_dir outside it."
+            )
+    for name in (args.image_column_name, args.label_column_name):
+        if not name.strip():
+            raise ValueError("--image_column_name and --label_column_name name columns: pass non-empty names.")
+    folder = Path(args.output_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--output_dir {args.output_dir!r} is a file; pass a folder (new or existing).")
+    check_model_source(args.model_name_or_path)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """Flags every evaluation takes (the data flags are ignored by the position probes, which read only weights)."""
-    parser = argparse.ArgumentParser(description=description)
+    """Flags every evaluation takes (the data flags are ignored by the position probes, which read only weights),
+    checked when parsed (`EvaluationArgumentParser`)."""
+    parser = EvaluationArgumentParser(description=description)
     parser.add_argument("--model_name_or_path", required=True, help="A saved MJP-ViT or stock ViT model folder.")
     parser.add_argument("--output_dir", required=True, help="Folder for the JSON and PNG outputs.")
     parser.add_argument(
@@ -382,7 +398,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--image_column_name", default="image", help="Image column of --data_dir/--dataset_name.")
     parser.add_argument("--label_column_name", default="label", help="Label column of --data_dir/--dataset_name.")
     parser.add_argument("--split", default="test", help="Split of the data to use (default: test).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of every random draw (jigsaws, corruptions).")
+    parser.add_argument(
+        "--seed",
+        type=bounded(int, minimum=0, maximum=2**31 - 1),
+        default=0,
+        help="Seed of every random draw (jigsaws, corruptions).",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
     return parser

@@ -18,6 +18,7 @@ import torch
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import KFold, cross_val_score
 
+from ..utils import bounded
 from .common import base_parser, load_model, output_path, patch_grid, resolve_device, write_json
 
 
@@ -79,15 +80,15 @@ def dalr_error(model) -> dict | None:
     Returns `mae` (mean over positions and both coordinates), `mean_distance` (Euclidean, per position) and
     `max_distance`.
     """
-    embeddings = model.vit.embeddings
-    head = getattr(embeddings, "dalr_head", None)
+    base = model.base_model
+    head = getattr(base, "dalr_head", None)  # a stock ViT has none
     if head is None:
         return None
-    predictions = head(embeddings.position_embeddings[0, 1:]).double()
-    targets = embeddings.dalr_targets().double()
+    predictions = head(base.embeddings.position_embeddings[0, 1:]).double()
+    targets = base.dalr_loss.targets(predictions.device).double()
     if model.config.dalr_normalize_targets:
         # Back to grid units, so that heads trained either way compare.
-        scale = torch.tensor(embeddings.grid_size, dtype=torch.float64, device=targets.device)
+        scale = torch.tensor(base.dalr_loss.grid_size, dtype=torch.float64, device=targets.device)
         predictions, targets = predictions * scale, targets * scale
     errors = predictions - targets
     distances = errors.norm(dim=-1)
@@ -144,11 +145,19 @@ def plot_similarity(similarity: np.ndarray, grid_size: tuple[int, int], report: 
 
 def main(argv=None) -> dict:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--folds", type=int, default=5, help="Cross-validation folds of the linear probes.")
+    parser.add_argument(
+        "--folds",
+        type=bounded(int, minimum=2),
+        default=5,
+        help="Cross-validation folds of the linear probes (at most the number of patch positions).",
+    )
     args = parser.parse_args(argv)
     json_path = output_path(args.output_dir, "position.json", args.overwrite)
     png_path = output_path(args.output_dir, "position.png", args.overwrite)
     model = load_model(args.model_name_or_path, resolve_device(args.device))
+    (rows, cols), _ = patch_grid(model.config)
+    if args.folds > rows * cols:
+        parser.error(f"--folds {args.folds}: the model has {rows * cols} patch positions; pass 2 to {rows * cols}.")
     report, similarity = evaluate_position(model, folds=args.folds, seed=args.seed)
     report = {"model_name_or_path": str(args.model_name_or_path), "model_class": type(model).__name__, **report}
     write_json(json_path, report)

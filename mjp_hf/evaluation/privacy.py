@@ -60,7 +60,6 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -68,7 +67,6 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 from tqdm.auto import tqdm
 
 from ..jigsaw import draw_jigsaw
-from ..threads import adaptive_threads
 from .common import (
     PixelNormalization,
     base_parser,
@@ -1075,7 +1073,20 @@ def describe_plan(model, args, num_images: int, step_seconds: float) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def _calling_after_each(between_batches: Callable[[], object]) -> Callable[[Iterable], Iterable]:
+    """A `watch` that calls `between_batches` after each item of the loop it wraps."""
+
+    def watch(iterable: Iterable) -> Iterable:
+        for item in iterable:
+            yield item
+            between_batches()
+
+    return watch
+
+
+def main(argv=None, *, between_batches: Callable[[], object] | None = None) -> dict:
+    """The command line. `between_batches` (the thread-count update that `run_command_line` passes) runs after each
+    attacked image and optimisation iteration when the model is on the CPU."""
     args = parse_arguments(argv)
     json_path = output_path(args.output_dir, "privacy.json", args.overwrite)
     png_path = output_path(args.output_dir, "privacy.png", args.overwrite)
@@ -1087,7 +1098,8 @@ def main(argv=None) -> dict:
     print(
         describe_plan(model, args, len(pixel_values), training_step_seconds(model, pixel_values, labels)), flush=True
     )
-    threads = adaptive_threads()
+    if torch.device(device).type != "cpu":
+        between_batches = None  # on an accelerator the CPU threads only feed it
     budget = OptimizationBudget(args.steps, args.max_seconds, args.restarts, args.tv_weight)
     report, reconstructions = evaluate_privacy(
         model,
@@ -1102,8 +1114,7 @@ def main(argv=None) -> dict:
         multi_round_counts=args.multi_round_counts,
         multi_round_probs=args.multi_round_probs,
         seed=args.seed,
-        # The thread controller adapts the thread count between images and between optimisation iterations.
-        watch=partial(threads.watch, device=device),
+        watch=None if between_batches is None else _calling_after_each(between_batches),
     )
     report = {"model_name_or_path": str(args.model_name_or_path), "model_class": type(model).__name__, **report}
     write_json(json_path, report)
@@ -1118,4 +1129,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ..training.command_line import run_command_line  # a command line adapts torch's thread count
+
+    run_command_line(main)

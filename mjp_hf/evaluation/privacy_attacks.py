@@ -142,13 +142,12 @@ class PatchSystem:
 
 def _dalr_gradient(model, placed: torch.BoolTensor) -> torch.Tensor | None:
     """The DALR loss's gradient on the patch position embeddings `[N, D]`, given which positions were placed."""
-    embeddings = model.vit.embeddings
-    if getattr(embeddings, "dalr_head", None) is None:
+    if model.vit.dalr_head is None:
         return None
     jigsaw_mask = None if placed.all() else (~placed)[None]
     with torch.enable_grad():
-        loss = embeddings.localization_loss(jigsaw_mask)
-        (grad,) = torch.autograd.grad(loss, embeddings.position_embeddings)
+        loss = model.vit.localization_loss(jigsaw_mask)
+        (grad,) = torch.autograd.grad(loss, model.vit.embeddings.position_embeddings)
     return grad[0, 1:].detach()
 
 

@@ -18,11 +18,14 @@
   (`feature_l2_unit`, comparable across models) and the argmax agreement.
 
 `python -m mjp_hf.evaluation.robustness --model_name_or_path DIR --output_dir DIR` writes `robustness.json` and
-`robustness.png`.
+`robustness.png`. The functions leave torch's thread count alone; their optional `between_batches` hook is called
+after each batch (the command line passes the adaptive thread controller's update there).
 """
 
+import argparse
 import hashlib
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..configuration_mjp_vit import MJPViTConfig
 from ..jigsaw import draw_jigsaw
-from ..threads import adaptive_threads
+from ..utils import bounded
 from .common import (
     PixelNormalization,
     base_parser,
@@ -48,6 +51,8 @@ from .common import (
 
 
 SEVERITIES = (1, 2, 3, 4, 5)
+# A callable run after each batch of an evaluation loop (e.g. the command line's thread-count update).
+BetweenBatches = Callable[[], object]
 # imagecorruptions' smallest accepted side.
 MIN_CORRUPTION_SIZE = 32
 
@@ -114,13 +119,28 @@ def _cached_corruption(images, name, severity, seed, cache_dir, fingerprint) -> 
     return corrupted
 
 
+def _each_then(parts: Iterable, between_batches: BetweenBatches | None) -> Iterator:
+    """Yield `parts`, calling `between_batches` after each one."""
+    for part in parts:
+        yield part
+        if between_batches is not None:
+            between_batches()
+
+
 @torch.no_grad()
-def predict(model, pixel_values: torch.Tensor, batch_size: int = 256, **forward_kwargs) -> torch.Tensor:
+def predict(
+    model,
+    pixel_values: torch.Tensor,
+    batch_size: int = 256,
+    *,
+    between_batches: BetweenBatches | None = None,
+    **forward_kwargs,
+) -> torch.Tensor:
     """Logits of `pixel_values` in eval mode, batch by batch; MJP models run without jigsaw unless told."""
     if is_mjp_model(model) and not forward_kwargs:
         forward_kwargs = {"jigsaw": False}
     model.eval()
-    parts = adaptive_threads().watch(batches(pixel_values.shape[0], batch_size), pixel_values.device)
+    parts = _each_then(batches(pixel_values.shape[0], batch_size), between_batches)
     return torch.cat([model(pixel_values[part], **forward_kwargs).logits for part in parts])
 
 
@@ -140,6 +160,7 @@ def corruption_accuracy(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    between_batches: BetweenBatches | None = None,
 ) -> dict:
     """Accuracy on clean and corrupted copies of uint8 `images` `[n, H, W, C]`.
 
@@ -158,13 +179,18 @@ def corruption_accuracy(
     corruptions = corruption_names("common") if corruptions is None else corruptions
     device = model.device
     targets = torch.as_tensor(labels, device=device)
-    clean = accuracy(predict(model, normalization.from_uint8(images, device), batch_size), targets)
+    clean = accuracy(
+        predict(model, normalization.from_uint8(images, device), batch_size, between_batches=between_batches), targets
+    )
     per_corruption = {}
     jobs = [(name, severity) for name in corruptions for severity in severities]
     fingerprint = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
     for step, (name, severity) in enumerate(tqdm(jobs, desc="corruptions", disable=not progress)):
         corrupted = _cached_corruption(images, name, severity, seed + step, cache_dir, fingerprint)
-        acc = accuracy(predict(model, normalization.from_uint8(corrupted, device), batch_size), targets)
+        logits = predict(
+            model, normalization.from_uint8(corrupted, device), batch_size, between_batches=between_batches
+        )
+        acc = accuracy(logits, targets)
         per_corruption.setdefault(name, {"severities": list(severities), "accuracy": []})["accuracy"].append(acc)
     for result in per_corruption.values():
         result["mean_error"] = float(1 - np.mean(result["accuracy"]))
@@ -215,6 +241,7 @@ def jigsaw_accuracy(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = True,
+    between_batches: BetweenBatches | None = None,
 ) -> dict:
     """Accuracy under a block-wise jigsaw of `ratio`, one mask and permutation per batch (the released `eval.py`).
 
@@ -228,7 +255,7 @@ def jigsaw_accuracy(
     correct, correct_plain, shuffled = 0, 0, []
     labels = labels.to(model.device)
     parts = tqdm(batches(pixel_values.shape[0], batch_size), desc="jigsaw accuracy", disable=not progress)
-    for part in adaptive_threads().watch(parts, pixel_values.device):
+    for part in _each_then(parts, between_batches):
         mask, permutation = _draw(model, 1, ratio, generator)
         shuffled.append(mask.float().mean().item())
         _, logits_plain = _jigsawed_cls_and_logits(model, pixel_values[part], mask, permutation, use_unk=False)
@@ -261,6 +288,7 @@ def prediction_consistency(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = True,
+    between_batches: BetweenBatches | None = None,
 ) -> dict:
     """Clean vs jigsawed (`ratio`, one mask per image) predictions, as the released `consistency.py` meant.
 
@@ -273,7 +301,7 @@ def prediction_consistency(
     has_unk = uses_unk_position_embedding(model)
     distances, unit_distances, agreements = [], [], []
     parts = tqdm(batches(pixel_values.shape[0], batch_size), desc="consistency", disable=not progress)
-    for part in adaptive_threads().watch(parts, pixel_values.device):
+    for part in _each_then(parts, between_batches):
         clean = pixel_values[part]
         outputs = model.vit(clean, jigsaw=False) if is_mjp_model(model) else model.vit(clean)
         cls_clean = outputs.last_hidden_state[:, 0]
@@ -331,31 +359,76 @@ def plot_robustness(report: dict, path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
+def _corruption_list(text: str) -> list[str]:
+    """`--corruptions`: 'none', 'common', 'all' or a comma-separated list of names."""
+    if text.strip() == "none":
+        return []
+    try:
+        names = corruption_names(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no corruption; pass 'none' to skip them.")
+    return names
+
+
+def _severity_list(text: str) -> tuple[int, ...]:
+    """`--severities`: distinct severities in 1-5, comma-separated."""
+    try:
+        values = tuple(int(value) for value in text.split(",") if value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not values or any(value not in SEVERITIES for value in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r}: pass distinct severities in 1-5, e.g. 1,2,3,4,5")
+    return values
+
+
+def main(argv=None, *, between_batches: BetweenBatches | None = None) -> dict:
+    """The command line. `between_batches` (the thread-count update that `run_command_line` passes) runs after each
+    batch when the model is on the CPU."""
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--max_eval_samples", type=int, default=1000, help="Images evaluated (default 1000).")
-    parser.add_argument("--corruptions", default="common", help="'common' (15), 'all' (19), 'none', or a comma list.")
-    parser.add_argument("--severities", default="1,2,3,4,5", help="Comma-separated severities in 1-5.")
     parser.add_argument(
-        "--jigsaw_ratio", type=float, default=0.9, help="Shuffle ratio of the jigsaw accuracy (released 0.9)."
+        "--max_eval_samples", type=bounded(int, minimum=1), default=1000, help="Images evaluated (default 1000)."
     )
     parser.add_argument(
-        "--consistency_ratio", type=float, default=0.5, help="Shuffle ratio of the consistency test (released 0.5)."
+        "--corruptions",
+        type=_corruption_list,
+        default="common",
+        help="'common' (15), 'all' (19), 'none', or a comma list.",
+    )
+    parser.add_argument(
+        "--severities", type=_severity_list, default="1,2,3,4,5", help="Comma-separated severities in 1-5."
+    )
+    parser.add_argument(
+        "--jigsaw_ratio",
+        type=bounded(float, minimum=0, maximum=1),
+        default=0.9,
+        help="Shuffle ratio of the jigsaw accuracy (released 0.9).",
+    )
+    parser.add_argument(
+        "--consistency_ratio",
+        type=bounded(float, minimum=0, maximum=1),
+        default=0.5,
+        help="Shuffle ratio of the consistency test (released 0.5).",
     )
     parser.add_argument("--corruption_cache", default=None, help="Folder to store and reuse corrupted images in.")
     parser.add_argument(
-        "--batch_size", type=int, default=128, help="Batch size; the jigsaw accuracy draws one mask per batch."
+        "--batch_size",
+        type=bounded(int, minimum=1),
+        default=128,
+        help="Batch size; the jigsaw accuracy draws one mask per batch.",
     )
     args = parser.parse_args(argv)
-    severities = tuple(int(s) for s in args.severities.split(","))
-    for value, name in ((args.jigsaw_ratio, "--jigsaw_ratio"), (args.consistency_ratio, "--consistency_ratio")):
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name}={value} is invalid; pass a fraction in [0, 1].")
-    corruptions = [] if args.corruptions == "none" else corruption_names(args.corruptions)
+    if args.corruption_cache is not None and Path(args.corruption_cache).expanduser().exists():
+        if not Path(args.corruption_cache).expanduser().is_dir():
+            parser.error(f"--corruption_cache {args.corruption_cache!r} is a file; pass a folder (new or existing).")
+    severities, corruptions = args.severities, args.corruptions
 
     json_path = output_path(args.output_dir, "robustness.json", args.overwrite)
     png_path = output_path(args.output_dir, "robustness.png", args.overwrite)
     device = resolve_device(args.device)
+    if torch.device(device).type != "cpu":
+        between_batches = None  # on an accelerator the CPU threads only feed it
     model, normalization, images, labels = load_model_and_images(args, device, args.max_eval_samples)
     pixel_values = normalization.from_uint8(images, device)
     targets = torch.from_numpy(labels).to(device)
@@ -372,12 +445,24 @@ def main(argv=None) -> dict:
             batch_size=args.batch_size,
             seed=args.seed,
             cache_dir=args.corruption_cache,
+            between_batches=between_batches,
         ),
         "jigsaw": jigsaw_accuracy(
-            model, pixel_values, targets, ratio=args.jigsaw_ratio, batch_size=args.batch_size, seed=args.seed
+            model,
+            pixel_values,
+            targets,
+            ratio=args.jigsaw_ratio,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            between_batches=between_batches,
         ),
         "consistency": prediction_consistency(
-            model, pixel_values, ratio=args.consistency_ratio, batch_size=args.batch_size, seed=args.seed
+            model,
+            pixel_values,
+            ratio=args.consistency_ratio,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            between_batches=between_batches,
         ),
     }
     write_json(json_path, report)
@@ -391,4 +476,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ..training.command_line import run_command_line  # a command line adapts torch's thread count
+
+    run_command_line(main)

@@ -1,6 +1,6 @@
 """Top-k accuracy, an `evaluate` metric module shipped with mjp-hf so that nothing is fetched from the Hub.
 
-Load it with `evaluate.load(<path of this folder>)` (or `mjp_hf.metrics.load_accuracy_topk()`).
+Load it with `evaluate.load(<path of this folder>)` (or `mjp_hf.evaluation.metrics.load_accuracy_topk()`).
 """
 
 import datasets
@@ -24,7 +24,7 @@ Args:
 Returns:
     `accuracy` (top-1) and `top{k}_accuracy` for every other k, each in [0, 1].
 Examples:
-    >>> metric = evaluate.load("mjp_hf/metrics/accuracy_topk")
+    >>> metric = evaluate.load("mjp_hf/evaluation/metrics/accuracy_topk")
     >>> metric.compute(predictions=[[2, 0, 1], [1, 2, 0]], references=[2, 0], k=(1, 2))
     {'accuracy': 0.5, 'top2_accuracy': 0.5}
 """

@@ -9,8 +9,11 @@ and tens of times slower beside two (benchmarks/busy_machine.py measures it). On
 The policy: use as many threads as there are cores that other processes leave idle, at least one and at most the
 count torch started with. `AdaptiveThreads` reads, every half second, how much CPU time the machine spent outside
 this process (`/proc/stat`, steal time included, minus this process's own time) and calls `torch.set_num_threads`
-between training steps or evaluation batches (`AdaptiveThreadsCallback`, `AdaptiveThreads.watch`). A reading is
-one read of `/proc/stat` and `os.times()`, never a device sync; between readings an update is one clock read.
+between training steps or evaluation batches. Only entry points do this: the training example through
+`AdaptiveThreadsCallback`, the `python -m` evaluations through `command_line.run_command_line`, which passes
+`AdaptiveThreads.update` as the `between_batches` hook of their loops; library functions never change the thread
+count. A reading is one read of `/proc/stat` and `os.times()`, never a device sync; between readings an update is
+one clock read.
 
 What the user chose stands: with `OMP_NUM_THREADS` or `MKL_NUM_THREADS` set, or `MJP_ADAPTIVE_THREADS=0`, the
 controller does nothing; when anything else changes the thread count while it runs, it stands down. It never sets

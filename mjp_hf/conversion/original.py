@@ -1,6 +1,6 @@
 """Convert the authors' released MJP checkpoints (`yhlleo/MJP`, timm ViT layout) to `mjp_hf`.
 
-    python -m mjp_hf.convert_original --checkpoint best_model.pth --output_dir DIR [--push_to_hub ORG/NAME]
+    python -m mjp_hf.conversion.original --checkpoint best_model.pth --output_dir DIR [--push_to_hub ORG/NAME]
 
 The released `best_model.pth` is a `torch.save` dict `{model, max_accuracy, epoch, config}`: `model` holds timm
 `VisionTransformer` keys, except that the position embeddings are an `nn.Embedding` (`pos_embed.weight`, rows
@@ -9,7 +9,7 @@ The released `best_model.pth` is a `torch.save` dict `{model, max_accuracy, epoc
 
 Names: the release calls the DALR head and its loss both `dlocr` (`DenseLocRegress`, `--use-dlocr`,
 `--lambda_dlocr`, `TRAIN.USE_DLOCR`, `TRAIN.LAMBDA_DLOCR`, `TRAIN.DLOCR_TYPE`). Here, as in the paper, the head is
-the DALR (`config.dalr_head`, `embeddings.dalr_head`, its weight `config.dalr_loss_weight`) and its weighted L1
+the DALR (`config.dalr_head`, `model.vit.dalr_head`, its weight `config.dalr_loss_weight`) and its weighted L1
 loss is the localization loss (`localization_loss` in the outputs and the training logs).
 
 The file is read with `torch.load(weights_only=True)`: no code it names is imported or run. Objects of classes the
@@ -36,18 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 
-from .configuration_mjp_vit import MJPViTConfig
-from .hub import (
-    MODEL_CARDS_DIR,
-    ModelCard,
-    build_model_card,
-    check_output_dir,
-    layout_files,
-    push_mjp_model,
-    save_publishing_layout,
-)
-from .modeling_mjp_vit import MJPViTForImageClassification
+from ..configuration_mjp_vit import MJPViTConfig
+from ..hub.card import MODEL_CARDS_DIR, build_model_card, placeholder_repo_id, repo_id_argument
+from ..hub.files import check_output_dir, layout_files
+from ..hub.layout import push_mjp_model, save_publishing_layout
+from ..modeling_mjp_vit import MJPViTForImageClassification
 
 
 logger = logging.getLogger(__name__)
@@ -226,7 +221,7 @@ def infer_shape(state_dict: Mapping[str, torch.Tensor]) -> ReleasedShape:
             "UNK row) nor the DALR head `dlocr.*`"
             + (
                 ". It looks like a stock timm ViT/DeiT; build an MJP model from a transformers ViT/DeiT with "
-                "`python -m mjp_hf.from_vit` instead."
+                "`python -m mjp_hf.conversion.from_vit` instead."
                 if timm_like
                 else f" (its keys start with {sorted({key.split('.')[0] for key in state_dict})[:8]})."
             )
@@ -369,7 +364,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], shape: ReleasedSh
         converted[embeddings + "position_embeddings"] = state_dict["pos_embed"]
     for key, value in state_dict.items():
         if key.startswith("dlocr.layers."):
-            converted[embeddings + "dalr_head.regressor." + key[len("dlocr.layers.") :]] = value
+            converted["vit.dalr_head.regressor." + key[len("dlocr.layers.") :]] = value
     for i in range(shape.num_hidden_layers):
         old, new = f"blocks.{i}.", f"vit.layers.{i}."
         # timm fuses the projections as rows [query; key; value].
@@ -425,7 +420,7 @@ def build_config(
     num_attention_heads: int | None = None,
     id2label: Mapping[int, str] | None = None,
 ) -> MJPViTConfig:
-    heads = num_attention_heads or shape.hidden_size // 64
+    heads = shape.hidden_size // 64 if num_attention_heads is None else num_attention_heads
     if heads < 1 or shape.hidden_size % heads:
         raise ReleasedCheckpointError(
             f"{heads} attention heads do not divide the width {shape.hidden_size}; pass --num_attention_heads with a "
@@ -522,7 +517,7 @@ def _checkpoint_record_text(converted: ConvertedCheckpoint, checkpoint_name: str
     return (
         f"The converted file (`{checkpoint_name}`) records `max_accuracy = {record['max_accuracy']}`{epoch}: the best "
         "top-1 accuracy (%) of the authors' own validation run (ImageNet-1k val, resize 256, center crop 224, clean "
-        "images), as computed by the released `main.py`. It was copied from the file by `mjp_hf.convert_original`, "
+        "images), as computed by the released `main.py`. It was copied from the file by `mjp_hf.conversion.original`, "
         "not re-measured here."
     )
 
@@ -589,19 +584,36 @@ def _read_id2label(path: str | None) -> dict[int, str] | None:
     raise ValueError(f"--id2label {path}: expected a JSON list of names, an id->name object or a config.json.")
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is invalid; pass a whole number >= 1")
+    return number
+
+
 def _parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mjp_hf.convert_original", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mjp_hf.conversion.original", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the released best_model.pth (or a state dict file)")
     parser.add_argument("--output_dir", required=True, help="new or empty folder for the converted layout")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="also push the layout to this repo")
+    parser.add_argument(
+        "--push_to_hub",
+        metavar="REPO_ID",
+        type=repo_id_argument,
+        default=None,
+        help="also push the layout to this repo",
+    )
     parser.add_argument("--hub_token", default=None)
     parser.add_argument("--hub_private_repo", action="store_true")
-    parser.add_argument("--num_attention_heads", type=int, default=None, help="default: hidden_size // 64")
+    parser.add_argument("--num_attention_heads", type=_positive_int, default=None, help="default: hidden_size // 64")
     parser.add_argument(
         "--id2label", default=None, help="class names: a JSON list, an id->name object, or a classifier's config.json"
     )
     parser.add_argument(
         "--model_id",
+        type=repo_id_argument,
         default=None,
         help="repo id named in the card (default: --push_to_hub or org/<output folder name>)",
     )
@@ -641,7 +653,7 @@ def main(argv=None) -> ConvertedCheckpoint:
             "No --id2label: the classes are named LABEL_0..LABEL_999. Pass the config.json of any "
             "ImageNet-1k transformers classifier (same class order) to name them."
         )
-    model_id = args.model_id or args.push_to_hub or f"org/{output_dir.resolve().name}"
+    model_id = args.model_id or args.push_to_hub or placeholder_repo_id(output_dir.resolve().name, namespace="org")
     checkpoint_name = Path(args.checkpoint).name
     if converted.is_released_vit_small:
         card = released_card(converted, model_id=model_id, checkpoint_name=checkpoint_name)
@@ -651,7 +663,7 @@ def main(argv=None) -> ConvertedCheckpoint:
             model_id=model_id,
             metrics={},
             summary=f"`{model_id}` is a released MJP checkpoint "
-            f"(`{checkpoint_name}`) converted with `mjp_hf.convert_original`.",
+            f"(`{checkpoint_name}`) converted with `mjp_hf.conversion.original`.",
             training_text="Trained by the MJP authors with their released code; see the paper for the recipe.",
         )
     image_processor = released_image_processor(model.config.image_size)

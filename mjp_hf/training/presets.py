@@ -1,6 +1,6 @@
 """Named MJP-ViT shapes: the DeiT family the paper trains, and a CPU-sized demo for the embedded default data."""
 
-from .configuration_mjp_vit import MJPViTConfig
+from ..configuration_mjp_vit import MJPViTConfig
 
 
 # DeiT shapes (Touvron et al. 2021): patch 16 at 224, MLP ratio 4, LayerNorm eps 1e-6 as in timm and the release.

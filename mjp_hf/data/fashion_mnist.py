@@ -1,12 +1,14 @@
 """Data for the training example: the embedded default (Fashion-MNIST, read offline from Debian's
 `dataset-fashion-mnist` package) and the dataset preparation the transforms rely on (a sample index that keys the
-augmentation, undecoded images). The transforms are in `mjp_hf.transforms`, Mixup/CutMix in `mjp_hf.mixup`."""
+augmentation, undecoded images). The transforms are in `mjp_hf.data.transforms`, Mixup/CutMix in `mjp_hf.data.mixup`."""
 
 import gzip
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .arrays import array_image_column, array_image_feature
 
 
 FASHION_MNIST_DIR = Path(os.environ.get("MJP_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
@@ -27,6 +29,7 @@ _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+FASHION_MNIST_SPLITS = tuple(_FILES)
 INSTALL_HINT = "install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu)"
 
 
@@ -58,31 +61,23 @@ def load_fashion_mnist_arrays(split: str, data_dir: Path | str = FASHION_MNIST_D
     return images, labels
 
 
-def _encode_pgm(images: np.ndarray) -> list[bytes]:
-    """Binary PGM (Netpbm "P5") files of uint8 `[n, h, w]` images: a short header before the raw pixels. PIL decodes
-    them as mode "L" images; encoding is a byte concatenation, far cheaper than PNG's compression."""
-    header = f"P5\n{images.shape[2]} {images.shape[1]}\n255\n".encode("ascii")
-    return [header + image.tobytes() for image in images]
-
-
 def load_fashion_mnist(data_dir: Path | str = FASHION_MNIST_DIR):
-    """A `datasets.DatasetDict` with `train` and `test` splits, features `image` (`Image`) and `label`
-    (`ClassLabel` with the ten Fashion-MNIST names), read from the local IDX files with no network access."""
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    """A `datasets.DatasetDict` with `train` and `test` splits, features `image` (the uint8 28x28 arrays as they are,
+    see `mjp_hf.data.arrays`) and `label` (`ClassLabel` with the ten Fashion-MNIST names), read from the local IDX
+    files with no network access."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
 
-    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
+    features = Features({"image": array_image_feature(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
     splits = {}
     for split in _FILES:
         images, labels = load_fashion_mnist_arrays(split, data_dir)
-        # Ready-encoded bytes skip the per-image PNG encoding `datasets` would do for every one of the 70,000 images.
-        encoded = [{"bytes": data, "path": None} for data in _encode_pgm(images)]
-        splits[split] = Dataset.from_dict({"image": encoded, "label": labels.tolist()}, features=features)
+        splits[split] = Dataset.from_dict({"image": array_image_column(images), "label": labels}, features=features)
     return DatasetDict(splits)
 
 
 def without_image_decoding(dataset, column: str = "image"):
     """`dataset` with its `Image` column left undecoded (`{"bytes", "path"}`): `ImageClassificationTransform` opens the
-    images itself, and reads the embedded default's PGM bytes without PIL (benchmarks/data_loading.py measures it)."""
+    images itself. Other columns (the embedded default's uint8 arrays) are returned as they are."""
     from datasets import Image
 
     feature = dataset.features.get(column)
@@ -103,6 +98,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_HUB_ID",
     "FASHION_MNIST_LABELS",
+    "FASHION_MNIST_SPLITS",
     "INSTALL_HINT",
     "fashion_mnist_available",
     "load_fashion_mnist",

@@ -1,6 +1,6 @@
 """Start MJP training from a stock transformers ViT (or a non-distilled DeiT) checkpoint.
 
-    python -m mjp_hf.from_vit --model_name_or_path ./vit-folder --output_dir ./mjp-vit [--jigsaw_ratio 0.1 ...]
+    python -m mjp_hf.conversion.from_vit --model_name_or_path ./vit-folder --output_dir ./mjp-vit [--jigsaw_ratio 0.1 ...]
 
 Every ViT weight is kept (patch and position embeddings, encoder, classifier); only the parts MJP adds are new and
 initialised as a fresh MJP model would be: the unknown position embedding and the DALR head. In eval mode the result
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import typing
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,13 +23,14 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, ViTConfig
 from transformers.utils import logging as transformers_logging
 
-from .configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig, pair
-from .hub import check_output_dir
-from .modeling_mjp_vit import MJPViTForImageClassification, MJPViTModel, MJPViTPreTrainedModel
-
-
-# The only parameters an MJP model has beyond a stock ViT: everything else must come from the checkpoint.
-MJP_NEW_PARAMETER_PATTERNS = (".unk_position_embedding", ".dalr_head.")
+from ..configuration_mjp_vit import MJP_CONFIG_FIELDS, MJPViTConfig, pair
+from ..hub.files import CHECKPOINT_FILE_PATTERNS, check_output_dir, staged_folder
+from ..modeling_mjp_vit import (
+    MJPViTForImageClassification,
+    MJPViTModel,
+    MJPViTPreTrainedModel,
+    is_mjp_only_parameter,
+)
 
 
 class NotAViTCheckpointError(ValueError):
@@ -80,7 +83,7 @@ def mjp_from_vit(model_name_or_path: str | Path, **mjp_settings) -> MJPViTPreTra
         model, info = model_class.from_pretrained(
             model_name_or_path, config=config, output_loading_info=True, **kwargs
         )
-    not_new = [key for key in info["missing_keys"] if not any(p in f".{key}" for p in MJP_NEW_PARAMETER_PATTERNS)]
+    not_new = [key for key in info["missing_keys"] if not is_mjp_only_parameter(key)]
     problems = []
     if not_new:
         problems.append(f"ViT weights missing from the checkpoint: {sorted(not_new)}")
@@ -152,8 +155,32 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _setting_type(field: dataclasses.Field):
+    """argparse `type=` of one MJP setting: parsed as the config field's type and checked by the field's own
+    validators, so that a value out of range is refused when the command line is parsed, naming the flag."""
+    kind = {bool: _bool, int: int, str: str}.get(type(field.default), float)
+    if field.name in ("jigsaw_min_block", "jigsaw_max_block"):
+        kind = int
+
+    def parse(value: str):
+        try:
+            parsed = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {getattr(kind, '__name__', kind)}, got {value!r}") from None
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise argparse.ArgumentTypeError(f"{value!r} is invalid; pass a finite number")
+        for validator in field.metadata.get("validator", []):
+            try:
+                validator(parsed)
+            except ValueError as error:
+                raise argparse.ArgumentTypeError(f"{value!r} is invalid; {error}") from None
+        return parsed
+
+    return parse
+
+
 def _parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m mjp_hf.from_vit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mjp_hf.conversion.from_vit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True, help="a transformers ViT or non-distilled DeiT folder")
     parser.add_argument("--output_dir", required=True, help="new or empty folder for the MJP checkpoint")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="write into a non-empty --output_dir")
@@ -161,10 +188,14 @@ def _parse_args(argv=None):
     for field in dataclasses.fields(MJPViTConfig):
         if field.name not in MJP_CONFIG_FIELDS:
             continue
-        kind = {bool: _bool, int: int, str: str}.get(type(field.default), float)
-        if field.name == "jigsaw_max_block":
-            kind = int
-        mjp.add_argument(f"--{field.name}", type=kind, default=None, help=f"default {field.default!r}")
+        choices = typing.get_args(field.type) if typing.get_origin(field.type) is typing.Literal else None
+        mjp.add_argument(
+            f"--{field.name}",
+            type=str if choices else _setting_type(field),
+            choices=choices,
+            default=None,
+            help=f"default {field.default!r}",
+        )
     return parser.parse_args(argv)
 
 
@@ -174,8 +205,8 @@ def main(argv=None) -> MJPViTPreTrainedModel:
     args = _parse_args(argv)
     try:
         return _convert(args)
-    except (NotAViTCheckpointError, ValueError, FileExistsError, NotADirectoryError) as error:
-        raise SystemExit(f"python -m mjp_hf.from_vit: {error}") from error
+    except (NotAViTCheckpointError, ValueError, FileExistsError, NotADirectoryError, IsADirectoryError) as error:
+        raise SystemExit(f"python -m mjp_hf.conversion.from_vit: {error}") from error
 
 
 def _convert(args) -> MJPViTPreTrainedModel:
@@ -192,12 +223,18 @@ def _convert(args) -> MJPViTPreTrainedModel:
     difference = max_eval_difference(model, args.model_name_or_path)
     if difference > 1e-4:
         raise RuntimeError(f"The MJP model differs from the source ViT by {difference:.3g} in eval mode; not saved.")
-    model.save_pretrained(output_dir)
     try:
-        AutoImageProcessor.from_pretrained(args.model_name_or_path).save_pretrained(output_dir)
+        image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     except OSError:
+        image_processor = None
         print(f"{args.model_name_or_path} has no image processor; pass --image_processor_name when training.")
-    new = sum(p.numel() for n, p in model.named_parameters() if any(s in f".{n}" for s in MJP_NEW_PARAMETER_PATTERNS))
+    # Written beside the folder and moved in whole: a failure or a kill leaves --output_dir as it was; with
+    # --overwrite_output_dir only a checkpoint's own files are replaced (and stale weights of another removed).
+    with staged_folder(output_dir, overwrite=args.overwrite_output_dir, patterns=CHECKPOINT_FILE_PATTERNS) as staging:
+        model.save_pretrained(staging)
+        if image_processor is not None:
+            image_processor.save_pretrained(staging)
+    new = sum(p.numel() for n, p in model.named_parameters() if is_mjp_only_parameter(n))
     print(
         f"Added {_added_parts(model)} ({new:,} new parameters, every ViT weight kept) and wrote "
         f"{type(model).__name__} to {output_dir}; max |eval difference| to the source ViT {difference:.2e}; MJP "
