@@ -16,7 +16,17 @@ import time
 if not __package__:  # run as a file, `python benchmarks/smoke.py`: see _package.py
     __package__ = __import__("_package").package()
 
-from . import busy_machine, data_loading, dp_step, inference, jigsaw_op, main_job_levers, main_job_time, train_step
+from . import (  # noqa: E402
+    busy_machine,
+    data_loading,
+    dp_step,
+    inference,
+    jigsaw_op,
+    main_job_levers,
+    main_job_time,
+    privacy_audit,
+    train_step,
+)
 
 
 SUMMARY_LINES = {
@@ -27,6 +37,7 @@ SUMMARY_LINES = {
     "busy_machine": (busy_machine, "busy_machine adaptive threads: "),
     "main_job_levers": (main_job_levers, "main_job_levers time per image vs fp32 eager: "),
     "main_job_time": (main_job_time, "main_job_time: "),
+    "privacy_audit": (privacy_audit, "privacy_audit time per image: "),
     "dp_step": (dp_step, "dp_step cost vs a plain step "),
 }
 

@@ -31,6 +31,7 @@ def test_every_benchmark_runs_and_prints_its_summary(warm_python):
         "busy_machine adaptive threads:",
         "main_job_levers time per image vs fp32 eager:",
         "main_job_time: top-1 ",
+        "privacy_audit time per image: ",
     ):
         assert summary in result.stdout
 

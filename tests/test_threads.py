@@ -241,41 +241,48 @@ def test_no_evaluation_module_imports_the_thread_controller():
     importing = sorted(
         path.relative_to(folder).as_posix() for path in folder.rglob("*.py") if imports_the_controller(path)
     )
-    # The privacy modules are being rewritten on their own branch to take the same hook (docs/TRAINING.md).
-    pending = ["privacy.py", "privacy_attacks.py"]
-    assert [name for name in importing if name not in pending] == []
+    assert importing == []
     code = (
-        "import sys; import mjp_hf.evaluation.robustness, mjp_hf.evaluation.position; "
+        "import sys; import mjp_hf.evaluation.robustness, mjp_hf.evaluation.position, mjp_hf.evaluation.privacy; "
         "print('mjp_hf.training.threads' in sys.modules)"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert loaded.stdout.strip() == "False", loaded.stdout + loaded.stderr[-2000:]
 
 
-def test_the_privacy_loops_still_run_the_shared_controller(monkeypatch):
-    """Until the privacy modules take the `between_batches` hook (their own branch), their loops update the shared
-    controller once per attacked image."""
-    from mjp_hf import threads
+def test_the_privacy_audit_leaves_the_thread_count_alone_and_its_command_line_adapts_it(
+    two_threads, monkeypatch, tmp_path, image_folder
+):
+    """`evaluate_privacy` as a library call leaves torch's thread count alone on a busy machine; `python -m
+    mjp_hf.evaluation.privacy` runs through `run_command_line`, whose controller drops it to one thread."""
+    import runpy
+    import warnings
+
     from mjp_hf.evaluation import privacy
 
-    updates = []
-
-    class Counting(AdaptiveThreads):
-        def update(self):
-            updates.append(1)
-
-    monkeypatch.setattr(threads, "_shared", Counting(reader=lambda: None))
+    busy = _busy_shared_controller(monkeypatch)
     model = _tiny_model()
+    arguments = dict(attacks=("analytic",), multi_round_counts=(), progress=False)
     privacy.evaluate_privacy(
-        model,
-        torch.randn(2, 3, 28, 28),
-        torch.tensor([1, 0]),
-        privacy.PixelNormalization(),
-        attacks=("analytic",),
-        multi_round_counts=(),
-        progress=False,
+        model, torch.randn(2, 3, 28, 28), torch.tensor([1, 0]), privacy.PixelNormalization(), **arguments
     )
-    assert len(updates) >= 2, "one update after each attacked image"
+    assert torch.get_num_threads() == 2 and busy.switches == 0
+
+    model_dir = tmp_path / "model"
+    model.config.id2label, model.config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
+    model.save_pretrained(model_dir)
+    data = tmp_path / "data" / "test"
+    for name in ("cat", "dog"):
+        shutil.copytree(image_folder / name, data / name)
+    argv = ["privacy", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--data_dir", str(tmp_path / "data"), "--num_images", "2", "--attacks", "analytic", "--device", "cpu"]
+    argv += ["--multi_round_counts", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
+        runpy.run_module("mjp_hf.evaluation.privacy", run_name="__main__")
+    assert (tmp_path / "out" / "privacy.json").is_file()
+    assert torch.get_num_threads() == 1 and busy.switches == 1
 
 
 def test_a_run_whose_threads_moved_says_so_at_the_end(two_threads, caplog):

@@ -23,20 +23,25 @@ The attacks (`mjp_hf.evaluation.privacy_attacks`), each reported:
   input gradient depends on its content, not on its position (they all carry the unknown embedding), so it is
   fitted to the least-squares residual from the inpainted patches, and the placed patches are solved again
   without it (alternating least squares).
-* **optimization** ("Inverting Gradients", Geiping et al. 2020): cosine gradient matching with a total-variation
-  prior, started from the analytic_prior reconstruction (the attacker computes it from the same gradient) unless
-  `--optimization_init random`. Its figures count only when the same budget rebuilds this model's plain step at
-  20 dB or more on average; otherwise `inconclusive` is true and it is left out of the headline.
-* **multi_round**: the same image in k rounds (k in 1, 2, 4, 8) with independent masks and coin flips, at
-  `jigsaw_prob` 0.5 and 1 (and the model's own): per patch the best estimate over the rounds, and a joint solve.
+* **optimization**: the generic attacker, gradient matching from scratch (`optimization_attack`): it uses the
+  weights, the gradient and the label the classifier's bias gradient gives, nothing of the position embeddings'
+  structure. Its figures count only when the same budget rebuilds this model's plain step at 20 dB or more on
+  average (`summary.optimization.calibration_psnr`); otherwise `inconclusive` is true and it is left out of the
+  headline.
+* **optimization_refined**: the same gradient matching started from the analytic_prior reconstruction (which the
+  attacker computes from the same gradient); the start is one of its candidates, so it never matches worse.
+* **multi_round**: the same image in k rounds (k in 1, 2, 4, 8) with independent masks and coin flips, at the
+  model's own `jigsaw_prob` and those of `--multi_round_probs` its training can take; the first round is the
+  audited step itself. Candidates: every attack of every round, per patch the best estimate over the rounds, and
+  a joint solve.
 
 The **headline** is the auditor's view: per image and per metric, the best of the attacks by the ground truth
 (the attacker cannot pick per image, so it bounds what an attacker gets from above, never from below).
 `summary.<attack>` and `summary.headline` are the expected leak per training step: `p x jigsawed + (1 - p) x
 plain` at the model's `jigsaw_prob` p; `summary.by_step` gives each kind of step, `summary.exposure` the chance
-that an image seen in k rounds is sent at least once in a plain step, which leaks it whole, with the multi-round
-attacker's figure (`multi_round_headline`) or, where it cannot run (no unknown PE), a lower bound from the
-single-step figures (`single_step_bound`).
+that an image seen in k rounds is sent at least once in a plain step, which leaks it whole, the lower bound that
+gives from the single-step figures (`single_step_bound`) and, where the multi-round attacker ran, its figure
+(`multi_round_headline`).
 
 Metrics per image, on pixels in `[0, 1]` (scikit-image): MSE, PSNR, SSIM, and the **fraction of patches recovered
 at their true position**: the share of the grid's patches whose reconstruction at position `k` has a per-patch PSNR
@@ -46,10 +51,15 @@ the same position `k`. A patch rebuilt perfectly but at another position does no
 original pixels span more than 0.1.
 
 `python -m mjp_hf.evaluation.privacy --model_name_or_path DIR --output_dir DIR` writes `privacy.json` and
-`privacy.png` (originals, the input as the network saw it, and the reconstructions).
+`privacy.png` (originals, the input as the network saw it, and the reconstructions). It says before starting what
+it will run and the most the optimisation may take, and after the first image what the rest should take.
 """
 
-from dataclasses import dataclass
+import argparse
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -57,7 +67,6 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 from tqdm.auto import tqdm
 
 from ..jigsaw import draw_jigsaw
-from ..training.threads import adaptive_threads
 from .common import (
     PixelNormalization,
     base_parser,
@@ -76,9 +85,11 @@ from .common import (
 # The attacks live in `privacy_attacks`; their names stay importable from here, where they were first published.
 from .privacy_attacks import (  # noqa: F401
     CLASSIFIER_BIAS,
+    OPTIMIZATION_RECIPE,
     PATCH_WEIGHT,
     POSITION_EMBEDDINGS,
     UNK_POSITION_EMBEDDING,
+    AnalyticReconstruction,
     _trainable,
     best_of_rounds,
     infer_label,
@@ -95,11 +106,13 @@ from .privacy_attacks import (  # noqa: F401
 
 
 JIGSAW_VIEWS = ("auto", "on", "off")
-ATTACKS = ("analytic", "analytic_prior", "analytic_refined", "optimization", "multi_round")
+ANALYTIC_ATTACKS = ("analytic", "analytic_prior", "analytic_refined")
+# From scratch (the generic attacker, calibrated) and from the analytic_prior image.
+OPTIMIZATION_ATTACKS = ("optimization", "optimization_refined")
 # The attacks with one reconstruction per step (the multi-round attacker is reported apart).
-SINGLE_STEP_ATTACKS = ("analytic", "analytic_prior", "analytic_refined", "optimization")
+SINGLE_STEP_ATTACKS = ANALYTIC_ATTACKS + OPTIMIZATION_ATTACKS
+ATTACKS = (*SINGLE_STEP_ATTACKS, "multi_round")
 STEP_KINDS = ("jigsawed", "plain")
-OPTIMIZATION_INITS = ("analytic", "random")
 MULTI_ROUND_COUNTS = (1, 2, 4, 8)
 MULTI_ROUND_PROBS = (0.5, 1.0)
 # The optimisation attack's figures count only when its budget rebuilds a plain step at least this well.
@@ -286,7 +299,7 @@ def best_per_image(results: list[dict]) -> dict:
 
 def _summarise(entries: list[dict]) -> dict:
     summary = {key: _mean([entry.get(key) for entry in entries]) for key in SUMMARY_KEYS}
-    for key in ("unresolved_dimensions", "unplaced_positions"):
+    for key in ("unresolved_dimensions", "unplaced_positions", "seconds"):
         if any(key in entry for entry in entries):
             summary[key] = _mean([entry.get(key) for entry in entries])
     return summary
@@ -317,50 +330,193 @@ def _weighted(per_kind: dict[str, dict], weights: dict[str, float]) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# One step, attacked
+
+
+@dataclass
+class OptimizationBudget:
+    """What each run of the optimisation attacks may spend (one run: one image, one step): at most `steps`
+    iterations per start and `max_seconds` of wall time in all, shared by `restarts` starts from scratch (the
+    refinement runs once). `tv_weight` is the recipe's (`optimization_attack`); `None` keeps its default."""
+
+    steps: int = 300
+    max_seconds: float | None = 60.0
+    restarts: int = 1
+    tv_weight: float | None = None
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+@dataclass
+class StepAttack:
+    """What the attacker made of one step: the `update`, its `kind` (ground truth, for the report), the
+    `prior` reconstruction (what the multi-round attacker combines), every attack's image as `pixel_values`, the
+    attacks' side figures (`extras`: null space, the optimisation's run) and, once scored, their `metrics`."""
+
+    update: ClientUpdate
+    kind: str
+    prior: AnalyticReconstruction | None
+    pixel_values: dict[str, torch.Tensor]
+    extras: dict[str, dict]
+    metrics: dict[str, dict] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
 class _Attacker:
-    """Runs the single-step attacks on one image's update and scores them against the original."""
+    """Runs the single-step attacks on one step's update and scores reconstructions against the original."""
 
-    def __init__(self, model, normalization, patch_size, psnr_threshold, optimization_kwargs):
-        self.model, self.normalization, self.patch_size = model, normalization, patch_size
-        self.psnr_threshold, self.optimization_kwargs = psnr_threshold, optimization_kwargs
+    def __init__(self, model, normalization, psnr_threshold, budget, bounds, generator, watch, progress):
+        self.model, self.normalization, self.psnr_threshold = model, normalization, psnr_threshold
+        self.budget, self.bounds, self.generator, self.watch, self.progress = (
+            budget,
+            bounds,
+            generator,
+            watch,
+            progress,
+        )
+        self.patch_size = patch_grid(model.config)[1]
 
-    def score(self, original, pixel_values, shuffled) -> tuple[dict, np.ndarray]:
+    def score(self, original, pixel_values, shuffled=None) -> tuple[dict, np.ndarray]:
         recon = _to_hwc(pixel_values, self.normalization)
         metrics = reconstruction_metrics(
             original, recon, self.patch_size, psnr_threshold=self.psnr_threshold, shuffled=shuffled
         )
         return metrics, np.clip(recon, 0, 1)
 
-    def run(self, attacks, update: "ClientUpdate", original, shuffled) -> tuple[dict, dict]:
+    def _optimize(self, gradients, init):
+        budget = self.budget
+        options = {"tv_weight": budget.tv_weight} if budget.tv_weight is not None else {}
+        return optimization_attack(
+            self.model,
+            gradients,
+            pixel_bounds=self.bounds,
+            steps=budget.steps,
+            max_seconds=budget.max_seconds,
+            restarts=1 if init is not None else budget.restarts,
+            init=init,
+            generator=self.generator,
+            progress=self.progress,
+            watch=self.watch,
+            **options,
+        )
+
+    def attack(self, update: ClientUpdate, kind: str, attacks, keep_prior: bool = True) -> StepAttack:
+        """Every attack of `attacks` on `update`; the prior reconstruction is made when an attack needs it or
+        `keep_prior` (the multi-round attacker combines it)."""
+        config, gradients = self.model.config, update.gradients
+        step = StepAttack(update, kind, None, {}, {})
+        unplaced = int((~placed_positions(gradients)).sum())
+
+        def timed(name, run):
+            start = time.perf_counter()
+            result = run()
+            step.seconds[name] = time.perf_counter() - start
+            return result
+
+        solved = {}
+        if keep_prior or {"analytic_prior", "analytic_refined", "optimization_refined"} & set(attacks):
+            step.prior = timed("analytic_prior", lambda: prior_attack(self.model, gradients, self.normalization))
+            solved["analytic_prior"] = step.prior
+        if "analytic" in attacks:
+            solved["analytic"] = timed("analytic", lambda: textbook_attack(self.model, gradients))
+        if "analytic_refined" in attacks:
+            solved["analytic_refined"] = timed(
+                "analytic_refined", lambda: refined_attack(self.model, gradients, step.prior, self.normalization)
+            )
+        for name, reconstruction in solved.items():
+            if name in attacks:
+                step.pixel_values[name] = reconstruction.pixel_values(config)
+                step.extras[name] = {
+                    "unplaced_positions": unplaced,
+                    "unresolved_dimensions": reconstruction.unresolved,
+                    "rank": reconstruction.rank,
+                }
+        for name in OPTIMIZATION_ATTACKS:
+            if name in attacks:
+                init = step.prior.pixel_values(config) if name == "optimization_refined" else None
+                pixel_values, info = timed(name, lambda init=init: self._optimize(gradients, init))
+                step.pixel_values[name] = pixel_values
+                step.extras[name] = {"unplaced_positions": unplaced, **info}
+        return step
+
+    def scored(self, step: StepAttack, original, shuffled) -> tuple[dict, dict]:
+        """`({attack: metrics and extras}, {attack: picture})` for a step, kept on it for the multi-round
+        attacker, which reuses the audited step as its first round."""
         results, pictures = {}, {}
-        placed = placed_positions(update.gradients)
-        prior = None
-        starts_from_prior = "optimization" in attacks and self.optimization_kwargs["init"] == "analytic"
-        if {"analytic_prior", "analytic_refined"} & set(attacks) or starts_from_prior:
-            prior = prior_attack(self.model, update.gradients, self.normalization)
-        for name in attacks:
-            extra = {"unplaced_positions": int((~placed).sum())}
-            if name == "analytic":
-                reconstruction = textbook_attack(self.model, update.gradients)
-                pixel_values = reconstruction.pixel_values(self.model.config)
-                extra.update(unresolved_dimensions=reconstruction.unresolved, rank=reconstruction.rank)
-            elif name == "analytic_prior":
-                pixel_values = prior.pixel_values(self.model.config)
-                extra.update(unresolved_dimensions=prior.unresolved, rank=prior.rank)
-            elif name == "analytic_refined":
-                refined = refined_attack(self.model, update.gradients, prior)
-                pixel_values = refined.pixel_values(self.model.config)
-                extra.update(unresolved_dimensions=refined.unresolved, rank=refined.rank)
-            else:
-                kwargs = dict(self.optimization_kwargs)
-                init = kwargs.pop("init")
-                start = prior.pixel_values(self.model.config) if init == "analytic" else None
-                pixel_values, info = optimization_attack(self.model, update.gradients, init=start, **kwargs)
-                extra.update(info)
-            metrics, picture = self.score(original, pixel_values, shuffled)
-            results[name] = {**metrics, **extra}
-            pictures[name] = picture
+        for name, pixel_values in step.pixel_values.items():
+            metrics, pictures[name] = self.score(original, pixel_values, shuffled)
+            results[name] = {**metrics, **step.extras[name], "seconds": step.seconds.get(name)}
+        step.metrics = {name: _summary_keys(result) for name, result in results.items()}
         return results, pictures
+
+
+def _summary_keys(metrics: dict) -> dict:
+    return {key: metrics.get(key) for key in SUMMARY_KEYS}
+
+
+def _shuffled_positions(update: ClientUpdate, num_patches: int) -> np.ndarray:
+    if update.jigsaw_mask is None:
+        return np.zeros(num_patches, dtype=bool)
+    return update.jigsaw_mask[0].cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The multi-round attacker
+
+
+def multi_round_probabilities(model, requested) -> tuple[list[float], dict[str, str]]:
+    """The `jigsaw_prob` values the multi-round attacker runs at for `model` (the model's own and those of
+    `requested` its training can take), and why each of the others is not run."""
+    if not uses_unk_position_embedding(model):
+        return [], {}
+    own = float(model.config.jigsaw_prob)
+    run, not_run = [], {}
+    for probability in sorted(set(requested) | {own}):
+        if own == 0:
+            not_run[str(probability)] = "the model trains with jigsaw_prob 0: it never takes a jigsawed step"
+        elif probability == 0:
+            not_run[str(probability)] = "every round is a plain step: the single-step plain figure"
+        elif probability < 1 and own == 1:
+            not_run[str(probability)] = "the model trains with jigsaw_prob 1: it never takes a plain step"
+        else:
+            run.append(probability)
+    return run, not_run
+
+
+class RoundSource:
+    """The steps a client sends of one image over the rounds, attacked once each and shared by the multi-round
+    trials at every probability (common random numbers: the trials differ only in which rounds are plain). Round
+    `r`'s jigsawed step is the `r`-th drawn, the first being the audited jigsawed step when there is one; the plain
+    step, the same gradient in every round, is the audited one or attacked once."""
+
+    def __init__(self, model, pixel_values, labels, *, jigsaw_ratio, generator, normalization, audited=None):
+        audited = audited or {}
+        self.model, self.pixel_values, self.labels = model, pixel_values, labels
+        self.jigsaw_ratio, self.generator = jigsaw_ratio, generator
+        self.attacker = _Attacker(model, normalization, 20.0, None, None, generator, None, False)
+        self.jigsawed = [audited["jigsawed"]] if "jigsawed" in audited else []
+        self.plain = audited.get("plain")
+
+    def _attack(self, kind: str) -> StepAttack:
+        update = client_gradient(
+            self.model,
+            self.pixel_values,
+            self.labels,
+            jigsaw="on" if kind == "jigsawed" else "off",
+            jigsaw_ratio=self.jigsaw_ratio,
+            generator=self.generator,
+        )
+        return self.attacker.attack(update, kind, ANALYTIC_ATTACKS)
+
+    def step(self, index: int, kind: str) -> StepAttack:
+        if kind == "plain":
+            self.plain = self.plain or self._attack("plain")
+            return self.plain
+        while len(self.jigsawed) <= index:
+            self.jigsawed.append(self._attack("jigsawed"))
+        return self.jigsawed[index]
 
 
 def multi_round_attack(
@@ -373,16 +529,21 @@ def multi_round_attack(
     jigsaw_ratio: float | None = None,
     generator: torch.Generator | None = None,
     normalization: PixelNormalization | None = None,
-    plain_update: "ClientUpdate | None" = None,
-) -> list[dict]:
+    audited: dict[str, StepAttack] | None = None,
+    source: RoundSource | None = None,
+) -> dict:
     """The multi-round attacker on one image `[1, C, H, W]`: the client sends its gradient in `max(counts)` rounds,
     each jigsawed with probability `jigsaw_prob` with a fresh mask (same weights, as in federated SGD where the
     image is revisited), and the attacker combines the first k rounds for every k in `counts`.
 
-    Returns `{k: result}`, each with `plain_rounds` (how many of the k were not jigsawed, ground truth),
-    and `reconstructions`, the attacker's candidates as patches: `best_of_rounds` (per patch the best estimate,
-    chosen from what the gradients show) and `joint` (one solve over the rounds). Every round is first attacked
-    on its own with `prior_attack`; a plain round's gradient is the same in every round, computed once.
+    `audited` maps a kind of step to the single-step attack of that kind already made on this image: the first
+    round, when of a kind found there, *is* that step, so the k-round attacker holds everything the single-step
+    attacker had. `source` (a `RoundSource`, made from `audited` by default) shares the rounds' steps with the
+    trials at other probabilities.
+
+    Returns `rounds` (a `StepAttack` per round: its analytic attacks' images, the prior reconstruction) and
+    `combined`, `{k: {"plain_rounds", "best_of_rounds", "joint"}}`: per patch the best estimate over the first k
+    rounds, chosen from what the gradients show, and one solve over them (`AnalyticReconstruction`s).
     """
     if not uses_unk_position_embedding(model):
         raise ValueError(
@@ -390,32 +551,247 @@ def multi_round_attack(
             f"the unknown position embedding; {type(model).__name__} (jigsaw_mode="
             f"{getattr(model.config, 'jigsaw_mode', None)!r}) has none."
         )
+    if source is None:
+        source = RoundSource(
+            model,
+            pixel_values,
+            labels,
+            jigsaw_ratio=jigsaw_ratio,
+            generator=generator,
+            normalization=normalization,
+            audited=audited,
+        )
     gen_device = generator.device if generator is not None else None
-    plain_cache = None
-    updates, singles, plain_flags, results = [], [], [], {}
+    rounds, combined = [], {}
     for count in range(1, max(counts) + 1):
-        jigsawed = bool(torch.rand(1, generator=generator, device=gen_device).item() < jigsaw_prob)
-        if jigsawed:
-            update = client_gradient(
-                model, pixel_values, labels, jigsaw="on", jigsaw_ratio=jigsaw_ratio, generator=generator
-            )
-            single = prior_attack(model, update.gradients, normalization)
-        else:
-            if plain_cache is None:
-                update = plain_update or client_gradient(model, pixel_values, labels, jigsaw="off")
-                plain_cache = (update, prior_attack(model, update.gradients, normalization))
-            update, single = plain_cache
-        updates.append(update.gradients)
-        singles.append(single)
-        plain_flags.append(not jigsawed)
+        jigsawed = torch.rand(1, generator=generator, device=gen_device).item() < jigsaw_prob
+        rounds.append(source.step(count - 1, "jigsawed" if jigsawed else "plain"))
         if count in counts:
-            best = best_of_rounds(singles)
-            joint = joint_attack(model, updates, best, normalization=normalization)
-            results[count] = {
-                "plain_rounds": int(sum(plain_flags)),
-                "reconstructions": {"best_of_rounds": best, "joint": joint, "rounds": list(singles)},
+            best = best_of_rounds([r.prior for r in rounds])
+            joint = joint_attack(model, [r.update.gradients for r in rounds], best, normalization=normalization)
+            plain = sum(r.kind == "plain" for r in rounds)
+            combined[count] = {"plain_rounds": plain, "best_of_rounds": best, "joint": joint}
+    return {"rounds": rounds, "combined": combined}
+
+
+def _multi_round_entry(attacker: _Attacker, trial: dict, original: np.ndarray) -> tuple[dict, dict]:
+    """One image's multi-round trial, scored: per k the combinations' figures, and the rounds (their kinds, ground
+    truth, and each attack's figures: the audited step's own when it is the first round)."""
+    config = attacker.model.config
+    round_metrics, scored = [], {}
+    for step in trial["rounds"]:
+        if id(step) not in scored:
+            scored[id(step)] = step.metrics or {
+                name: _summary_keys(attacker.score(original, pixel_values)[0])
+                for name, pixel_values in step.pixel_values.items()
             }
-    return results
+        round_metrics.append(scored[id(step)])
+    by_count = {
+        str(count): {
+            "plain_rounds": result["plain_rounds"],
+            **{
+                name: _summary_keys(attacker.score(original, result[name].pixel_values(config))[0])
+                for name in ("best_of_rounds", "joint")
+            },
+        }
+        for count, result in trial["combined"].items()
+    }
+    return by_count, {"kinds": [step.kind for step in trial["rounds"]], "figures": round_metrics}
+
+
+def _multi_round_headlines(by_count: dict, rounds: dict, headline_attacks) -> None:
+    """Adds to each k of `by_count` the `headline`: per metric the best of every reconstruction a k-round attacker
+    holds, each of its rounds attacked alone (by every headline attack) and every combination of its first
+    k' <= k rounds."""
+    held = []
+    for count in sorted(by_count, key=int):
+        figures = by_count[count]
+        held += [figures["best_of_rounds"], figures["joint"]]
+        alone = [
+            metrics[name]
+            for metrics in rounds["figures"][: int(count)]
+            for name in headline_attacks
+            if name in metrics
+        ]
+        figures["headline"] = best_per_image(held + alone)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The audit
+
+
+@dataclass
+class _Plan:
+    """What `evaluate_privacy` runs, resolved from its arguments."""
+
+    kinds: list[str]
+    weights: dict[str, float]
+    single_attacks: list[str]
+    calibrate: bool
+    round_probs: list[float]
+    rounds_not_run: dict[str, str]
+    counts: tuple[int, ...]
+    jigsaw_ratio: float | None
+
+
+def _plan(model, jigsaw, jigsaw_ratio, attacks, multi_round_counts, multi_round_probs) -> _Plan:
+    unknown = set(attacks) - set(ATTACKS)
+    if unknown:
+        raise ValueError(f"Unknown attacks {sorted(unknown)}; choose from {ATTACKS}.")
+    weights = step_weights(model, jigsaw)
+    kinds = [kind for kind in STEP_KINDS if kind in weights]
+    single_attacks = [name for name in SINGLE_STEP_ATTACKS if name in attacks]
+    counts = tuple(sorted(set(multi_round_counts))) if "multi_round" in attacks else ()
+    round_probs, not_run = multi_round_probabilities(model, multi_round_probs) if counts else ([], {})
+    return _Plan(
+        kinds=kinds,
+        weights=weights,
+        single_attacks=single_attacks,
+        # The calibration of the optimisation attack: the same budget, from scratch, on this model's plain step.
+        calibrate="optimization" in single_attacks and "plain" not in kinds,
+        round_probs=round_probs if counts else [],
+        rounds_not_run=not_run,
+        counts=counts,
+        jigsaw_ratio=jigsaw_ratio,
+    )
+
+
+def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[dict, dict]:
+    """Every attack on one image `[1, C, H, W]`: each kind of step, the calibration, the multi-round attacker.
+    Returns the image's report entry and its pictures."""
+    model, normalization = attacker.model, attacker.normalization
+    start = time.perf_counter()
+    original = _to_hwc(x, normalization)
+    pictures = {"original": original}
+    entry = {"label": int(y.item()), "steps": {}}
+    audited = {}
+    for kind in plan.kinds:
+        jigsaw = "on" if kind == "jigsawed" else "off"
+        update = client_gradient(model, x, y, jigsaw=jigsaw, jigsaw_ratio=plan.jigsaw_ratio, generator=generator)
+        entry["inferred_label"] = int(infer_label(update.gradients).item())
+        shuffled = _shuffled_positions(update, patchify(x, attacker.patch_size).shape[1])
+        permutation = update.jigsaw_permutation
+        view = x if permutation is None else shuffle_patches(x, attacker.patch_size, permutation)
+        pictures[f"{kind} view"] = np.clip(_to_hwc(view, normalization), 0, 1)
+        audited[kind] = attacker.attack(update, kind, plan.single_attacks, keep_prior=bool(plan.round_probs))
+        results, step_pictures = attacker.scored(audited[kind], original, shuffled)
+        pictures.update({f"{kind} {name}": picture for name, picture in step_pictures.items()})
+        entry["steps"][kind] = {"shuffled_positions": np.flatnonzero(shuffled).tolist(), **results}
+    if plan.calibrate:
+        update = client_gradient(model, x, y, jigsaw="off")
+        plain = attacker.attack(update, "plain", ("optimization",), keep_prior=False)
+        results, _ = attacker.scored(plain, original, None)
+        entry["optimization_calibration"] = {**_summary_keys(results["optimization"]), "seconds": plain.seconds}
+    entry["multi_round"], entry["multi_round_rounds"], entry["multi_round_seconds"] = {}, {}, {}
+    source = RoundSource(
+        model, x, y, jigsaw_ratio=plan.jigsaw_ratio, generator=generator, normalization=normalization, audited=audited
+    )
+    for probability in plan.round_probs:
+        started = time.perf_counter()
+        trial = multi_round_attack(
+            model,
+            x,
+            y,
+            jigsaw_prob=probability,
+            counts=plan.counts,
+            generator=generator,
+            normalization=normalization,
+            source=source,
+        )
+        by_count, rounds = _multi_round_entry(attacker, trial, original)
+        entry["multi_round"][str(probability)], entry["multi_round_rounds"][str(probability)] = by_count, rounds
+        entry["multi_round_seconds"][str(probability)] = time.perf_counter() - started
+    entry["seconds"] = time.perf_counter() - start
+    return entry, pictures
+
+
+def _optimization_status(plan: _Plan, per_image: list[dict], budget: OptimizationBudget) -> dict | None:
+    """The from-scratch optimisation attack is a privacy figure only when its budget rebuilds this model's plain
+    step: `calibration_psnr` (mean over the images) at least `OPTIMIZATION_CALIBRATION_PSNR`."""
+    if "optimization" not in plan.single_attacks:
+        return None
+    source = [
+        entry["optimization_calibration"] if plan.calibrate else entry["steps"]["plain"]["optimization"]
+        for entry in per_image
+    ]
+    psnr = _mean([result["psnr"] for result in source])
+    return {
+        "calibration_psnr": psnr,
+        "calibration_recovered_fraction_textured": _mean([r["recovered_fraction_textured"] for r in source]),
+        "calibration_threshold": OPTIMIZATION_CALIBRATION_PSNR,
+        "inconclusive": bool(psnr is None or psnr < OPTIMIZATION_CALIBRATION_PSNR),
+        "budget": budget.as_dict(),
+    }
+
+
+def _multi_round_summary(plan: _Plan, per_image: list[dict]) -> dict:
+    def over_trials(probability, count) -> dict:
+        trials = [entry["multi_round"][str(probability)][str(count)] for entry in per_image]
+        return {
+            "trials": len(trials),
+            "trials_with_plain_round": sum(trial["plain_rounds"] > 0 for trial in trials),
+            **{
+                name: {key: _mean([trial[name][key] for trial in trials]) for key in SUMMARY_KEYS}
+                for name in ("best_of_rounds", "joint", "headline")
+            },
+        }
+
+    return {str(p): {str(k): over_trials(p, k) for k in plan.counts} for p in plan.round_probs}
+
+
+def _summary(plan: _Plan, per_image: list[dict], model, budget: OptimizationBudget) -> dict:
+    """Per attack and for the headline: the expected figure per training step, per kind of step, the exposure
+    over k rounds and the multi-round attacker (see `evaluate_privacy`)."""
+    optimization = _optimization_status(plan, per_image, budget)
+    headline_attacks = [
+        name for name in plan.single_attacks if not (name == "optimization" and optimization["inconclusive"])
+    ]
+    for entry in per_image:
+        for step in entry["steps"].values():
+            step["headline"] = best_per_image([step[name] for name in headline_attacks])
+        for probability, by_count in entry["multi_round"].items():
+            _multi_round_headlines(by_count, entry["multi_round_rounds"][probability], headline_attacks)
+    names = [*plan.single_attacks, "headline"]
+    by_step = {
+        kind: {name: _summarise([entry["steps"][kind][name] for entry in per_image]) for name in names}
+        for kind in plan.kinds
+    }
+    summary = {name: _weighted({kind: by_step[kind][name] for kind in plan.kinds}, plan.weights) for name in names}
+    if optimization is not None:
+        summary["optimization"].update(optimization)
+    summary["headline"]["attacks"] = headline_attacks
+    summary["by_step"], summary["step_weights"] = by_step, plan.weights
+    jigsawed_share = plan.weights.get("jigsawed", 0.0)
+    summary["exposure"] = {}
+    for k in MULTI_ROUND_COUNTS:
+        share = 1.0 - jigsawed_share**k
+        summary["exposure"][str(k)] = {
+            "plain_step_probability": share,
+            "single_step_bound": exposure_lower_bound(by_step, share),
+        }
+    if plan.round_probs:
+        summary["multi_round"] = _multi_round_summary(plan, per_image)
+        # At the model's own jigsaw_prob, what the multi-round attacker measured beside the exposure.
+        measured = summary["multi_round"].get(str(float(model.config.jigsaw_prob)), {})
+        for k, exposure in summary["exposure"].items():
+            if k in measured:
+                exposure["multi_round_headline"] = measured[k]["headline"]
+    elif plan.counts:
+        summary["multi_round"] = {"skipped": _multi_round_skipped(model)}
+    return summary
+
+
+def _multi_round_skipped(model) -> str:
+    if not uses_unk_position_embedding(model):
+        return (
+            "needs an MJP model with the unknown position embedding (the shuffled positions must show in the "
+            "gradient); every step of this model is attacked as a single step above, and "
+            "`exposure.<k>.single_step_bound` bounds k rounds from below"
+        )
+    return (
+        "the model trains with jigsaw_prob 0: every round is a plain step, whose figure is the single-step one "
+        "(`exposure.<k>.single_step_bound`)"
+    )
 
 
 def evaluate_privacy(
@@ -427,243 +803,98 @@ def evaluate_privacy(
     jigsaw: str = "auto",
     jigsaw_ratio: float | None = None,
     attacks: tuple[str, ...] = ATTACKS,
-    steps: int = 300,
-    lr: float | None = None,
-    tv_weight: float = 1e-2,
-    max_seconds: float | None = 60.0,
-    optimization_init: str = "analytic",
+    optimization: OptimizationBudget | None = None,
     psnr_threshold: float = 20.0,
     multi_round_counts: tuple[int, ...] = MULTI_ROUND_COUNTS,
     multi_round_probs: tuple[float, ...] = MULTI_ROUND_PROBS,
     seed: int = 0,
     progress: bool = True,
+    watch: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[dict, dict[str, list[np.ndarray]]]:
     """Attack each image of `pixel_values` `[B, C, H, W]` on its own (batch 1), in every kind of step the
     model's training takes (`step_weights`).
 
-    Returns `(report, images)`. `report["per_image"]` has, per image, `label`, `inferred_label` and, per kind of
-    step (`steps.jigsawed`, `steps.plain`), the ground-truth `shuffled_positions`, each attack's
-    `reconstruction_metrics` (plus `unplaced_positions`, and for the analytic attacks `unresolved_dimensions`:
-    the null space of the linear system) and the `headline` (best per image). `report["summary"]` has, per attack
-    and for the headline, the mean of each of `SUMMARY_KEYS` as the expected figure per training step
-    (`summary.<attack>`), per kind of step (`summary.by_step`), the `step_weights`, the `exposure` over k rounds,
-    and the `multi_round` attacker. `images` maps `original`, `<kind> view` (the patch order the network saw; the
-    naive ablation's in-patch pixel permutation is not drawn) and `<kind> <attack>` to `[H, W, C]` arrays in
-    `[0, 1]`, for plotting.
+    Args:
+        optimization: the optimisation attacks' budget per run (`OptimizationBudget()` by default).
+        multi_round_probs: `jigsaw_prob` values of the multi-round attacker besides the model's own; those the
+            model's training cannot take (any, for `jigsaw_prob 0`; below 1, for `jigsaw_prob 1`) are not run.
+        watch: wraps the loop over the images and the optimisation's iterations (e.g. a thread controller's
+            `watch`); the identity by default.
+
+    Returns `(report, images)`. `report["per_image"]` has, per image, `label`, `inferred_label`, `seconds` and,
+    per kind of step (`steps.jigsawed`, `steps.plain`), the ground-truth `shuffled_positions`, each attack's
+    `reconstruction_metrics` (plus `unplaced_positions`, its `seconds`, for the analytic attacks
+    `unresolved_dimensions`, the null space of the linear system, and for the optimisation its run) and the
+    `headline` (best per image); `multi_round.<p>.<k>`, the combinations' figures and the headline, and
+    `multi_round_rounds.<p>`, the kinds of the rounds (ground truth) and each round's figures per attack, and
+    `multi_round_seconds.<p>`. `report["summary"]` has, per attack and for the headline, the mean of each of
+    `SUMMARY_KEYS` as the expected figure per training step (`summary.<attack>`), per kind of step
+    (`summary.by_step`), the `step_weights`, the `exposure` over k rounds, and the `multi_round` attacker.
+    `images` maps `original`, `<kind> view` (the patch order the network saw; the naive ablation's in-patch pixel
+    permutation is not drawn) and `<kind> <attack>` to `[H, W, C]` arrays in `[0, 1]`, for plotting.
     """
-    unknown = set(attacks) - set(ATTACKS)
-    if unknown:
-        raise ValueError(f"Unknown attacks {sorted(unknown)}; choose from {ATTACKS}.")
-    if optimization_init not in OPTIMIZATION_INITS:
-        raise ValueError(f"optimization_init={optimization_init!r} is invalid; choose one of {OPTIMIZATION_INITS}.")
-    weights = step_weights(model, jigsaw)
-    kinds = [kind for kind in STEP_KINDS if kind in weights]
-    single_attacks = [name for name in SINGLE_STEP_ATTACKS if name in attacks]
-    _, patch_size = patch_grid(model.config)
+    plan = _plan(model, jigsaw, jigsaw_ratio, attacks, multi_round_counts, multi_round_probs)
+    budget = optimization or OptimizationBudget()
     device = pixel_values.device
     generator = torch.Generator(device=device).manual_seed(seed)
     # The optimisation attack keeps its dummy input inside the image of [0, 1] pixels.
     black = torch.zeros(1, model.config.num_channels, 1, 1, device=device)
     bounds = (normalization.normalize(black), normalization.normalize(black + 1))
-    if lr is None:
-        # Signed Adam moves every pixel by about `lr` per step: large from noise, small from an analytic start.
-        lr = 0.01 if optimization_init == "analytic" else 0.1
-    optimization_kwargs = dict(
-        pixel_bounds=bounds,
-        steps=steps,
-        lr=lr,
-        tv_weight=tv_weight,
-        max_seconds=max_seconds,
-        init=optimization_init,
-        generator=generator,
-        progress=progress,
-    )
-    attacker = _Attacker(model, normalization, patch_size, psnr_threshold, optimization_kwargs)
-    # The calibration of the optimisation attack: the same budget on this model's plain step.
-    calibrate = "optimization" in single_attacks and "plain" not in kinds
-    run_multi_round = "multi_round" in attacks and uses_unk_position_embedding(model)
-    own_prob = float(getattr(model.config, "jigsaw_prob", 0.0))
-    round_probs = sorted(set(multi_round_probs) | ({own_prob} if 0 < own_prob < 1 else set()))
-    multi_round_counts = tuple(sorted(set(multi_round_counts)))
-    max_rounds = max(multi_round_counts) if multi_round_counts else 0
-
-    per_image = []
-    images = {"original": [], **{f"{kind} view": [] for kind in kinds}}
-    images.update({f"{kind} {name}": [] for kind in kinds for name in single_attacks})
+    attacker = _Attacker(model, normalization, psnr_threshold, budget, bounds, generator, watch, progress)
+    per_image, images = [], {}
     indices = tqdm(range(pixel_values.shape[0]), desc="privacy attacks", disable=not progress)
-    for index in adaptive_threads().watch(indices, pixel_values.device):
+    for index in (watch or _identity)(indices):
         x, y = pixel_values[index : index + 1], labels[index : index + 1]
-        original = _to_hwc(x, normalization)
-        images["original"].append(original)
-        entry = {"index": index, "label": int(y.item()), "steps": {}}
-        plain_update = None
-        for kind in kinds:
-            update = client_gradient(
-                model,
-                x,
-                y,
-                jigsaw="on" if kind == "jigsawed" else "off",
-                jigsaw_ratio=jigsaw_ratio,
-                generator=generator,
+        entry, pictures = _attack_image(attacker, plan, x, y, generator)
+        per_image.append({"index": index, **entry})
+        for name, picture in pictures.items():
+            images.setdefault(name, []).append(picture)
+        if progress and index == 0 and len(indices) > 1:
+            rest = len(indices) - 1
+            tqdm.write(
+                f"privacy: the first image took {_duration(entry['seconds'])}; expect about "
+                f"{_duration(entry['seconds'] * rest)} more for the other {rest}."
             )
-            if kind == "plain":
-                plain_update = update
-            entry["inferred_label"] = int(infer_label(update.gradients).item())
-            shuffled = (
-                update.jigsaw_mask[0].cpu().numpy()
-                if update.jigsaw_mask is not None
-                else np.zeros(patchify(x, patch_size).shape[1], dtype=bool)
-            )
-            permutation = update.jigsaw_permutation
-            view = x if permutation is None else shuffle_patches(x, patch_size, permutation)
-            images[f"{kind} view"].append(np.clip(_to_hwc(view, normalization), 0, 1))
-            results, pictures = attacker.run(single_attacks, update, original, shuffled)
-            for name, picture in pictures.items():
-                images[f"{kind} {name}"].append(picture)
-            entry["steps"][kind] = {"shuffled_positions": np.flatnonzero(shuffled).tolist(), **results}
-        if calibrate:
-            plain_update = client_gradient(model, x, y, jigsaw="off")
-            results, _ = attacker.run(("optimization",), plain_update, original, None)
-            entry["optimization_calibration"] = {key: results["optimization"][key] for key in SUMMARY_KEYS}
-        if run_multi_round and max_rounds:
-            entry["multi_round"] = {}
-            for probability in round_probs:
-                rounds = multi_round_attack(
-                    model,
-                    x,
-                    y,
-                    jigsaw_prob=probability,
-                    counts=multi_round_counts,
-                    jigsaw_ratio=jigsaw_ratio,
-                    generator=generator,
-                    normalization=normalization,
-                    plain_update=plain_update,
-                )
-                scored = {}
-                for count in multi_round_counts:
-                    result = rounds[count]
-                    candidates = result["reconstructions"]
-                    metrics = {
-                        name: attacker.score(original, candidates[name].pixel_values(model.config), None)[0]
-                        for name in ("best_of_rounds", "joint")
-                    }
-                    # Every reconstruction a k-round attacker holds: each round alone, and the combinations of the
-                    # first k' <= k rounds. The headline is the best of them per image (the auditor's view).
-                    held = [metrics["best_of_rounds"], metrics["joint"]]
-                    held += [
-                        attacker.score(original, single.pixel_values(model.config), None)[0]
-                        for single in candidates["rounds"]
-                    ]
-                    held += [scored[str(k)]["headline"] for k in multi_round_counts if k < count]
-                    scored[str(count)] = {
-                        "plain_rounds": result["plain_rounds"],
-                        **{name: {key: m[key] for key in SUMMARY_KEYS} for name, m in metrics.items()},
-                        "headline": best_per_image(held),
-                    }
-                entry["multi_round"][str(probability)] = scored
-        per_image.append(entry)
+    summary = _summary(plan, per_image, model, budget)
+    return _report(model, plan, jigsaw, budget, psnr_threshold, summary, per_image), images
 
-    # The optimisation attack is a privacy figure only when its budget rebuilds a plain step.
-    optimization_status = None
-    if "optimization" in single_attacks:
-        source = (
-            [entry["optimization_calibration"] for entry in per_image]
-            if calibrate
-            else [entry["steps"]["plain"]["optimization"] for entry in per_image]
-        )
-        calibration_psnr = _mean([result["psnr"] for result in source])
-        optimization_status = {
-            "calibration_psnr": calibration_psnr,
-            "calibration_threshold": OPTIMIZATION_CALIBRATION_PSNR,
-            "inconclusive": bool(calibration_psnr is None or calibration_psnr < OPTIMIZATION_CALIBRATION_PSNR),
-        }
-    headline_attacks = [
-        name for name in single_attacks if not (name == "optimization" and optimization_status["inconclusive"])
-    ]
-    for entry in per_image:
-        for step in entry["steps"].values():
-            step["headline"] = best_per_image([step[name] for name in headline_attacks])
 
-    by_step = {
-        kind: {
-            name: _summarise([entry["steps"][kind][name] for entry in per_image])
-            for name in [*single_attacks, "headline"]
-        }
-        for kind in kinds
-    }
-    summary = {
-        name: _weighted({kind: by_step[kind][name] for kind in kinds}, weights)
-        for name in [*single_attacks, "headline"]
-    }
-    if optimization_status is not None:
-        summary["optimization"].update(optimization_status)
-    summary["headline"]["attacks"] = headline_attacks
-    summary["by_step"] = by_step
-    summary["step_weights"] = weights
-    jigsawed_share = weights.get("jigsawed", 0.0)
-    summary["exposure"] = {str(k): {"plain_step_probability": 1.0 - jigsawed_share**k} for k in MULTI_ROUND_COUNTS}
-    if run_multi_round and max_rounds:
+def _identity(iterable: Iterable) -> Iterable:
+    return iterable
 
-        def over_trials(probability, count) -> dict:
-            trials = [entry["multi_round"][str(probability)][str(count)] for entry in per_image]
-            return {
-                "trials": len(trials),
-                "trials_with_plain_round": sum(trial["plain_rounds"] > 0 for trial in trials),
-                **{
-                    name: {key: _mean([trial[name][key] for trial in trials]) for key in SUMMARY_KEYS}
-                    for name in ("best_of_rounds", "joint", "headline")
-                },
-            }
 
-        summary["multi_round"] = {
-            str(probability): {str(count): over_trials(probability, count) for count in multi_round_counts}
-            for probability in round_probs
-        }
-        # At the model's own jigsaw_prob, what the multi-round attacker measured beside the exposure.
-        measured = summary["multi_round"].get(str(own_prob), {})
-        for k, exposure in summary["exposure"].items():
-            if k in measured:
-                exposure["multi_round_headline"] = measured[k]["headline"]
-    else:
-        # Without the multi-round attacker, the single-step figures still bound what k rounds give away.
-        for exposure in summary["exposure"].values():
-            exposure["single_step_bound"] = exposure_lower_bound(by_step, exposure["plain_step_probability"])
-        if "multi_round" in attacks:
-            summary["multi_round"] = {
-                "skipped": "needs an MJP model with the unknown position embedding (the shuffled positions must show "
-                "in the gradient); every step of this model is attacked as a single step above, and "
-                "`exposure.<k>.single_step_bound` bounds k rounds from below"
-            }
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
+
+def _report(model, plan: _Plan, jigsaw, budget, psnr_threshold, summary, per_image) -> dict:
     jigsawed_steps = [entry["steps"]["jigsawed"] for entry in per_image if "jigsawed" in entry["steps"]]
-    report = {
+    mjp = is_mjp_model(model)
+    optimizing = any(name in plan.single_attacks for name in OPTIMIZATION_ATTACKS)
+    return {
         "threat_model": THREAT_MODEL,
         "jigsaw_view": jigsaw,
-        "step_kinds": kinds,
-        "jigsaw_prob": own_prob if is_mjp_model(model) else None,
-        "jigsaw_mode": getattr(model.config, "jigsaw_mode", None) if is_mjp_model(model) else None,
+        "step_kinds": plan.kinds,
+        "jigsaw_prob": float(model.config.jigsaw_prob) if mjp else None,
+        "jigsaw_mode": getattr(model.config, "jigsaw_mode", None) if mjp else None,
         "jigsaw_applied": any(bool(step.get("shuffled_positions")) for step in jigsawed_steps),
-        "jigsaw_ratio": jigsaw_ratio if jigsaw_ratio is not None else getattr(model.config, "jigsaw_ratio", None),
+        "jigsaw_ratio": plan.jigsaw_ratio
+        if plan.jigsaw_ratio is not None
+        else getattr(model.config, "jigsaw_ratio", None),
         "uses_unk_position_embedding": uses_unk_position_embedding(model),
         "psnr_threshold": psnr_threshold,
         "solver": {
             "method": "float64 SVD least squares, minimum norm",
             "truncation": "singular values <= eps(gradient dtype) * s_max * max(shape) are dropped",
         },
-        "optimization": {
-            "steps": steps,
-            "lr": lr,
-            "tv_weight": tv_weight,
-            "max_seconds": max_seconds,
-            "init": optimization_init,
-        }
-        if "optimization" in attacks
+        "optimization": {**budget.as_dict(), **OPTIMIZATION_RECIPE} if optimizing else None,
+        "multi_round": {"rounds": list(plan.counts), "jigsaw_probs": plan.round_probs, "not_run": plan.rounds_not_run}
+        if plan.counts
         else None,
-        "multi_round": {"rounds": list(multi_round_counts), "jigsaw_probs": round_probs} if run_multi_round else None,
         "summary": summary,
         "per_image": per_image,
     }
-    return report, images
 
 
 def plot_reconstructions(images: dict[str, list[np.ndarray]], report: dict, path, max_rows: int = 8) -> None:
@@ -696,23 +927,52 @@ def plot_reconstructions(images: dict[str, list[np.ndarray]], report: dict, path
     plt.close(fig)
 
 
-def _counts(text: str) -> tuple[int, ...]:
-    values = tuple(int(v) for v in text.split(",") if v.strip())
-    if not values or min(values) < 1:
-        raise ValueError(f"--multi_round_counts {text!r} is invalid; pass positive round counts, e.g. 1,2,4,8.")
-    return values
+# ----------------------------------------------------------------------------------------------------------------
+# The command line
 
 
-def _probs(text: str) -> tuple[float, ...]:
-    values = tuple(float(v) for v in text.split(",") if v.strip())
-    if not values or not all(0 <= v <= 1 for v in values):
-        raise ValueError(f"--multi_round_probs {text!r} is invalid; pass probabilities in [0, 1], e.g. 0.5,1.")
-    return values
+def _number(cast, name: str, low: float | None = None, high: float | None = None, low_open: bool = False):
+    """An argparse `type` that parses `name` (`a whole number`, `a number`) with `cast` and refuses values outside
+    `[low, high]` (`(low, high]` when `low_open`), saying what to pass; argparse names the flag."""
+    if high is not None:
+        wanted = f"{name} in {'(' if low_open else '['}{low:g}, {high:g}]"
+    else:
+        wanted = f"{name} {'>' if low_open else '>='} {low:g}"
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {name}; pass {wanted}") from None
+        too_low = value <= low if low_open else value < low
+        if too_low or (high is not None and value > high) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; pass {wanted}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def main(argv=None) -> dict:
+def _list(item_type, name: str):
+    def parse(text: str):
+        values = tuple(item_type(v.strip()) for v in text.split(",") if v.strip())
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} names none; pass {name}")
+        return values
+
+    parse.__name__ = name
+    return parse
+
+
+POSITIVE_INT = _number(int, "a whole number", low=1)
+POSITIVE_FLOAT = _number(float, "a number", low=0, low_open=True)
+NON_NEGATIVE_FLOAT = _number(float, "a number", low=0)
+FRACTION = _number(float, "a fraction", low=0, high=1)
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--num_images", type=int, default=8, help="Images attacked, one at a time (batch 1).")
+    parser.add_argument("--num_images", type=POSITIVE_INT, default=8, help="Images attacked, one at a time (batch 1).")
     parser.add_argument(
         "--jigsaw",
         choices=JIGSAW_VIEWS,
@@ -721,70 +981,140 @@ def main(argv=None) -> dict:
         "only, 'off' plain only.",
     )
     parser.add_argument(
-        "--jigsaw_ratio", type=float, default=None, help="Shuffle ratio of the client's jigsaw (default: the model's)."
+        "--jigsaw_ratio",
+        type=FRACTION,
+        default=None,
+        help="Shuffle ratio of the client's jigsaw (default: the model's).",
     )
     parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"Comma-separated subset of {','.join(ATTACKS)}.")
-    parser.add_argument("--steps", type=int, default=300, help="Optimisation attack: Adam steps per image.")
-    parser.add_argument("--max_seconds", type=float, default=60.0, help="Optimisation attack: time limit per image.")
+    defaults = OptimizationBudget()
     parser.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="Optimisation attack: Adam learning rate (default 0.01 from the analytic start, 0.1 from noise).",
+        "--steps", type=POSITIVE_INT, default=defaults.steps, help="Optimisation attacks: iterations per run."
     )
-    parser.add_argument("--tv_weight", type=float, default=1e-2, help="Optimisation attack: total-variation weight.")
     parser.add_argument(
-        "--optimization_init",
-        choices=OPTIMIZATION_INITS,
-        default="analytic",
-        help="Optimisation attack: start from the analytic_prior reconstruction, or from Gaussian noise.",
+        "--max_seconds",
+        type=POSITIVE_FLOAT,
+        default=defaults.max_seconds,
+        help="Optimisation attacks: wall-time limit per run (one image, one step).",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=POSITIVE_INT,
+        default=defaults.restarts,
+        help="Optimisation from scratch: starts per run, the one with the best gradient match kept (the budget is "
+        "shared among them).",
+    )
+    parser.add_argument(
+        "--tv_weight", type=NON_NEGATIVE_FLOAT, default=None, help="Optimisation attacks: total-variation weight."
     )
     parser.add_argument(
         "--multi_round_counts",
-        default=",".join(map(str, MULTI_ROUND_COUNTS)),
+        type=_list(POSITIVE_INT, "round counts, e.g. 1,2,4,8"),
+        default=MULTI_ROUND_COUNTS,
         help="Rounds k of the multi-round attacker.",
     )
     parser.add_argument(
         "--multi_round_probs",
-        default=",".join(map(str, MULTI_ROUND_PROBS)),
-        help="jigsaw_prob values the multi-round attacker is run at (the model's own is added).",
+        type=_list(FRACTION, "probabilities, e.g. 0.5,1"),
+        default=MULTI_ROUND_PROBS,
+        help="jigsaw_prob values the multi-round attacker is run at besides the model's own (only those the model's "
+        "training can take).",
     )
     parser.add_argument(
-        "--psnr_threshold", type=float, default=20.0, help="Per-patch PSNR for a patch to count as recovered."
+        "--psnr_threshold",
+        type=POSITIVE_FLOAT,
+        default=20.0,
+        help="Per-patch PSNR (dB) for a patch to count as recovered.",
     )
     args = parser.parse_args(argv)
-    attacks = tuple(name.strip() for name in args.attacks.split(",") if name.strip())
-    unknown = set(attacks) - set(ATTACKS)
-    if unknown:
-        parser.error(f"--attacks {args.attacks!r} names unknown attacks {sorted(unknown)}; choose from {ATTACKS}.")
-    try:
-        counts, probs = _counts(args.multi_round_counts), _probs(args.multi_round_probs)
-    except ValueError as error:
-        parser.error(str(error))
+    args.attacks = tuple(name.strip() for name in args.attacks.split(",") if name.strip())
+    unknown = set(args.attacks) - set(ATTACKS)
+    if unknown or not args.attacks:
+        parser.error(
+            f"--attacks {','.join(args.attacks)!r} names unknown attacks {sorted(unknown)}; choose from {ATTACKS}."
+        )
+    return args
 
+
+def training_step_seconds(model, pixel_values: torch.Tensor, labels: torch.Tensor, repeats: int = 3) -> float:
+    """The median wall time of one batch-1 training step of `model` (forward and backward, as a client computes
+    it), the unit the audit's cost is measured in."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        client_gradient(model, pixel_values[:1], labels[:1], jigsaw="off")
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def describe_plan(model, args, num_images: int, step_seconds: float) -> str:
+    """What the audit will run, and the most the optimisation attacks may take, said before it starts."""
+    plan = _plan(model, args.jigsaw, args.jigsaw_ratio, args.attacks, args.multi_round_counts, args.multi_round_probs)
+    lines = [
+        f"privacy audit: {num_images} image(s), one at a time; steps attacked: {', '.join(plan.kinds)}; attacks: "
+        f"{', '.join(plan.single_attacks) or 'none'}; one training step of this model takes {1000 * step_seconds:.0f} ms.",
+    ]
+    runs = len(plan.kinds) * sum(name in plan.single_attacks for name in OPTIMIZATION_ATTACKS) + plan.calibrate
+    if runs:
+        bound = runs * num_images * args.max_seconds
+        lines.append(
+            f"  optimisation: {runs} run(s) per image (from scratch, refined, calibration as requested), each at most "
+            f"{args.steps} iterations or {args.max_seconds:g} s: at most {_duration(bound)} for all images."
+        )
+    if plan.round_probs:
+        lines.append(
+            f"  multi-round attacker: k = {', '.join(map(str, plan.counts))} rounds at jigsaw_prob "
+            f"{', '.join(f'{p:g}' for p in plan.round_probs)} (up to {max(plan.counts)} more client steps per image "
+            "and probability, each attacked analytically)."
+        )
+    for probability, reason in plan.rounds_not_run.items():
+        lines.append(f"  multi-round attacker not run at jigsaw_prob {probability}: {reason}.")
+    lines.append("  The time per image is measured on the first image and printed with an estimate for the rest.")
+    return "\n".join(lines)
+
+
+def _calling_after_each(between_batches: Callable[[], object]) -> Callable[[Iterable], Iterable]:
+    """A `watch` that calls `between_batches` after each item of the loop it wraps."""
+
+    def watch(iterable: Iterable) -> Iterable:
+        for item in iterable:
+            yield item
+            between_batches()
+
+    return watch
+
+
+def main(argv=None, *, between_batches: Callable[[], object] | None = None) -> dict:
+    """The command line. `between_batches` (the thread-count update that `run_command_line` passes) runs after each
+    attacked image and optimisation iteration when the model is on the CPU."""
+    args = parse_arguments(argv)
     json_path = output_path(args.output_dir, "privacy.json", args.overwrite)
     png_path = output_path(args.output_dir, "privacy.png", args.overwrite)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, normalization, images, labels = load_model_and_images(args, device, args.num_images)
     pixel_values = normalization.from_uint8(images, device)
+    labels = torch.from_numpy(labels).to(device)
+    print(
+        describe_plan(model, args, len(pixel_values), training_step_seconds(model, pixel_values, labels)), flush=True
+    )
+    if torch.device(device).type != "cpu":
+        between_batches = None  # on an accelerator the CPU threads only feed it
+    budget = OptimizationBudget(args.steps, args.max_seconds, args.restarts, args.tv_weight)
     report, reconstructions = evaluate_privacy(
         model,
         pixel_values,
-        torch.from_numpy(labels).to(device),
+        labels,
         normalization,
         jigsaw=args.jigsaw,
         jigsaw_ratio=args.jigsaw_ratio,
-        attacks=attacks,
-        steps=args.steps,
-        lr=args.lr,
-        tv_weight=args.tv_weight,
-        max_seconds=args.max_seconds,
-        optimization_init=args.optimization_init,
+        attacks=args.attacks,
+        optimization=budget,
         psnr_threshold=args.psnr_threshold,
-        multi_round_counts=counts,
-        multi_round_probs=probs,
+        multi_round_counts=args.multi_round_counts,
+        multi_round_probs=args.multi_round_probs,
         seed=args.seed,
+        watch=None if between_batches is None else _calling_after_each(between_batches),
     )
     report = {"model_name_or_path": str(args.model_name_or_path), "model_class": type(model).__name__, **report}
     write_json(json_path, report)
@@ -799,4 +1129,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ..training.command_line import run_command_line  # a command line adapts torch's thread count
+
+    run_command_line(main)

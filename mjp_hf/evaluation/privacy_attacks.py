@@ -7,14 +7,15 @@ Which positions were shuffled is read from the gradient (their position-embeddin
 client's draw.
 """
 
+import copy
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
-from ..training.threads import adaptive_threads
 from .common import is_mjp_model, patch_grid, unpatchify, uses_unk_position_embedding
 
 
@@ -232,6 +233,15 @@ def _residual_directions(system: PatchSystem, solution: torch.Tensor, num_shuffl
     return vh[: min(keep, num_shuffled - 1)].T
 
 
+def _patches_to_image(patches: torch.Tensor, grid_size, patch_size) -> torch.Tensor:
+    """`[N, C * ph * pw]` -> `[C, H, W]`: `unpatchify` by a reshape (the same values, several times faster
+    through autograd than `fold` on a 224x224 image)."""
+    (rows, cols), (height, width) = grid_size, patch_size
+    channels = patches.shape[-1] // (height * width)
+    grid = patches.reshape(rows, cols, channels, height, width).permute(2, 0, 3, 1, 4)
+    return grid.reshape(channels, rows * height, cols * width)
+
+
 def minimise_total_variation(
     config,
     kept: torch.Tensor,
@@ -255,7 +265,6 @@ def minimise_total_variation(
         fill: `[P]` the start of the unplaced patches, which the prior inpaints (zeros by default).
     """
     grid_size, patch_size = patch_grid(config)
-    image_size = (grid_size[0] * patch_size[0], grid_size[1] * patch_size[1])
     num_placed, width = kept.shape
     dtype, device = torch.float64, kept.device
     kept = kept.double()
@@ -291,7 +300,7 @@ def minimise_total_variation(
 
         def closure():
             optimizer.zero_grad()
-            loss = smooth_total_variation(unpatchify((assemble() * scale)[None], patch_size, image_size))
+            loss = smooth_total_variation(_patches_to_image(assemble() * scale, grid_size, patch_size))
             loss.backward()
             return loss
 
@@ -443,7 +452,29 @@ def refined_attack(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The optimisation attack
+# The optimisation attack: the generic attacker
+
+# Gradients below this share of the largest one are float32 rounding of an exact zero (the attention key biases':
+# a softmax ignores a shift common to all keys); normalised by cosine they would only add noise to the objective.
+STRUCTURAL_ZERO = 1e-6
+# The coarse-to-fine schedule from scratch: (share of the image side optimised, share of the iterations).
+COARSE_TO_FINE = ((0.25, 0.2), (0.5, 0.3), (1.0, 0.5))
+# Weight of the chroma prior (the squared deviation of every channel from the pixel's channel mean) at each stage
+# of the schedule: colour directions barely move a model trained on natural images' correlated channels, and
+# without it they fill with noise.
+CHROMA_WEIGHTS = (1e-1, 1e-2, 1e-3)
+# Weight of the penalty on pixels outside the valid range (L-BFGS takes no box constraints).
+BOX_WEIGHT = 1.0
+LBFGS_CHUNK = 50
+OPTIMIZATION_RECIPE = {
+    "objective": "1 - cos(gradient of the dummy, shared gradient) over every parameter whose shared gradient is "
+    "not a structural zero; the dummy's logits backpropagate the shared classifier-bias gradient (p - onehot)",
+    "optimizer": "L-BFGS (strong Wolfe line search), float64",
+    "from_scratch": "coarse to fine (a quarter, half, then full image side, bilinear), chroma and box priors; "
+    "restart 0 from a constant grey, the others from smooth noise; the restart with the lowest matching term kept",
+    "refined": "from the analytic_prior image, full resolution; the start is a candidate",
+    "selection": "the iterate with the lowest gradient-matching term (priors excluded), never the ground truth",
+}
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -469,84 +500,203 @@ def attacker_forward_kwargs(model, placed: torch.BoolTensor) -> dict:
     return {"jigsaw": False}
 
 
+class GradientMatching:
+    """The generic attacker's objective for one shared gradient: `1 - cos` between the dummy's gradient and the
+    shared one over every trainable parameter whose shared gradient is not a structural zero, computed in float64.
+
+    The dummy's loss backpropagates the *shared* gradient of the logits, not its own: for a batch-1 cross-entropy
+    step the classifier bias gradient is exactly `softmax(logits) - onehot(label)` (what iDLG reads the label
+    from), so the attacker knows the output error of the client's step and uses it as the signal; the dummy need
+    not first reproduce the client's prediction. The model's other losses (the DALR loss) are kept as they are.
+    """
+
+    def __init__(self, model, gradients: dict[str, torch.Tensor], dtype: torch.dtype = torch.float64):
+        self.model = copy.deepcopy(model).to(dtype).train()
+        self.dtype = dtype
+        names, params = _trainable(self.model)
+        largest = max(float(gradient.norm()) for gradient in gradients.values())
+        kept = [(p, gradients[n]) for n, p in zip(names, params) if n in gradients]
+        kept = [(p, g) for p, g in kept if float(g.norm()) > STRUCTURAL_ZERO * largest]
+        self.params = [p for p, _ in kept]
+        self.targets = [g.to(dtype) for _, g in kept]
+        self.target_norm = torch.sqrt(sum((t * t).sum() for t in self.targets))
+        self.output_error = gradients[CLASSIFIER_BIAS].to(dtype).view(1, -1)
+        self.label = infer_label(gradients)
+        self.forward_kwargs = attacker_forward_kwargs(model, placed_positions(gradients))
+
+    def __call__(self, pixel_values: torch.Tensor, create_graph: bool = True) -> torch.Tensor:
+        output = self.model(pixel_values.to(self.dtype), labels=self.label, **self.forward_kwargs)
+        classification = torch.nn.functional.cross_entropy(output.logits, self.label)
+        loss = output.loss - classification + (output.logits * self.output_error).sum()
+        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
+        dot = sum((g * t).sum() for g, t in zip(grads, self.targets) if g is not None)
+        norm = torch.sqrt(sum((g * g).sum() for g in grads if g is not None))
+        return 1 - dot / (norm * self.target_norm).clamp(min=torch.finfo(self.dtype).tiny)
+
+    def value(self, pixel_values: torch.Tensor) -> float:
+        with torch.enable_grad():
+            dummy = pixel_values.detach().to(self.dtype).requires_grad_(True)
+            return float(self(dummy, create_graph=False))
+
+
+def _chroma(images: torch.Tensor) -> torch.Tensor:
+    return (images - images.mean(1, keepdim=True)).square().mean() if images.shape[1] > 1 else images.new_zeros(())
+
+
+def _lbfgs_stage(matching, variables, render, *, iterations, deadline, low, high, chroma_weight, tv_weight, watch):
+    """L-BFGS on `variables` (rendered to an image by `render`) for at most `iterations` or until `deadline`;
+    returns the iterations run."""
+    optimizer = torch.optim.LBFGS(
+        [variables],
+        lr=1,
+        max_iter=LBFGS_CHUNK,
+        history_size=100,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-15,
+        tolerance_change=1e-18,
+    )
+
+    def closure():
+        image = render(variables)
+        outside = image - torch.maximum(torch.minimum(image, high), low)
+        objective = matching(image) + BOX_WEIGHT * outside.square().sum() + chroma_weight * _chroma(image)
+        if tv_weight:
+            objective = objective + tv_weight * total_variation(image)
+        (grad,) = torch.autograd.grad(objective, variables)
+        variables.grad = grad.contiguous()
+        return objective.detach()
+
+    run, start = 0, time.perf_counter()
+    for _ in watch(range(iterations)):
+        # As many iterations per call as fit a quarter of the time left (at least one, at most `LBFGS_CHUNK`): a
+        # large model's iteration takes seconds, and the deadline is only checked between calls. Splitting the
+        # iterations among calls leaves L-BFGS's iterates as they are (its state persists between calls).
+        per_iteration = (time.perf_counter() - start) / run if run else None
+        left = deadline - time.perf_counter()
+        fit = LBFGS_CHUNK if per_iteration is None or left == float("inf") else int(left / 4 / per_iteration)
+        chunk = min(iterations - run, LBFGS_CHUNK, max(1, fit)) if run else 1
+        optimizer.param_groups[0]["max_iter"] = chunk
+        optimizer.step(closure)
+        run += chunk
+        if run >= iterations or time.perf_counter() > deadline or not torch.isfinite(variables).all():
+            break
+    return run
+
+
 def optimization_attack(
     model,
     gradients: dict[str, torch.Tensor],
     *,
     pixel_bounds: tuple[float, float] | tuple[torch.Tensor, torch.Tensor] = (-1.0, 1.0),
     steps: int = 300,
-    lr: float = 0.1,
-    tv_weight: float = 1e-2,
     max_seconds: float | None = 60.0,
+    restarts: int = 1,
+    tv_weight: float = 0.0,
     init: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    watch: Callable[[Iterable], Iterable] | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Gradient matching ("Inverting Gradients", Geiping et al. 2020): returns the best dummy input `[1, C, H, W]`
-    and a summary.
+    """Gradient matching, the generic attacker: returns the dummy input `[1, C, H, W]` whose gradient matches the
+    shared one best, and a summary of the run.
 
-    The objective is `1 - cos(grad(x), shared) + tv_weight * TV(x)` over all shared gradients; Adam with signed
-    gradients, learning rate divided by 10 at 3/8, 5/8 and 7/8 of `steps`, pixels clamped to `pixel_bounds` (the
-    valid `pixel_values` range), stopped after `steps` or `max_seconds`. The label comes from the classifier bias
-    gradient. `init` starts from a given input (an analytic reconstruction: the attacker computes it from the same
-    gradient, so it is a legitimate start) instead of Gaussian noise.
+    It uses only what the threat model gives: the weights, the gradient, and the output error `p - onehot` (so
+    the label) read from the classifier bias gradient; nothing of the position embeddings' structure. The
+    objective is `GradientMatching` (float64); L-BFGS with a strong-Wolfe line search minimises it plus a penalty on pixels outside `pixel_bounds`, a chroma prior and, when
+    `tv_weight > 0`, total variation. From scratch (`init=None`) each of `restarts` runs coarse to fine
+    (`COARSE_TO_FINE`), restart 0 from a constant grey and the others from smooth noise drawn with `generator`;
+    with `init` (e.g. an analytic reconstruction, which the attacker computes from the same gradient) one run
+    refines it at full resolution and the start stays a candidate. The input returned is the candidate with the
+    lowest matching term, priors excluded: the attacker's own choice, never the ground truth's.
+
+    Budget: `steps` L-BFGS iterations per restart, `max_seconds` of wall time for the whole call (shared by the
+    restarts). `watch` wraps the loops over iterations (the identity by default).
     """
-    if steps < 1:
-        raise ValueError(f"steps={steps} is invalid; pass at least 1 optimisation step.")
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"steps={steps}, restarts={restarts} are invalid; pass at least 1 of each.")
+    watch = watch or (lambda iterable: iterable)
     config = model.config
     grid_size, patch_size = patch_grid(config)
     shape = (1, config.num_channels, grid_size[0] * patch_size[0], grid_size[1] * patch_size[1])
-    device = gradients[PATCH_WEIGHT].device
-    label = infer_label(gradients)
-    forward_kwargs = attacker_forward_kwargs(model, placed_positions(gradients))
-    names, params = _trainable(model)
-    pairs = [(param, gradients[name]) for name, param in zip(names, params) if name in gradients]
-    params, targets = [p for p, _ in pairs], [t for _, t in pairs]
-    target_norm = torch.sqrt(sum((t * t).sum() for t in targets))
-    low, high = (torch.as_tensor(bound, dtype=torch.float32, device=device) for bound in pixel_bounds)
-
-    if init is None:
-        init = torch.randn(shape, generator=generator, device=generator.device if generator is not None else device)
-    dummy = init.detach().float().to(device).clamp(low, high).requires_grad_(True)
-    optimizer = torch.optim.Adam([dummy], lr=lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=[steps * 3 // 8, steps * 5 // 8, steps * 7 // 8], gamma=0.1
-    )
-    was_training = model.training
-    model.train()
-    best, best_loss, initial_loss, run = dummy.detach().clone(), float("inf"), float("nan"), 0
-    start = time.perf_counter()
-    try:
-        # Gradient matching differentiates through a gradient: only the math SDPA kernel has a double backward.
-        with sdpa_kernel(SDPBackend.MATH):
-            iterations = tqdm(range(steps), desc="inverting gradients", disable=not progress, leave=False)
-            for _ in adaptive_threads().watch(iterations, device):
-                loss = model(dummy, labels=label, **forward_kwargs).loss
-                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-                dot = sum((g * t).sum() for g, t in zip(grads, targets) if g is not None)
-                norm = torch.sqrt(sum((g * g).sum() for g in grads if g is not None))
-                objective = 1 - dot / (norm * target_norm + 1e-12) + tv_weight * total_variation(dummy)
-                (dummy_grad,) = torch.autograd.grad(objective, dummy)
-                # The objective belongs to the current input, before the step: keep the best input seen.
-                value = objective.item()
-                if run == 0:
-                    initial_loss = value
-                if value < best_loss:
-                    best, best_loss = dummy.detach().clone(), value
-                optimizer.zero_grad(set_to_none=True)
-                dummy.grad = dummy_grad.sign()
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    dummy.copy_(torch.clamp(dummy, low, high))
-                run += 1
-                if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                    break
-    finally:
-        model.train(was_training)
-    return best, {
+    start_time = time.perf_counter()
+    limit = float("inf") if max_seconds is None else max_seconds
+    matching = GradientMatching(model, gradients)
+    dtype, device = matching.dtype, gradients[PATCH_WEIGHT].device
+    low, high = (torch.as_tensor(bound, dtype=dtype, device=device).expand(shape) for bound in pixel_bounds)
+    candidates, run = [], 0
+    if init is not None:
+        candidates.append(torch.maximum(torch.minimum(init.detach().to(dtype), high), low))
+    runs = [("refine", init)] if init is not None else [("scratch", index) for index in range(restarts)]
+    iterations = tqdm(runs, desc="inverting gradients", disable=not progress, leave=False)
+    with sdpa_kernel(SDPBackend.MATH), torch.enable_grad():
+        for number, (mode, start) in enumerate(iterations):
+            deadline = start_time + limit * (number + 1) / len(runs)
+            image, done = _matching_run(
+                matching, mode, start, shape, steps, deadline, low, high, tv_weight, generator, watch
+            )
+            run += done
+            candidates.append(torch.maximum(torch.minimum(image.detach(), high), low))
+            if time.perf_counter() > start_time + limit:
+                break
+    values = [matching.value(candidate) for candidate in candidates]
+    best = min(range(len(values)), key=lambda index: values[index] if values[index] == values[index] else float("inf"))
+    return candidates[best].float(), {
         "steps_run": run,
-        "seconds": time.perf_counter() - start,
-        "initial_objective": initial_loss,
-        "best_objective": best_loss,
+        "restarts_run": len(candidates) - (init is not None),
+        "seconds": time.perf_counter() - start_time,
+        "start_matching": values[0] if init is not None else None,
+        "best_matching": values[best],
+        "kept_start": init is not None and best == 0,
     }
+
+
+def _matching_run(matching, mode, start, shape, steps, deadline, low, high, tv_weight, generator, watch):
+    """One restart of `optimization_attack`: the image it ends at and the iterations it ran."""
+    dtype, device = matching.dtype, low.device
+    if mode == "refine":
+        stages = [(1.0, 1.0, CHROMA_WEIGHTS[-1])]
+        variables = start.detach().to(dtype).clone()
+    else:
+        stages = [(side, share, weight) for (side, share), weight in zip(COARSE_TO_FINE, CHROMA_WEIGHTS)]
+        coarse = _stage_shape(shape, stages[0][0])
+        if start == 0:  # a constant grey, the middle of the valid range, with a trace of noise to break ties
+            variables = ((low + high) / 2)[..., : coarse[2], : coarse[3]].clone()
+            variables += 1e-3 * _noise(coarse, generator, device, dtype)
+        else:
+            variables = 0.5 * _noise(coarse, generator, device, dtype)
+    done = 0
+    for side, share, chroma_weight in stages:
+        stage_shape = _stage_shape(shape, side)
+        if variables.shape != stage_shape:
+            variables = _resize(variables, stage_shape[2:])
+        variables = variables.detach().requires_grad_(True)
+        render = (lambda v: v) if stage_shape == shape else (lambda v: _resize(v, shape[2:]))
+        done += _lbfgs_stage(
+            matching,
+            variables,
+            render,
+            iterations=max(1, round(steps * share)),
+            deadline=deadline,
+            low=low,
+            high=high,
+            chroma_weight=chroma_weight,
+            tv_weight=tv_weight,
+            watch=watch,
+        )
+        if time.perf_counter() > deadline:
+            break
+    with torch.no_grad():
+        return _resize(variables, shape[2:]) if variables.shape != shape else variables.detach(), done
+
+
+def _noise(shape, generator, device, dtype) -> torch.Tensor:
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source).to(device, dtype)
+
+
+def _stage_shape(shape, side: float) -> tuple[int, ...]:
+    return (*shape[:2], max(2, round(shape[2] * side)), max(2, round(shape[3] * side)))
+
+
+def _resize(images: torch.Tensor, size) -> torch.Tensor:
+    return torch.nn.functional.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
