@@ -81,3 +81,13 @@ def test_ci_tests_the_lowest_transformers_setup_py_declares():
         lowest_version(["transformers<6"], "transformers")
     with pytest.raises(SystemExit, match="does not declare"):
         lowest_version(["torch>=2.4"], "transformers")
+
+
+def test_the_launchers_beside_the_interpreter_run_that_interpreter():
+    """torchrun and accelerate (the distributed tests launch them) start the environment they sit in: CI's copy of
+    the environment for the lowest transformers must not launch the original's python."""
+    bin_dir = Path(sys.executable).parent
+    for name in ("torchrun", "accelerate"):
+        first_line = (bin_dir / name).read_text(encoding="utf-8").splitlines()[0]
+        interpreter = Path(first_line.removeprefix("#!").split()[0])
+        assert interpreter.parent == bin_dir, f"{bin_dir / name} starts {interpreter}, not an interpreter of {bin_dir}"
