@@ -10,6 +10,10 @@ hour, a slow row with fast probes is slow code.
     python benchmarks/main_job_time.py             # one run (4 to 6 minutes on the 2-core VM)
     python benchmarks/main_job_time.py --runs 2
     python benchmarks/main_job_time.py --quick     # smoke run: 3 steps on a few hundred images, probes at batch 8
+    python benchmarks/main_job_time.py --card model_cards/mjp-vit-demo-fashion-mnist.md   # and the first run's card
+
+`--card PATH` writes the model card of the first run (`python -m mjp_hf.hub card`, repo id `org/<file stem>`,
+test split), so that the filled demo card comes from the run whose figures sit beside it.
 
 The run sets no thread count: like the README's command it picks its own (`mjp_hf.training.threads`), and a count you set with
 `OMP_NUM_THREADS` reaches it and the probe alike. Needs the Debian package `dataset-fashion-mnist`.
@@ -79,8 +83,18 @@ def minutes(seconds: float) -> str:
     return f"{whole // 60} min {whole % 60:02d} s"
 
 
-def run_main_job(flags: list[str]) -> dict:
-    """Run the README's training command in a fresh temporary folder; its wall time and what it wrote."""
+def write_card(run_dir: Path, card: Path) -> None:
+    """The model card of the run in `run_dir`, written to `card` by the Hub command line (repo id `org/<stem>`)."""
+    command = [sys.executable, "-m", "mjp_hf.hub", "card", "--run_dir", str(run_dir), "--output", str(card)]
+    command += ["--model_id", f"org/{card.stem}", "--dataset_split", "test", "--overwrite"]
+    process = subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if process.returncode != 0:
+        raise SystemExit(f"Writing the card failed (exit {process.returncode}):\n{process.stderr[-3000:]}")
+
+
+def run_main_job(flags: list[str], card: Path | None = None) -> dict:
+    """Run the README's training command in a fresh temporary folder; its wall time and what it wrote (and its model
+    card to `card`)."""
     folder = Path(tempfile.mkdtemp(prefix="mjp-main-job-"))
     output_dir = folder / "run"
     log_path = folder / "log.txt"
@@ -102,6 +116,8 @@ def run_main_job(flags: list[str]) -> dict:
         threads = thread_counts(log_path.read_text(errors="replace"))
         results = json.loads((output_dir / "all_results.json").read_text())
         steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+        if card is not None:
+            write_card(output_dir, card)
         return {
             "started": started.strftime("%H:%M"),
             "wall_s": wall,
@@ -127,7 +143,10 @@ def main(argv=None) -> None:
         help="seconds of each speed probe (default 10)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 training steps, short probes at batch 8")
+    parser.add_argument("--card", type=Path, default=None, help="write the first run's model card here")
     args = parser.parse_args(argv)
+    if args.card is not None and args.card.is_dir():
+        parser.error(f"--card {str(args.card)!r} is a folder; pass the card's file path, e.g. model_cards/NAME.md")
     flags, probe_seconds, probe_batch = (
         (QUICK_FLAGS, 0.5, QUICK_PROBE_BATCH) if args.quick else ([], args.probe_s, PROBE_BATCH)
     )
@@ -137,8 +156,8 @@ def main(argv=None) -> None:
     print()
     rows, runs = [], []
     probe = probe_ms(probe_seconds, probe_batch)
-    for _ in range(args.runs):
-        run = run_main_job(flags)
+    for index in range(args.runs):
+        run = run_main_job(flags, args.card if index == 0 else None)
         after = probe_ms(probe_seconds, probe_batch)
         run.update(probe_before=probe, probe_after=after)
         runs.append(run)
@@ -163,6 +182,8 @@ def main(argv=None) -> None:
         "count."
     )
     print(f"load average at end: {load_average()}")
+    if args.card is not None:
+        print(f"the model card of the first run ({runs[0]['started']} UTC) -> {args.card}")
     best = min(runs, key=lambda run: run["wall_s"])
     probes = [run["probe_before"] for run in runs] + [runs[-1]["probe_after"]]
     met = all(run["wall_s"] <= GOAL_SECONDS and run["top1"] >= GOAL_ACCURACY for run in runs)

@@ -166,6 +166,19 @@ def default_data_run(tmp_path_factory):
     return output, _train(output, *flags)
 
 
+def test_the_main_job_benchmark_writes_the_card_of_its_own_run(default_data_run, tmp_path):
+    """`benchmarks/main_job_time.py --card` fills the demo card from the run it times: the card's figures are that
+    run's, under the repo id its file name gives."""
+    from benchmarks import main_job_time
+
+    output, metrics = default_data_run
+    card = tmp_path / "mjp-vit-demo-fashion-mnist.md"
+    main_job_time.write_card(output, card)
+    text = card.read_text(encoding="utf-8")
+    assert 'pipeline("image-classification", model="org/mjp-vit-demo-fashion-mnist")' in text
+    assert f"| `eval_accuracy` | {metrics['eval_accuracy']:.4f} " in text
+
+
 def test_default_data_from_scratch_writes_the_full_output_folder(default_data_run):
     output, metrics = default_data_run
     names = {path.name for path in output.iterdir()}
