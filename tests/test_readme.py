@@ -4,6 +4,7 @@ generated place it links, and it stays two screens to the API (issue 22)."""
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,8 +136,10 @@ def flags_of(words: list[str]) -> set[str]:
 
 def _help_text(program: tuple[str, ...], warm_python) -> str:
     if program[0] == "ruff":
-        ruff = Path(sys.executable).parent / "ruff"
-        run = subprocess.run([str(ruff), program[1], "--help"], capture_output=True, text=True, timeout=60)
+        ruff = Path(sys.executable).parent / "ruff"  # the dev extra's, beside this interpreter
+        ruff = str(ruff) if ruff.exists() else shutil.which("ruff")
+        assert ruff, "ruff is not installed: `bash scripts/setup_env.sh dev` installs it"
+        run = subprocess.run([ruff, program[1], "--help"], capture_output=True, text=True, timeout=60)
     else:
         run = warm_python.run([*program, "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, f"{' '.join(program)} --help failed:\n{run.stderr[-2000:]}"
