@@ -193,26 +193,33 @@ def test_a_library_call_leaves_the_thread_count_alone_on_a_busy_machine(two_thre
     assert len(calls) == 3, "one call after each of the 3 batches"
 
 
-def test_the_command_line_adapts_the_thread_count(two_threads, monkeypatch, tmp_path, image_folder):
-    """`python -m mjp_hf.evaluation.robustness` runs its main through `run_command_line`, which passes the
-    process's controller: on a busy machine the evaluation drops to one thread."""
+def _run_evaluation_command_line(name, model, tmp_path, image_folder, monkeypatch, *flags):
+    """`python -m mjp_hf.evaluation.<name>` in this process on `model` (saved with two labels) and two image
+    classes, writing to `tmp_path / "out"`."""
     import runpy
     import warnings
 
-    busy = _busy_shared_controller(monkeypatch)
     model_dir = tmp_path / "model"
-    model = _tiny_model()
     model.config.id2label, model.config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
     model.save_pretrained(model_dir)
     data = tmp_path / "data" / "test"
-    for name in ("cat", "dog"):
-        shutil.copytree(image_folder / name, data / name)
-    argv = ["robustness", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]
-    argv += ["--data_dir", str(tmp_path / "data"), "--corruptions", "none", "--device", "cpu", "--batch_size", "4"]
+    for label in ("cat", "dog"):
+        shutil.copytree(image_folder / label, data / label)
+    argv = [name, "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--data_dir", str(tmp_path / "data"), "--device", "cpu", *flags]
     monkeypatch.setattr(sys, "argv", argv)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
-        runpy.run_module("mjp_hf.evaluation.robustness", run_name="__main__")
+        runpy.run_module(f"mjp_hf.evaluation.{name}", run_name="__main__")
+
+
+def test_the_command_line_adapts_the_thread_count(two_threads, monkeypatch, tmp_path, image_folder):
+    """`python -m mjp_hf.evaluation.robustness` runs its main through `run_command_line`, which passes the
+    process's controller: on a busy machine the evaluation drops to one thread."""
+    busy = _busy_shared_controller(monkeypatch)
+    _run_evaluation_command_line(
+        "robustness", _tiny_model(), tmp_path, image_folder, monkeypatch, "--corruptions", "none", "--batch_size", "4"
+    )
     assert (tmp_path / "out" / "robustness.json").is_file()
     assert torch.get_num_threads() == 1 and busy.switches == 1
 
@@ -255,9 +262,6 @@ def test_the_privacy_audit_leaves_the_thread_count_alone_and_its_command_line_ad
 ):
     """`evaluate_privacy` as a library call leaves torch's thread count alone on a busy machine; `python -m
     mjp_hf.evaluation.privacy` runs through `run_command_line`, whose controller drops it to one thread."""
-    import runpy
-    import warnings
-
     from mjp_hf.evaluation import privacy
 
     busy = _busy_shared_controller(monkeypatch)
@@ -268,19 +272,9 @@ def test_the_privacy_audit_leaves_the_thread_count_alone_and_its_command_line_ad
     )
     assert torch.get_num_threads() == 2 and busy.switches == 0
 
-    model_dir = tmp_path / "model"
-    model.config.id2label, model.config.label2id = {0: "cat", 1: "dog"}, {"cat": 0, "dog": 1}
-    model.save_pretrained(model_dir)
-    data = tmp_path / "data" / "test"
-    for name in ("cat", "dog"):
-        shutil.copytree(image_folder / name, data / name)
-    argv = ["privacy", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "out")]
-    argv += ["--data_dir", str(tmp_path / "data"), "--num_images", "2", "--attacks", "analytic", "--device", "cpu"]
-    argv += ["--multi_round_counts", "1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: the module is already imported
-        runpy.run_module("mjp_hf.evaluation.privacy", run_name="__main__")
+    _run_evaluation_command_line(
+        "privacy", model, tmp_path, image_folder, monkeypatch, "--num_images", "2", "--attacks", "analytic"
+    )
     assert (tmp_path / "out" / "privacy.json").is_file()
     assert torch.get_num_threads() == 1 and busy.switches == 1
 

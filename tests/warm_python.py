@@ -162,7 +162,27 @@ else:
 """
 
 
-class WarmPython:
+class _Runs:
+    """`run`, as `subprocess.run` has it, over the class's `popen` (a child's pipes close when `communicate` returns)."""
+
+    def run(self, args, *, timeout=None, capture_output=False, check=False, **kwargs) -> subprocess.CompletedProcess:
+        if capture_output:
+            kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        child = self.popen(args, **kwargs)
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+        done = subprocess.CompletedProcess(child.args, child.returncode, out, err)
+        if check:
+            done.check_returncode()
+        return done
+
+
+class WarmPython(_Runs):
     """A warm interpreter that has imported `preload` (default: mjp_hf, and with it torch and transformers); its
     `popen` and `run` mirror `subprocess.Popen` and `subprocess.run` for Python command lines."""
 
@@ -261,22 +281,6 @@ class WarmPython:
             raise RuntimeError(f"could not start {args}: {started}")
         child.pid = started
         return child
-
-    def run(self, args, *, timeout=None, capture_output=False, check=False, **kwargs) -> subprocess.CompletedProcess:
-        if capture_output:
-            kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        child = self.popen(args, **kwargs)
-        try:
-            out, err = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            raise
-        done = subprocess.CompletedProcess(child.args, child.returncode, out, err)
-        if check:
-            done.check_returncode()
-        return done
 
     def _status(self, pid: int, timeout: float | None) -> int | None:
         with self._changed:
@@ -409,7 +413,7 @@ class WarmSubprocess:
         return self._warm.popen(args, preload=self._preload, **kwargs)
 
 
-class ColdPython:
+class ColdPython(_Runs):
     """`WarmPython`'s interface over plain `subprocess` (every child a fresh interpreter): where fork or Unix
     sequenced-packet sockets are missing, or with MJP_TESTS_COLD_PYTHON=1 to rule the warm interpreter out."""
 
@@ -420,22 +424,6 @@ class ColdPython:
         if env is None:  # the modules the test imports, as the warm interpreter has them
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         return subprocess.Popen(args, env=env, **kwargs)
-
-    def run(self, args, *, timeout=None, capture_output=False, check=False, **kwargs) -> subprocess.CompletedProcess:
-        if capture_output:
-            kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        with self.popen(args, **kwargs) as child:
-            try:
-                out, err = child.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.communicate()
-                raise
-        done = subprocess.CompletedProcess(child.args, child.returncode, out, err)
-        if check:
-            done.check_returncode()
-        return done
 
     def close(self) -> None:
         pass
