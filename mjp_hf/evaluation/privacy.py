@@ -99,6 +99,7 @@ from .privacy_attacks import (  # noqa: F401
     optimization_attack,
     placed_positions,
     prior_attack,
+    pruning_perturbation_std,
     refined_attack,
     solve_least_squares,
     textbook_attack,
@@ -139,8 +140,9 @@ class ClientUpdate:
     gradients: dict[str, torch.Tensor]
     jigsaw_mask: torch.BoolTensor | None = None
     jigsaw_permutation: torch.LongTensor | None = None
-    # The std of the noise a defence added to every entry (σC): public, as the protocol's parameters are; the
-    # analytic attacks do not invert what lies below it (`solve_least_squares`).
+    # The std of the error a defence added to every entry, as the attacker knows it: σC under noise (public, as the
+    # protocol's parameters are), a bound read from the pruned gradient under pruning (`pruning_perturbation_std`).
+    # The analytic attacks do not invert what lies below it (`solve_least_squares`).
     noise_std: float = 0.0
 
 
@@ -240,7 +242,8 @@ def defend_update(
     clipped to C with Opacus' rule and noised with std σC. `local_noise` clips the whole update to C and adds the
     same noise (Flower's `LocalDpMod`); `prune` zeroes the smallest share of every tensor. The noise is drawn from
     `keyed_generator(seed, "privacy <defence> <kind>", image_index, round_index)` on the CPU: the same for an image
-    and a round whichever other images, attacks or devices ran."""
+    and a round whichever other images, attacks or devices ran. The update's `noise_std` is what the attacker knows
+    of the error the defence made (σC, or the bound `pruning_perturbation_std` reads from a pruned gradient)."""
     if defense.kind == "none":
         return update
     generator = None
@@ -252,7 +255,12 @@ def defend_update(
         defended = defense.apply(per_sample_gradients=per_sample, generator=generator, expected_batch_size=1)
     else:
         defended = defense.apply(gradients, generator=generator)
-    noise_std = defense.noise_multiplier * defense.max_grad_norm if noise_is_drawn(defense) else 0.0
+    if noise_is_drawn(defense):
+        noise_std = defense.noise_multiplier * defense.max_grad_norm
+    elif defense.kind == "prune":
+        noise_std = pruning_perturbation_std(defended, defense.prune_ratio)
+    else:
+        noise_std = 0.0
     return ClientUpdate(dict(defended), update.jigsaw_mask, update.jigsaw_permutation, noise_std)
 
 

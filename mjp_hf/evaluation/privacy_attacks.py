@@ -93,6 +93,18 @@ def noise_tolerance(noise_std: float, shape: tuple[int, int]) -> float:
     return float(noise_std) * (shape[0] ** 0.5 + shape[1] ** 0.5)
 
 
+def pruning_perturbation_std(gradients: dict[str, torch.Tensor], prune_ratio: float) -> float:
+    """What the attacker knows of the error pruning made in the position-embedding gradient (the regressors it
+    inverts): the zeroed entries were each at most `t` in magnitude, `t` the smallest entry still sent, on a share
+    `prune_ratio` of the entries, so the error's RMS per entry is at most `t * sqrt(prune_ratio)`; solving below that
+    level (`noise_tolerance`) would invert the pruning's error, as it would a noise's."""
+    sent = gradients[POSITION_EMBEDDINGS].abs()
+    kept = sent[sent > 0]
+    if prune_ratio <= 0 or kept.numel() == 0:
+        return 0.0
+    return float(kept.min()) * prune_ratio**0.5
+
+
 def solve_least_squares(
     regressors: torch.Tensor, targets: torch.Tensor, eps: float, noise_std: float = 0.0
 ) -> LeastSquaresSolution:
