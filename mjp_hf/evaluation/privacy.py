@@ -50,6 +50,11 @@ the same position `k`. A patch rebuilt perfectly but at another position does no
 "recovered" by any guess of its colour, `recovered_fraction_textured` gives the same share among the patches whose
 original pixels span more than 0.1.
 
+**Defences.** `defense` (`--defense dp_sgd|local_noise|prune`, a `mjp_hf.training.defenses.Defense`) makes every
+update attacked the defended one the server receives (`defend_update`), each with its own noise draw; the analytic
+solves then stop at the defence's error level instead of inverting it (`solve_least_squares`). docs/PRIVACY.md,
+"Defended gradients", says what each defence does to the attacks.
+
 `python -m mjp_hf.evaluation.privacy --model_name_or_path DIR --output_dir DIR` writes `privacy.json` and
 `privacy.png` (originals, the input as the network saw it, and the reconstructions). It says before starting what
 it will run and the most the optimisation may take, and after the first image what the rest should take.
