@@ -372,11 +372,20 @@ def model_folder(tmp_path_factory):
 @pytest.mark.parametrize(
     "flags, names",
     [
-        (["--defense", "dp_sgd", "--noise_multiplier", "1", "--prune_ratio", "0.5"], ["--prune_ratio 0.5", "prune"]),
-        (["--noise_multiplier", "1"], ["--noise_multiplier 1", "--defense none", "dp_sgd or local_noise"]),
-        (["--defense", "prune", "--prune_ratio", "0.5", "--max_grad_norm", "2"], ["--max_grad_norm 2"]),
-        (["--defense", "local_noise", "--max_grad_norm", "2"], ["needs --noise_multiplier"]),
-        (["--defense", "prune"], ["needs --prune_ratio"]),
+        (
+            ["--defense", "dp_sgd", "--noise_multiplier", "1", "--prune_ratio", "0.5"],
+            ["--prune_ratio 0.5 does not apply to --defense dp_sgd: pass --defense prune, or drop --prune_ratio"],
+        ),
+        (
+            ["--noise_multiplier", "1"],
+            ["--noise_multiplier 1 does not apply to --defense none: pass --defense dp_sgd or local_noise"],
+        ),
+        (
+            ["--defense", "prune", "--prune_ratio", "0.5", "--max_grad_norm", "2"],
+            ["--max_grad_norm 2 does not apply to --defense prune", "or drop --max_grad_norm"],
+        ),
+        (["--defense", "local_noise", "--max_grad_norm", "2"], ["--defense local_noise needs --noise_multiplier"]),
+        (["--defense", "prune"], ["--defense prune needs --prune_ratio"]),
         (["--defense", "dp_sgd", "--noise_multiplier", "-1"], ["argument --noise_multiplier", "'-1'"]),
         (["--defense", "dp_sgd", "--noise_multiplier", "nan"], ["argument --noise_multiplier", "'nan'"]),
         (["--defense", "dp_sgd", "--noise_multiplier", "1", "--max_grad_norm", "0"], ["argument --max_grad_norm"]),
@@ -391,5 +400,5 @@ def test_cli_refuses_bad_defence_flags_before_any_work(model_folder, tmp_path, c
     with pytest.raises(SystemExit):
         privacy.main(argv)
     error = capsys.readouterr().err
-    assert all(name in error for name in names), error
+    assert all(name in error for name in names) and "unrecognized arguments" not in error, error
     assert not (tmp_path / "out").exists()
