@@ -50,6 +50,11 @@ the same position `k`. A patch rebuilt perfectly but at another position does no
 "recovered" by any guess of its colour, `recovered_fraction_textured` gives the same share among the patches whose
 original pixels span more than 0.1.
 
+**Defences.** `defense` (`--defense dp_sgd|local_noise|prune`, a `mjp_hf.training.defenses.Defense`) makes every
+update attacked the defended one the server receives (`defend_update`), each with its own noise draw; the analytic
+solves then stop at the defence's error level instead of inverting it (`solve_least_squares`). docs/PRIVACY.md,
+"Defended gradients", says what each defence does to the attacks.
+
 `python -m mjp_hf.evaluation.privacy --model_name_or_path DIR --output_dir DIR` writes `privacy.json` and
 `privacy.png` (originals, the input as the network saw it, and the reconstructions). It says before starting what
 it will run and the most the optimisation may take, and after the first image what the rest should take.
@@ -67,6 +72,8 @@ from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structu
 from tqdm.auto import tqdm
 
 from ..jigsaw import draw_jigsaw
+from ..training.defenses import DEFENSE_KINDS, Defense, keyed_generator
+from ..utils import bounded
 from .common import (
     PixelNormalization,
     base_parser,
@@ -97,6 +104,7 @@ from .privacy_attacks import (  # noqa: F401
     optimization_attack,
     placed_positions,
     prior_attack,
+    pruning_perturbation_std,
     refined_attack,
     solve_least_squares,
     textbook_attack,
@@ -137,6 +145,10 @@ class ClientUpdate:
     gradients: dict[str, torch.Tensor]
     jigsaw_mask: torch.BoolTensor | None = None
     jigsaw_permutation: torch.LongTensor | None = None
+    # The std of the error a defence added to every entry, as the attacker knows it: σC under noise (public, as the
+    # protocol's parameters are), a bound read from the pruned gradient under pruning (`pruning_perturbation_std`).
+    # The analytic attacks do not invert what lies below it (`solve_least_squares`).
+    noise_std: float = 0.0
 
 
 def step_weights(model, jigsaw: str = "auto") -> dict[str, float]:
@@ -221,6 +233,71 @@ def client_gradient(
     return ClientUpdate(gradients, mask, permutation)
 
 
+def noise_is_drawn(defense: Defense) -> bool:
+    """Whether `defense` adds random noise (then every update the client sends gets its own draw)."""
+    return defense.kind in ("dp_sgd", "local_noise") and defense.noise_multiplier > 0
+
+
+def defend_update(
+    update: ClientUpdate, defense: Defense, *, seed: int, image_index: int, kind: str, round_index: int = 0
+) -> ClientUpdate:
+    """The update as the server receives it from a client that applies `defense` to its batch-1 step.
+
+    `dp_sgd` is DP-SGD's step on a batch of one (expected size 1): the step's gradient is the one example's gradient,
+    clipped to C with Opacus' rule and noised with std σC. `local_noise` clips the whole update to C and adds the
+    same noise (Flower's `LocalDpMod`); `prune` zeroes the smallest share of every tensor. The noise is drawn from
+    `keyed_generator(seed, "privacy <defence> <kind>", image_index, round_index)` on the CPU: the same for an image
+    and a round whichever other images, attacks or devices ran. The update's `noise_std` is what the attacker knows
+    of the error the defence made (σC, or the bound `pruning_perturbation_std` reads from a pruned gradient)."""
+    if defense.kind == "none":
+        return update
+    generator = None
+    if noise_is_drawn(defense):
+        generator = keyed_generator(seed, f"privacy {defense.kind} {kind}", image_index, round_index)
+    gradients = update.gradients
+    if defense.needs_per_sample_gradients:
+        per_sample = {name: gradient[None] for name, gradient in gradients.items()}
+        defended = defense.apply(per_sample_gradients=per_sample, generator=generator, expected_batch_size=1)
+    else:
+        defended = defense.apply(gradients, generator=generator)
+    if noise_is_drawn(defense):
+        noise_std = defense.noise_multiplier * defense.max_grad_norm
+    elif defense.kind == "prune":
+        noise_std = pruning_perturbation_std(defended, defense.prune_ratio)
+    else:
+        noise_std = 0.0
+    return ClientUpdate(dict(defended), update.jigsaw_mask, update.jigsaw_permutation, noise_std)
+
+
+@dataclass(frozen=True)
+class ClientDefense:
+    """The defence one client applies to the updates it sends of image `image_index` (`defend_update`, noise keyed
+    by the audit's `seed`)."""
+
+    defense: Defense
+    seed: int
+    image_index: int
+
+    @property
+    def noise(self) -> bool:
+        return noise_is_drawn(self.defense)
+
+    def __call__(self, update: ClientUpdate, kind: str, round_index: int = 0) -> ClientUpdate:
+        return defend_update(
+            update, self.defense, seed=self.seed, image_index=self.image_index, kind=kind, round_index=round_index
+        )
+
+
+def defense_record(defense: Defense) -> dict:
+    """What `privacy.json` records of the defence: its `name`, every parameter (`None` where it does not apply)
+    and a `description`."""
+    return {
+        "name": defense.kind,
+        **{name: getattr(defense, name) for name in ("noise_multiplier", "max_grad_norm", "prune_ratio")},
+        "description": defense.describe(),
+    }
+
+
 def analytic_attack(model, gradients: dict[str, torch.Tensor], fill_value: float = 0.0):
     """The textbook analytic attack as `(pixel_values [1, C, H, W], placed [N])` (see `textbook_attack`)."""
     reconstruction = textbook_attack(model, gradients, fill_value)
@@ -240,11 +317,14 @@ def reconstruction_metrics(
     Returns `mse`, `psnr`, `ssim` (scikit-image; PSNR capped at 100 dB for an exact match), `patch_psnr` (per
     patch position, row-major), `recovered_fraction` (share of positions whose patch PSNR is >= `psnr_threshold`)
     `recovered_fraction_textured` (the same among patches whose pixels span more than `TEXTURE_RANGE`; `None`
-    when none does) and, when `shuffled` (bool `[N]`) is given, the mean patch PSNR over the `kept` and the
+    when none does; non-finite reconstruction pixels count as 0.5) and, when `shuffled` (bool `[N]`) is given, the mean patch PSNR over the `kept` and the
     `shuffled` positions.
     """
     original = np.asarray(original, dtype=np.float64)
-    reconstruction = np.clip(np.asarray(reconstruction, dtype=np.float64), 0.0, 1.0)
+    # A non-finite pixel (a failed solve) is scored as the uninformed guess, mid-grey: it neither crashes the metrics
+    # nor counts as a perfect match (`mse > 0` is False for NaN, which read as the 100 dB cap).
+    reconstruction = np.nan_to_num(np.asarray(reconstruction, dtype=np.float64), nan=0.5, posinf=1.0, neginf=0.0)
+    reconstruction = np.clip(reconstruction, 0.0, 1.0)
     height, width, channels = original.shape
     patch_h, patch_w = patch_size
     mse = mean_squared_error(original, reconstruction)
@@ -405,7 +485,7 @@ class _Attacker:
     def attack(self, update: ClientUpdate, kind: str, attacks, keep_prior: bool = True) -> StepAttack:
         """Every attack of `attacks` on `update`; the prior reconstruction is made when an attack needs it or
         `keep_prior` (the multi-round attacker combines it)."""
-        config, gradients = self.model.config, update.gradients
+        config, gradients, noise_std = self.model.config, update.gradients, update.noise_std
         step = StepAttack(update, kind, None, {}, {})
         unplaced = int((~placed_positions(gradients)).sum())
 
@@ -417,13 +497,16 @@ class _Attacker:
 
         solved = {}
         if keep_prior or {"analytic_prior", "analytic_refined", "optimization_refined"} & set(attacks):
-            step.prior = timed("analytic_prior", lambda: prior_attack(self.model, gradients, self.normalization))
+            step.prior = timed(
+                "analytic_prior", lambda: prior_attack(self.model, gradients, self.normalization, noise_std=noise_std)
+            )
             solved["analytic_prior"] = step.prior
         if "analytic" in attacks:
-            solved["analytic"] = timed("analytic", lambda: textbook_attack(self.model, gradients))
+            solved["analytic"] = timed("analytic", lambda: textbook_attack(self.model, gradients, noise_std=noise_std))
         if "analytic_refined" in attacks:
             solved["analytic_refined"] = timed(
-                "analytic_refined", lambda: refined_attack(self.model, gradients, step.prior, self.normalization)
+                "analytic_refined",
+                lambda: refined_attack(self.model, gradients, step.prior, self.normalization, noise_std),
             )
         for name, reconstruction in solved.items():
             if name in attacks:
@@ -489,17 +572,25 @@ class RoundSource:
     """The steps a client sends of one image over the rounds, attacked once each and shared by the multi-round
     trials at every probability (common random numbers: the trials differ only in which rounds are plain). Round
     `r`'s jigsawed step is the `r`-th drawn, the first being the audited jigsawed step when there is one; the plain
-    step, the same gradient in every round, is the audited one or attacked once."""
+    step, the same gradient in every round, is the audited one or attacked once.
 
-    def __init__(self, model, pixel_values, labels, *, jigsaw_ratio, generator, normalization, audited=None):
+    Under a defence (`defend`, a `ClientDefense` for this image) every round's update is defended; one that draws
+    noise draws it afresh in every round, so plain rounds differ too: round `r`'s plain step is then attacked on its
+    own (the audited one is round 0)."""
+
+    def __init__(
+        self, model, pixel_values, labels, *, jigsaw_ratio, generator, normalization, audited=None, defend=None
+    ):
         audited = audited or {}
         self.model, self.pixel_values, self.labels = model, pixel_values, labels
         self.jigsaw_ratio, self.generator = jigsaw_ratio, generator
+        self.defend = defend
         self.attacker = _Attacker(model, normalization, 20.0, None, None, generator, None, False)
         self.jigsawed = [audited["jigsawed"]] if "jigsawed" in audited else []
-        self.plain = audited.get("plain")
+        self.plain = {0: audited["plain"]} if "plain" in audited else {}
+        self.plain_differs = defend is not None and defend.noise
 
-    def _attack(self, kind: str) -> StepAttack:
+    def _attack(self, kind: str, round_index: int) -> StepAttack:
         update = client_gradient(
             self.model,
             self.pixel_values,
@@ -508,14 +599,18 @@ class RoundSource:
             jigsaw_ratio=self.jigsaw_ratio,
             generator=self.generator,
         )
+        if self.defend is not None:
+            update = self.defend(update, kind, round_index)
         return self.attacker.attack(update, kind, ANALYTIC_ATTACKS)
 
     def step(self, index: int, kind: str) -> StepAttack:
         if kind == "plain":
-            self.plain = self.plain or self._attack("plain")
-            return self.plain
+            round_index = index if self.plain_differs else 0
+            if round_index not in self.plain:
+                self.plain[round_index] = self._attack("plain", round_index)
+            return self.plain[round_index]
         while len(self.jigsawed) <= index:
-            self.jigsawed.append(self._attack("jigsawed"))
+            self.jigsawed.append(self._attack("jigsawed", len(self.jigsawed)))
         return self.jigsawed[index]
 
 
@@ -568,7 +663,13 @@ def multi_round_attack(
         rounds.append(source.step(count - 1, "jigsawed" if jigsawed else "plain"))
         if count in counts:
             best = best_of_rounds([r.prior for r in rounds])
-            joint = joint_attack(model, [r.update.gradients for r in rounds], best, normalization=normalization)
+            joint = joint_attack(
+                model,
+                [r.update.gradients for r in rounds],
+                best,
+                normalization=normalization,
+                noise_std=max(r.update.noise_std for r in rounds),
+            )
             plain = sum(r.kind == "plain" for r in rounds)
             combined[count] = {"plain_rounds": plain, "best_of_rounds": best, "joint": joint}
     return {"rounds": rounds, "combined": combined}
@@ -632,12 +733,19 @@ class _Plan:
     rounds_not_run: dict[str, str]
     counts: tuple[int, ...]
     jigsaw_ratio: float | None
+    defense: Defense
 
 
-def _plan(model, jigsaw, jigsaw_ratio, attacks, multi_round_counts, multi_round_probs) -> _Plan:
+def _plan(model, jigsaw, jigsaw_ratio, attacks, multi_round_counts, multi_round_probs, defense=None) -> _Plan:
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         raise ValueError(f"Unknown attacks {sorted(unknown)}; choose from {ATTACKS}.")
+    defense = Defense() if defense is None else defense
+    if not isinstance(defense, Defense):
+        raise TypeError(
+            f"defense must be a mjp_hf.training.defenses.Defense, not {type(defense).__name__}; e.g. "
+            "Defense('dp_sgd', noise_multiplier=1.0, max_grad_norm=1.0)."
+        )
     weights = step_weights(model, jigsaw)
     kinds = [kind for kind in STEP_KINDS if kind in weights]
     single_attacks = [name for name in SINGLE_STEP_ATTACKS if name in attacks]
@@ -647,18 +755,21 @@ def _plan(model, jigsaw, jigsaw_ratio, attacks, multi_round_counts, multi_round_
         kinds=kinds,
         weights=weights,
         single_attacks=single_attacks,
-        # The calibration of the optimisation attack: the same budget, from scratch, on this model's plain step.
-        calibrate="optimization" in single_attacks and "plain" not in kinds,
+        # The calibration of the optimisation attack: the same budget, from scratch, on this model's plain step,
+        # undefended: it says whether the budget inverts this model at all, not whether the defence works (a
+        # defence that beat the calibration would drop the attack from the headline even where it leaked most).
+        calibrate="optimization" in single_attacks and ("plain" not in kinds or defense.kind != "none"),
         round_probs=round_probs if counts else [],
         rounds_not_run=not_run,
         counts=counts,
         jigsaw_ratio=jigsaw_ratio,
+        defense=defense,
     )
 
 
-def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[dict, dict]:
-    """Every attack on one image `[1, C, H, W]`: each kind of step, the calibration, the multi-round attacker.
-    Returns the image's report entry and its pictures."""
+def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator, defend: ClientDefense) -> tuple[dict, dict]:
+    """Every attack on one image `[1, C, H, W]`: each kind of step, defended by `defend` as the server receives it,
+    the calibration (undefended), the multi-round attacker. Returns the image's report entry and its pictures."""
     model, normalization = attacker.model, attacker.normalization
     start = time.perf_counter()
     original = _to_hwc(x, normalization)
@@ -668,6 +779,7 @@ def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[di
     for kind in plan.kinds:
         jigsaw = "on" if kind == "jigsawed" else "off"
         update = client_gradient(model, x, y, jigsaw=jigsaw, jigsaw_ratio=plan.jigsaw_ratio, generator=generator)
+        update = defend(update, kind)
         entry["inferred_label"] = int(infer_label(update.gradients).item())
         shuffled = _shuffled_positions(update, patchify(x, attacker.patch_size).shape[1])
         permutation = update.jigsaw_permutation
@@ -684,7 +796,14 @@ def _attack_image(attacker: _Attacker, plan: _Plan, x, y, generator) -> tuple[di
         entry["optimization_calibration"] = {**_summary_keys(results["optimization"]), "seconds": plain.seconds}
     entry["multi_round"], entry["multi_round_rounds"], entry["multi_round_seconds"] = {}, {}, {}
     source = RoundSource(
-        model, x, y, jigsaw_ratio=plan.jigsaw_ratio, generator=generator, normalization=normalization, audited=audited
+        model,
+        x,
+        y,
+        jigsaw_ratio=plan.jigsaw_ratio,
+        generator=generator,
+        normalization=normalization,
+        audited=audited,
+        defend=defend,
     )
     for probability in plan.round_probs:
         started = time.perf_counter()
@@ -810,6 +929,7 @@ def evaluate_privacy(
     seed: int = 0,
     progress: bool = True,
     watch: Callable[[Iterable], Iterable] | None = None,
+    defense: Defense | None = None,
 ) -> tuple[dict, dict[str, list[np.ndarray]]]:
     """Attack each image of `pixel_values` `[B, C, H, W]` on its own (batch 1), in every kind of step the
     model's training takes (`step_weights`).
@@ -820,6 +940,10 @@ def evaluate_privacy(
             model's training cannot take (any, for `jigsaw_prob 0`; below 1, for `jigsaw_prob 1`) are not run.
         watch: wraps the loop over the images and the optimisation's iterations (e.g. a thread controller's
             `watch`); the identity by default.
+        defense: the client's gradient defence (`mjp_hf.training.defenses.Defense`; none by default). Every update
+            attacked, the multi-round attacker's rounds included, is the defended one the server receives
+            (`defend_update`), its noise drawn from `seed`, the image's index, its kind of step and its round; the
+            optimisation's calibration alone runs on the undefended plain step.
 
     Returns `(report, images)`. `report["per_image"]` has, per image, `label`, `inferred_label`, `seconds` and,
     per kind of step (`steps.jigsawed`, `steps.plain`), the ground-truth `shuffled_positions`, each attack's
@@ -833,7 +957,7 @@ def evaluate_privacy(
     `images` maps `original`, `<kind> view` (the patch order the network saw; the naive ablation's in-patch pixel
     permutation is not drawn) and `<kind> <attack>` to `[H, W, C]` arrays in `[0, 1]`, for plotting.
     """
-    plan = _plan(model, jigsaw, jigsaw_ratio, attacks, multi_round_counts, multi_round_probs)
+    plan = _plan(model, jigsaw, jigsaw_ratio, attacks, multi_round_counts, multi_round_probs, defense)
     budget = optimization or OptimizationBudget()
     device = pixel_values.device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -845,7 +969,7 @@ def evaluate_privacy(
     indices = tqdm(range(pixel_values.shape[0]), desc="privacy attacks", disable=not progress)
     for index in (watch or _identity)(indices):
         x, y = pixel_values[index : index + 1], labels[index : index + 1]
-        entry, pictures = _attack_image(attacker, plan, x, y, generator)
+        entry, pictures = _attack_image(attacker, plan, x, y, generator, ClientDefense(plan.defense, seed, index))
         per_image.append({"index": index, **entry})
         for name, picture in pictures.items():
             images.setdefault(name, []).append(picture)
@@ -874,6 +998,7 @@ def _report(model, plan: _Plan, jigsaw, budget, psnr_threshold, summary, per_ima
     optimizing = any(name in plan.single_attacks for name in OPTIMIZATION_ATTACKS)
     return {
         "threat_model": THREAT_MODEL,
+        "defense": defense_record(plan.defense),
         "jigsaw_view": jigsaw,
         "step_kinds": plan.kinds,
         "jigsaw_prob": float(model.config.jigsaw_prob) if mjp else None,
@@ -921,7 +1046,8 @@ def plot_reconstructions(images: dict[str, list[np.ndarray]], report: dict, path
                 title = f"{title}\n{metrics['psnr']:.1f} dB, {100 * metrics['recovered_fraction']:.0f}%"
             if row == 0 or metrics is not None:
                 ax.set_title(title, fontsize=7)
-    fig.suptitle("Gradient inversion (PSNR, patches recovered in place)", fontsize=8)
+    defense = (report.get("defense") or {}).get("description", "no defence")
+    fig.suptitle(f"Gradient inversion, {defense} (PSNR, patches recovered in place)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -968,6 +1094,40 @@ POSITIVE_INT = _number(int, "a whole number", low=1)
 POSITIVE_FLOAT = _number(float, "a number", low=0, low_open=True)
 NON_NEGATIVE_FLOAT = _number(float, "a number", low=0)
 FRACTION = _number(float, "a fraction", low=0, high=1)
+
+
+def _prune_ratio(text: str) -> float:
+    """`--prune_ratio`: a number in [0, 1) (1 would zero every entry)."""
+    value = bounded(float, minimum=0, maximum=1)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: pass a value in [0, 1) (1 would send nothing)")
+    return value
+
+
+_prune_ratio.__name__ = "float"
+DEFENSE_FLAGS = ("noise_multiplier", "max_grad_norm", "prune_ratio")
+DEFAULT_MAX_GRAD_NORM = 1.0
+
+
+def _defense_from_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Defense:
+    """The `Defense` of `--defense` and its flags; a flag of another defence, or a missing σ or prune ratio, stops
+    the command naming the flag and the fix."""
+    takes = DEFENSE_KINDS[args.defense]
+    for flag in DEFENSE_FLAGS:
+        value = getattr(args, flag)
+        if value is not None and flag not in takes:
+            owners = " or ".join(kind for kind, names in DEFENSE_KINDS.items() if flag in names)
+            parser.error(
+                f"--{flag} {value:g} does not apply to --defense {args.defense}: pass --defense {owners}, or drop "
+                f"--{flag}."
+            )
+    for flag, example in (("noise_multiplier", "0.1"), ("prune_ratio", "0.9")):
+        if flag in takes and getattr(args, flag) is None:
+            parser.error(f"--defense {args.defense} needs --{flag}: pass it, e.g. --{flag} {example}.")
+    parameters = {flag: getattr(args, flag) for flag in takes}
+    if "max_grad_norm" in takes and parameters["max_grad_norm"] is None:
+        parameters["max_grad_norm"] = DEFAULT_MAX_GRAD_NORM
+    return Defense(args.defense, **parameters)
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -1026,7 +1186,32 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         default=20.0,
         help="Per-patch PSNR (dB) for a patch to count as recovered.",
     )
+    parser.add_argument(
+        "--defense",
+        choices=tuple(DEFENSE_KINDS),
+        default="none",
+        help="The client's gradient defence: the attacks see the defended update, as the server receives it.",
+    )
+    parser.add_argument(
+        "--noise_multiplier",
+        type=bounded(float, minimum=0),
+        default=None,
+        help="dp_sgd, local_noise: sigma, the noise std over the clipping norm (needed with them).",
+    )
+    parser.add_argument(
+        "--max_grad_norm",
+        type=bounded(float, minimum=0, exclusive_minimum=True),
+        default=None,
+        help=f"dp_sgd, local_noise: the clipping norm C (default {DEFAULT_MAX_GRAD_NORM:g}).",
+    )
+    parser.add_argument(
+        "--prune_ratio",
+        type=_prune_ratio,
+        default=None,
+        help="prune: the share of every gradient tensor zeroed, in [0, 1) (needed with it).",
+    )
     args = parser.parse_args(argv)
+    args.defense = _defense_from_flags(parser, args)
     args.attacks = tuple(name.strip() for name in args.attacks.split(",") if name.strip())
     unknown = set(args.attacks) - set(ATTACKS)
     if unknown or not args.attacks:
@@ -1049,9 +1234,14 @@ def training_step_seconds(model, pixel_values: torch.Tensor, labels: torch.Tenso
 
 def describe_plan(model, args, num_images: int, step_seconds: float) -> str:
     """What the audit will run, and the most the optimisation attacks may take, said before it starts."""
-    plan = _plan(model, args.jigsaw, args.jigsaw_ratio, args.attacks, args.multi_round_counts, args.multi_round_probs)
+    defense = getattr(args, "defense", None)
+    plan = _plan(
+        model, args.jigsaw, args.jigsaw_ratio, args.attacks, args.multi_round_counts, args.multi_round_probs, defense
+    )
+    received = "the raw gradient" if plan.defense.kind == "none" else f"the gradient under {plan.defense.describe()}"
     lines = [
-        f"privacy audit: {num_images} image(s), one at a time; steps attacked: {', '.join(plan.kinds)}; attacks: "
+        f"privacy audit: {num_images} image(s), one at a time; defence: {plan.defense.describe()} (the server "
+        f"receives {received}); steps attacked: {', '.join(plan.kinds)}; attacks: "
         f"{', '.join(plan.single_attacks) or 'none'}; one training step of this model takes {1000 * step_seconds:.0f} ms.",
     ]
     runs = len(plan.kinds) * sum(name in plan.single_attacks for name in OPTIMIZATION_ATTACKS) + plan.calibrate
@@ -1115,13 +1305,14 @@ def main(argv=None, *, between_batches: Callable[[], object] | None = None) -> d
         multi_round_probs=args.multi_round_probs,
         seed=args.seed,
         watch=None if between_batches is None else _calling_after_each(between_batches),
+        defense=args.defense,
     )
     report = {"model_name_or_path": str(args.model_name_or_path), "model_class": type(model).__name__, **report}
     write_json(json_path, report)
     plot_reconstructions(reconstructions, report, png_path)
     headline = report["summary"]["headline"]
     print(
-        f"privacy: steps {report['step_kinds']} (weights {report['summary']['step_weights']}); headline per step "
+        f"privacy ({args.defense.describe()}): steps {report['step_kinds']} (weights {report['summary']['step_weights']}); headline per step "
         f"{headline['psnr']:.1f} dB, {100 * (headline['recovered_fraction_textured'] or 0):.1f}% textured patches in "
         f"place -> {json_path}"
     )

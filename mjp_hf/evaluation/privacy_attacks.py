@@ -23,6 +23,7 @@ POSITION_EMBEDDINGS = "vit.embeddings.position_embeddings"
 PATCH_WEIGHT = "vit.embeddings.patch_embeddings.projection.weight"
 UNK_POSITION_EMBEDDING = "vit.embeddings.unk_position_embedding"
 CLASSIFIER_BIAS = "classifier.bias"
+DALR_HEAD = "vit.dalr_head."
 # Smoothing of the total variation the prior minimises, in `pixel_values` units: small against a pixel step, large
 # enough to keep the objective differentiable for L-BFGS.
 TV_SMOOTHING = 1e-3
@@ -85,13 +86,36 @@ def truncation_tolerance(largest_singular_value: float, shape: tuple[int, int], 
     return float(largest_singular_value) * max(shape) * eps
 
 
-def solve_least_squares(regressors: torch.Tensor, targets: torch.Tensor, eps: float) -> LeastSquaresSolution:
+def noise_tolerance(noise_std: float, shape: tuple[int, int]) -> float:
+    """The largest singular value of a `shape` matrix of independent N(0, noise_std^2) entries, about
+    `noise_std * (sqrt(rows) + sqrt(columns))` (Gordon's bound on its mean): below it a singular value of noisy
+    regressors is the noise's, not the signal's (Weyl), and inverting it would amplify the noise."""
+    return float(noise_std) * (shape[0] ** 0.5 + shape[1] ** 0.5)
+
+
+def pruning_perturbation_std(gradients: dict[str, torch.Tensor], prune_ratio: float) -> float:
+    """What the attacker knows of the error pruning made in the position-embedding gradient (the regressors it
+    inverts): the zeroed entries were each at most `t` in magnitude, `t` the smallest entry still sent, on a share
+    `prune_ratio` of the entries, so the error's RMS per entry is at most `t * sqrt(prune_ratio)`; solving below that
+    level (`noise_tolerance`) would invert the pruning's error, as it would a noise's."""
+    sent = gradients[POSITION_EMBEDDINGS].abs()
+    kept = sent[sent > 0]
+    if prune_ratio <= 0 or kept.numel() == 0:
+        return 0.0
+    return float(kept.min()) * prune_ratio**0.5
+
+
+def solve_least_squares(
+    regressors: torch.Tensor, targets: torch.Tensor, eps: float, noise_std: float = 0.0
+) -> LeastSquaresSolution:
     """Rank-aware least squares in float64: `X` minimising `|regressors^T X - targets|`, of minimum norm.
 
     Args:
         regressors: `[M, D]`, one regressor per unknown row of `X` (a token's input gradient).
         targets: `[D, P]` (the patch-embedding weight gradient).
         eps: machine epsilon of the precision the inputs were computed in (see `truncation_tolerance`).
+        noise_std: the std of Gaussian noise a defence added to every entry (known to the attacker: the protocol's
+            σC); singular values below `noise_tolerance` are dropped too, a truncated-SVD fit to noisy data.
 
     Works for `M` below, equal to and above `D`: singular values under the tolerance are dropped, and the
     directions of `X` they leave free are returned as `null_basis`.
@@ -100,6 +124,7 @@ def solve_least_squares(regressors: torch.Tensor, targets: torch.Tensor, eps: fl
     num_unknowns = matrix.shape[1]
     u, s, vh = torch.linalg.svd(matrix, full_matrices=True)
     tolerance = truncation_tolerance(s.max().item() if s.numel() else 0.0, tuple(matrix.shape), eps)
+    tolerance = max(tolerance, noise_tolerance(noise_std, tuple(matrix.shape)))
     rank = int((s > tolerance).sum().item()) if s.numel() and s.max() > 0 else 0
     coefficients = (u[:, :rank].T @ targets.double()) / s[:rank, None]
     solution = vh[:rank].T @ coefficients
@@ -127,38 +152,65 @@ class PatchSystem:
     placed: torch.BoolTensor
     has_unk_row: bool
     eps: float
+    noise_std: float = 0.0
 
     @property
     def num_placed(self) -> int:
         return int(self.placed.sum())
 
     def solve(self) -> LeastSquaresSolution:
-        return solve_least_squares(self.regressors, self.targets, self.eps)
+        return solve_least_squares(self.regressors, self.targets, self.eps, self.noise_std)
 
     def fit_error(self, solution: torch.Tensor) -> float:
         residual = self.targets - self.regressors.T @ solution
         return float(residual.norm() / self.targets.norm().clamp(min=torch.finfo(torch.float64).tiny))
 
 
-def _dalr_gradient(model, placed: torch.BoolTensor) -> torch.Tensor | None:
-    """The DALR loss's gradient on the patch position embeddings `[N, D]`, given which positions were placed."""
+def _dalr_gradient(model, placed: torch.BoolTensor, gradients: dict[str, torch.Tensor] | None = None):
+    """The DALR loss's gradient on the patch position embeddings `[N, D]`, given which positions were placed, at the
+    scale the shared `gradients` carry it (`dalr_scale`; 1 without them)."""
     if model.vit.dalr_head is None:
         return None
     jigsaw_mask = None if placed.all() else (~placed)[None]
+    head = [(name, p) for name, p in model.named_parameters() if name.startswith(DALR_HEAD) and p.requires_grad]
+    position_embeddings = model.vit.embeddings.position_embeddings
     with torch.enable_grad():
         loss = model.vit.localization_loss(jigsaw_mask)
-        (grad,) = torch.autograd.grad(loss, model.vit.embeddings.position_embeddings)
-    return grad[0, 1:].detach()
+        grad, *head_grads = torch.autograd.grad(loss, [position_embeddings, *(p for _, p in head)], allow_unused=True)
+    scale = 1.0
+    if gradients is not None:
+        expected = {name: g for (name, _), g in zip(head, head_grads) if g is not None}
+        scale = dalr_scale(expected, gradients)
+    return grad[0, 1:].detach() * scale
 
 
-def patch_system(model, gradients: dict[str, torch.Tensor]) -> PatchSystem:
-    """The attacker's linear system for a batch-1 gradient (see `PatchSystem`)."""
+def dalr_scale(expected: dict[str, torch.Tensor], received: dict[str, torch.Tensor]) -> float:
+    """The factor by which the shared gradient scales the DALR loss's part: the least-squares fit of the received
+    DALR head gradient to the one the attacker computes (the head reads the position embeddings only, never the
+    image, so the attacker knows its gradient exactly). 1 on an undefended step; the clipping factor under a clipping
+    defence; a noisy estimate of it under noise. Entries the client zeroed (pruning) are left out of the fit; 1 when
+    nothing is left to fit."""
+    numerator = denominator = 0.0
+    for name, reference in expected.items():
+        if name not in received:
+            continue
+        sent = received[name].double().flatten()
+        reference = reference.double().flatten().to(sent.device)
+        kept = sent != 0
+        numerator += float((sent[kept] * reference[kept]).sum())
+        denominator += float(reference[kept].square().sum())
+    return numerator / denominator if denominator > 0 else 1.0
+
+
+def patch_system(model, gradients: dict[str, torch.Tensor], noise_std: float = 0.0) -> PatchSystem:
+    """The attacker's linear system for a batch-1 gradient (see `PatchSystem`); `noise_std` is the std of the noise
+    a defence added to every gradient entry (`solve_least_squares`)."""
     placed = placed_positions(gradients)
     position_grad = gradients[POSITION_EMBEDDINGS][0, 1:]
     eps = torch.finfo(position_grad.dtype).eps
     position_grad = position_grad.double()
     if is_mjp_model(model):
-        dalr = _dalr_gradient(model, placed)
+        dalr = _dalr_gradient(model, placed, gradients)
         if dalr is not None:
             position_grad = position_grad - dalr.double()
     regressors = position_grad[placed]
@@ -169,7 +221,7 @@ def patch_system(model, gradients: dict[str, torch.Tensor]) -> PatchSystem:
         # otherwise leak into the placed patches.
         regressors = torch.cat((regressors, unk_grad.double().view(1, -1)))
     targets = gradients[PATCH_WEIGHT].double().flatten(1)  # [D, C * ph * pw]
-    return PatchSystem(regressors, targets, placed, has_unk_row, eps)
+    return PatchSystem(regressors, targets, placed, has_unk_row, eps, float(noise_std))
 
 
 @dataclass
@@ -191,10 +243,13 @@ class AnalyticReconstruction:
         return unpatchify(self.patches[None].float(), patch_size, image_size)
 
 
-def textbook_attack(model, gradients: dict[str, torch.Tensor], fill_value: float = 0.0) -> AnalyticReconstruction:
+def textbook_attack(
+    model, gradients: dict[str, torch.Tensor], fill_value: float = 0.0, noise_std: float = 0.0
+) -> AnalyticReconstruction:
     """The textbook analytic attack (APRIL, Lu et al. 2022): the minimum-norm least-squares patches at the placed
-    positions, `fill_value` at the shuffled ones (0 in `pixel_values` is the normaliser's mean colour)."""
-    system = patch_system(model, gradients)
+    positions, `fill_value` at the shuffled ones (0 in `pixel_values` is the normaliser's mean colour). `noise_std`:
+    the std of a defence's noise on every gradient entry (`solve_least_squares`)."""
+    system = patch_system(model, gradients, noise_std)
     solved = system.solve()
     num_patches = system.placed.shape[0]
     patches = torch.full(
@@ -311,7 +366,7 @@ def minimise_total_variation(
 
 
 def prior_attack(
-    model, gradients: dict[str, torch.Tensor], normalization=None, max_iter: int = 100
+    model, gradients: dict[str, torch.Tensor], normalization=None, max_iter: int = 100, noise_std: float = 0.0
 ) -> AnalyticReconstruction:
     """The analytic attack with a total-variation image prior: the textbook solution, moved along the directions
     the gradient leaves undetermined so as to minimise the image's total variation (`minimise_total_variation`).
@@ -328,7 +383,7 @@ def prior_attack(
     * the shuffled positions' patches, which no regressor reaches: the prior inpaints them, starting from the
       average shuffled patch the unknown embedding's row solves for.
     """
-    system = patch_system(model, gradients)
+    system = patch_system(model, gradients, noise_std)
     solved = system.solve()
     num_placed = system.num_placed
     directions = _residual_directions(system, solved.solution, int((~system.placed).sum()))
@@ -394,6 +449,7 @@ def joint_attack(
     start: AnalyticReconstruction,
     iterations: int = 5,
     normalization=None,
+    noise_std: float = 0.0,
 ) -> AnalyticReconstruction:
     """One least-squares solve over the rounds of the same image, which share the `N` patches: a patch shuffled in
     one round is placed by the equations of another.
@@ -407,7 +463,7 @@ def joint_attack(
     space left by the last solve is filled by the total-variation prior. Rounds that all placed every position
     leave nothing to refine: `start` is returned.
     """
-    systems = [patch_system(model, gradients) for gradients in rounds]
+    systems = [patch_system(model, gradients, noise_std) for gradients in rounds]
     num_patches, width = systems[0].placed.shape[0], systems[0].regressors.shape[1]
     eps = systems[0].eps
     placed = torch.stack([system.placed for system in systems]).any(0)
@@ -425,7 +481,8 @@ def joint_attack(
                 # H_r^T solves X_S^T H_r^T = residual^T: the same rank-aware solve, one unknown row per shuffled patch.
                 hidden = solve_least_squares(patches[shuffled], residual.T, eps).solution  # [m, D]
                 regressors[shuffled, block] = hidden
-        solved = solve_least_squares(regressors, torch.cat([system.targets for system in systems]), eps)
+        targets = torch.cat([system.targets for system in systems])
+        solved = solve_least_squares(regressors, targets, eps, noise_std)
         patches = torch.where(placed[:, None], solved.solution, start.patches)
     if solved.unresolved:
         # The positions no round placed are inpainted again, from the mean of `start`'s estimates there.
@@ -441,14 +498,18 @@ def joint_attack(
 
 
 def refined_attack(
-    model, gradients: dict[str, torch.Tensor], start: AnalyticReconstruction | None = None, normalization=None
+    model,
+    gradients: dict[str, torch.Tensor],
+    start: AnalyticReconstruction | None = None,
+    normalization=None,
+    noise_std: float = 0.0,
 ) -> AnalyticReconstruction:
     """The prior reconstruction refined by the content of the shuffled patches (`joint_attack` on one round): the
     shuffled tokens' input gradients are fitted to the residual from their inpainted patches, and the placed
     patches solved again with that contribution removed."""
     if start is None:
-        start = prior_attack(model, gradients, normalization)
-    return joint_attack(model, [gradients], start, normalization=normalization)
+        start = prior_attack(model, gradients, normalization, noise_std=noise_std)
+    return joint_attack(model, [gradients], start, normalization=normalization, noise_std=noise_std)
 
 
 # ----------------------------------------------------------------------------------------------------------------
