@@ -131,7 +131,7 @@ def test_each_variant_is_audited_with_the_defence_it_trains_with():
     assert sorted(set(kinds.values())) == ["dp_sgd", "local_noise", "none", "prune"]
     assert {name for name, kind in kinds.items() if kind == "dp_sgd"} == {
         "dp-s0.3",
-        "dp-s0.6",
+        "dp-s0.5",
         "dp-s1.0",
         "mjp-p1-r0.25-dp-s0.3",
     }
@@ -155,17 +155,17 @@ def test_each_variant_is_audited_with_the_defence_it_trains_with():
 def test_the_evaluations_of_a_defence_variant_attack_its_defended_gradient(tmp_path, capsys):
     study = _study()
     args = study.parse_args(["--work_dir", str(tmp_path), "--privacy_args", "--attacks analytic"])
-    defended = study.evaluation_jobs("dp-s0.6", tmp_path / "m", tmp_path / "e", 0, args)
+    defended = study.evaluation_jobs("dp-s0.5", tmp_path / "m", tmp_path / "e", 0, args)
     assert list(defended) == ["privacy"], "defence variants get the privacy audit only (the grid's cut)"
     module, flags = defended["privacy"]
-    assert module == "privacy" and flags[-6:] == study.audit_flags(study.VARIANTS["dp-s0.6"].flags)
+    assert module == "privacy" and flags[-6:] == study.audit_flags(study.VARIANTS["dp-s0.5"].flags)
     assert flags[-8:-6] == ["--attacks", "analytic"]
     plain = study.evaluation_jobs("baseline", tmp_path / "m", tmp_path / "e", 0, args)
     assert sorted(plain) == ["position", "privacy", "robustness"] and "--defense" not in plain["privacy"][1]
     # A defence in --train_args beside a variant's own is refused before any work, naming both.
     with pytest.raises(SystemExit):
-        study.parse_args(["--variants", "dp-s0.6", "--train_args", "--prune_ratio 0.5"])
-    assert "--train_args '--prune_ratio 0.5' with variant 'dp-s0.6'" in capsys.readouterr().err
+        study.parse_args(["--variants", "dp-s0.5", "--train_args", "--prune_ratio 0.5"])
+    assert "--train_args '--prune_ratio 0.5' with variant 'dp-s0.5'" in capsys.readouterr().err
 
 
 def test_the_cost_estimate_schedules_the_runs_and_the_default_grid_fits_three_hours():
@@ -197,10 +197,23 @@ def test_the_cost_estimate_schedules_the_runs_and_the_default_grid_fits_three_ho
     assert study.estimate_wall_seconds(uncut, 2)["wall_seconds"] > study.STUDY_BUDGET_SECONDS
     # The cuts: defence variants on 2 seeds, except DP-SGD at the combination's sigma and the combination.
     cut = {variant for variant, seeds in default.variant_seeds.items() if seeds == [0, 1]}
-    assert cut == {"dp-s0.6", "dp-s1.0", "local-s0.3", "prune-0.5", "prune-0.9"}
+    assert cut == {"dp-s0.5", "dp-s1.0", "local-s0.3", "prune-0.5", "prune-0.9"}
     assert default.variant_seeds["dp-s0.3"] == default.variant_seeds["mjp-p1-r0.25-dp-s0.3"] == [0, 1, 2]
     assert study.parse_args(["--seeds_for", "dp-s1.0=0,1,2"]).variant_seeds["dp-s1.0"] == [0, 1, 2]
     assert study.parse_args(["--seeds", "0"]).variant_seeds["dp-s1.0"] == [0]
+
+
+def test_estimate_only_prints_the_grid_and_does_nothing_else(tmp_path, capsys):
+    study = _study()
+    output, work = tmp_path / "out", tmp_path / "work"
+    assert (
+        study.main(["--estimate_only", "--parallel", "2", "--output_dir", str(output), "--work_dir", str(work)]) == {}
+    )
+    printed = capsys.readouterr().out
+    wall = study.estimate_wall_seconds(study.parse_args([]).variant_seeds, 2)["wall_seconds"]
+    assert f"Estimated from an empty --work_dir at --parallel 2: {wall / 3600:.2f} h of wall time" in printed
+    assert "| ViT + DP-SGD (sigma 1.0, C 1) | 0, 1 | privacy | 2 | 13.6 |" in printed
+    assert not output.exists() and not work.exists()
 
 
 def _grid_records(figures, seeds=(0, 1, 2), spread=(0.0, 0.004, -0.003)):
@@ -269,7 +282,7 @@ def test_the_least_leak_needs_the_intervals_to_separate_the_variants():
         records["prune-0.9"][seed]["leak_per_step"] = leak
     assert study.least_leak_within_accuracy(records, list(records), "leak_per_step")["winner"] == "mjp-p1-r0.1"
     # With nobody within the accuracy margin but the ViT, the ViT is the answer.
-    figures = {"baseline": (0.856, 1.0, 1.0), "dp-s0.6": (0.80, 0.0, 0.0, 3.64)}
+    figures = {"baseline": (0.856, 1.0, 1.0), "dp-s0.5": (0.80, 0.0, 0.0, 6.79)}
     records = _grid_records(figures)
     answer = study.least_leak_within_accuracy(records, list(records), "leak_per_step")
     assert answer["winner"] == "baseline"
@@ -318,7 +331,7 @@ def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_pa
     }
     for variant in study.VARIANTS:
         if "dp-s" in variant:
-            figures[variant] = (*figures[variant], {"0.3": 40.9, "0.6": 3.64, "1.0": 0.88}[variant.split("dp-s")[1]])
+            figures[variant] = (*figures[variant], {"0.3": 40.9, "0.5": 6.79, "1.0": 0.88}[variant.split("dp-s")[1]])
     records = _grid_records(figures)
     variants = list(records)
     summary = study.summarise(records, variants)
@@ -339,7 +352,7 @@ def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_pa
     table = lines[lines.index(header) + 2 : lines.index("", lines.index(header))]
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table}
     assert len(rows) == len(variants)
-    assert rows["ViT + DP-SGD (sigma 0.6, C 1)"][column] == "3.64 [3.64, 3.64]"
+    assert rows["ViT + DP-SGD (sigma 0.5, C 1)"][column] == "6.79 [6.79, 6.79]"
     assert rows["MJP p 1, ratio 0.25 + DP-SGD (sigma 0.3, C 1)"][column] == "40.90 [40.90, 40.90]"
     assert rows["ViT (standard PE)"][column] == "-"
     assert "## MJP, DP-SGD, local noise, pruning, or both?" in readme and study.GRID_CUTS in readme
@@ -352,8 +365,8 @@ def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_pa
 def test_a_run_records_its_epsilon_and_skips_the_evaluations_it_does_not_get():
     study = _study()
     report = _privacy_report(0.0, None, 1.0)
-    metrics = study.collect_metrics({"eval_accuracy": 0.8, "dp_epsilon": 3.64}, {"privacy": report})
-    assert metrics["dp_epsilon"] == 3.64 and metrics["eval_accuracy"] == 0.8
+    metrics = study.collect_metrics({"eval_accuracy": 0.8, "dp_epsilon": 6.79}, {"privacy": report})
+    assert metrics["dp_epsilon"] == 6.79 and metrics["eval_accuracy"] == 0.8
     assert metrics["mean_corruption_error"] is None and metrics["probe_mae_2d"] is None
     assert study.collect_metrics({"eval_accuracy": 0.8}, {"privacy": report})["dp_epsilon"] is None
 
