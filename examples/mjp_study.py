@@ -46,6 +46,7 @@ import argparse
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -707,13 +708,20 @@ def evaluation_jobs(variant: str, model_dir: Path, eval_dir: Path, seed: int, ar
 def evaluate(variant: str, seed: int, model_dir: Path, eval_dir: Path, args, children: Children) -> tuple[dict, bool]:
     """Run each evaluation's command line unless the study recorded it as finished; return the reports and whether
     any ran. Each runs in its own process, as a user would run it, so it loads the model with the code that is there
-    now; one stopped midway runs again (`--overwrite`: its files are the study's own)."""
+    now; one stopped midway runs again (`--overwrite`: its files are the study's own). A privacy report that attacked
+    another gradient than the run's defence sends (`audited_defense_matches`) is audited again when cached, and
+    stops the study when just made."""
     work_dir = Path(args.work_dir)
     name = f"{variant}-seed{seed}"
+    defense = defense_of([*VARIANTS[variant].flags, *args.train_args.split()])
     reports, worked = {}, False
     for key, (module, flags) in evaluation_jobs(variant, model_dir, eval_dir, seed, args).items():
         json_path = eval_dir / key / f"{module}.json"
-        if not (json_path.is_file() and key in _read_record(work_dir, name).get("eval_seconds", {})):
+        cached = json_path.is_file() and key in _read_record(work_dir, name).get("eval_seconds", {})
+        if cached and key == "privacy" and not audited_defense_matches(json.loads(json_path.read_text()), defense):
+            log(f"{name}: the cached privacy audit attacked another gradient than the run's defence sends")
+            cached = False
+        if not cached:
             log(f"{name}: {key}")
             start = time.perf_counter()
             command = [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags, "--overwrite"]
@@ -728,7 +736,29 @@ def evaluate(variant: str, seed: int, model_dir: Path, eval_dir: Path, args, chi
             record.setdefault("eval_seconds", {})[key] = time.perf_counter() - start
             _write_record(work_dir, name, record)
         reports[key] = json.loads(json_path.read_text())
+        if key == "privacy" and not audited_defense_matches(reports[key], defense):
+            raise RuntimeError(
+                f"{name}: the privacy audit recorded the defence {reports[key].get('defense')!r}, but the run trains "
+                f"with {defense.to_dict()}: the audit must attack the defended gradient (mjp_hf.evaluation.privacy "
+                f"{' '.join(audit_flags([*VARIANTS[variant].flags, *args.train_args.split()]))}); see {json_path}"
+            )
     return reports, worked
+
+
+def audited_defense_matches(report: dict, defense: Defense) -> bool:
+    """Whether a privacy report attacked the gradient `defense` sends: the defence it records (`defense` in
+    privacy.json: `name` and parameters) is `defense`; a report that records none (an audit from before `--defense`)
+    attacked the undefended gradient."""
+    recorded = report.get("defense")
+    if not isinstance(recorded, dict):
+        return defense.kind == "none"
+    if recorded.get("name", recorded.get("kind")) != defense.kind:
+        return False
+    expected = {key: value for key, value in defense.to_dict().items() if key != "kind"}
+    return all(
+        isinstance(recorded.get(key), (int, float)) and math.isclose(recorded[key], value, rel_tol=1e-9)
+        for key, value in expected.items()
+    )
 
 
 ARCHITECTURE_FIELDS = (

@@ -152,6 +152,26 @@ def test_each_variant_is_audited_with_the_defence_it_trains_with():
         study.audit_flags(["--dp_max_grad_norm", "2"])
 
 
+def test_the_audit_reads_each_variants_flags_as_its_defence(tmp_path, tiny_kwargs, capsys):
+    """Once the privacy audit takes `--defense` (issue 23, in progress beside this study): the flags the study passes
+    parse, in the audit's own parser, to the very defence the variant trains with."""
+    from mjp_hf import MJPViTConfig, MJPViTForImageClassification
+    from mjp_hf.evaluation import privacy
+
+    study = _study()
+    MJPViTForImageClassification(MJPViTConfig(**tiny_kwargs)).save_pretrained(tmp_path / "model")
+    common = ["--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "out")]
+    try:
+        privacy.parse_arguments([*common, "--defense", "none"])
+    except SystemExit:
+        error = capsys.readouterr().err
+        assert "unrecognized arguments: --defense none" in error, error
+        pytest.skip("the privacy audit has no --defense flag yet")
+    for name, variant in study.VARIANTS.items():
+        args = privacy.parse_arguments([*common, *study.audit_flags(variant.flags)])
+        assert args.defense == study.defense_of(variant.flags), name
+
+
 def test_the_evaluations_of_a_defence_variant_attack_its_defended_gradient(tmp_path, capsys):
     study = _study()
     args = study.parse_args(["--work_dir", str(tmp_path), "--privacy_args", "--attacks analytic"])
@@ -166,6 +186,57 @@ def test_the_evaluations_of_a_defence_variant_attack_its_defended_gradient(tmp_p
     with pytest.raises(SystemExit):
         study.parse_args(["--variants", "dp-s0.5", "--train_args", "--prune_ratio 0.5"])
     assert "--train_args '--prune_ratio 0.5' with variant 'dp-s0.5'" in capsys.readouterr().err
+
+
+def test_a_privacy_report_counts_only_when_it_attacked_the_defended_gradient():
+    study = _study()
+    dp = study.defense_of(study.VARIANTS["dp-s0.5"].flags)
+    recorded = {"name": "dp_sgd", "noise_multiplier": 0.5, "max_grad_norm": 1.0, "prune_ratio": None}
+    assert study.audited_defense_matches({"defense": recorded}, dp)
+    assert not study.audited_defense_matches({"defense": {**recorded, "noise_multiplier": 1.0}}, dp)
+    assert not study.audited_defense_matches({"defense": {**recorded, "name": "local_noise"}}, dp)
+    assert not study.audited_defense_matches({}, dp), "a report without a defence attacked the undefended gradient"
+    none = study.defense_of(study.VARIANTS["baseline"].flags)
+    assert study.audited_defense_matches({}, none) and not study.audited_defense_matches({"defense": recorded}, none)
+    prune = study.defense_of(study.VARIANTS["prune-0.9"].flags)
+    assert study.audited_defense_matches({"defense": {"name": "prune", "prune_ratio": 0.9}}, prune)
+
+
+class _FakeAudits:
+    """Stands in for the study's `Children`: each privacy evaluation writes a report that records `defense`."""
+
+    def __init__(self, defense):
+        self.defense, self.commands = defense, []
+
+    def run(self, command, **kwargs):
+        self.commands.append(command)
+        out = Path(command[command.index("--output_dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "privacy.json").write_text(__import__("json").dumps({"defense": self.defense}))
+        return 0
+
+
+def test_a_stale_or_undefended_audit_of_a_defence_variant_is_never_taken(tmp_path, monkeypatch):
+    """A cached audit that attacked another gradient is audited again; an audit that ignores the defence flags stops
+    the study naming the flags, rather than report the undefended leak as the defence's."""
+    study = _study()
+    monkeypatch.setattr(study, "log", lambda message: None)
+    args = study.parse_args(["--work_dir", str(tmp_path)])
+    defended = {"name": "dp_sgd", "noise_multiplier": 0.5, "max_grad_norm": 1.0, "prune_ratio": None}
+    good = _FakeAudits(defended)
+    reports, worked = study.evaluate("dp-s0.5", 0, tmp_path / "m", tmp_path / "e", args, good)
+    assert worked and reports["privacy"]["defense"] == defended and len(good.commands) == 1
+    assert good.commands[0][-7:] == [*study.audit_flags(study.VARIANTS["dp-s0.5"].flags), "--overwrite"]
+    # Cached and right: not run again.
+    assert study.evaluate("dp-s0.5", 0, tmp_path / "m", tmp_path / "e", args, good)[1] is False
+    # Cached but made without the defence (as an audit from before --defense would have): audited again.
+    (tmp_path / "e" / "privacy" / "privacy.json").write_text("{}")
+    again = _FakeAudits(defended)
+    assert study.evaluate("dp-s0.5", 0, tmp_path / "m", tmp_path / "e", args, again)[1] is True
+    assert len(again.commands) == 1
+    # An audit that attacks the undefended gradient whatever it is told: refused.
+    with pytest.raises(RuntimeError, match="--defense dp_sgd --noise_multiplier 0.5 --max_grad_norm 1"):
+        study.evaluate("dp-s0.5", 1, tmp_path / "m1", tmp_path / "e1", args, _FakeAudits(None))
 
 
 def test_the_cost_estimate_schedules_the_runs_and_the_default_grid_fits_three_hours():
@@ -458,6 +529,8 @@ def test_a_tiny_grid_rebuilds_the_same_tables_from_its_cached_runs(tmp_path, war
         return []
 
     monkeypatch.setattr(study, "audit_flags", without_defence_flags)
+    # ... so the DP-SGD run's report records no defence, which the study would refuse (tested above).
+    monkeypatch.setattr(study, "audited_defense_matches", lambda report, defense: True)
     output, work = tmp_path / "study", tmp_path / "work"
     argv = [
         "--output_dir",
