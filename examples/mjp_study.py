@@ -1042,7 +1042,9 @@ def least_leak_within_accuracy(records: dict, variants: list[str], key: str) -> 
         "key": key,
         "winner": best,
         "verdict": VARIANTS[best].title,
-        "evidence": f"within: {within}; {evidence}" if evidence else f"within: {within} (the only one)",
+        "evidence": f"within: {within}; {evidence}"
+        if evidence
+        else f"within: {within} (no other variant is shown within the margin)",
     }
 
 
@@ -1296,13 +1298,14 @@ def grid_table(variant_seeds: dict[str, list[int]], parallel: int, train_args: s
 def combination_sigma_check(records: dict, variants: list[str]) -> str | None:
     """Whether the combination's DP-SGD sigma, chosen before the runs, is the DP-SGD setting nearest in accuracy to
     its MJP half, by the measured means."""
-    mjp_half = COMBINATION_PARTS[0]
+    mjp_half, chosen = COMBINATION_PARTS
     dp = [v for v in variants if VARIANTS[v].family == "dp_sgd" and _mean(records, v, "eval_accuracy") is not None]
-    if mjp_half not in records or not dp or _mean(records, mjp_half, "eval_accuracy") is None:
+    if COMBINATION not in records or mjp_half not in records or chosen not in dp:
         return None
     target = _mean(records, mjp_half, "eval_accuracy")
+    if target is None:
+        return None
     nearest = min(dp, key=lambda v: abs(_mean(records, v, "eval_accuracy") - target))
-    chosen = COMBINATION_PARTS[1]
     outcome = (
         "as chosen"
         if nearest == chosen

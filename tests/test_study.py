@@ -356,7 +356,7 @@ def test_the_least_leak_needs_the_intervals_to_separate_the_variants():
     figures = {"baseline": (0.856, 1.0, 1.0), "dp-s0.5": (0.80, 0.0, 0.0, 6.79)}
     records = _grid_records(figures)
     answer = study.least_leak_within_accuracy(records, list(records), "leak_per_step")
-    assert answer["winner"] == "baseline"
+    assert answer["winner"] == "baseline" and "no other variant is shown within the margin" in answer["evidence"]
 
 
 @pytest.mark.parametrize(
@@ -390,6 +390,23 @@ def test_mjp_with_dp_sgd_is_better_than_either_alone_only_when_the_intervals_say
     records["dp-s0.3"] = {0: records["dp-s0.3"][0]}
     assert study.combination_verdict(records)["verdict"] in (NOT_SHOWN, NOT_HELD)
     assert study.combination_verdict(records)["parts"][1]["verdict"] == NOT_SHOWN
+
+
+def test_the_readme_checks_the_combinations_sigma_against_the_measured_accuracies():
+    study = _study()
+    figures = {
+        "baseline": (0.856, 1.0, 1.0),
+        "mjp-p1-r0.25": (0.844, 0.26, 0.36),
+        "dp-s0.3": (0.846, 0.25, 0.25, 40.9),
+        "dp-s0.5": (0.80, 0.1, 0.1, 6.79),
+        "mjp-p1-r0.25-dp-s0.3": (0.84, 0.05, 0.05, 40.9),
+    }
+    records = _grid_records(figures)
+    assert study.combination_sigma_check(records, list(records)).endswith("(sigma 0.3, C 1), as chosen.")
+    records = _grid_records({**figures, "dp-s0.3": (0.75, 0.25, 0.25, 40.9)})
+    assert "the nearest is ViT + DP-SGD (sigma 0.5, C 1), not" in study.combination_sigma_check(records, list(records))
+    del records["mjp-p1-r0.25-dp-s0.3"]
+    assert study.combination_sigma_check(records, list(records)) is None, "no combination run, nothing to check"
 
 
 def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_path):
