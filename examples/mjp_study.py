@@ -421,19 +421,54 @@ def run_seconds(variant: str, train_args: str = "", max_steps: int | None = None
 
 
 def estimate_wall_seconds(
-    variant_seeds: dict[str, list[int]], parallel: int, train_args: str = "", max_steps: int | None = None
+    variant_seeds: dict[str, list[int]],
+    parallel: int,
+    train_args: str = "",
+    max_steps: int | None = None,
+    *,
+    measured: dict[str, float] | None = None,
+    finished: set | frozenset = frozenset(),
 ) -> dict:
     """The study's estimated wall time: its runs in the study's order (`job_order`), each run's training and then its
     evaluations in one worker, `parallel` workers (at most `MACHINE_CORES` run at full speed: more share the cores).
-    Cached runs are counted too: this is the whole grid's cost from an empty --work_dir. `COSTS` are 1-thread
-    figures: at `--parallel 1` a run takes both cores, so the estimate is an upper bound there."""
+    By default the whole grid's cost from an empty --work_dir; what is left of it with the `finished` runs
+    (`(variant, seed)`) left out and a variant's `measured` seconds a run (`measured_run_seconds`) in place of
+    `COSTS`. `COSTS` are 1-thread figures: at `--parallel 1` a run takes both cores, so the estimate is an upper bound
+    there."""
     per_run = {variant: sum(run_seconds(variant, train_args, max_steps).values()) for variant in variant_seeds}
+    per_run.update({variant: seconds for variant, seconds in (measured or {}).items() if variant in per_run})
+    variant_seeds = {
+        variant: [s for s in seeds if (variant, s) not in finished] for variant, seeds in variant_seeds.items()
+    }
     workers = [0.0] * min(parallel, MACHINE_CORES)
     for variant, _ in job_order(variant_seeds):
         index = workers.index(min(workers))
         workers[index] += per_run[variant]
     process = sum(per_run[variant] * len(seeds) for variant, seeds in variant_seeds.items())
     return {"wall_seconds": max(workers, default=0.0), "process_seconds": process, "per_run_seconds": per_run}
+
+
+def finished_runs(work_dir: Path, variant_seeds: dict[str, list[int]]) -> dict[tuple[str, int], float]:
+    """The runs of the grid the study has recorded as trained and evaluated in `work_dir` (every evaluation their
+    variant gets), each with its seconds (training plus evaluations, summed over a resumed run's processes)."""
+    out = {}
+    for variant, seeds in variant_seeds.items():
+        for seed in seeds:
+            record = _read_record(work_dir, f"{variant}-seed{seed}")
+            evaluations = record.get("eval_seconds", {})
+            if "train_seconds" in record and all(key in evaluations for key in VARIANTS[variant].evaluations):
+                out[(variant, seed)] = record["train_seconds"] + sum(
+                    evaluations[key] for key in VARIANTS[variant].evaluations
+                )
+    return out
+
+
+def measured_run_seconds(finished: dict[tuple[str, int], float]) -> dict[str, float]:
+    """Per variant, the mean seconds of its finished runs (`finished_runs`)."""
+    by_variant = {}
+    for (variant, _), seconds in finished.items():
+        by_variant.setdefault(variant, []).append(seconds)
+    return {variant: sum(values) / len(values) for variant, values in by_variant.items()}
 
 
 def log(message: str) -> None:
@@ -1448,10 +1483,20 @@ def main(argv=None) -> dict:
 def _study(args, work_dir: Path, command: str, readme: Path) -> dict:
     jobs = job_order(args.variant_seeds)
     estimate = estimate_wall_seconds(args.variant_seeds, args.parallel, args.train_args, args.max_steps)
+    finished = finished_runs(work_dir, args.variant_seeds)
+    left = estimate_wall_seconds(
+        args.variant_seeds,
+        args.parallel,
+        args.train_args,
+        args.max_steps,
+        measured=measured_run_seconds(finished),
+        finished=set(finished),
+    )
     log(
-        f"{len(jobs)} runs; estimated {estimate['wall_seconds'] / 3600:.1f} h of wall time from an empty --work_dir at "
-        f"--parallel {args.parallel} ({estimate['process_seconds'] / 3600:.1f} h of processes; COSTS in "
-        "examples/mjp_study.py); cached runs are reused"
+        f"{len(jobs)} runs; estimated {estimate['wall_seconds'] / 3600:.2f} h of wall time from an empty --work_dir at "
+        f"--parallel {args.parallel} ({estimate['process_seconds'] / 3600:.2f} h of processes; COSTS in "
+        f"examples/mjp_study.py); {len(finished)} finished in --work_dir, {left['wall_seconds'] / 3600:.2f} h left "
+        "(from the finished runs' own times where a variant has one)"
     )
     start = time.perf_counter()
     all_reports, worked = run_all(jobs, work_dir, args)

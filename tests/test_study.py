@@ -274,6 +274,24 @@ def test_the_cost_estimate_schedules_the_runs_and_the_default_grid_fits_three_ho
     assert study.parse_args(["--seeds", "0"]).variant_seeds["dp-s1.0"] == [0]
 
 
+def test_what_is_left_of_the_grid_counts_the_finished_runs_out_at_their_measured_cost(tmp_path):
+    study = _study()
+    evaluations = {"position": 5.0, "robustness": 15.0, "privacy": 10.0}
+    study._write_record(tmp_path, "baseline-seed0", {"train_seconds": 100.0, "eval_seconds": evaluations})
+    study._write_record(tmp_path, "baseline-seed1", {"train_seconds": 90.0, "eval_seconds": {"privacy": 10.0}})
+    study._write_record(tmp_path, "dp-s1.0-seed0", {"train_seconds": 500.0, "eval_seconds": {"privacy": 50.0}})
+    study._write_record(tmp_path, "dp-s1.0-seed1", {"train_seconds": 480.0})  # trained, not yet audited
+    grid = {"baseline": [0, 1], "dp-s1.0": [0, 1]}
+    finished = study.finished_runs(tmp_path, grid)
+    assert finished == {("baseline", 0): 130.0, ("dp-s1.0", 0): 550.0}
+    measured = study.measured_run_seconds(finished)
+    left = study.estimate_wall_seconds(grid, 2, measured=measured, finished=set(finished))
+    assert left["wall_seconds"] == 550.0 and left["process_seconds"] == 680.0
+    assert study.estimate_wall_seconds(grid, 1, measured=measured, finished=set(finished))["wall_seconds"] == 680.0
+    # Nothing finished: the whole grid at COSTS.
+    assert study.finished_runs(tmp_path / "empty", grid) == {}
+
+
 def test_estimate_only_prints_the_grid_and_does_nothing_else(tmp_path, capsys):
     study = _study()
     output, work = tmp_path / "out", tmp_path / "work"
