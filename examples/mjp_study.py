@@ -23,7 +23,7 @@ The cost, and the cuts that fit the default grid in 3 h at `--parallel 2` on the
 `estimate_wall_seconds`, printed before the first run, from the figures in `COSTS` and `STEP_COST_RATIO`, each with its
 source): the defence variants get the privacy audit only (no robustness or position evaluation); DP-SGD at sigma 0.5
 and 1.0, local noise and pruning run on the first 2 of --seeds (`Variant.max_seeds`; `--seeds_for VARIANT=0,1,2`
-restores a variant's seeds; over 2 seeds an interval is three times as wide as over 3); local noise runs at one sigma (at DP-SGD's sigma its noise per signal is 128 times
+restores a variant's seeds; over 2 seeds an interval is 3.6 times as wide as over 3); local noise runs at one sigma (at DP-SGD's sigma its noise per signal is 128 times
 DP-SGD's). The generated README states them too.
 
 Statistics: per variant, the mean and a 95% Student-t interval over seeds; against the baseline, paired differences
@@ -1305,8 +1305,9 @@ GRID_CUTS = (
     "--seeds; `--seeds_for VARIANT=0,1,2` restores one); DP-SGD at the combination's sigma, the combination and the "
     "MJP and ViT variants on all of --seeds, since the verdicts pair them. Local noise runs at one sigma "
     f"({', '.join(LOCAL_SIGMAS)}): at DP-SGD's sigma its noise per signal is the batch size (128) times DP-SGD's. "
-    "What the 2-seed cut costs: an interval over 2 seeds is wide (Student-t at 1 degree of freedom: 12.7 standard "
-    "errors against 4.3 over 3 seeds), so those variants' verdicts come out 'not shown' more often."
+    "What the 2-seed cut costs: for the same spread s between seeds, a 95% interval over 2 seeds is +-9.0 s (Student-t "
+    "12.7 s / sqrt 2) against +-2.5 s over 3 (4.3 s / sqrt 3), so those variants' verdicts come out 'not shown' more "
+    "often."
 )
 
 
