@@ -1,33 +1,52 @@
 #!/usr/bin/env python
-"""The paper's three claims at the demo main job's budget: which MJP setting to train with, and what it costs.
+"""The paper's three claims at the demo main job's budget, and beside them the gradient defences a privacy team
+already uses: which MJP setting to train with, whether DP-SGD, local noise or pruning does better, or MJP with
+DP-SGD, and what each costs.
 
 The claims (Ren et al., CVPR 2023): (1) position embeddings leak the input under gradient inversion; (2) naively
 shuffling every patch protects it but costs accuracy; (3) "under a certain shuffle ratio", MJP keeps or improves
 accuracy and robustness and protects privacy by a large margin.
 
 Every variant is trained by `examples/run_image_classification.py` in a subprocess with the demo preset's full
-schedule (the main job), seeds 0-2 by default, and differs only in its MJP flags (`VARIANTS`). Each model then goes
-through the three evaluations of `mjp_hf.evaluation` (privacy: every attack, both kinds of training step, the
-expected leak per step at the model's `jigsaw_prob` and the exposure over k rounds; robustness; position), each in
-its own process. Finished trainings and evaluations are cached in `--work_dir`, and an interrupted training resumes
-from its last checkpoint, so rerunning the command continues the study; with everything cached it rebuilds the same
-tables.
+schedule (the main job), seeds 0-2 by default, and differs only in its flags (`VARIANTS`): MJP settings, and the
+defences, each at the main job's budget (docs/TRAINING.md): DP-SGD at sigma 0.3, 0.5 and 1.0 with C 1.0 (epsilon
+about 41, 6.8 and 0.88: the accuracy end, a single-digit epsilon, epsilon below 1), local noise at sigma 0.3 and C 1.0,
+gradient pruning at 0.5 and 0.9, and MJP p 1 ratio 0.25 with DP-SGD at sigma 0.3 (`DP_SIGMAS` and the notes beside
+`VARIANTS` give each choice's reason). Each model then goes through the evaluations of `mjp_hf.evaluation` its
+variant gets, each in its own process: privacy (every attack, both kinds of training step, the expected leak per step
+at the model's `jigsaw_prob` and the exposure over k rounds; for a defence variant on the gradient its defence sends,
+`audit_flags`), robustness and position. Finished trainings and evaluations are cached in `--work_dir`, and an
+interrupted training resumes from its last checkpoint, so rerunning the command continues the study; with everything
+cached it rebuilds the same tables.
+
+The cost, and the cuts that fit the default grid in 3 h at `--parallel 2` on the 2-core machine (about 2.95 h by
+`estimate_wall_seconds`, printed before the first run, from the figures in `COSTS` and `STEP_COST_RATIO`, each with its
+source): the defence variants get the privacy audit only (no robustness or position evaluation); DP-SGD at sigma 0.5
+and 1.0, local noise and pruning run on the first 2 of --seeds (`Variant.max_seeds`; `--seeds_for VARIANT=0,1,2`
+restores a variant's seeds; over 2 seeds an interval is 3.6 times as wide as over 3); local noise runs at one sigma (at DP-SGD's sigma its noise per signal is 128 times
+DP-SGD's). The generated README states them too.
 
 Statistics: per variant, the mean and a 95% Student-t interval over seeds; against the baseline, paired differences
 (same seed, same data order) with their intervals; each claim is "held", "not held" or "not shown at this budget"
-from those intervals (`CLAIM_MARGINS` states the lines), never from the means alone.
+from those intervals (`CLAIM_MARGINS` states the lines), never from the means alone. The same holds for the defence
+questions (`defence_verdicts`): among the variants within 1 point of the ViT's accuracy, which leaks least per step and
+over 8 rounds, and whether MJP + DP-SGD beats both halves.
 
     python examples/mjp_study.py --output_dir docs/study --work_dir /tmp/mjp_study --parallel 2
 
 (`--parallel 2`: two runs at a time, one thread each, which uses two cores better than one run on both; a run's
 evaluations start as soon as its training ends.) `--variants`, `--seeds` and `--seeds_for VARIANT=0,1` select a
-subset; the command then writes tables over that subset. It writes `README.md` (tables, verdicts, which setting for which need), `results.json`, `pareto.png` and, per run,
-every evaluation's JSON (and the images of the first seed) under `per_seed/`.
+subset; the command then writes tables over that subset. It writes `README.md` (tables, verdicts, which setting for
+which need with its cost, the grid and its cuts), `results.json`, `pareto.png` (accuracy against the leak per step
+and against the exposure over 8 rounds, every variant) and, per run, every evaluation's JSON (and the images of the
+first seed) under `per_seed/`.
 """
 
 import argparse
+import dataclasses
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -47,28 +66,164 @@ sys.path.insert(0, str(REPO))
 from mjp_hf.evaluation.privacy import exposure_lower_bound  # noqa: E402
 from mjp_hf.evaluation.robustness import SEVERITIES  # noqa: E402
 from mjp_hf.evaluation.statistics import HELD, NOT_HELD, NOT_SHOWN, Interval, paired_difference, verdict  # noqa: E402
+from mjp_hf.training.defense_arguments import DefenseArguments  # noqa: E402
+from mjp_hf.training.defenses import Defense  # noqa: E402
 
 
 TRAIN_SCRIPT = REPO / "examples" / "run_image_classification.py"
 BASELINE = "baseline"
+MAIN_JOB_STEPS = 5 * (60_000 // 128)  # the demo preset's 5 epochs of batch 128
+
+
+EVALUATIONS = ("position", "robustness", "privacy")
 
 
 @dataclass(frozen=True)
 class Variant:
+    """A trained variant: its title in the tables, its training flags, its `family` (which defence it is), the
+    evaluations it gets and, when the default grid cuts it to fit the study's budget, how many of `--seeds` it runs
+    (the first `max_seeds`; `--seeds_for` overrides)."""
+
     title: str
     flags: tuple[str, ...]
+    family: str = "mjp"
+    evaluations: tuple[str, ...] = EVALUATIONS
+    max_seeds: int | None = None
+
+
+# The defences' settings, each at the main job's budget (2345 steps, Poisson rate q = 128/60000, delta 1/N). The epsilon
+# of DP-SGD at sigma 0.3 / 0.5 / 1.0 is 40.9 / 6.79 / 0.88 (`mjp_hf.training.defenses.dp_sgd_epsilon`), the run records
+# its own. C = 1.0 everywhere: where an example's gradient norm exceeds C, clipping scales the signal and the noise
+# (sigma x C) alike, and AdamW's update does not change with that scale, so sigma alone sets the noise per signal.
+DP_SIGMAS = {
+    # The accuracy end: the least noise with a finite epsilon here (noise on the batch mean sigma C / B = 0.0023),
+    # the setting most likely to stay within 1 point of the ViT; a weak guarantee (epsilon ~41).
+    "0.3": "accuracy end",
+    # The middle: a single-digit epsilon (~6.8), the earlier measurement for the main job, which the run's recorded
+    # epsilon checks.
+    "0.5": "middle",
+    # Privacy first: epsilon below 1 (~0.88).
+    "1.0": "privacy first",
+}
+# The combination's DP sigma: the one expected nearest in accuracy to MJP p 1 ratio 0.25 (about 1.2 points below the
+# ViT in the 2026-11-30 study): the accuracy end. The README checks the choice against the measured accuracies.
+COMBINATION_SIGMA = "0.3"
+# Local noise at DP-SGD's accuracy-end sigma and C only: at the same sigma its noise lands on the clipped batch
+# mean, B = 128 times DP-SGD's per signal, so even this sigma is past DP-SGD's privacy-first end; the larger sigmas
+# would add noise to a setting already that far out, and are cut to fit 3 h (`--variants` cannot add them: define
+# them here).
+LOCAL_SIGMAS = ("0.3",)
+# Pruning: half of each gradient tensor zeroed (the accuracy end) and 90% (the privacy end; the ratio
+# benchmarks/dp_step.py times).
+PRUNE_RATIOS = ("0.5", "0.9")
+# Defence variants are audited for privacy only (robustness and position are the MJP claims' questions), and the
+# ones outside the combination question run on 2 seeds: the cuts that fit the default grid in 3 h (`COSTS`).
+DEFENCE_EVALUATIONS = ("privacy",)
+
+
+def _dp(sigma: str) -> tuple[str, ...]:
+    return ("--jigsaw_prob", "0", "--dalr_head", "none", "--dp_noise_multiplier", sigma, "--dp_max_grad_norm", "1.0")
 
 
 VARIANTS = {
-    BASELINE: Variant("ViT (standard PE)", ("--jigsaw_prob", "0", "--dalr_head", "none")),
+    BASELINE: Variant("ViT (standard PE)", ("--jigsaw_prob", "0", "--dalr_head", "none"), family="vit"),
     # The release's ablation: every patch and the pixels inside each shuffled, on the same coin as MJP (p 0.5).
-    "naive": Variant("naive shuffle (p 0.5, as released)", ("--jigsaw_mode", "naive")),
+    "naive": Variant("naive shuffle (p 0.5, as released)", ("--jigsaw_mode", "naive"), family="naive"),
     "mjp": Variant("MJP as released (p 0.5, ratio 0.1)", ()),
     "mjp-p1-r0.1": Variant("MJP p 1, ratio 0.1", ("--jigsaw_prob", "1", "--jigsaw_ratio", "0.1")),
     "mjp-p1-r0.25": Variant("MJP p 1, ratio 0.25", ("--jigsaw_prob", "1", "--jigsaw_ratio", "0.25")),
     "mjp-p1-r0.5": Variant("MJP p 1, ratio 0.5", ("--jigsaw_prob", "1", "--jigsaw_ratio", "0.5")),
+    # DP-SGD on the ViT: the combination's sigma on every seed (its paired comparisons need them), the others on 2.
+    **{
+        f"dp-s{sigma}": Variant(
+            f"ViT + DP-SGD (sigma {sigma}, C 1)",
+            _dp(sigma),
+            family="dp_sgd",
+            evaluations=DEFENCE_EVALUATIONS,
+            max_seeds=None if sigma == COMBINATION_SIGMA else 2,
+        )
+        for sigma in DP_SIGMAS
+    },
+    # Local noise (`LOCAL_SIGMAS`): every step's batch gradient clipped to C, then N(0, (sigma C)^2) noise (Flower's
+    # LocalDpMod); the model trained is the defended one.
+    **{
+        f"local-s{sigma}": Variant(
+            f"ViT + local noise (sigma {sigma}, C 1)",
+            (
+                "--jigsaw_prob",
+                "0",
+                "--dalr_head",
+                "none",
+                "--local_noise_multiplier",
+                sigma,
+                "--local_max_grad_norm",
+                "1.0",
+            ),
+            family="local_noise",
+            evaluations=DEFENCE_EVALUATIONS,
+            max_seeds=2,
+        )
+        for sigma in LOCAL_SIGMAS
+    },
+    **{
+        f"prune-{ratio}": Variant(
+            f"ViT + gradient pruning ({ratio})",
+            ("--jigsaw_prob", "0", "--dalr_head", "none", "--prune_ratio", ratio),
+            family="prune",
+            evaluations=DEFENCE_EVALUATIONS,
+            max_seeds=2,
+        )
+        for ratio in PRUNE_RATIOS
+    },
+    f"mjp-p1-r0.25-dp-s{COMBINATION_SIGMA}": Variant(
+        f"MJP p 1, ratio 0.25 + DP-SGD (sigma {COMBINATION_SIGMA}, C 1)",
+        (
+            "--jigsaw_prob",
+            "1",
+            "--jigsaw_ratio",
+            "0.25",
+            "--dp_noise_multiplier",
+            COMBINATION_SIGMA,
+            "--dp_max_grad_norm",
+            "1.0",
+        ),
+        family="mjp+dp_sgd",
+        evaluations=DEFENCE_EVALUATIONS,
+    ),
 }
-MJP_VARIANTS = [name for name in VARIANTS if name.startswith("mjp")]
+MJP_VARIANTS = [name for name, variant in VARIANTS.items() if variant.family == "mjp"]
+COMBINATION = f"mjp-p1-r0.25-dp-s{COMBINATION_SIGMA}"
+# The combination and its two halves: "is MJP + DP better than either alone".
+COMBINATION_PARTS = ("mjp-p1-r0.25", f"dp-s{COMBINATION_SIGMA}")
+
+# --- what the study costs ------------------------------------------------------------------------------------------
+
+# The numbers the wall-time estimate assumes, per run at 1 thread with 2 runs side by side (`--parallel 2`), and
+# where each comes from. Only the sum of a plain run's stages is measured; the split between them is estimated.
+COSTS = {
+    # Measured: the 2026-11-30 study (6 variants x 3 seeds) spent 9578 s of training and evaluation processes over
+    # 18 runs (docs/study/results.json, `process_seconds`), 532 s a run, in 81 min of wall time at --parallel 2.
+    "plain_run_seconds": 532.0,
+    # Estimated: the main job's 2345 steps at 140.7 ms (1 thread, benchmarks/README.md "Step-level levers") ...
+    "train_step_seconds": 330.0,
+    # ... plus its start-up, data (7.4 ms a step) and five per-epoch evaluations ("What else the run spends"),
+    # which a defence does not make dearer.
+    "train_other_seconds": 50.0,
+    # Estimated: the rest of a plain run (152 s) split by the evaluations' work: robustness runs 1000 images through
+    # 15 corruptions x 5 severities; position fits a probe on 49 PE rows; the privacy audit gets the rest.
+    "robustness_seconds": 35.0,
+    "position_seconds": 10.0,
+    "privacy_seconds": 107.0,
+}
+# A training step's cost against a plain one, by defence.
+STEP_COST_RATIO = {
+    "none": 1.0,  # MJP's jigsaw and DALR cost < 2% of a step (benchmarks/README.md, train_step.py)
+    "dp_sgd": 2.0,  # per-example gradients through Opacus' hooks: ~2x on this CPU (benchmarks/dp_step.py, issue 23)
+    "local_noise": 1.05,  # assumed, not measured: one clip and one Gaussian draw over ~80k parameters a step
+    "prune": 1.10,  # assumed, not measured: a k-th value per gradient tensor a step
+}
+STUDY_BUDGET_SECONDS = 3 * 3600  # the default grid must fit this at --parallel 2 on the 2-core machine
+MACHINE_CORES = 2
 
 # The lines the verdicts are drawn at (accuracy and error in percentage points, leak in points of content patches).
 CLAIM_MARGINS = {
@@ -79,11 +234,16 @@ CLAIM_MARGINS = {
     "corruption_error": 1.0,
     # ... and "protects by a large margin" = at least this many points fewer content patches in place per step.
     "protection": 25.0,
+    # "MJP + DP-SGD is better than either alone" = at least this many points fewer content patches in place per step
+    # than each half (paired), and accuracy within the `accuracy` margin of each: 5 points is about the spread of the
+    # 8-image audit (docs/PRIVACY.md: "differences of a few points between rows are within that noise").
+    "combination": 5.0,
 }
 
 # (column title, record key, scale, decimals).
 METRICS = [
     ("test acc. (%)", "eval_accuracy", 100, 1),
+    ("DP-SGD epsilon (delta 1/N)", "dp_epsilon", 1, 2),
     ("mean corruption error (%)", "mean_corruption_error", 100, 1),
     ("jigsaw 0.9 acc. (%)", "jigsaw_accuracy", 100, 1),
     ("consistency agreement (%)", "consistency_agreement", 100, 1),
@@ -176,19 +336,139 @@ def parse_args(argv=None):
         "--parallel", type=_count, default=1, help="Runs (training, then evaluations) at once; one thread each if > 1."
     )
     parser.add_argument("--overwrite", action="store_true", help="Replace the tables and plots in --output_dir.")
+    parser.add_argument(
+        "--estimate_only",
+        action="store_true",
+        help="Print the grid and its estimated wall time, then stop: nothing is trained, evaluated or written.",
+    )
     args = parser.parse_args(argv)
+    for variant in args.variants:  # a defence in --train_args beside a variant's own is refused before any work
+        try:
+            audit_flags([*VARIANTS[variant].flags, *args.train_args.split()])
+        except ValueError as error:
+            parser.error(f"--train_args {args.train_args!r} with variant {variant!r}: {error}")
     args.variant_seeds = variant_seeds(args.variants, args.seeds, args.seeds_for)
     return args
 
 
 def variant_seeds(variants: list[str], seeds: list[int], overrides: list[tuple[str, list[int]]]) -> dict:
-    """The seeds of each selected variant: `--seeds`, or the variant's own from `--seeds_for VARIANT=0,1`."""
-    chosen = {variant: list(seeds) for variant in variants}
+    """The seeds of each selected variant: its own from `--seeds_for VARIANT=0,1`, else `--seeds`, cut to the first
+    `Variant.max_seeds` for the variants the default grid runs on fewer seeds."""
+    chosen = {variant: list(seeds)[: VARIANTS[variant].max_seeds] for variant in variants}
     for variant, listed in overrides:
         if variant not in chosen:
             raise SystemExit(f"--seeds_for {variant}=...: {variant!r} is not among --variants {variants}.")
         chosen[variant] = listed
     return chosen
+
+
+def job_order(variant_seeds: dict[str, list[int]]) -> list[tuple[str, int]]:
+    """Seed by seed: a study stopped midway has every variant at (about) the same number of seeds."""
+    seed_lists = list(variant_seeds.values())
+    return [
+        (variant, seeds[index])
+        for index in range(max(map(len, seed_lists), default=0))
+        for variant, seeds in variant_seeds.items()
+        if index < len(seeds)
+    ]
+
+
+def defense_of(flags) -> Defense:
+    """The gradient defence a training command line turns on (`Defense()`, kind "none", without one): its defence
+    flags (`--flag value` or `--flag=value`) become the training's own `DefenseArguments`, so that the defaults and
+    the refusals (two defences at once, a setting of a defence that is off) are the training's."""
+    names = {field.name for field in dataclasses.fields(DefenseArguments)}
+    flags = list(flags)
+    given = {}
+    for index, flag in enumerate(flags):
+        name, equals, value = flag[2:].partition("=") if flag.startswith("--") else ("", "", "")
+        if name not in names:
+            continue
+        if not equals:
+            if index + 1 >= len(flags):
+                raise ValueError(f"{flag} needs a value.")
+            value = flags[index + 1]
+        try:
+            given[name] = {"dp_grad_sample_mode": str, "dp_noise_seed": int}.get(name, float)(value)
+        except ValueError:
+            raise ValueError(f"--{name} {value!r} is not a number.") from None
+    return DefenseArguments(**given).defense()
+
+
+def audit_flags(flags) -> list[str]:
+    """The privacy audit's flags for the gradient a model trained with `flags` sends (the defended one): the one place
+    a variant's defence becomes the audit's `--defense none|dp_sgd|local_noise|prune --noise_multiplier F
+    --max_grad_norm F --prune_ratio F`. An undefended run passes none (the audit's default is no defence)."""
+    defense = defense_of(flags)
+    if defense.kind == "none":
+        return []
+    out = ["--defense", defense.kind]
+    if defense.kind in ("dp_sgd", "local_noise"):
+        out += ["--noise_multiplier", f"{defense.noise_multiplier:g}", "--max_grad_norm", f"{defense.max_grad_norm:g}"]
+    if defense.kind == "prune":
+        out += ["--prune_ratio", f"{defense.prune_ratio:g}"]
+    return out
+
+
+def run_seconds(variant: str, train_args: str = "", max_steps: int | None = None) -> dict:
+    """The estimated seconds of one run of `variant` (`COSTS`, `STEP_COST_RATIO`): its training (the main job's steps
+    times its defence's step cost, `max_steps` of them when given, plus the rest of a training) and each evaluation
+    it gets."""
+    kind = defense_of([*VARIANTS[variant].flags, *train_args.split()]).kind
+    share = 1.0 if max_steps is None else min(1.0, max_steps / MAIN_JOB_STEPS)
+    train = COSTS["train_other_seconds"] + COSTS["train_step_seconds"] * STEP_COST_RATIO[kind] * share
+    return {"train": train, **{key: COSTS[f"{key}_seconds"] for key in VARIANTS[variant].evaluations}}
+
+
+def estimate_wall_seconds(
+    variant_seeds: dict[str, list[int]],
+    parallel: int,
+    train_args: str = "",
+    max_steps: int | None = None,
+    *,
+    measured: dict[str, float] | None = None,
+    finished: set | frozenset = frozenset(),
+) -> dict:
+    """The study's estimated wall time: its runs in the study's order (`job_order`), each run's training and then its
+    evaluations in one worker, `parallel` workers (at most `MACHINE_CORES` run at full speed: more share the cores).
+    By default the whole grid's cost from an empty --work_dir; what is left of it with the `finished` runs
+    (`(variant, seed)`) left out and a variant's `measured` seconds a run (`measured_run_seconds`) in place of
+    `COSTS`. `COSTS` are 1-thread figures: at `--parallel 1` a run takes both cores, so the estimate is an upper bound
+    there."""
+    per_run = {variant: sum(run_seconds(variant, train_args, max_steps).values()) for variant in variant_seeds}
+    per_run.update({variant: seconds for variant, seconds in (measured or {}).items() if variant in per_run})
+    variant_seeds = {
+        variant: [s for s in seeds if (variant, s) not in finished] for variant, seeds in variant_seeds.items()
+    }
+    workers = [0.0] * min(parallel, MACHINE_CORES)
+    for variant, _ in job_order(variant_seeds):
+        index = workers.index(min(workers))
+        workers[index] += per_run[variant]
+    process = sum(per_run[variant] * len(seeds) for variant, seeds in variant_seeds.items())
+    return {"wall_seconds": max(workers, default=0.0), "process_seconds": process, "per_run_seconds": per_run}
+
+
+def finished_runs(work_dir: Path, variant_seeds: dict[str, list[int]]) -> dict[tuple[str, int], float]:
+    """The runs of the grid the study has recorded as trained and evaluated in `work_dir` (every evaluation their
+    variant gets), each with its seconds (training plus evaluations, summed over a resumed run's processes)."""
+    out = {}
+    for variant, seeds in variant_seeds.items():
+        for seed in seeds:
+            record = _read_record(work_dir, f"{variant}-seed{seed}")
+            evaluations = record.get("eval_seconds", {})
+            if "train_seconds" in record and all(key in evaluations for key in VARIANTS[variant].evaluations):
+                out[(variant, seed)] = record["train_seconds"] + sum(
+                    evaluations[key] for key in VARIANTS[variant].evaluations
+                )
+    return out
+
+
+def measured_run_seconds(finished: dict[tuple[str, int], float]) -> dict[str, float]:
+    """Per variant, the mean seconds of its finished runs (`finished_runs`)."""
+    by_variant = {}
+    for (variant, _), seconds in finished.items():
+        by_variant.setdefault(variant, []).append(seconds)
+    return {variant: sum(values) / len(values) for variant, values in by_variant.items()}
 
 
 def log(message: str) -> None:
@@ -402,7 +682,7 @@ def run_all(jobs: list[tuple[str, int]], work_dir: Path, args) -> tuple[dict, bo
         variant, seed = job
         name = f"{variant}-seed{seed}"
         trained = train(variant, seed, work_dir, args, children)
-        reports, evaluated = evaluate(name, work_dir / name, work_dir / "eval" / name, seed, args, children)
+        reports, evaluated = evaluate(variant, seed, work_dir / name, work_dir / "eval" / name, args, children)
         return reports, trained or evaluated
 
     pool = ThreadPoolExecutor(max_workers=args.parallel)
@@ -421,9 +701,11 @@ def run_all(jobs: list[tuple[str, int]], work_dir: Path, args) -> tuple[dict, bo
     return {job: reports for job, (reports, _) in outcomes.items()}, any(work for _, work in outcomes.values())
 
 
-def evaluation_jobs(model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
+def evaluation_jobs(variant: str, model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
+    """The evaluations `variant` gets (`Variant.evaluations`), each `(module, flags)`; the privacy audit attacks the
+    gradient the run's defence sends (`audit_flags`)."""
     common = ["--model_name_or_path", str(model_dir), "--seed", str(seed), "--device", "cpu"]
-    return {
+    jobs = {
         "position": ("position", [*common, "--output_dir", str(eval_dir / "position")]),
         "robustness": (
             "robustness",
@@ -451,20 +733,30 @@ def evaluation_jobs(model_dir: Path, eval_dir: Path, seed: int, args) -> dict:
                 str(args.privacy_images),
                 *PRIVACY_FLAGS,
                 *args.privacy_args.split(),
+                *audit_flags([*VARIANTS[variant].flags, *args.train_args.split()]),
             ],
         ),
     }
+    return {key: jobs[key] for key in VARIANTS[variant].evaluations}
 
 
-def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args, children: Children) -> tuple[dict, bool]:
+def evaluate(variant: str, seed: int, model_dir: Path, eval_dir: Path, args, children: Children) -> tuple[dict, bool]:
     """Run each evaluation's command line unless the study recorded it as finished; return the reports and whether
     any ran. Each runs in its own process, as a user would run it, so it loads the model with the code that is there
-    now; one stopped midway runs again (`--overwrite`: its files are the study's own)."""
+    now; one stopped midway runs again (`--overwrite`: its files are the study's own). A privacy report that attacked
+    another gradient than the run's defence sends (`audited_defense_matches`) is audited again when cached, and
+    stops the study when just made."""
     work_dir = Path(args.work_dir)
+    name = f"{variant}-seed{seed}"
+    defense = defense_of([*VARIANTS[variant].flags, *args.train_args.split()])
     reports, worked = {}, False
-    for key, (module, flags) in evaluation_jobs(model_dir, eval_dir, seed, args).items():
+    for key, (module, flags) in evaluation_jobs(variant, model_dir, eval_dir, seed, args).items():
         json_path = eval_dir / key / f"{module}.json"
-        if not (json_path.is_file() and key in _read_record(work_dir, name).get("eval_seconds", {})):
+        cached = json_path.is_file() and key in _read_record(work_dir, name).get("eval_seconds", {})
+        if cached and key == "privacy" and not audited_defense_matches(json.loads(json_path.read_text()), defense):
+            log(f"{name}: the cached privacy audit attacked another gradient than the run's defence sends")
+            cached = False
+        if not cached:
             log(f"{name}: {key}")
             start = time.perf_counter()
             command = [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags, "--overwrite"]
@@ -479,7 +771,29 @@ def evaluate(name: str, model_dir: Path, eval_dir: Path, seed: int, args, childr
             record.setdefault("eval_seconds", {})[key] = time.perf_counter() - start
             _write_record(work_dir, name, record)
         reports[key] = json.loads(json_path.read_text())
+        if key == "privacy" and not audited_defense_matches(reports[key], defense):
+            raise RuntimeError(
+                f"{name}: the privacy audit recorded the defence {reports[key].get('defense')!r}, but the run trains "
+                f"with {defense.to_dict()}: the audit must attack the defended gradient (mjp_hf.evaluation.privacy "
+                f"{' '.join(audit_flags([*VARIANTS[variant].flags, *args.train_args.split()]))}); see {json_path}"
+            )
     return reports, worked
+
+
+def audited_defense_matches(report: dict, defense: Defense) -> bool:
+    """Whether a privacy report attacked the gradient `defense` sends: the defence it records (`defense` in
+    privacy.json: `name` and parameters) is `defense`; a report that records none (an audit from before `--defense`)
+    attacked the undefended gradient."""
+    recorded = report.get("defense")
+    if not isinstance(recorded, dict):
+        return defense.kind == "none"
+    if recorded.get("name", recorded.get("kind")) != defense.kind:
+        return False
+    expected = {key: value for key, value in defense.to_dict().items() if key != "kind"}
+    return all(
+        isinstance(recorded.get(key), (int, float)) and math.isclose(recorded[key], value, rel_tol=1e-9)
+        for key, value in expected.items()
+    )
 
 
 ARCHITECTURE_FIELDS = (
@@ -540,18 +854,22 @@ def privacy_figures(report: dict) -> dict:
 
 
 def collect_metrics(train_results: dict, reports: dict) -> dict:
-    """The table's numbers for one run."""
-    robustness, position = reports["robustness"], reports["position"]
+    """The table's numbers for one run (`None` for an evaluation the variant does not get). `dp_epsilon` is the
+    epsilon a DP-SGD run records in its all_results.json (docs/TRAINING.md), at its `dp_delta`."""
+    robustness, position = reports.get("robustness"), reports.get("position")
     return {
         "eval_accuracy": train_results.get("eval_accuracy"),
-        "mean_corruption_error": (robustness.get("corruption") or {}).get("mean_corruption_error"),
-        "jigsaw_accuracy": robustness["jigsaw"]["accuracy"],
-        "consistency_agreement": robustness["consistency"]["agreement"],
+        "dp_epsilon": train_results.get("dp_epsilon"),
+        "mean_corruption_error": (robustness.get("corruption") or {}).get("mean_corruption_error")
+        if robustness
+        else None,
+        "jigsaw_accuracy": robustness["jigsaw"]["accuracy"] if robustness else None,
+        "consistency_agreement": robustness["consistency"]["agreement"] if robustness else None,
         **privacy_figures(reports["privacy"]),
-        "probe_mae_1d": position["probe"]["mae_1d"],
-        "probe_mae_2d": position["probe"]["mae_2d"],
-        "probe_chance_mae_2d": position["probe"]["chance_mae_2d"],
-        "dalr_mae": (position["dalr"] or {}).get("mae"),
+        "probe_mae_1d": position["probe"]["mae_1d"] if position else None,
+        "probe_mae_2d": position["probe"]["mae_2d"] if position else None,
+        "probe_chance_mae_2d": position["probe"]["chance_mae_2d"] if position else None,
+        "dalr_mae": (position["dalr"] or {}).get("mae") if position else None,
     }
 
 
@@ -689,8 +1007,158 @@ def markdown_tables(summary: dict, records: dict, variants: list[str]) -> list[s
     return lines
 
 
-def recommendations(summary: dict, variants: list[str]) -> list[str]:
-    """'Which setting for which need', each sentence computed from the table's means."""
+def _seed_values(records: dict, variant: str, key: str) -> dict:
+    return {seed: run.get(key) for seed, run in records[variant].items()}
+
+
+def paired(records: dict, variant: str, reference: str, key: str, scale: float = 100) -> Interval | None:
+    """The paired interval of `variant - reference` on `key` over the seeds both ran, in points (`scale`)."""
+    interval = paired_difference(_seed_values(records, variant, key), _seed_values(records, reference, key))
+    return interval.scaled(scale) if interval else None
+
+
+def _mean(records: dict, variant: str, key: str) -> float | None:
+    interval = Interval.of(list(_seed_values(records, variant, key).values()))
+    return interval.mean if interval else None
+
+
+def within_accuracy(records: dict, variants: list[str]) -> list[str]:
+    """The variants shown within the accuracy margin of the ViT: their paired accuracy difference lies above
+    -`CLAIM_MARGINS["accuracy"]` points (the ViT itself counts, at a difference of 0 on every seed)."""
+    if BASELINE not in records:
+        return []
+    out = []
+    for variant in variants:
+        if variant == BASELINE:
+            out.append(variant)
+            continue
+        difference = paired(records, variant, BASELINE, "eval_accuracy")
+        if difference is not None and difference.above(-CLAIM_MARGINS["accuracy"]):
+            out.append(variant)
+    return out
+
+
+LEAK_NEEDS = {
+    "leak_per_step": "leaks least per step",
+    "exposure_8_rounds": "leaks least over 8 rounds of the same image",
+}
+
+
+def least_leak_within_accuracy(records: dict, variants: list[str], key: str) -> dict:
+    """Among the variants shown within the accuracy margin of the ViT (`within_accuracy`), the one that leaks least on
+    `key`: the lowest mean, and the answer only when its paired interval against every other such variant lies below
+    0 (it leaks less on the seeds both ran); otherwise not shown, naming the variants it is not separated from."""
+    need = (
+        f"Among the variants within {CLAIM_MARGINS['accuracy']:.0f} point of the ViT's accuracy (paired interval), "
+        f"which {LEAK_NEEDS[key]}?"
+    )
+    candidates = [v for v in within_accuracy(records, variants) if _mean(records, v, key) is not None]
+    if not candidates:
+        return {"need": need, "key": key, "winner": None, "verdict": NOT_SHOWN, "evidence": "no variant qualifies"}
+    ranked = sorted(candidates, key=lambda v: _mean(records, v, key))
+    best = ranked[0]
+    differences = {other: paired(records, best, other, key) for other in ranked[1:]}
+    unseparated = [other for other, interval in differences.items() if not (interval and interval.below(0))]
+    evidence = "; ".join(
+        f"{best} - {other}: {interval.format() if interval else '-'} points" for other, interval in differences.items()
+    )
+    within = ", ".join(candidates)
+    if unseparated:
+        return {
+            "need": need,
+            "key": key,
+            "winner": None,
+            "verdict": NOT_SHOWN,
+            "evidence": f"within: {within}; lowest mean {best}, not separated from {', '.join(unseparated)} "
+            f"({evidence})",
+        }
+    return {
+        "need": need,
+        "key": key,
+        "winner": best,
+        "verdict": VARIANTS[best].title,
+        "evidence": f"within: {within}; {evidence}"
+        if evidence
+        else f"within: {within} (no other variant is shown within the margin)",
+    }
+
+
+def combination_verdict(records: dict) -> dict:
+    """Is MJP + DP-SGD (`COMBINATION`) better than either half alone (`COMBINATION_PARTS`)? Better than a half: at
+    least `CLAIM_MARGINS["combination"]` points less leak per step and accuracy within the accuracy margin (paired
+    intervals); held when better than both, not held when the intervals show it is not better than one of them."""
+    question = (
+        f"Is {VARIANTS[COMBINATION].title} better than either alone (at least {CLAIM_MARGINS['combination']:.0f} "
+        f"points less leak per step, accuracy within {CLAIM_MARGINS['accuracy']:.0f} point; paired)?"
+    )
+    missing = [v for v in (COMBINATION, *COMBINATION_PARTS) if v not in records]
+    if missing:
+        return {"question": question, "verdict": NOT_SHOWN, "evidence": f"needs {', '.join(missing)}", "parts": []}
+    parts = []
+    for part in COMBINATION_PARTS:
+        accuracy = paired(records, COMBINATION, part, "eval_accuracy")
+        leak = paired(records, COMBINATION, part, "leak_per_step")
+        exposure = paired(records, COMBINATION, part, "exposure_8_rounds")
+        if accuracy is None or leak is None:
+            parts.append({"part": part, "verdict": NOT_SHOWN, "evidence": f"no seeds shared with {part}"})
+            continue
+        margin, accuracy_margin = CLAIM_MARGINS["combination"], CLAIM_MARGINS["accuracy"]
+        parts.append(
+            {
+                "part": part,
+                "verdict": verdict(
+                    [leak.below(-margin), accuracy.above(-accuracy_margin)],
+                    [leak.above(-margin), accuracy.below(-accuracy_margin)],
+                ),
+                "evidence": f"combination - {part}: accuracy {accuracy.format(2)}, leak per step {leak.format()}, "
+                f"over 8 rounds {exposure.format() if exposure else '-'} points",
+            }
+        )
+    verdicts = [part["verdict"] for part in parts]
+    overall = HELD if set(verdicts) == {HELD} else (NOT_HELD if NOT_HELD in verdicts else NOT_SHOWN)
+    return {
+        "question": question,
+        "verdict": overall,
+        "evidence": "; ".join(f"{part['evidence']}: {part['verdict']}" for part in parts),
+        "parts": parts,
+    }
+
+
+def defence_verdicts(records: dict, variants: list[str]) -> dict:
+    """The answers to "MJP, DP-SGD, local noise, pruning, or both?", each from paired intervals."""
+    return {
+        "least_leak": [least_leak_within_accuracy(records, variants, key) for key in LEAK_NEEDS],
+        "combination": combination_verdict(records),
+    }
+
+
+def _defence_kind(variant: str) -> str:
+    return defense_of(VARIANTS[variant].flags).kind
+
+
+def _cost(records: dict, variant: str) -> str:
+    """What choosing `variant` costs: its accuracy against the ViT (paired), its training time, its epsilon."""
+    parts = []
+    if variant != BASELINE and BASELINE in records:
+        accuracy = paired(records, variant, BASELINE, "eval_accuracy")
+        if accuracy is not None:
+            parts.append(f"accuracy {accuracy.format(2)} points against the ViT")
+    parts.append(f"training {STEP_COST_RATIO[_defence_kind(variant)]:g}x the ViT's step cost")
+    epsilon = Interval.of(list(_seed_values(records, variant, "dp_epsilon").values()))
+    if epsilon is not None:
+        parts.append(f"epsilon {epsilon.format(2)} at delta 1/N")
+    return "; ".join(parts)
+
+
+def _not_mjp(variant: str | None) -> str:
+    return "" if variant is None or "mjp" in VARIANTS[variant].family else " MJP is not the answer for this need."
+
+
+def recommendations(summary: dict, variants: list[str], records: dict | None = None) -> list[str]:
+    """'Which setting for which need': the winner of each need with its cost (accuracy against the ViT, training
+    time, epsilon), whichever variant it is, and where it is not MJP, that MJP is not the answer for that need. The
+    first three needs rank by means; the two within the ViT's accuracy and the combination come from the intervals
+    (`defence_verdicts`, with `records`)."""
     figures = {
         variant: {
             key: (summary["variants"][variant].get(key) or {}).get("mean")
@@ -707,27 +1175,46 @@ def recommendations(summary: dict, variants: list[str]) -> list[str]:
         exposure = (
             f" ({100 * f['exposure_8_rounds']:.1f}% over 8 rounds)" if f["exposure_8_rounds"] is not None else ""
         )
+        cost = f"; cost: {_cost(records, variant)}" if records else ""
         return (
             f"{VARIANTS[variant].title}: {100 * f['eval_accuracy']:.1f}% test accuracy, "
-            f"{100 * f['leak_per_step']:.1f}% of content patches in place per step{exposure}"
+            f"{100 * f['leak_per_step']:.1f}% of content patches in place per step{exposure}{cost}"
         )
 
     most_accurate = max(scored, key=lambda v: scored[v]["eval_accuracy"])
     least_leaky = min(scored, key=lambda v: scored[v]["leak_per_step"])
-    lines = [f"- Accuracy first: {describe(most_accurate)}.", f"- Privacy first: {describe(least_leaky)}."]
+    lines = [
+        f"- Accuracy first (by means): {describe(most_accurate)}.{_not_mjp(most_accurate)}",
+        f"- Privacy first (by means): {describe(least_leaky)}.{_not_mjp(least_leaky)}",
+    ]
     exposed = {v: f for v, f in scored.items() if f["exposure_8_rounds"] is not None}
     if exposed:
         least_exposed = min(exposed, key=lambda v: exposed[v]["exposure_8_rounds"])
-        lines.append(f"- A client that sends the same image in many rounds: {describe(least_exposed)}.")
-    if BASELINE in scored:
-        line = scored[BASELINE]["eval_accuracy"] - CLAIM_MARGINS["accuracy"] / 100
-        close = [v for v in scored if v != BASELINE and scored[v]["eval_accuracy"] >= line]
-        if close:
-            balanced = min(close, key=lambda v: scored[v]["leak_per_step"])
-            lines.append(
-                f"- The least leak within {CLAIM_MARGINS['accuracy']:.0f} point of the ViT's accuracy (by means; the "
-                f"verdicts above use the intervals): {describe(balanced)}."
+        lines.append(
+            f"- A client that sends the same image in many rounds (by means): {describe(least_exposed)}."
+            f"{_not_mjp(least_exposed)}"
+        )
+    if records:
+        answers = defence_verdicts(records, variants)
+        for answer in answers["least_leak"]:
+            need = (
+                f"The least leak {'per step' if answer['key'] == 'leak_per_step' else 'over 8 rounds'} within "
+                f"{CLAIM_MARGINS['accuracy']:.0f} point of the ViT's accuracy (intervals)"
             )
+            if answer["winner"] is None:
+                lines.append(f"- {need}: {NOT_SHOWN} ({answer['evidence']}).")
+            else:
+                lines.append(f"- {need}: {describe(answer['winner'])}.{_not_mjp(answer['winner'])}")
+        dp = [v for v in scored if _mean(records, v, "dp_epsilon") is not None]
+        if dp:
+            guaranteed = max(dp, key=lambda v: scored[v]["eval_accuracy"])
+            lines.append(
+                "- A stated guarantee (epsilon at delta 1/N; only DP-SGD gives one), the most accurate (by means): "
+                f"{describe(guaranteed)}.{_not_mjp(guaranteed)}"
+            )
+        combination = answers["combination"]
+        if combination["parts"]:
+            lines.append(f"- MJP and DP-SGD together: {combination['verdict']} ({combination['evidence']}).")
     pareto = [
         v
         for v in scored
@@ -748,41 +1235,125 @@ def recommendations(summary: dict, variants: list[str]) -> list[str]:
     return lines
 
 
-def plot_pareto(summary: dict, variants: list[str], path: Path) -> None:
-    """Test accuracy against the leak per step (content patches in place, and PSNR), one point per variant with its
-    95% interval bars."""
+def verdict_table(answers: dict) -> list[str]:
+    """The markdown table of `defence_verdicts`."""
+    lines = ["| question | answer | evidence (paired differences, points) |", "|---|---|---|"]
+    for answer in answers["least_leak"]:
+        lines.append(f"| {answer['need']} | **{answer['verdict']}** | {answer['evidence']} |")
+    combination = answers["combination"]
+    lines.append(f"| {combination['question']} | **{combination['verdict']}** | {combination['evidence']} |")
+    return lines
+
+
+PARETO_PANELS = [
+    ("leak_per_step", "leak per step: content patches in place (%)"),
+    ("exposure_8_rounds", "exposure over 8 rounds: content patches in place (%)"),
+]
+FAMILY_MARKERS = {"vit": "s", "naive": "X", "mjp": "o", "dp_sgd": "D", "local_noise": "^", "prune": "v"}
+
+
+def plot_pareto(summary: dict, variants: list[str], path: Path) -> dict[str, list[str]]:
+    """Test accuracy against the leak per step and against the exposure over 8 rounds, one point per variant (marker
+    by defence) with its 95% interval bars. Returns the variants drawn in each panel, by the panel's key."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (key, scale, label) in zip(
-        axes,
-        [
-            ("leak_per_step", 100, "content patches in place per step (%)"),
-            ("psnr_per_step", 1, "reconstruction PSNR per step (dB)"),
-        ],
-    ):
-        for variant in variants:
-            x = _interval(summary["variants"][variant].get(key), scale)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), sharey=True)
+    colours = plt.get_cmap("tab20").colors
+    drawn = {}
+    for ax, (key, label) in zip(axes, PARETO_PANELS):
+        drawn[key] = []
+        for index, variant in enumerate(variants):
+            x = _interval(summary["variants"][variant].get(key), 100)
             y = _interval(summary["variants"][variant].get("eval_accuracy"), 100)
             if x is None or y is None:
                 continue
             xerr = [[x.mean - x.low], [x.high - x.mean]] if x.resolved else None
             yerr = [[y.mean - y.low], [y.high - y.mean]] if y.resolved else None
-            ax.errorbar(x.mean, y.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=VARIANTS[variant].title)
-        ax.set_xlabel(f"leak: {label}")
-        ax.set_ylabel("test accuracy (%)")
+            ax.errorbar(
+                x.mean,
+                y.mean,
+                xerr=xerr,
+                yerr=yerr,
+                fmt=FAMILY_MARKERS.get(VARIANTS[variant].family, "P"),
+                color=colours[index % len(colours)],
+                capsize=3,
+                label=VARIANTS[variant].title,
+            )
+            drawn[key].append(variant)
+        ax.set_xlabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].set_ylabel("test accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7)
     fig.suptitle(
         "Accuracy against privacy leak (mean and 95% interval over seeds): left leaks less, up is more accurate",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.03 * ((len(variants) + 2) // 3), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return drawn
+
+
+# The cuts that fit the default grid in `STUDY_BUDGET_SECONDS`; the README repeats them.
+GRID_CUTS = (
+    "The defence variants (DP-SGD, local noise, pruning, MJP + DP-SGD) are audited for privacy only: no robustness "
+    "or position evaluation. DP-SGD at sigma 0.5 and 1.0, local noise and pruning run on 2 seeds (the first two of "
+    "--seeds; `--seeds_for VARIANT=0,1,2` restores one); DP-SGD at the combination's sigma, the combination and the "
+    "MJP and ViT variants on all of --seeds, since the verdicts pair them. Local noise runs at one sigma "
+    f"({', '.join(LOCAL_SIGMAS)}): at DP-SGD's sigma its noise per signal is the batch size (128) times DP-SGD's. "
+    "What the 2-seed cut costs: for the same spread s between seeds, a 95% interval over 2 seeds is +-9.0 s (Student-t "
+    "12.7 s / sqrt 2) against +-2.5 s over 3 (4.3 s / sqrt 3), so those variants' verdicts come out 'not shown' more "
+    "often."
+)
+
+
+def grid_table(variant_seeds: dict[str, list[int]], parallel: int, train_args: str, max_steps: int | None) -> list:
+    """The grid with each run's estimated cost, and the estimated wall time of the whole grid."""
+    estimate = estimate_wall_seconds(variant_seeds, parallel, train_args, max_steps)
+    lines = [
+        "| variant | seeds | evaluations | training step cost (x ViT) | estimated minutes a run |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, seeds in variant_seeds.items():
+        kind = defense_of([*VARIANTS[variant].flags, *train_args.split()]).kind
+        lines.append(
+            f"| {VARIANTS[variant].title} | {', '.join(map(str, seeds))} | {', '.join(VARIANTS[variant].evaluations)} "
+            f"| {STEP_COST_RATIO[kind]:g} | {estimate['per_run_seconds'][variant] / 60:.1f} |"
+        )
+    lines += [
+        "",
+        f"Estimated from an empty --work_dir at --parallel {parallel}: {estimate['wall_seconds'] / 3600:.2f} h of wall "
+        f"time ({estimate['process_seconds'] / 3600:.2f} h of processes), from `COSTS` and `STEP_COST_RATIO` in "
+        "examples/mjp_study.py (measured and assumed figures, each with its source there).",
+    ]
+    return lines
+
+
+def combination_sigma_check(records: dict, variants: list[str]) -> str | None:
+    """Whether the combination's DP-SGD sigma, chosen before the runs, is the DP-SGD setting nearest in accuracy to
+    its MJP half, by the measured means."""
+    mjp_half, chosen = COMBINATION_PARTS
+    dp = [v for v in variants if VARIANTS[v].family == "dp_sgd" and _mean(records, v, "eval_accuracy") is not None]
+    if COMBINATION not in records or mjp_half not in records or chosen not in dp:
+        return None
+    target = _mean(records, mjp_half, "eval_accuracy")
+    if target is None:
+        return None
+    nearest = min(dp, key=lambda v: abs(_mean(records, v, "eval_accuracy") - target))
+    outcome = (
+        "as chosen"
+        if nearest == chosen
+        else f"not {VARIANTS[chosen].title}: the combination question then compares halves of unequal accuracy"
+    )
+    return (
+        f"The combination's sigma ({COMBINATION_SIGMA}) was chosen before the runs as the DP-SGD setting nearest in "
+        f"accuracy to {VARIANTS[mjp_half].title}; measured (by means) the nearest is {VARIANTS[nearest].title}, "
+        f"{outcome}."
+    )
 
 
 def _chance_probe_error(records: dict) -> str:
@@ -802,6 +1373,8 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(records, variants)
     verdicts = claims(summary)
+    answers = defence_verdicts(records, variants)
+    estimate = estimate_wall_seconds(args.variant_seeds, args.parallel, args.train_args, args.max_steps)
     settings = {key: value for key, value in vars(args).items() if key not in ("output_dir", "work_dir", "overwrite")}
     (output_dir / "results.json").write_text(
         json.dumps(
@@ -813,6 +1386,8 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
                 "process_seconds": round(seconds["process"]),
                 "margins": CLAIM_MARGINS,
                 "claims": verdicts,
+                "defence_verdicts": answers,
+                "estimated_wall_seconds": round(estimate["wall_seconds"]),
                 "summary": summary,
                 "runs": records,
             },
@@ -822,9 +1397,10 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
         + "\n"
     )
     plot_pareto(summary, variants, output_dir / "pareto.png")
+    sigma_check = combination_sigma_check(records, variants)
     budget = "the demo preset's full schedule (the main job)" if args.max_steps is None else f"{args.max_steps} steps"
     text = [
-        "# Which MJP setting? The paper's claims at the main job's budget",
+        "# Which MJP setting, or DP-SGD, local noise, pruning? The paper's claims at the main job's budget",
         "",
         f"Made by `{command}`: {seconds['wall'] / 60:.0f} minutes of wall time on the 2-core CPU, {args.parallel} "
         f"run(s) at a time ({seconds['process'] / 60:.0f} minutes of training and evaluation processes, summed over "
@@ -833,8 +1409,11 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
         f"Demo preset ({shape['image_size']}x{shape['image_size']} Fashion-MNIST images, patch {shape['patch_size']}, "
         f"width {shape['hidden_size']}, depth {shape['num_hidden_layers']}), trained for {budget}; seeds "
         f"{seed_listing(args.variant_seeds)}. Privacy: `mjp_hf.evaluation.privacy {' '.join(PRIVACY_FLAGS + args.privacy_args.split())}` on "
-        f"{args.privacy_images} test images per run; robustness on {args.robustness_samples}. Each cell: mean [95% "
-        "Student-t interval over seeds].",
+        f"{args.privacy_images} test images per run, and for a defence variant with the defence's flags "
+        "(`--defense dp_sgd|local_noise|prune --noise_multiplier --max_grad_norm --prune_ratio`, from its training "
+        f"flags): the attacked gradient is the defended one; robustness on {args.robustness_samples}. Each cell: mean "
+        "[95% Student-t interval over seeds]; '-' where a variant does not get that evaluation. DP-SGD's epsilon is "
+        "the one its run records (`dp_epsilon` in all_results.json, at delta 1/N).",
         "",
         *markdown_tables(summary, records, variants),
         "",
@@ -844,9 +1423,14 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
         "|---|---|---|",
         *(f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in verdicts),
         "",
+        "## MJP, DP-SGD, local noise, pruning, or both?",
+        "",
+        *verdict_table(answers),
+        "",
+        *([sigma_check, ""] if sigma_check else []),
         "## Which setting for which need",
         "",
-        *recommendations(summary, variants),
+        *recommendations(summary, variants, records),
         "",
         "![accuracy against leak](pareto.png)",
         "",
@@ -861,12 +1445,21 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
         "DALR head's error on the PE table, in patches.",
         "",
         "Raw outputs: `per_seed/<variant>-seed<N>/<evaluation>/*.json`; images for the first seed.",
+        "",
+        "## The grid and its cost",
+        "",
+        *grid_table(args.variant_seeds, args.parallel, args.train_args, args.max_steps),
+        "",
+        f"Cuts (the default grid fits {STUDY_BUDGET_SECONDS / 3600:.0f} h at --parallel 2): {GRID_CUTS}",
     ]
     (output_dir / "README.md").write_text("\n".join(text) + "\n")
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.estimate_only:
+        print("\n".join(grid_table(args.variant_seeds, args.parallel, args.train_args, args.max_steps)))
+        return {}
     readme = Path(args.output_dir) / "README.md"
     if readme.exists() and not args.overwrite:
         raise FileExistsError(f"{readme} exists; pass --overwrite to replace the study's tables and plots.")
@@ -891,14 +1484,23 @@ def main(argv=None) -> dict:
 
 
 def _study(args, work_dir: Path, command: str, readme: Path) -> dict:
-    # Seed by seed: a study stopped midway has every variant at (about) the same number of seeds.
-    seed_lists = [args.variant_seeds[variant] for variant in args.variants]
-    jobs = [
-        (variant, seeds[index])
-        for index in range(max(map(len, seed_lists)))
-        for variant, seeds in zip(args.variants, seed_lists)
-        if index < len(seeds)
-    ]
+    jobs = job_order(args.variant_seeds)
+    estimate = estimate_wall_seconds(args.variant_seeds, args.parallel, args.train_args, args.max_steps)
+    finished = finished_runs(work_dir, args.variant_seeds)
+    left = estimate_wall_seconds(
+        args.variant_seeds,
+        args.parallel,
+        args.train_args,
+        args.max_steps,
+        measured=measured_run_seconds(finished),
+        finished=set(finished),
+    )
+    log(
+        f"{len(jobs)} runs; estimated {estimate['wall_seconds'] / 3600:.2f} h of wall time from an empty --work_dir at "
+        f"--parallel {args.parallel} ({estimate['process_seconds'] / 3600:.2f} h of processes; COSTS in "
+        f"examples/mjp_study.py); {len(finished)} finished in --work_dir, {left['wall_seconds'] / 3600:.2f} h left "
+        "(from the finished runs' own times where a variant has one)"
+    )
     start = time.perf_counter()
     all_reports, worked = run_all(jobs, work_dir, args)
     # The wall time of every invocation that trained or evaluated something: with everything cached it stays put.
