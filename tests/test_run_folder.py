@@ -175,6 +175,19 @@ def test_a_link_in_place_of_a_checkpoint_is_never_written_into(tmp_path, image_f
     assert checkpoint_problem(output / "checkpoint-1") is None  # resumable once the link is moved
 
 
+def test_a_file_in_place_of_a_checkpoint_is_kept_and_stops_the_run_before_its_step_is_written(tmp_path, image_folder):
+    """docs/TRAINING.md#resume: a file named like a checkpoint the run is about to write stops the run before it
+    writes there; --overwrite_output_dir does not delete it (it is no checkpoint folder) and nothing else of it goes."""
+    output = tmp_path / "od"
+    output.mkdir()
+    (output / "checkpoint-2").write_text("my notes, named like a checkpoint")
+    with pytest.raises(FileExistsError, match=r"checkpoint-2 is a file, not a checkpoint folder.*Rename or move it"):
+        _train(output, *_quick(image_folder, "--max_steps", "3", "--save_steps", "1", "--overwrite_output_dir"))
+    assert (output / "checkpoint-2").read_text() == "my notes, named like a checkpoint"
+    assert checkpoint_problem(output / "checkpoint-1") is None  # resumable once the file is moved
+    assert not (output / LOCK_NAME).exists()
+
+
 # --- failures leave no empty folder behind ------------------------------------------------------------------------
 
 
@@ -194,6 +207,7 @@ def test_a_failed_run_removes_the_folders_it_created_and_nothing_else(tmp_path, 
     with pytest.raises(ValueError, match="--label_column_name"):
         _train(empty, *bad)
     assert empty.is_dir(), "a folder the user made is never removed"
+    assert list(empty.iterdir()) == [], "the lock goes on an exception too"
 
 
 # --- one run at a time --------------------------------------------------------------------------------------------
