@@ -138,6 +138,28 @@ def test_overwrite_deletes_no_linked_file_and_follows_no_link(tmp_path, image_fo
     assert not (output / "model.safetensors").exists() and not (output / "checkpoint-1").exists()
 
 
+@pytest.mark.parametrize("name", ["config.json", "train_results.json", "modeling_mjp_vit.py", "all_results.json"])
+def test_a_link_named_like_a_file_the_run_writes_stops_the_run_before_it_writes_through_it(
+    tmp_path, image_folder, name
+):
+    """A link the user put where the run writes one of its files (config, results, model code) would make the run
+    write into the file it points to: the run stops before any work, with --overwrite_output_dir and on a resume,
+    and the linked file stays as it was."""
+    output = tmp_path / "od"
+    flags = _quick(image_folder, "--max_steps", "1", "--save_steps", "1")
+    _train(output, *flags)
+    mine = tmp_path / f"my {name}"
+    mine.write_text("mine")
+    (output / name).unlink()
+    (output / name).symlink_to(mine)
+    before = sorted(path.name for path in output.iterdir())
+    for extra in (["--overwrite_output_dir"], ["--max_steps", "2"]):  # start afresh; resume from checkpoint-1
+        with pytest.raises(FileExistsError, match=rf"{name} is a symbolic link to .*my {name}.*Move it"):
+            _train(output, *flags, *extra)
+        assert mine.read_text() == "mine" and (output / name).is_symlink()
+        assert sorted(path.name for path in output.iterdir()) == before
+
+
 def test_odd_names_never_count_as_checkpoints(tmp_path):
     output = tmp_path / "od"
     files = _user_files(output, tmp_path / "elsewhere")
