@@ -210,6 +210,32 @@ def test_a_file_in_place_of_a_checkpoint_is_kept_and_stops_the_run_before_its_st
     assert not (output / LOCK_NAME).exists()
 
 
+def test_links_inside_checkpoint_folders_are_never_written_through_nor_deleted_with_their_targets(
+    tmp_path, image_folder
+):
+    """A link inside the remains of an interrupted checkpoint the run is about to write again stops the run before
+    it writes through it; a link inside an old checkpoint survives rotation, and so does what it points to."""
+    output = tmp_path / "od"
+    flags = _quick(image_folder, "--max_steps", "2", "--save_steps", "1", "--save_total_limit", "1")
+    _interrupted_after(1, output, *flags)
+    mine, notes = tmp_path / "my config.json", tmp_path / "my notes.txt"
+    mine.write_text("mine")
+    notes.write_text("notes")
+    (output / "checkpoint-1" / "notes.txt").symlink_to(notes)
+    (output / "checkpoint-2").mkdir()  # the remains of an interrupted save: no marker, no trainer state
+    (output / "checkpoint-2" / "config.json").symlink_to(mine)
+    with pytest.raises(FileExistsError, match=r"checkpoint-2 holds a symbolic link: config\.json.*Move it"):
+        _train(output, *flags)
+    assert mine.read_text() == "mine" and (output / "checkpoint-2" / "config.json").is_symlink()
+    assert not (output / LOCK_NAME).exists()
+    (output / "checkpoint-2" / "config.json").unlink()
+    _train(output, *flags)
+    assert checkpoint_problem(output / "checkpoint-2") is None and mine.read_text() == "mine"
+    # checkpoint-1 rotated out: the run's files gone, the link (and its target) kept.
+    assert [path.name for path in (output / "checkpoint-1").iterdir()] == ["notes.txt"]
+    assert (output / "checkpoint-1" / "notes.txt").is_symlink() and notes.read_text() == "notes"
+
+
 # --- failures leave no empty folder behind ------------------------------------------------------------------------
 
 
