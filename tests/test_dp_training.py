@@ -5,10 +5,12 @@ Every check compares the gradient the optimizer actually applied (recorded by a 
 independent computation: per-example autograd and clipping by hand, the noise's sample std, Opacus'
 accountant stepped by hand; and resumes are compared with the uninterrupted run to the bit."""
 
+import contextlib
 import copy
 import json
 import math
 import shutil
+from unittest import mock
 
 import pytest
 import torch
@@ -360,6 +362,35 @@ def test_dp_sgd_refuses_what_would_break_its_guarantee_before_training(tmp_path,
             arguments=_arguments(tmp_path, **overrides),
             dp_sgd=DPSGDSettings(1.0, 1.0),
         )
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("torch_compile", "a compiled model hides its layers from Opacus' hooks: turn torch_compile off"),
+        ("fp16", "fp16 scales the loss, and with it every per-example norm: use bf16 or fp32"),
+        ("world_size", "training in 2 processes .*train in one process on one device"),
+    ],
+    ids=["torch_compile", "fp16", "several-processes"],
+)
+def test_dp_sgd_refuses_compilation_fp16_and_several_processes_before_training(tmp_path, setting, message):
+    """docs/TRAINING.md#gradient-defences: the DP trainer refuses several processes, fp16 and `--torch_compile`
+    before training. A CPU has neither fp16 training nor a second process: the arguments are set as a GPU run or a
+    launcher would leave them, after they are parsed."""
+    arguments = _arguments(tmp_path)
+    model = _model()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with contextlib.ExitStack() as stack:
+        if setting == "world_size":
+            stack.enter_context(
+                mock.patch.object(TrainingArguments, "world_size", new_callable=mock.PropertyMock, return_value=2)
+            )
+        else:
+            setattr(arguments, setting, True)
+        with pytest.raises(ValueError, match=f"DP-SGD cannot run this training: {message}"):
+            _sgd_trainer(DPSGDTrainer, model, tmp_path, arguments=arguments, dp_sgd=DPSGDSettings(1.0, 1.0))
+    assert all(torch.equal(value, before[name]) for name, value in model.state_dict().items())
+    assert not any(tmp_path.iterdir()), "nothing written before the refusal"
 
 
 def test_dp_sgd_refuses_a_model_with_buffers_naming_opacus_reason(tmp_path):

@@ -645,6 +645,15 @@ def test_a_users_readme_is_never_replaced_by_a_card(tmp_path, image_folder, no_l
     with pytest.raises(ValueError, match=r"README.md is not a model card this script wrote"):
         _train(output, "--train_dir", str(image_folder), "--overwrite_output_dir")
     assert (output / "README.md").read_text() == "# My project\n"
+    # A link to a card of another run, which reads like a card this script wrote: the run would write through it.
+    other_card = tmp_path / "other run" / "README.md"
+    other_card.parent.mkdir()
+    other_card.write_text("---\ntags:\n- masked-jigsaw-puzzle\n---\n# another run's card\n")
+    (output / "README.md").unlink()
+    (output / "README.md").symlink_to(other_card)
+    with pytest.raises(ValueError, match=r"README.md is not a model card this script wrote"):
+        _train(output, "--train_dir", str(image_folder), "--overwrite_output_dir")
+    assert other_card.read_text().endswith("# another run's card\n") and (output / "README.md").is_symlink()
 
 
 def test_unusable_output_paths_and_missing_data_fail_before_loading(tmp_path, no_loading):

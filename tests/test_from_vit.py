@@ -194,6 +194,21 @@ def test_output_folder_may_not_be_the_source(vit_folder):
     assert (folder / "model.safetensors").read_bytes() == before
 
 
+def test_an_output_folder_holding_or_reaching_the_source_by_a_link_or_dots_is_refused(
+    vit_folder, tmp_path, monkeypatch
+):
+    """docs/HUB.md: a folder that is, or contains, the input (links resolved) is refused before any work starts."""
+    folder, _ = vit_folder
+    (tmp_path / "vit link").symlink_to(folder, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    for output in (str(tmp_path), ".", "vit link", "vit/../vit", "vit link/.."):
+        with pytest.raises(SystemExit, match=r"--output_dir .* (is|contains) --model_name_or_path"):
+            main(["--model_name_or_path", "vit", "--output_dir", output, "--overwrite_output_dir"])
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["vit", "vit link"]
+
+
 def test_overwrite_replaces_only_a_checkpoints_files_and_a_failed_write_changes_nothing(vit_folder, tmp_path):
     from unittest import mock
 

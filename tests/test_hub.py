@@ -906,6 +906,24 @@ def test_card_command_never_replaces_the_run_folders_own_card_nor_writes_into_a_
     assert os.listdir(tmp_path / "cards") == []
 
 
+def test_card_command_never_replaces_the_run_folders_card_through_a_link_or_a_relative_path(
+    tiny_run, tmp_path, monkeypatch
+):
+    """docs/HUB.md: the card command never replaces the run folder's own README.md, however --output names it."""
+    card = tiny_run / "README.md"
+    card.write_text("the run's card")
+    (tmp_path / "card link.md").symlink_to(card)
+    (tmp_path / "run link").symlink_to(tiny_run, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    try:
+        for output in ("card link.md", "run link/README.md", f"{tiny_run}/../{tiny_run.name}/README.md"):
+            with pytest.raises(ValueError, match="is the run folder's own card"):
+                main(["card", "--run_dir", str(tiny_run), "--model_id", "me/x", "--output", output, "--overwrite"])
+            assert card.read_text() == "the run's card" and (tmp_path / "card link.md").is_symlink()
+    finally:
+        card.unlink()
+
+
 def test_run_records_reject_a_corrupt_trainer_state(tmp_path):
     (tmp_path / "trainer_state.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ValueError, match="trainer_state.json is not valid JSON"):

@@ -67,6 +67,47 @@ def _resumable_copy(finished_run, tmp_path, name="resumed"):
     return folder
 
 
+# --- a checkpoint is durable before it counts ---------------------------------------------------------------------
+
+
+def test_every_file_of_a_checkpoint_is_synced_before_its_marker_goes_and_before_older_ones_go(
+    tmp_path, image_folder, monkeypatch
+):
+    """docs/TRAINING.md#resume: the callback syncs every file, removes the save-in-progress marker last, and only
+    then deletes older checkpoints (so that a power loss after the marker went cannot leave a checkpoint that passes
+    for complete with unwritten data, nor delete the last durable one). The order of the syncs, the marker and the
+    deletions is recorded in the run itself."""
+    from mjp_hf.training import checkpoints
+
+    events = []
+    fsync, remove = checkpoints.fsync, checkpoints.remove_checkpoint
+
+    def recorded_fsync(path):
+        path = Path(path)
+        marker = (path if path.is_dir() else path.parent) / SAVE_IN_PROGRESS_NAME
+        events.append(("sync", path, marker.exists()))
+        return fsync(path)
+
+    def recorded_remove(folder):
+        events.append(("remove", Path(folder), None))
+        return remove(folder)
+
+    monkeypatch.setattr(checkpoints, "fsync", recorded_fsync)
+    monkeypatch.setattr(checkpoints, "remove_checkpoint", recorded_remove)
+    output = tmp_path / "durable"
+    _train(output, *_flags(image_folder, "--max_steps", "2", "--save_steps", "1", "--save_total_limit", "1"))
+    last = output / "checkpoint-2"
+    files = {path for path in last.rglob("*") if path.is_file()}
+    assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "run_arguments.json"} <= {f.name for f in files}
+    synced_while_marked = {path for kind, path, marked in events if kind == "sync" and marked and path != last}
+    assert files <= synced_while_marked, sorted(str(path) for path in files - synced_while_marked)
+    folder_synced = [i for i, (kind, path, marked) in enumerate(events) if kind == "sync" and path == last]
+    assert folder_synced and not events[folder_synced[-1]][2], "the folder is synced once the marker is gone"
+    removed = [i for i, (kind, path, _) in enumerate(events) if kind == "remove" and path.name == "checkpoint-1"]
+    assert removed and removed[0] > folder_synced[-1], "checkpoint-1 went before checkpoint-2 was durable"
+    assert not (output / "checkpoint-1").exists() and checkpoint_problem(last) is None
+
+
 # --- a save interrupted by a kill ---------------------------------------------------------------------------------
 
 KILLER = """

@@ -138,6 +138,28 @@ def test_overwrite_deletes_no_linked_file_and_follows_no_link(tmp_path, image_fo
     assert not (output / "model.safetensors").exists() and not (output / "checkpoint-1").exists()
 
 
+@pytest.mark.parametrize("name", ["config.json", "train_results.json", "modeling_mjp_vit.py", "all_results.json"])
+def test_a_link_named_like_a_file_the_run_writes_stops_the_run_before_it_writes_through_it(
+    tmp_path, image_folder, name
+):
+    """A link the user put where the run writes one of its files (config, results, model code) would make the run
+    write into the file it points to: the run stops before any work, with --overwrite_output_dir and on a resume,
+    and the linked file stays as it was."""
+    output = tmp_path / "od"
+    flags = _quick(image_folder, "--max_steps", "1", "--save_steps", "1")
+    _train(output, *flags)
+    mine = tmp_path / f"my {name}"
+    mine.write_text("mine")
+    (output / name).unlink()
+    (output / name).symlink_to(mine)
+    before = sorted(path.name for path in output.iterdir())
+    for extra in (["--overwrite_output_dir"], ["--max_steps", "2"]):  # start afresh; resume from checkpoint-1
+        with pytest.raises(FileExistsError, match=rf"{name} is a symbolic link to .*my {name}.*Move it"):
+            _train(output, *flags, *extra)
+        assert mine.read_text() == "mine" and (output / name).is_symlink()
+        assert sorted(path.name for path in output.iterdir()) == before
+
+
 def test_odd_names_never_count_as_checkpoints(tmp_path):
     output = tmp_path / "od"
     files = _user_files(output, tmp_path / "elsewhere")
@@ -175,6 +197,45 @@ def test_a_link_in_place_of_a_checkpoint_is_never_written_into(tmp_path, image_f
     assert checkpoint_problem(output / "checkpoint-1") is None  # resumable once the link is moved
 
 
+def test_a_file_in_place_of_a_checkpoint_is_kept_and_stops_the_run_before_its_step_is_written(tmp_path, image_folder):
+    """docs/TRAINING.md#resume: a file named like a checkpoint the run is about to write stops the run before it
+    writes there; --overwrite_output_dir does not delete it (it is no checkpoint folder) and nothing else of it goes."""
+    output = tmp_path / "od"
+    output.mkdir()
+    (output / "checkpoint-2").write_text("my notes, named like a checkpoint")
+    with pytest.raises(FileExistsError, match=r"checkpoint-2 is a file, not a checkpoint folder.*Rename or move it"):
+        _train(output, *_quick(image_folder, "--max_steps", "3", "--save_steps", "1", "--overwrite_output_dir"))
+    assert (output / "checkpoint-2").read_text() == "my notes, named like a checkpoint"
+    assert checkpoint_problem(output / "checkpoint-1") is None  # resumable once the file is moved
+    assert not (output / LOCK_NAME).exists()
+
+
+def test_links_inside_checkpoint_folders_are_never_written_through_nor_deleted_with_their_targets(
+    tmp_path, image_folder
+):
+    """A link inside the remains of an interrupted checkpoint the run is about to write again stops the run before
+    it writes through it; a link inside an old checkpoint survives rotation, and so does what it points to."""
+    output = tmp_path / "od"
+    flags = _quick(image_folder, "--max_steps", "2", "--save_steps", "1", "--save_total_limit", "1")
+    _interrupted_after(1, output, *flags)
+    mine, notes = tmp_path / "my config.json", tmp_path / "my notes.txt"
+    mine.write_text("mine")
+    notes.write_text("notes")
+    (output / "checkpoint-1" / "notes.txt").symlink_to(notes)
+    (output / "checkpoint-2").mkdir()  # the remains of an interrupted save: no marker, no trainer state
+    (output / "checkpoint-2" / "config.json").symlink_to(mine)
+    with pytest.raises(FileExistsError, match=r"checkpoint-2 holds a symbolic link: config\.json.*Move it"):
+        _train(output, *flags)
+    assert mine.read_text() == "mine" and (output / "checkpoint-2" / "config.json").is_symlink()
+    assert not (output / LOCK_NAME).exists()
+    (output / "checkpoint-2" / "config.json").unlink()
+    _train(output, *flags)
+    assert checkpoint_problem(output / "checkpoint-2") is None and mine.read_text() == "mine"
+    # checkpoint-1 rotated out: the run's files gone, the link (and its target) kept.
+    assert [path.name for path in (output / "checkpoint-1").iterdir()] == ["notes.txt"]
+    assert (output / "checkpoint-1" / "notes.txt").is_symlink() and notes.read_text() == "notes"
+
+
 # --- failures leave no empty folder behind ------------------------------------------------------------------------
 
 
@@ -194,6 +255,7 @@ def test_a_failed_run_removes_the_folders_it_created_and_nothing_else(tmp_path, 
     with pytest.raises(ValueError, match="--label_column_name"):
         _train(empty, *bad)
     assert empty.is_dir(), "a folder the user made is never removed"
+    assert list(empty.iterdir()) == [], "the lock goes on an exception too"
 
 
 # --- one run at a time --------------------------------------------------------------------------------------------

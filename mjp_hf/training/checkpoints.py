@@ -190,13 +190,20 @@ def fsync(path: Path) -> None:
 
 def start_checkpoint(folder: Path) -> None:
     """Mark `folder` as being saved, before the Trainer writes any of its files (the remains of an interrupted save of
-    the same step are written over, file by file). A link or a file in the folder's place is the user's: the
-    checkpoint would be written into what it points to, or not at all."""
+    the same step are written over, file by file). A link or a file in the folder's place, or a link inside it, is the
+    user's: the checkpoint would be written into what it points to, or not at all."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         what = f"a symbolic link to {os.readlink(folder)}" if folder.is_symlink() else "a file"
         raise FileExistsError(
             f"{folder} is {what}, not a checkpoint folder of this run: the checkpoint of this step would be written "
             "into it. Rename or move it, then resume the run."
+        )
+    # The remains of an interrupted save are written over; a link among them would be written through.
+    links = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_symlink())
+    if links:
+        raise FileExistsError(
+            f"{folder} holds a symbolic link: {', '.join(links)}; the checkpoint of this step would be written into "
+            "what it points to. Move it, then resume the run."
         )
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / SAVE_IN_PROGRESS_NAME

@@ -36,8 +36,10 @@ from .checkpoints import (
     CHECKPOINT_NAME,
     RUN_ARGUMENTS_NAME,
     SAVED_MODEL_FILES,
+    SAVED_MODEL_PATTERN,
     checkpoint_problem,
     last_complete_checkpoint,
+    model_code_files,
     remove_checkpoint,
     written_by_the_project,
 )
@@ -265,6 +267,20 @@ def remove_run_files(output_dir) -> list[Path]:
     return kept
 
 
+def _refuse_linked_run_files(output_dir: Path) -> None:
+    """A symbolic link named like a file the run writes at the folder's top is the user's: the run would write into
+    what it points to (`save_pretrained` and `save_metrics` open the path), so it stops before any work."""
+    for path in _contents(output_dir):
+        name = path.name
+        if path.is_symlink() and (
+            name in RUN_FILES or name in model_code_files() or SAVED_MODEL_PATTERN.fullmatch(name)
+        ):
+            raise FileExistsError(
+                f"{path} is a symbolic link to {os.readlink(path)}, named like a file this run writes: the run would "
+                "write into what it points to. Move it, or pass another --output_dir."
+            )
+
+
 def check_output_location(
     output_dir, inputs: Mapping[str, str | None] | None = None, data_inputs: Mapping[str, str | None] | None = None
 ) -> None:
@@ -355,6 +371,7 @@ def _choose(
             f"{card} is not a model card this script wrote, and the run would replace it with one: move "
             "it, or pass another --output_dir."
         )
+    _refuse_linked_run_files(output_dir)
     resume = resume_from_checkpoint
     if resume is not None and str(resume).lower() in ("true", "last"):
         checkpoint = _newest_complete(output_dir)
