@@ -523,6 +523,11 @@ class Children:
         self._running: set[subprocess.Popen] = set()
         self.stopped_by: int | None = None
 
+    def raise_if_stopped(self) -> None:
+        """`Stopped` once the study is stopped: a run queued behind the stop neither starts nor says it does."""
+        if self.stopped_by is not None:
+            raise Stopped(self.stopped_by)
+
     def run(self, command: list[str], **kwargs) -> int:
         """Run `command` to its end and return its exit status; `Stopped` if the study is or gets stopped."""
         with self._lock:
@@ -649,6 +654,7 @@ def train(variant: str, seed: int, work_dir: Path, args, children: Children) -> 
     if _trained(work_dir, name):
         return False
     command = training_command(variant, seed, run_dir, args)
+    children.raise_if_stopped()
     log(f"{name}: training ({' '.join(command[2:])})")
     start = time.perf_counter()
     with open(work_dir / f"{name}.train.log", "a") as log_file:
@@ -757,6 +763,7 @@ def evaluate(variant: str, seed: int, model_dir: Path, eval_dir: Path, args, chi
             log(f"{name}: the cached privacy audit attacked another gradient than the run's defence sends")
             cached = False
         if not cached:
+            children.raise_if_stopped()
             log(f"{name}: {key}")
             start = time.perf_counter()
             command = [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags, "--overwrite"]

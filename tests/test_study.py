@@ -723,12 +723,14 @@ def test_a_stopped_study_stops_its_runs_starts_nothing_and_does_not_cache_the_cu
     else:
         os.kill(process.pid, signal.SIGTERM)
     try:
-        _, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise AssertionError("the study went on after the signal") from None
     assert process.returncode == (130 if how == "ctrl-c" else 143), stderr[-3000:]
+    announced = [line for line in stdout.splitlines() if ": training (" in line]
+    assert len(announced) == 1 and name in announced[0], f"runs queued behind the stop said they started: {announced}"
     assert "Traceback" not in stderr and "stopped" in stderr.splitlines()[-1], stderr[-3000:]
     assert not _alive(int(pid)), "the training the study started outlived it"
     assert len(log.read_text().splitlines()) == 1, "a run started after the signal"
