@@ -17,13 +17,16 @@ run again with the same audit flags.
 """
 
 import argparse
+import datetime
 import json
+import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import load_fashion_mnist_arrays
@@ -184,10 +187,15 @@ def audit(model_dir: Path, out: Path, argv: list[str]) -> dict:
     """The audit's report, reused from `out` when it was made with the same flags."""
     flags = out / "audit_flags.json"
     if (out / "privacy.json").is_file() and flags.is_file() and json.loads(flags.read_text()) == argv:
-        return json.loads((out / "privacy.json").read_text())
+        report = json.loads((out / "privacy.json").read_text())
+        # Audits made before the date was recorded: the file's own time.
+        modified = datetime.datetime.fromtimestamp((out / "privacy.json").stat().st_mtime, datetime.timezone.utc)
+        report.setdefault("made_utc", modified.strftime("%Y-%m-%d %H:%M"))
+        return report
     start = time.perf_counter()
     report = privacy.main(argv + ["--overwrite"])
     report["audit_seconds"] = round(time.perf_counter() - start, 1)
+    report["made_utc"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     (out / "privacy.json").write_text(json.dumps(report, indent=2) + "\n")
     flags.write_text(json.dumps(argv) + "\n")
     return report
@@ -271,14 +279,18 @@ def budget_lines(records: dict, args) -> list[str]:
         f"{args.optimization_seconds:g} s, {args.optimization_restarts} start(s) from scratch. Audit wall time "
         "(shared 2-core CPU, one thread):",
         "",
-        "| model | audit time | s per image |",
-        "|---|---|---|",
+        "| model | audit made (UTC) | audit time | s per image |",
+        "|---|---|---|---|",
     ]
     for name, record in records.items():
         seconds = record["audit"].get("audit_seconds")
         if seconds is not None:
-            lines.append(f"| {name} | {seconds / 60:.1f} min | {seconds / args.num_images:.0f} |")
-    return lines
+            made = record["audit"].get("made_utc") or "-"
+            lines.append(f"| {name} | {made} | {seconds / 60:.1f} min | {seconds / args.num_images:.0f} |")
+    versions = (
+        f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+    return lines + ["", f"Versions: {versions}."]
 
 
 def tables(records: dict, args) -> str:
@@ -314,7 +326,9 @@ def main(argv=None):
         report = audit(directory, work / "audits" / name, flags)
         records[name] = {
             "test_accuracy": accuracy,
-            "audit": {key: report.get(key) for key in ("step_kinds", "summary", "optimization", "audit_seconds")},
+            "audit": {
+                key: report.get(key) for key in ("step_kinds", "summary", "optimization", "audit_seconds", "made_utc")
+            },
         }
         print(f"{name}: audited", flush=True)
     (output / "privacy_figures.json").write_text(json.dumps(records, indent=2) + "\n")
