@@ -11,6 +11,7 @@ from transformers import ViTConfig
 
 # What a config.json records about the class and the writer, not the model: never carried across ViT <-> MJP.
 _CLASS_KEYS = ("model_type", "architectures", "auto_map", "transformers_version")
+JIGSAW_MODES, DALR_HEADS = ("mjp", "naive"), ("nonlinear", "linear", "none")  # the choices of two fields below
 
 
 class MJPConfigError(StrictDataclassError, ValueError):
@@ -57,9 +58,9 @@ class _MJPViTFields(ViTConfig):
     jigsaw_max_block: int | None = _block_area(default=None)
     jigsaw_min_aspect: float | int = _aspect(default=0.3)
     jigsaw_per_sample: bool = False
-    jigsaw_mode: Literal["mjp", "naive"] = "mjp"
+    jigsaw_mode: Literal[JIGSAW_MODES] = "mjp"
     use_unk_position_embedding: bool = True
-    dalr_head: Literal["nonlinear", "linear", "none"] = "nonlinear"
+    dalr_head: Literal[DALR_HEADS] = "nonlinear"
     dalr_loss_weight: float | int = _loss_weight(default=0.01)
     dalr_normalize_targets: bool = False
 

@@ -283,8 +283,7 @@ class MJPViTModel(MJPViTPreTrainedModel, ViTModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         self.embeddings = MJPViTEmbeddings(config)  # in place of ViT's
         has_dalr = config.dalr_head != "none"
-        self.dalr_head = MJPViTDALRHead(config) if has_dalr else None
-        self.dalr_loss = MJPViTDALRLoss(config) if has_dalr else None
+        self.dalr_head, self.dalr_loss = (MJPViTDALRHead(config), MJPViTDALRLoss(config)) if has_dalr else (None, None)
         self.post_init()
 
     @merge_with_config_defaults

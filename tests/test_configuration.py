@@ -181,3 +181,15 @@ def test_valid_values_still_round_trip(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = MJPViTConfig.from_pretrained(tmp_path, jigsaw_prob=1.0)
     assert (loaded.jigsaw_ratio, loaded.jigsaw_prob, loaded.image_size) == (0.5, 1.0, [32, 48])
+
+
+def test_the_choice_constants_of_the_released_config_module_still_import():
+    """`JIGSAW_MODES` and `DALR_HEADS` (public in the config module before the redesign) are the fields' choices."""
+    from mjp_hf.configuration_mjp_vit import DALR_HEADS, JIGSAW_MODES
+
+    for name, choices in (("jigsaw_mode", JIGSAW_MODES), ("dalr_head", DALR_HEADS)):
+        for choice in choices:
+            assert getattr(MJPViTConfig(**{name: choice}), name) == choice
+        with pytest.raises(ValueError, match=name):
+            MJPViTConfig(**{name: "another"})
+    assert JIGSAW_MODES == ("mjp", "naive") and DALR_HEADS == ("nonlinear", "linear", "none")
