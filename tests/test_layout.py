@@ -64,3 +64,17 @@ def test_the_widget_images_name_the_label_set_of_the_demo_data():
     from mjp_hf.hub.card import FASHION_MNIST_WIDGET_LABELS
 
     assert json.loads(FASHION_MNIST_WIDGET_LABELS.read_text(encoding="utf-8"))["labels"] == FASHION_MNIST_LABELS
+
+
+def test_every_name_of_the_single_module_hub_still_imports_from_mjp_hf_hub():
+    """`mjp_hf.hub` was one module before the split; each of its public names still imports from there (as the
+    object its new module defines), and a name it never had is still missing."""
+    import mjp_hf.hub
+    from mjp_hf.hub import publish
+
+    names = [name for name in vars(publish) if not name.startswith("_") and name not in {"annotations"}]
+    assert {"default_widget", "widget_from_images", "layout_file_patterns", "main", "CARD_TEMPLATE"} <= set(names)
+    for name in names:
+        assert getattr(mjp_hf.hub, name) is getattr(publish, name), name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        mjp_hf.hub.no_such_name  # noqa: B018

@@ -9,6 +9,17 @@ from .layout import push_mjp_model, save_publishing_layout
 from .runs import card_for_run, read_run_records
 
 
+def __getattr__(name: str):
+    """The names of `mjp_hf.hub` as the single module it was before the split (`publish` keeps them all)."""
+    import importlib
+
+    publish = importlib.import_module(f"{__name__}.publish")  # not `from . import`, which asks this function first
+    try:
+        return getattr(publish, name)
+    except AttributeError:
+        raise AttributeError(f"module 'mjp_hf.hub' has no attribute {name!r}") from None
+
+
 __all__ = [
     "MJP_SUBFOLDER",
     "MODEL_CARDS_DIR",
