@@ -208,6 +208,9 @@ class _FakeAudits:
     def __init__(self, defense):
         self.defense, self.commands = defense, []
 
+    def raise_if_stopped(self):
+        pass  # never stopped
+
     def run(self, command, **kwargs):
         self.commands.append(command)
         out = Path(command[command.index("--output_dir") + 1])
