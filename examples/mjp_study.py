@@ -471,6 +471,12 @@ def measured_run_seconds(finished: dict[tuple[str, int], float]) -> dict[str, fl
     return {variant: sum(values) / len(values) for variant, values in by_variant.items()}
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -1411,7 +1417,8 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
         "",
         f"Made by `{command}`: {seconds['wall'] / 60:.0f} minutes of wall time on the 2-core CPU, {args.parallel} "
         f"run(s) at a time ({seconds['process'] / 60:.0f} minutes of training and evaluation processes, summed over "
-        "the runs).",
+        f"the runs). Tables written {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC with python "
+        f"{sys.version.split()[0]}, torch {_version('torch')}, transformers {_version('transformers')}.",
         "",
         f"Demo preset ({shape['image_size']}x{shape['image_size']} Fashion-MNIST images, patch {shape['patch_size']}, "
         f"width {shape['hidden_size']}, depth {shape['num_hidden_layers']}), trained for {budget}; seeds "
