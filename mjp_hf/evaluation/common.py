@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,6 +280,14 @@ def shuffle_patches(
 def batches(num_items: int, batch_size: int):
     """`slice`s covering `range(num_items)` in steps of `batch_size`."""
     return [slice(start, min(start + batch_size, num_items)) for start in range(0, num_items, batch_size)]
+
+
+def each_then(parts: Iterable, between_batches: Callable[[], object] | None) -> Iterator:
+    """Yield `parts`, calling `between_batches` (a command line's thread-count update) after each one."""
+    for part in parts:
+        yield part
+        if between_batches is not None:
+            between_batches()
 
 
 def output_path(output_dir: str | Path, name: str, overwrite: bool) -> Path:

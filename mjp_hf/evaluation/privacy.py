@@ -65,6 +65,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -77,6 +78,7 @@ from ..utils import bounded
 from .common import (
     PixelNormalization,
     base_parser,
+    each_then,
     finite,
     is_mjp_model,
     load_model_and_images,
@@ -1263,17 +1265,6 @@ def describe_plan(model, args, num_images: int, step_seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _calling_after_each(between_batches: Callable[[], object]) -> Callable[[Iterable], Iterable]:
-    """A `watch` that calls `between_batches` after each item of the loop it wraps."""
-
-    def watch(iterable: Iterable) -> Iterable:
-        for item in iterable:
-            yield item
-            between_batches()
-
-    return watch
-
-
 def main(argv=None, *, between_batches: Callable[[], object] | None = None) -> dict:
     """The command line. `between_batches` (the thread-count update that `run_command_line` passes) runs after each
     attacked image and optimisation iteration when the model is on the CPU."""
@@ -1304,7 +1295,7 @@ def main(argv=None, *, between_batches: Callable[[], object] | None = None) -> d
         multi_round_counts=args.multi_round_counts,
         multi_round_probs=args.multi_round_probs,
         seed=args.seed,
-        watch=None if between_batches is None else _calling_after_each(between_batches),
+        watch=None if between_batches is None else partial(each_then, between_batches=between_batches),
         defense=args.defense,
     )
     report = {"model_name_or_path": str(args.model_name_or_path), "model_class": type(model).__name__, **report}

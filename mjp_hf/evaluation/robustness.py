@@ -25,7 +25,7 @@ after each batch (the command line passes the adaptive thread controller's updat
 import argparse
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from .common import (
     PixelNormalization,
     base_parser,
     batches,
+    each_then,
     is_mjp_model,
     load_model_and_images,
     output_path,
@@ -119,14 +120,6 @@ def _cached_corruption(images, name, severity, seed, cache_dir, fingerprint) -> 
     return corrupted
 
 
-def _each_then(parts: Iterable, between_batches: BetweenBatches | None) -> Iterator:
-    """Yield `parts`, calling `between_batches` after each one."""
-    for part in parts:
-        yield part
-        if between_batches is not None:
-            between_batches()
-
-
 @torch.no_grad()
 def predict(
     model,
@@ -140,7 +133,7 @@ def predict(
     if is_mjp_model(model) and not forward_kwargs:
         forward_kwargs = {"jigsaw": False}
     model.eval()
-    parts = _each_then(batches(pixel_values.shape[0], batch_size), between_batches)
+    parts = each_then(batches(pixel_values.shape[0], batch_size), between_batches)
     return torch.cat([model(pixel_values[part], **forward_kwargs).logits for part in parts])
 
 
@@ -255,7 +248,7 @@ def jigsaw_accuracy(
     correct, correct_plain, shuffled = 0, 0, []
     labels = labels.to(model.device)
     parts = tqdm(batches(pixel_values.shape[0], batch_size), desc="jigsaw accuracy", disable=not progress)
-    for part in _each_then(parts, between_batches):
+    for part in each_then(parts, between_batches):
         mask, permutation = _draw(model, 1, ratio, generator)
         shuffled.append(mask.float().mean().item())
         _, logits_plain = _jigsawed_cls_and_logits(model, pixel_values[part], mask, permutation, use_unk=False)
@@ -301,7 +294,7 @@ def prediction_consistency(
     has_unk = uses_unk_position_embedding(model)
     distances, unit_distances, agreements = [], [], []
     parts = tqdm(batches(pixel_values.shape[0], batch_size), desc="consistency", disable=not progress)
-    for part in _each_then(parts, between_batches):
+    for part in each_then(parts, between_batches):
         clean = pixel_values[part]
         outputs = model.vit(clean, jigsaw=False) if is_mjp_model(model) else model.vit(clean)
         cls_clean = outputs.last_hidden_state[:, 0]
