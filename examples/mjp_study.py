@@ -9,10 +9,11 @@ accuracy and robustness and protects privacy by a large margin.
 
 Every variant is trained by `examples/run_image_classification.py` in a subprocess with the demo preset's full
 schedule (the main job), seeds 0-2 by default, and differs only in its flags (`VARIANTS`): MJP settings, and the
-defences, each at the main job's budget (docs/TRAINING.md): DP-SGD at sigma 0.3, 0.5 and 1.0 with C 1.0 (epsilon
-about 41, 6.8 and 0.88: the accuracy end, a single-digit epsilon, epsilon below 1), local noise at sigma 0.3 and C 1.0,
-gradient pruning at 0.5 and 0.9, and MJP p 1 ratio 0.25 with DP-SGD at sigma 0.3 (`DP_SIGMAS` and the notes beside
-`VARIANTS` give each choice's reason). Each model then goes through the evaluations of `mjp_hf.evaluation` its
+defences, each at the main job's budget (docs/TRAINING.md): DP-SGD at sigma 0.001, 0.01 and 1.0 with C 1.0 (the
+accuracy end, the least noise at which the audit's leak reaches its floor, and privacy first with epsilon below 1),
+local noise at sigma 0.001 and 0.01 with C 1.0, gradient pruning at 0.5 and 0.9, and MJP p 1 ratio 0.25 with DP-SGD at
+sigma 0.001 (`DP_SIGMAS` and the notes beside `VARIANTS` give each choice's reason, from the one-seed preview in
+docs/study/preview-defences-seed0). Each model then goes through the evaluations of `mjp_hf.evaluation` its
 variant gets, each in its own process: privacy (every attack, both kinds of training step, the expected leak per step
 at the model's `jigsaw_prob` and the exposure over k rounds; for a defence variant on the gradient its defence sends,
 `audit_flags`), robustness and position. Finished trainings and evaluations are cached in `--work_dir`, and an
@@ -21,10 +22,10 @@ cached it rebuilds the same tables.
 
 The cost, and the cuts that fit the default grid in 3 h at `--parallel 2` on the 2-core machine (about 2.95 h by
 `estimate_wall_seconds`, printed before the first run, from the figures in `COSTS` and `STEP_COST_RATIO`, each with its
-source): the defence variants get the privacy audit only (no robustness or position evaluation); DP-SGD at sigma 0.5
+source): the defence variants get the privacy audit only (no robustness or position evaluation); DP-SGD at sigma 0.01
 and 1.0, local noise and pruning run on the first 2 of --seeds (`Variant.max_seeds`; `--seeds_for VARIANT=0,1,2`
-restores a variant's seeds; over 2 seeds an interval is 3.6 times as wide as over 3); local noise runs at one sigma (at DP-SGD's sigma its noise per signal is 128 times
-DP-SGD's). The generated README states them too.
+restores a variant's seeds; over 2 seeds an interval is 3.6 times as wide as over 3). The generated README states them
+too.
 
 Statistics: per variant, the mean and a 95% Student-t interval over seeds; against the baseline, paired differences
 (same seed, same data order) with their intervals; each claim is "held", "not held" or "not shown at this budget"
@@ -91,28 +92,29 @@ class Variant:
     max_seeds: int | None = None
 
 
-# The defences' settings, each at the main job's budget (2345 steps, Poisson rate q = 128/60000, delta 1/N). The epsilon
-# of DP-SGD at sigma 0.3 / 0.5 / 1.0 is 40.9 / 6.79 / 0.88 (`mjp_hf.training.defenses.dp_sgd_epsilon`), the run records
-# its own. C = 1.0 everywhere: where an example's gradient norm exceeds C, clipping scales the signal and the noise
-# (sigma x C) alike, and AdamW's update does not change with that scale, so sigma alone sets the noise per signal.
+# The defences' settings, each at the main job's budget (2345 steps, Poisson rate q = 128/60000, delta 1/N), picked from
+# the one-seed preview (docs/study/preview-defences-seed0, which ran sigma 0.3 / 0.5 / 1.0 and local noise at 0.3) and
+# seed-0 runs at smaller sigmas: DP-SGD at sigma 0.3 already cost 9.5 points and every sigma from 0.01 up left the
+# audit at its floor (4.6% of content patches in place), so the grid spans the accuracy end to privacy first with
+# sigmas where accuracy and leak still move. C = 1.0 everywhere: where an example's gradient norm exceeds C, clipping
+# scales the signal and the noise (sigma x C) alike, and AdamW's update does not change with that scale, so sigma
+# alone sets the noise per signal. The run records its epsilon (`mjp_hf.training.defenses.dp_sgd_epsilon`).
 DP_SIGMAS = {
-    # The accuracy end: the least noise with a finite epsilon here (noise on the batch mean sigma C / B = 0.0023),
-    # the setting most likely to stay within 1 point of the ViT; a weak guarantee (epsilon ~41).
-    "0.3": "accuracy end",
-    # The middle: a single-digit epsilon (~6.8), the earlier measurement for the main job, which the run's recorded
-    # epsilon checks.
-    "0.5": "middle",
+    # The accuracy end: the least noise tried (noise on the batch mean sigma C / B ~ 1e-5); the clipping still acts,
+    # so this is per-example clipping with a token of noise; epsilon ~1e9, no guarantee worth the name.
+    "0.001": "accuracy end",
+    # The least sigma at which the preview's audit reached its floor (4.6% in place, as at sigma 1.0); epsilon ~3e7.
+    "0.01": "leak floor",
     # Privacy first: epsilon below 1 (~0.88).
     "1.0": "privacy first",
 }
-# The combination's DP sigma: the one expected nearest in accuracy to MJP p 1 ratio 0.25 (about 1.2 points below the
-# ViT in the 2026-11-30 study): the accuracy end. The README checks the choice against the measured accuracies.
-COMBINATION_SIGMA = "0.3"
-# Local noise at DP-SGD's accuracy-end sigma and C only: at the same sigma its noise lands on the clipped batch
-# mean, B = 128 times DP-SGD's per signal, so even this sigma is past DP-SGD's privacy-first end; the larger sigmas
-# would add noise to a setting already that far out, and are cut to fit 3 h (`--variants` cannot add them: define
-# them here).
-LOCAL_SIGMAS = ("0.3",)
+# The combination's DP sigma: the one nearest in accuracy to MJP p 1 ratio 0.25 in the preview (84.47% and 84.4% at
+# seed 0). The README checks the choice against the measured accuracies.
+COMBINATION_SIGMA = "0.001"
+# Local noise (Flower's LocalDpMod) at DP-SGD's two smaller sigmas, C 1: at the same sigma its noise lands on the
+# clipped batch mean, B = 128 times DP-SGD's per signal, so sigma 0.01 here is near DP-SGD's privacy-first end and the
+# preview's sigma 0.3 cost 40 points (44.9%); larger sigmas are not run.
+LOCAL_SIGMAS = ("0.001", "0.01")
 # Pruning: half of each gradient tensor zeroed (the accuracy end) and 90% (the privacy end; the ratio
 # benchmarks/dp_step.py times).
 PRUNE_RATIOS = ("0.5", "0.9")
@@ -209,18 +211,21 @@ COSTS = {
     # ... plus its start-up, data (7.4 ms a step) and five per-epoch evaluations ("What else the run spends"),
     # which a defence does not make dearer.
     "train_other_seconds": 50.0,
-    # Estimated: the rest of a plain run (152 s) split by the evaluations' work: robustness runs 1000 images through
-    # 15 corruptions x 5 severities; position fits a probe on 49 PE rows; the privacy audit gets the rest.
-    "robustness_seconds": 35.0,
-    "position_seconds": 10.0,
-    "privacy_seconds": 107.0,
+    # The rest of a plain run (152 s) split as the one-seed preview's plain runs (ViT and MJP p 1 r 0.25, 2026-12-02)
+    # spent it: robustness 53 s, position 6 s, privacy 53 s a run (work_dir records; robustness' first run also
+    # built the corruption cache).
+    "robustness_seconds": 72.0,
+    "position_seconds": 8.0,
+    "privacy_seconds": 72.0,
 }
 # A training step's cost against a plain one, by defence.
 STEP_COST_RATIO = {
     "none": 1.0,  # MJP's jigsaw and DALR cost < 2% of a step (benchmarks/README.md, train_step.py)
-    "dp_sgd": 2.0,  # per-example gradients through Opacus' hooks: ~2x on this CPU (benchmarks/dp_step.py, issue 23)
-    "local_noise": 1.05,  # assumed, not measured: one clip and one Gaussian draw over ~80k parameters a step
-    "prune": 1.10,  # assumed, not measured: a k-th value per gradient tensor a step
+    # Measured in the one-seed preview (work_dir records of 2026-12-02, 1 thread, 2 runs side by side): training
+    # seconds against the ViT's and MJP p 1 r 0.25's mean (240 s), less ~30 s of start-up and evaluation each.
+    "dp_sgd": 1.8,  # per-example gradients through Opacus' hooks: 393-435 s (benchmarks/dp_step.py times the step)
+    "local_noise": 1.1,  # one clip and one Gaussian draw a step: 260 s
+    "prune": 1.05,  # a k-th value per gradient tensor a step: 231-269 s
 }
 STUDY_BUDGET_SECONDS = 3 * 3600  # the default grid must fit this at --parallel 2 on the 2-core machine
 MACHINE_CORES = 2
@@ -1314,10 +1319,10 @@ def plot_pareto(summary: dict, variants: list[str], path: Path) -> dict[str, lis
 # The cuts that fit the default grid in `STUDY_BUDGET_SECONDS`; the README repeats them.
 GRID_CUTS = (
     "The defence variants (DP-SGD, local noise, pruning, MJP + DP-SGD) are audited for privacy only: no robustness "
-    "or position evaluation. DP-SGD at sigma 0.5 and 1.0, local noise and pruning run on 2 seeds (the first two of "
+    "or position evaluation. DP-SGD at sigma 0.01 and 1.0, local noise and pruning run on 2 seeds (the first two of "
     "--seeds; `--seeds_for VARIANT=0,1,2` restores one); DP-SGD at the combination's sigma, the combination and the "
-    "MJP and ViT variants on all of --seeds, since the verdicts pair them. Local noise runs at one sigma "
-    f"({', '.join(LOCAL_SIGMAS)}): at DP-SGD's sigma its noise per signal is the batch size (128) times DP-SGD's. "
+    "MJP and ViT variants on all of --seeds, since the verdicts pair them. Local noise runs at sigma "
+    f"{' and '.join(LOCAL_SIGMAS)} only: at DP-SGD's sigma its noise per signal is the batch size (128) times DP-SGD's. "
     "What the 2-seed cut costs: for the same spread s between seeds, a 95% interval over 2 seeds is +-9.0 s (Student-t "
     "12.7 s / sqrt 2) against +-2.5 s over 3 (4.3 s / sqrt 3), so those variants' verdicts come out 'not shown' more "
     "often."

@@ -127,13 +127,13 @@ def test_each_variant_is_audited_with_the_defence_it_trains_with():
         else:
             assert audit == [], f"{name} trains undefended: the audit gets no defence flag"
         kinds[name] = audit[1] if audit else "none"
-    assert kinds["mjp-p1-r0.25-dp-s0.3"] == "dp_sgd" and kinds["mjp"] == "none"
+    assert kinds["mjp-p1-r0.25-dp-s0.001"] == "dp_sgd" and kinds["mjp"] == "none"
     assert sorted(set(kinds.values())) == ["dp_sgd", "local_noise", "none", "prune"]
     assert {name for name, kind in kinds.items() if kind == "dp_sgd"} == {
-        "dp-s0.3",
-        "dp-s0.5",
+        "dp-s0.001",
+        "dp-s0.01",
         "dp-s1.0",
-        "mjp-p1-r0.25-dp-s0.3",
+        "mjp-p1-r0.25-dp-s0.001",
     }
     # The training's defaults (C 1.0 when not given) and its `--flag=value` form.
     assert study.audit_flags(["--dp_noise_multiplier", "0.5"]) == [
@@ -175,23 +175,23 @@ def test_the_audit_reads_each_variants_flags_as_its_defence(tmp_path, tiny_kwarg
 def test_the_evaluations_of_a_defence_variant_attack_its_defended_gradient(tmp_path, capsys):
     study = _study()
     args = study.parse_args(["--work_dir", str(tmp_path), "--privacy_args", "--attacks analytic"])
-    defended = study.evaluation_jobs("dp-s0.5", tmp_path / "m", tmp_path / "e", 0, args)
+    defended = study.evaluation_jobs("dp-s0.01", tmp_path / "m", tmp_path / "e", 0, args)
     assert list(defended) == ["privacy"], "defence variants get the privacy audit only (the grid's cut)"
     module, flags = defended["privacy"]
-    assert module == "privacy" and flags[-6:] == study.audit_flags(study.VARIANTS["dp-s0.5"].flags)
+    assert module == "privacy" and flags[-6:] == study.audit_flags(study.VARIANTS["dp-s0.01"].flags)
     assert flags[-8:-6] == ["--attacks", "analytic"]
     plain = study.evaluation_jobs("baseline", tmp_path / "m", tmp_path / "e", 0, args)
     assert sorted(plain) == ["position", "privacy", "robustness"] and "--defense" not in plain["privacy"][1]
     # A defence in --train_args beside a variant's own is refused before any work, naming both.
     with pytest.raises(SystemExit):
-        study.parse_args(["--variants", "dp-s0.5", "--train_args", "--prune_ratio 0.5"])
-    assert "--train_args '--prune_ratio 0.5' with variant 'dp-s0.5'" in capsys.readouterr().err
+        study.parse_args(["--variants", "dp-s0.01", "--train_args", "--prune_ratio 0.5"])
+    assert "--train_args '--prune_ratio 0.5' with variant 'dp-s0.01'" in capsys.readouterr().err
 
 
 def test_a_privacy_report_counts_only_when_it_attacked_the_defended_gradient():
     study = _study()
-    dp = study.defense_of(study.VARIANTS["dp-s0.5"].flags)
-    recorded = {"name": "dp_sgd", "noise_multiplier": 0.5, "max_grad_norm": 1.0, "prune_ratio": None}
+    dp = study.defense_of(study.VARIANTS["dp-s0.01"].flags)
+    recorded = {"name": "dp_sgd", "noise_multiplier": 0.01, "max_grad_norm": 1.0, "prune_ratio": None}
     assert study.audited_defense_matches({"defense": recorded}, dp)
     assert not study.audited_defense_matches({"defense": {**recorded, "noise_multiplier": 1.0}}, dp)
     assert not study.audited_defense_matches({"defense": {**recorded, "name": "local_noise"}}, dp)
@@ -225,21 +225,21 @@ def test_a_stale_or_undefended_audit_of_a_defence_variant_is_never_taken(tmp_pat
     study = _study()
     monkeypatch.setattr(study, "log", lambda message: None)
     args = study.parse_args(["--work_dir", str(tmp_path)])
-    defended = {"name": "dp_sgd", "noise_multiplier": 0.5, "max_grad_norm": 1.0, "prune_ratio": None}
+    defended = {"name": "dp_sgd", "noise_multiplier": 0.01, "max_grad_norm": 1.0, "prune_ratio": None}
     good = _FakeAudits(defended)
-    reports, worked = study.evaluate("dp-s0.5", 0, tmp_path / "m", tmp_path / "e", args, good)
+    reports, worked = study.evaluate("dp-s0.01", 0, tmp_path / "m", tmp_path / "e", args, good)
     assert worked and reports["privacy"]["defense"] == defended and len(good.commands) == 1
-    assert good.commands[0][-7:] == [*study.audit_flags(study.VARIANTS["dp-s0.5"].flags), "--overwrite"]
+    assert good.commands[0][-7:] == [*study.audit_flags(study.VARIANTS["dp-s0.01"].flags), "--overwrite"]
     # Cached and right: not run again.
-    assert study.evaluate("dp-s0.5", 0, tmp_path / "m", tmp_path / "e", args, good)[1] is False
+    assert study.evaluate("dp-s0.01", 0, tmp_path / "m", tmp_path / "e", args, good)[1] is False
     # Cached but made without the defence (as an audit from before --defense would have): audited again.
     (tmp_path / "e" / "privacy" / "privacy.json").write_text("{}")
     again = _FakeAudits(defended)
-    assert study.evaluate("dp-s0.5", 0, tmp_path / "m", tmp_path / "e", args, again)[1] is True
+    assert study.evaluate("dp-s0.01", 0, tmp_path / "m", tmp_path / "e", args, again)[1] is True
     assert len(again.commands) == 1
     # An audit that attacks the undefended gradient whatever it is told: refused.
-    with pytest.raises(RuntimeError, match="--defense dp_sgd --noise_multiplier 0.5 --max_grad_norm 1"):
-        study.evaluate("dp-s0.5", 1, tmp_path / "m1", tmp_path / "e1", args, _FakeAudits(None))
+    with pytest.raises(RuntimeError, match="--defense dp_sgd --noise_multiplier 0.01 --max_grad_norm 1"):
+        study.evaluate("dp-s0.01", 1, tmp_path / "m1", tmp_path / "e1", args, _FakeAudits(None))
 
 
 def test_the_cost_estimate_schedules_the_runs_and_the_default_grid_fits_three_hours():
@@ -271,8 +271,8 @@ def test_the_cost_estimate_schedules_the_runs_and_the_default_grid_fits_three_ho
     assert study.estimate_wall_seconds(uncut, 2)["wall_seconds"] > study.STUDY_BUDGET_SECONDS
     # The cuts: defence variants on 2 seeds, except DP-SGD at the combination's sigma and the combination.
     cut = {variant for variant, seeds in default.variant_seeds.items() if seeds == [0, 1]}
-    assert cut == {"dp-s0.5", "dp-s1.0", "local-s0.3", "prune-0.5", "prune-0.9"}
-    assert default.variant_seeds["dp-s0.3"] == default.variant_seeds["mjp-p1-r0.25-dp-s0.3"] == [0, 1, 2]
+    assert cut == {"dp-s0.01", "dp-s1.0", "local-s0.001", "local-s0.01", "prune-0.5", "prune-0.9"}
+    assert default.variant_seeds["dp-s0.001"] == default.variant_seeds["mjp-p1-r0.25-dp-s0.001"] == [0, 1, 2]
     assert study.parse_args(["--seeds_for", "dp-s1.0=0,1,2"]).variant_seeds["dp-s1.0"] == [0, 1, 2]
     assert study.parse_args(["--seeds", "0"]).variant_seeds["dp-s1.0"] == [0]
 
@@ -304,7 +304,7 @@ def test_estimate_only_prints_the_grid_and_does_nothing_else(tmp_path, capsys):
     printed = capsys.readouterr().out
     wall = study.estimate_wall_seconds(study.parse_args([]).variant_seeds, 2)["wall_seconds"]
     assert f"Estimated from an empty --work_dir at --parallel 2: {wall / 3600:.2f} h of wall time" in printed
-    assert "| ViT + DP-SGD (sigma 1.0, C 1) | 0, 1 | privacy | 2 | 13.6 |" in printed
+    assert "| ViT + DP-SGD (sigma 1.0, C 1) | 0, 1 | privacy | 1.8 | 11.9 |" in printed
     assert not output.exists() and not work.exists()
 
 
@@ -329,14 +329,14 @@ def _grid_records(figures, seeds=(0, 1, 2), spread=(0.0, 0.004, -0.003)):
 
 def test_mjp_can_win_a_need_and_dp_sgd_another():
     """Per step, MJP as released (p 0.5) leaks least of the variants within 1 point of the ViT; over 8 rounds its plain
-    steps expose nearly everything, and DP-SGD at sigma 0.3 wins. DP-SGD at sigma 1.0 leaks less still but costs 6
+    steps expose nearly everything, and DP-SGD at sigma 0.001 wins. DP-SGD at sigma 1.0 leaks less still but costs 6
     points of accuracy: it is out."""
     study = _study()
     records = _grid_records(
         {
             "baseline": (0.856, 1.0, 1.0),
             "mjp": (0.853, 0.05, 0.99),
-            "dp-s0.3": (0.850, 0.20, 0.20, 40.9),
+            "dp-s0.001": (0.850, 0.20, 0.20, 40.9),
             "dp-s1.0": (0.79, 0.0, 0.0, 0.88),
         }
     )
@@ -346,19 +346,19 @@ def test_mjp_can_win_a_need_and_dp_sgd_another():
         for (seed, run), shift in zip(records["baseline"].items(), (-0.002, -0.030, 0.005))
     }
     variants = list(records)
-    assert study.within_accuracy(records, variants) == ["baseline", "mjp", "dp-s0.3"]
+    assert study.within_accuracy(records, variants) == ["baseline", "mjp", "dp-s0.001"]
     per_step, rounds = study.defence_verdicts(records, variants)["least_leak"]
-    assert (per_step["winner"], rounds["winner"]) == ("mjp", "dp-s0.3")
+    assert (per_step["winner"], rounds["winner"]) == ("mjp", "dp-s0.001")
     assert per_step["verdict"] == "MJP as released (p 0.5, ratio 0.1)"
     lines = study.recommendations(study.summarise(records, variants), variants, records)
     step_line = next(line for line in lines if line.startswith("- The least leak per step within"))
     round_line = next(line for line in lines if line.startswith("- The least leak over 8 rounds within"))
     assert "MJP as released" in step_line and "MJP is not the answer" not in step_line
-    assert "ViT + DP-SGD (sigma 0.3" in round_line and round_line.endswith("MJP is not the answer for this need.")
-    assert "cost: accuracy -0.60 [" in round_line and "training 2x" in round_line and "epsilon 40.90" in round_line
+    assert "ViT + DP-SGD (sigma 0.001" in round_line and round_line.endswith("MJP is not the answer for this need.")
+    assert "cost: accuracy -0.60 [" in round_line and f"training {study.STEP_COST_RATIO['dp_sgd']:g}x" in round_line and "epsilon 40.90" in round_line
     assert "Privacy first (by means): ViT + DP-SGD (sigma 1.0" in lines[1]
     guarantee = next(line for line in lines if line.startswith("- A stated guarantee"))
-    assert "ViT + DP-SGD (sigma 0.3" in guarantee
+    assert "ViT + DP-SGD (sigma 0.001" in guarantee
 
 
 def test_the_least_leak_needs_the_intervals_to_separate_the_variants():
@@ -374,7 +374,7 @@ def test_the_least_leak_needs_the_intervals_to_separate_the_variants():
         records["prune-0.9"][seed]["leak_per_step"] = leak
     assert study.least_leak_within_accuracy(records, list(records), "leak_per_step")["winner"] == "mjp-p1-r0.1"
     # With nobody within the accuracy margin but the ViT, the ViT is the answer.
-    figures = {"baseline": (0.856, 1.0, 1.0), "dp-s0.5": (0.80, 0.0, 0.0, 6.79)}
+    figures = {"baseline": (0.856, 1.0, 1.0), "dp-s0.01": (0.80, 0.0, 0.0, 6.79)}
     records = _grid_records(figures)
     answer = study.least_leak_within_accuracy(records, list(records), "leak_per_step")
     assert answer["winner"] == "baseline" and "no other variant is shown within the margin" in answer["evidence"]
@@ -398,17 +398,17 @@ def test_mjp_with_dp_sgd_is_better_than_either_alone_only_when_the_intervals_say
         {
             "baseline": (0.856, 1.0, 1.0),
             "mjp-p1-r0.25": (0.844, 0.26, 0.36),
-            "dp-s0.3": (0.846, 0.25, 0.25, 40.9),
-            "mjp-p1-r0.25-dp-s0.3": combination,
+            "dp-s0.001": (0.846, 0.25, 0.25, 40.9),
+            "mjp-p1-r0.25-dp-s0.001": combination,
         }
     )
     for seed, shift in enumerate(accuracy_shifts):
-        records["mjp-p1-r0.25-dp-s0.3"][seed]["eval_accuracy"] += shift
+        records["mjp-p1-r0.25-dp-s0.001"][seed]["eval_accuracy"] += shift
     answer = study.combination_verdict(records)
     assert answer["verdict"] == expected, answer["evidence"]
-    assert [part["part"] for part in answer["parts"]] == ["mjp-p1-r0.25", "dp-s0.3"]
+    assert [part["part"] for part in answer["parts"]] == ["mjp-p1-r0.25", "dp-s0.001"]
     # One seed shared with a half: no interval, no verdict either way.
-    records["dp-s0.3"] = {0: records["dp-s0.3"][0]}
+    records["dp-s0.001"] = {0: records["dp-s0.001"][0]}
     assert study.combination_verdict(records)["verdict"] in (NOT_SHOWN, NOT_HELD)
     assert study.combination_verdict(records)["parts"][1]["verdict"] == NOT_SHOWN
 
@@ -418,15 +418,15 @@ def test_the_readme_checks_the_combinations_sigma_against_the_measured_accuracie
     figures = {
         "baseline": (0.856, 1.0, 1.0),
         "mjp-p1-r0.25": (0.844, 0.26, 0.36),
-        "dp-s0.3": (0.846, 0.25, 0.25, 40.9),
-        "dp-s0.5": (0.80, 0.1, 0.1, 6.79),
-        "mjp-p1-r0.25-dp-s0.3": (0.84, 0.05, 0.05, 40.9),
+        "dp-s0.001": (0.846, 0.25, 0.25, 40.9),
+        "dp-s0.01": (0.80, 0.1, 0.1, 6.79),
+        "mjp-p1-r0.25-dp-s0.001": (0.84, 0.05, 0.05, 40.9),
     }
     records = _grid_records(figures)
-    assert study.combination_sigma_check(records, list(records)).endswith("(sigma 0.3, C 1), as chosen.")
-    records = _grid_records({**figures, "dp-s0.3": (0.75, 0.25, 0.25, 40.9)})
-    assert "the nearest is ViT + DP-SGD (sigma 0.5, C 1), not" in study.combination_sigma_check(records, list(records))
-    del records["mjp-p1-r0.25-dp-s0.3"]
+    assert study.combination_sigma_check(records, list(records)).endswith("(sigma 0.001, C 1), as chosen.")
+    records = _grid_records({**figures, "dp-s0.001": (0.75, 0.25, 0.25, 40.9)})
+    assert "the nearest is ViT + DP-SGD (sigma 0.01, C 1), not" in study.combination_sigma_check(records, list(records))
+    del records["mjp-p1-r0.25-dp-s0.001"]
     assert study.combination_sigma_check(records, list(records)) is None, "no combination run, nothing to check"
 
 
@@ -440,7 +440,7 @@ def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_pa
     }
     for variant in study.VARIANTS:
         if "dp-s" in variant:
-            figures[variant] = (*figures[variant], {"0.3": 40.9, "0.5": 6.79, "1.0": 0.88}[variant.split("dp-s")[1]])
+            figures[variant] = (*figures[variant], {"0.001": 40.9, "0.01": 6.79, "1.0": 0.88}[variant.split("dp-s")[1]])
     records = _grid_records(figures)
     variants = list(records)
     summary = study.summarise(records, variants)
@@ -461,8 +461,8 @@ def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_pa
     table = lines[lines.index(header) + 2 : lines.index("", lines.index(header))]
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in table}
     assert len(rows) == len(variants)
-    assert rows["ViT + DP-SGD (sigma 0.5, C 1)"][column] == "6.79 [6.79, 6.79]"
-    assert rows["MJP p 1, ratio 0.25 + DP-SGD (sigma 0.3, C 1)"][column] == "40.90 [40.90, 40.90]"
+    assert rows["ViT + DP-SGD (sigma 0.01, C 1)"][column] == "6.79 [6.79, 6.79]"
+    assert rows["MJP p 1, ratio 0.25 + DP-SGD (sigma 0.001, C 1)"][column] == "40.90 [40.90, 40.90]"
     assert rows["ViT (standard PE)"][column] == "-"
     assert "## MJP, DP-SGD, local noise, pruning, or both?" in readme and study.GRID_CUTS in readme
     assert "Estimated from an empty --work_dir at --parallel 1:" in readme
