@@ -760,9 +760,9 @@ def evaluation_jobs(variant: str, model_dir: Path, eval_dir: Path, seed: int, ar
 def evaluate(variant: str, seed: int, model_dir: Path, eval_dir: Path, args, children: Children) -> tuple[dict, bool]:
     """Run each evaluation's command line unless the study recorded it as finished; return the reports and whether
     any ran. Each runs in its own process, as a user would run it, so it loads the model with the code that is there
-    now; one stopped midway runs again (`--overwrite`: its files are the study's own). A privacy report that attacked
-    another gradient than the run's defence sends (`audited_defense_matches`) is audited again when cached, and
-    stops the study when just made."""
+    now; one stopped midway runs again (`--overwrite`: its files are the study's own), and its log is appended to, so
+    a failed attempt's log stays for the user. A privacy report that attacked another gradient than the run's defence
+    sends (`audited_defense_matches`) is audited again when cached, and stops the study when just made."""
     work_dir = Path(args.work_dir)
     name = f"{variant}-seed{seed}"
     defense = defense_of([*VARIANTS[variant].flags, *args.train_args.split()])
@@ -778,7 +778,7 @@ def evaluate(variant: str, seed: int, model_dir: Path, eval_dir: Path, args, chi
             log(f"{name}: {key}")
             start = time.perf_counter()
             command = [sys.executable, "-m", f"mjp_hf.evaluation.{module}", *flags, "--overwrite"]
-            with open(work_dir / f"{name}.{key}.log", "w") as log_file:
+            with open(work_dir / f"{name}.{key}.log", "a") as log_file:
                 status = children.run(
                     command, stdout=log_file, stderr=subprocess.STDOUT, env=_env(_threads(args)), cwd=REPO
                 )

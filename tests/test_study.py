@@ -355,7 +355,11 @@ def test_mjp_can_win_a_need_and_dp_sgd_another():
     round_line = next(line for line in lines if line.startswith("- The least leak over 8 rounds within"))
     assert "MJP as released" in step_line and "MJP is not the answer" not in step_line
     assert "ViT + DP-SGD (sigma 0.001" in round_line and round_line.endswith("MJP is not the answer for this need.")
-    assert "cost: accuracy -0.60 [" in round_line and f"training {study.STEP_COST_RATIO['dp_sgd']:g}x" in round_line and "epsilon 40.90" in round_line
+    assert (
+        "cost: accuracy -0.60 [" in round_line
+        and f"training {study.STEP_COST_RATIO['dp_sgd']:g}x" in round_line
+        and "epsilon 40.90" in round_line
+    )
     assert "Privacy first (by means): ViT + DP-SGD (sigma 1.0" in lines[1]
     guarantee = next(line for line in lines if line.startswith("- A stated guarantee"))
     assert "ViT + DP-SGD (sigma 0.001" in guarantee
@@ -425,7 +429,9 @@ def test_the_readme_checks_the_combinations_sigma_against_the_measured_accuracie
     records = _grid_records(figures)
     assert study.combination_sigma_check(records, list(records)).endswith("(sigma 0.001, C 1), as chosen.")
     records = _grid_records({**figures, "dp-s0.001": (0.75, 0.25, 0.25, 40.9)})
-    assert "the nearest is ViT + DP-SGD (sigma 0.01, C 1), not" in study.combination_sigma_check(records, list(records))
+    assert "the nearest is ViT + DP-SGD (sigma 0.01, C 1), not" in study.combination_sigma_check(
+        records, list(records)
+    )
     del records["mjp-p1-r0.25-dp-s0.001"]
     assert study.combination_sigma_check(records, list(records)) is None, "no combination run, nothing to check"
 
@@ -440,7 +446,10 @@ def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_pa
     }
     for variant in study.VARIANTS:
         if "dp-s" in variant:
-            figures[variant] = (*figures[variant], {"0.001": 40.9, "0.01": 6.79, "1.0": 0.88}[variant.split("dp-s")[1]])
+            figures[variant] = (
+                *figures[variant],
+                {"0.001": 40.9, "0.01": 6.79, "1.0": 0.88}[variant.split("dp-s")[1]],
+            )
     records = _grid_records(figures)
     variants = list(records)
     summary = study.summarise(records, variants)
@@ -760,3 +769,34 @@ def test_a_second_study_on_the_same_work_folder_is_refused(warm_python, tmp_path
     finally:
         os.kill(first.pid, signal.SIGTERM)
         first.communicate(timeout=60)
+
+
+class _FailingOnce(_FakeAudits):
+    """An audit that fails on its first run, after writing to its log, and succeeds on the next."""
+
+    def __init__(self, defense):
+        super().__init__(defense)
+        self.attempt = 0
+
+    def run(self, command, **kwargs):
+        self.attempt += 1
+        kwargs["stdout"].write(f"attempt {self.attempt}\n")
+        kwargs["stdout"].flush()
+        return 1 if self.attempt == 1 else super().run(command, **kwargs)
+
+
+def test_a_failed_evaluations_log_survives_its_rerun(tmp_path, monkeypatch):
+    """The log of a failed evaluation is what a user reads to find why: running the study again appends to it."""
+    study = _study()
+    monkeypatch.setattr(study, "log", lambda message: None)
+    args = study.parse_args(["--work_dir", str(tmp_path), "--variants", "baseline"])
+    monkeypatch.setattr(
+        study,
+        "evaluation_jobs",
+        lambda *a: {"privacy": ("privacy", ["--output_dir", str(tmp_path / "e" / "privacy")])},
+    )
+    audits = _FailingOnce(None)
+    with pytest.raises(RuntimeError, match="baseline-seed0.privacy.log"):
+        study.evaluate("baseline", 0, tmp_path / "m", tmp_path / "e", args, audits)
+    study.evaluate("baseline", 0, tmp_path / "m", tmp_path / "e", args, audits)
+    assert (tmp_path / "baseline-seed0.privacy.log").read_text() == "attempt 1\nattempt 2\n"
