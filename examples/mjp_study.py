@@ -12,8 +12,8 @@ schedule (the main job), seeds 0-2 by default, and differs only in its flags (`V
 defences, each at the main job's budget (docs/TRAINING.md): DP-SGD at sigma 0.001, 0.01 and 1.0 with C 1.0 (the
 accuracy end, the least noise at which the audit's leak reaches its floor, and privacy first with epsilon below 1),
 local noise at sigma 0.001 and 0.01 with C 1.0, gradient pruning at 0.5 and 0.9, and MJP p 1 ratio 0.25 with DP-SGD at
-sigma 0.001 (`DP_SIGMAS` and the notes beside `VARIANTS` give each choice's reason, from the one-seed preview in
-docs/study/preview-defences-seed0). Each model then goes through the evaluations of `mjp_hf.evaluation` its
+sigma 0.001 (`DP_SIGMAS` and the notes beside `VARIANTS` give each choice's reason, from a one-seed first look at
+the defences). Each model then goes through the evaluations of `mjp_hf.evaluation` its
 variant gets, each in its own process: privacy (every attack, both kinds of training step, the expected leak per step
 at the model's `jigsaw_prob` and the exposure over k rounds; for a defence variant on the gradient its defence sends,
 `audit_flags`), robustness and position. Finished trainings and evaluations are cached in `--work_dir`, and an
@@ -93,27 +93,29 @@ class Variant:
 
 
 # The defences' settings, each at the main job's budget (2345 steps, Poisson rate q = 128/60000, delta 1/N), picked from
-# the one-seed preview (docs/study/preview-defences-seed0, which ran sigma 0.3 / 0.5 / 1.0 and local noise at 0.3) and
-# seed-0 runs at smaller sigmas: DP-SGD at sigma 0.3 already cost 9.5 points and every sigma from 0.01 up left the
-# audit at its floor (4.6% of content patches in place), so the grid spans the accuracy end to privacy first with
-# sigmas where accuracy and leak still move. C = 1.0 everywhere: where an example's gradient norm exceeds C, clipping
-# scales the signal and the noise (sigma x C) alike, and AdamW's update does not change with that scale, so sigma
-# alone sets the noise per signal. The run records its epsilon (`mjp_hf.training.defenses.dp_sgd_epsilon`).
+# a one-seed first look (seed 0, 2026-12-02, this grid's flags): DP-SGD at sigma 0.3 / 0.5 / 1.0 cost 9.5 / 17.0 / 28.5
+# points, local noise at 0.3 cost 40.7, and every sigma from 0.01 up left the audit at its floor (4.6% of content
+# patches in place: the normaliser's mean-colour image), while sigma 0.001 cost 1.1 points for 9.1%. So the grid spans
+# the accuracy end to privacy first with sigmas where accuracy and leak still move. C = 1.0 everywhere: where an
+# example's gradient norm exceeds C, clipping scales the signal and the noise (sigma x C) alike, and AdamW's update
+# does not change with that scale, so sigma alone sets the noise per signal. The run records its epsilon
+# (`mjp_hf.training.defenses.dp_sgd_epsilon`).
 DP_SIGMAS = {
     # The accuracy end: the least noise tried (noise on the batch mean sigma C / B ~ 1e-5); the clipping still acts,
     # so this is per-example clipping with a token of noise; epsilon ~1e9, no guarantee worth the name.
     "0.001": "accuracy end",
-    # The least sigma at which the preview's audit reached its floor (4.6% in place, as at sigma 1.0); epsilon ~3e7.
+    # The least sigma at which the first look's audit reached its floor (4.6% in place, as at sigma 1.0); epsilon
+    # ~1.3e7.
     "0.01": "leak floor",
     # Privacy first: epsilon below 1 (~0.88).
     "1.0": "privacy first",
 }
-# The combination's DP sigma: the one nearest in accuracy to MJP p 1 ratio 0.25 in the preview (84.47% and 84.4% at
-# seed 0). The README checks the choice against the measured accuracies.
+# The combination's DP sigma: the one nearest in accuracy to MJP p 1 ratio 0.25 in the first look (84.47% and 84.4%
+# at seed 0). The README checks the choice against the measured accuracies.
 COMBINATION_SIGMA = "0.001"
 # Local noise (Flower's LocalDpMod) at DP-SGD's two smaller sigmas, C 1: at the same sigma its noise lands on the
 # clipped batch mean, B = 128 times DP-SGD's per signal, so sigma 0.01 here is near DP-SGD's privacy-first end and the
-# preview's sigma 0.3 cost 40 points (44.9%); larger sigmas are not run.
+# first look's sigma 0.3 cost 40.7 points (44.9%); larger sigmas are not run.
 LOCAL_SIGMAS = ("0.001", "0.01")
 # Pruning: half of each gradient tensor zeroed (the accuracy end) and 90% (the privacy end; the ratio
 # benchmarks/dp_step.py times).
@@ -211,7 +213,7 @@ COSTS = {
     # ... plus its start-up, data (7.4 ms a step) and five per-epoch evaluations ("What else the run spends"),
     # which a defence does not make dearer.
     "train_other_seconds": 50.0,
-    # The rest of a plain run (152 s) split as the one-seed preview's plain runs (ViT and MJP p 1 r 0.25, 2026-12-02)
+    # The rest of a plain run (152 s) split as the first look's plain runs (ViT and MJP p 1 r 0.25, 2026-12-02)
     # spent it: robustness 53 s, position 6 s, privacy 53 s a run (work_dir records; robustness' first run also
     # built the corruption cache).
     "robustness_seconds": 72.0,
@@ -221,7 +223,7 @@ COSTS = {
 # A training step's cost against a plain one, by defence.
 STEP_COST_RATIO = {
     "none": 1.0,  # MJP's jigsaw and DALR cost < 2% of a step (benchmarks/README.md, train_step.py)
-    # Measured in the one-seed preview (work_dir records of 2026-12-02, 1 thread, 2 runs side by side): training
+    # Measured in the one-seed first look (work_dir records of 2026-12-02, 1 thread, 2 runs side by side): training
     # seconds against the ViT's and MJP p 1 r 0.25's mean (240 s), less ~30 s of start-up and evaluation each.
     "dp_sgd": 1.8,  # per-example gradients through Opacus' hooks: 393-435 s (benchmarks/dp_step.py times the step)
     "local_noise": 1.1,  # one clip and one Gaussian draw a step: 260 s
@@ -1322,7 +1324,8 @@ GRID_CUTS = (
     "or position evaluation. DP-SGD at sigma 0.01 and 1.0, local noise and pruning run on 2 seeds (the first two of "
     "--seeds; `--seeds_for VARIANT=0,1,2` restores one); DP-SGD at the combination's sigma, the combination and the "
     "MJP and ViT variants on all of --seeds, since the verdicts pair them. Local noise runs at sigma "
-    f"{' and '.join(LOCAL_SIGMAS)} only: at DP-SGD's sigma its noise per signal is the batch size (128) times DP-SGD's. "
+    f"{' and '.join(LOCAL_SIGMAS)} only: at DP-SGD's sigma its noise per signal is the batch size (128) times "
+    "DP-SGD's. "
     "What the 2-seed cut costs: for the same spread s between seeds, a 95% interval over 2 seeds is +-9.0 s (Student-t "
     "12.7 s / sqrt 2) against +-2.5 s over 3 (4.3 s / sqrt 3), so those variants' verdicts come out 'not shown' more "
     "often."
