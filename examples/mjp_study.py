@@ -1369,18 +1369,27 @@ def plot_pareto(summary: dict, variants: list[str], path: Path) -> dict[str, lis
     return drawn
 
 
-# The cuts that fit the default grid in `STUDY_BUDGET_SECONDS`; the README repeats them.
-GRID_CUTS = (
-    "The defence variants (DP-SGD, local noise, pruning, MJP + DP-SGD) are audited for privacy only: no robustness "
-    "or position evaluation. DP-SGD at sigma 0.01 and 1.0, local noise and pruning run on 2 seeds (the first two of "
-    "--seeds; `--seeds_for VARIANT=0,1,2` restores one); DP-SGD at the combination's sigma, the combination and the "
-    "MJP and ViT variants on all of --seeds, since the verdicts pair them. Local noise runs at sigma "
-    f"{' and '.join(LOCAL_SIGMAS)} only: at DP-SGD's sigma its noise per signal is the batch size (128) times "
-    "DP-SGD's. "
-    "What the 2-seed cut costs: for the same spread s between seeds, a 95% interval over 2 seeds is +-9.0 s (Student-t "
-    "12.7 s / sqrt 2) against +-2.5 s over 3 (4.3 s / sqrt 3), so those variants' verdicts come out 'not shown' more "
-    "often."
-)
+def grid_cuts(variant_seeds: dict[str, list[int]], seeds: list[int]) -> str:
+    """The cuts that fit the default grid in `STUDY_BUDGET_SECONDS`, as this run made them: the README repeats them,
+    naming the variants that ran on fewer of --seeds than the others (none when `--seeds_for` restored them)."""
+    fewer = [variant for variant, ran in variant_seeds.items() if len(ran) < len(seeds)]
+    text = (
+        "The defence variants (DP-SGD, local noise, pruning, MJP + DP-SGD) are audited for privacy only: no "
+        "robustness or position evaluation. Local noise runs at sigma "
+        f"{' and '.join(LOCAL_SIGMAS)} only: at DP-SGD's sigma its noise per signal is the batch size (128) times "
+        "DP-SGD's. "
+    )
+    cut_by_default = [variant for variant in variant_seeds if VARIANTS[variant].max_seeds is not None]
+    if not fewer:
+        restored = f" (`--seeds_for` restored {', '.join(cut_by_default)})" if cut_by_default else ""
+        return text + f"Every variant ran on all of --seeds{restored}."
+    return text + (
+        f"{', '.join(fewer)} ran on fewer seeds than --seeds (the default grid's cut; `--seeds_for VARIANT=0,1,2` "
+        "restores one); DP-SGD at the combination's sigma, the combination and the MJP and ViT variants run on all of "
+        "--seeds, since the verdicts pair them. What a 2-seed cut costs: for the same spread s between seeds, a 95% "
+        "interval over 2 seeds is +-9.0 s (Student-t 12.7 s / sqrt 2) against +-2.5 s over 3 (4.3 s / sqrt 3), so "
+        "those variants' verdicts come out 'not shown' more often."
+    )
 
 
 def grid_table(variant_seeds: dict[str, list[int]], parallel: int, train_args: str, max_steps: int | None) -> list:
@@ -1523,7 +1532,8 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
         "",
         *grid_table(args.variant_seeds, args.parallel, args.train_args, args.max_steps),
         "",
-        f"Cuts (the default grid fits {STUDY_BUDGET_SECONDS / 3600:.0f} h at --parallel 2): {GRID_CUTS}",
+        f"Cuts (the default grid fits {STUDY_BUDGET_SECONDS / 3600:.0f} h at --parallel 2): "
+        f"{grid_cuts(args.variant_seeds, args.seeds)}",
     ]
     (output_dir / "README.md").write_text("\n".join(text) + "\n")
 

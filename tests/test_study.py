@@ -501,7 +501,7 @@ def test_the_pareto_plot_draws_every_variant_and_the_readme_shows_epsilon(tmp_pa
     assert rows["ViT + DP-SGD (sigma 0.01, C 1)"][column] == "6.79 [6.79, 6.79]"
     assert rows["MJP p 1, ratio 0.25 + DP-SGD (sigma 0.001, C 1)"][column] == "40.90 [40.90, 40.90]"
     assert rows["ViT (standard PE)"][column] == "-"
-    assert "## MJP, DP-SGD, local noise, pruning, or both?" in readme and study.GRID_CUTS in readme
+    assert "## MJP, DP-SGD, local noise, pruning, or both?" in readme and "are audited for privacy only" in readme
     assert "Estimated from an empty --work_dir at --parallel 1:" in readme
     results = __import__("json").loads((tmp_path / "out" / "results.json").read_text())
     assert results["summary"]["variants"]["dp-s1.0"]["dp_epsilon"]["mean"] == pytest.approx(0.88)
@@ -828,3 +828,19 @@ def test_a_failed_evaluations_log_survives_its_rerun(tmp_path, monkeypatch):
         study.evaluate("baseline", 0, tmp_path / "m", tmp_path / "e", args, audits)
     study.evaluate("baseline", 0, tmp_path / "m", tmp_path / "e", args, audits)
     assert (tmp_path / "baseline-seed0.privacy.log").read_text() == "attempt 1\nattempt 2\n"
+
+
+def test_the_cuts_the_readme_states_are_the_ones_the_run_made():
+    """The default grid names its 2-seed variants; with `--seeds_for` restoring them all, the README says every variant
+    ran on all of --seeds and does not repeat the default's cut."""
+    study = _study()
+    default = study.parse_args([])
+    cut = [variant for variant, seeds in default.variant_seeds.items() if len(seeds) < 3]
+    text = study.grid_cuts(default.variant_seeds, default.seeds)
+    assert text.count("ran on fewer seeds than --seeds") == 1 and all(variant in text for variant in cut)
+    restored = study.parse_args([arg for variant in cut for arg in ("--seeds_for", f"{variant}=0,1,2")])
+    text = study.grid_cuts(restored.variant_seeds, restored.seeds)
+    assert (
+        "fewer seeds" not in text
+        and f"Every variant ran on all of --seeds (`--seeds_for` restored {', '.join(cut)})" in text
+    )
