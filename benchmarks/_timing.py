@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from mjp_hf.training.threads import THREAD_COUNT_VARIABLES
-from mjp_hf.utils import bounded
+from mjp_hf.utils import bounded, software_versions
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -189,12 +189,9 @@ def _cpu_model() -> str:
 
 def describe_machine(device: torch.device, clock: Clock) -> list[str]:
     """Lines naming the date, machine, library versions, device, threads, clock and load."""
-    import transformers
-
     lines = [
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}",
-        f"machine: {_cpu_model()}, {os.cpu_count()} cores; python {sys.version.split()[0]}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}",
+        f"machine: {_cpu_model()}, {os.cpu_count()} cores; {software_versions()}",
         f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         f"torch threads: {torch.get_num_threads()}; clock: {clock.description}",
         f"load average (1/5/15 min) at start: {load_average()}",

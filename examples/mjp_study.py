@@ -69,6 +69,7 @@ from mjp_hf.evaluation.robustness import SEVERITIES  # noqa: E402
 from mjp_hf.evaluation.statistics import HELD, NOT_HELD, NOT_SHOWN, Interval, paired_difference, verdict  # noqa: E402
 from mjp_hf.training.defense_arguments import DefenseArguments  # noqa: E402
 from mjp_hf.training.defenses import Defense  # noqa: E402
+from mjp_hf.utils import software_versions  # noqa: E402
 
 
 TRAIN_SCRIPT = REPO / "examples" / "run_image_classification.py"
@@ -479,12 +480,6 @@ def measured_run_seconds(finished: dict[tuple[str, int], float]) -> dict[str, fl
     for (variant, _), seconds in finished.items():
         by_variant.setdefault(variant, []).append(seconds)
     return {variant: sum(values) / len(values) for variant, values in by_variant.items()}
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 def log(message: str) -> None:
@@ -1485,8 +1480,8 @@ def write_outputs(records: dict, variants: list[str], args, command: str, second
         "",
         f"Made by `{command}`: {seconds['wall'] / 60:.0f} minutes of wall time on the 2-core CPU, {args.parallel} "
         f"run(s) at a time ({seconds['process'] / 60:.0f} minutes of training and evaluation processes, summed over "
-        f"the runs). Tables written {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC with python "
-        f"{sys.version.split()[0]}, torch {_version('torch')}, transformers {_version('transformers')}.",
+        f"the runs). Tables written {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC with "
+        f"{software_versions()}.",
         "",
         f"Demo preset ({shape['image_size']}x{shape['image_size']} Fashion-MNIST images, patch {shape['patch_size']}, "
         f"width {shape['hidden_size']}, depth {shape['num_hidden_layers']}), trained for {budget}; seeds "

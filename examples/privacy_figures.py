@@ -19,20 +19,19 @@ run again with the same audit flags.
 import argparse
 import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
 from mjp_hf import MJPViTForImageClassification
 from mjp_hf.data import load_fashion_mnist_arrays
 from mjp_hf.evaluation import privacy
 from mjp_hf.evaluation.common import PixelNormalization, load_model
 from mjp_hf.training.presets import config_from_preset
+from mjp_hf.utils import software_versions
 
 
 STANDARD = "standard-pe"
@@ -287,10 +286,7 @@ def budget_lines(records: dict, args) -> list[str]:
         if seconds is not None:
             made = record["audit"].get("made_utc") or "-"
             lines.append(f"| {name} | {made} | {seconds / 60:.1f} min | {seconds / args.num_images:.0f} |")
-    versions = (
-        f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
-    )
-    return lines + ["", f"Versions: {versions}."]
+    return lines + ["", f"Versions: {software_versions()}."]
 
 
 def tables(records: dict, args) -> str:

@@ -39,3 +39,16 @@ def test_bounded_can_accept_none():
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=bounded(int, minimum=1, allow_none=True), default=None)
     assert parser.parse_args(["--limit", "none"]).limit is None and parser.parse_args(["--limit", "3"]).limit == 3
+
+
+def test_software_versions_names_the_running_python_and_the_installed_torch_and_transformers():
+    import platform
+
+    import torch
+    import transformers
+
+    from mjp_hf.utils import software_versions
+
+    assert software_versions() == (
+        f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+    )

@@ -1,6 +1,8 @@
-"""Text for messages."""
+"""Text for messages and for the records that generated figures carry."""
 
+import sys
 from collections.abc import Iterable
+from importlib.metadata import version
 
 
 def listed(names: Iterable, limit: int = 4) -> str:
@@ -12,4 +14,10 @@ def listed(names: Iterable, limit: int = 4) -> str:
     return ", ".join(names[:limit]) + f", ... ({len(names)} in all)"
 
 
-__all__ = ["listed"]
+def software_versions() -> str:
+    """The versions a generated figure was measured with, e.g. `"python 3.11.7, torch 2.13.0+cpu, transformers
+    5.24.0"` (read from the installed packages: nothing is imported)."""
+    return f"python {sys.version.split()[0]}, torch {version('torch')}, transformers {version('transformers')}"
+
+
+__all__ = ["listed", "software_versions"]
